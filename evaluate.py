@@ -1,0 +1,170 @@
+"""Evaluate retrievers on a split of a prepared BEIR directory.
+
+Writes metrics.json, one TREC run file per retriever (`qid Q0 docid rank score tag`) and the
+per-query latency p50/p95 into the run directory, and prints the retrievers side by side.
+
+    # CPU (or one GPU, picked automatically): BM25 and zero-shot MiniLM on the default data
+    python evaluate.py --data=data/python-source --retrievers=bm25,dense
+    # SciFact test with a fine-tuned model, into a chosen run directory
+    python evaluate.py --data=data/scifact --model=runs/scifact/best --out=runs/scifact/eval
+    # settings shared by several runs live in a yaml file; --key=value overrides it
+    python evaluate.py configs/scifact.yaml --split=val
+
+Evaluation is a single process; under torchrun only rank 0 would be needed, so run it plainly.
+"""
+import hashlib
+import os
+import sys
+import time
+
+import numpy as np
+
+from common.config import check_choice, load_config
+from common.data import atomic_open, doc_text, load_beir
+from common.metrics import evaluate_run
+from common.retrievers import BM25, dense_search
+from common.run import cli, start_run, write_json
+
+DEFAULTS = dict(
+    # data
+    data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
+    split="test",
+    # retrievers, several side by side
+    retrievers=["bm25", "dense"],  # bm25 | dense
+    # dense: the model and its encoding; 0 or "" keeps what was saved with the model
+    model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
+    pooling="",  # mean | cls | max
+    max_query_length=0,
+    max_passage_length=0,
+    query_prefix="",
+    passage_prefix="",
+    batch_size=64,
+    device="auto",  # auto | cpu | cuda | cuda:1
+    cache_embeddings=True,  # reuse corpus embeddings of the same model, settings and corpus
+    # bm25 (k1=0.9, b=0.4 as in Anserini/pyserini's BEIR runs)
+    bm25_k1=0.9,
+    bm25_b=0.4,
+    # evaluation
+    k=100,  # retrieval depth, and the depth of the TREC run files
+    ks=[1, 3, 5, 10, 100],  # cut-offs for every metric
+    ignore_identical_ids=True,  # BEIR: a query never retrieves the doc that has its own id
+    out="",  # run directory; "" = runs/<dataset>-<model>/<split>
+)
+HEADLINE = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@10", "precision@10", "success@10")
+
+
+def percentiles_ms(seconds):
+    ms = np.asarray(seconds) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
+
+
+def run_bm25(cfg, corpus, queries, depth):
+    t0 = time.perf_counter()
+    index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b)
+    info = {"index_seconds": time.perf_counter() - t0}
+    run, latencies = {}, []
+    for qid, text in queries.items():
+        t = time.perf_counter()
+        run[qid] = dict(index.search(text, depth))
+        latencies.append(time.perf_counter() - t)
+    return run, latencies, info
+
+
+def corpus_embeddings(cfg, encoder, doc_ids, texts):
+    """Encode the corpus, or load it from the cache when model, settings and corpus are unchanged."""
+    weights = [os.path.join(cfg.model_path, f) for f in ("model.safetensors", "pytorch_model.bin")]
+    stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights if os.path.isfile(w)]
+    corpus_file = os.path.join(cfg.data, "corpus.jsonl")
+    key = repr((os.path.abspath(cfg.model_path), stamp, encoder.settings(), os.path.abspath(corpus_file),
+                os.path.getsize(corpus_file), os.path.getmtime(corpus_file)))
+    cache = os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache",
+                         hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy")
+    if cfg.cache_embeddings and os.path.isfile(cache):
+        emb = np.load(cache)
+        if emb.shape == (len(doc_ids), encoder.dim):
+            print(f"corpus embeddings from cache {cache}")
+            return emb, {"cached": True}
+    t0 = time.perf_counter()
+    emb = encoder.encode(texts, kind="passage", batch_size=cfg.batch_size, show_progress=True)
+    seconds = time.perf_counter() - t0
+    if cfg.cache_embeddings:
+        with atomic_open(cache, "wb") as f:
+            np.save(f, emb)
+    return emb, {"cached": False, "encode_seconds": seconds, "docs_per_s": len(texts) / seconds}
+
+
+def run_dense(cfg, corpus, queries, depth):
+    import torch
+
+    from common.models import BiEncoder, pick_device, resolve_model
+
+    encoder = BiEncoder.from_pretrained(cfg.model, pooling=cfg.pooling or None,
+                                        max_query_length=cfg.max_query_length or None,
+                                        max_passage_length=cfg.max_passage_length or None,
+                                        query_prefix=cfg.query_prefix or None,
+                                        passage_prefix=cfg.passage_prefix or None)
+    encoder.to(pick_device(cfg.device)).eval()
+    cfg.model_path = resolve_model(cfg.model)
+    doc_ids = list(corpus)
+    doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
+    info["settings"] = encoder.settings()
+    # One query at a time, as a search service sees them: the latency is encode + search.
+    run, latencies = {}, []
+    with torch.inference_mode():
+        for qid, text in queries.items():
+            t = time.perf_counter()
+            scores, idx = dense_search(encoder.encode([text], kind="query"), doc_emb, depth)
+            latencies.append(time.perf_counter() - t)
+            run[qid] = {doc_ids[i]: float(s) for i, s in zip(idx[0], scores[0])}
+    return run, latencies, info
+
+
+def write_trec(path, run, tag):
+    with atomic_open(path) as f:
+        for qid, row in run.items():
+            ranked = sorted(row.items(), key=lambda item: (item[1], item[0]), reverse=True)
+            for rank, (doc_id, score) in enumerate(ranked, 1):
+                f.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+
+
+def print_table(results):
+    names = list(results)
+    width = max(12, *(len(n) for n in names))
+    print(f"{'metric':<14}" + "".join(f"{n:>{width}}" for n in names))
+    for metric in HEADLINE:
+        if all(metric in r["metrics"] for r in results.values()):
+            print(f"{metric:<14}" + "".join(f"{r['metrics'][metric]:>{width}.4f}" for r in results.values()))
+    print(f"{'latency p50 ms':<14}" + "".join(f"{r['latency_ms']['p50']:>{width}.1f}" for r in results.values()))
+    print(f"{'latency p95 ms':<14}" + "".join(f"{r['latency_ms']['p95']:>{width}.1f}" for r in results.values()))
+
+
+def main(argv=None):
+    cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
+    check_choice(cfg, "retrievers", ("bm25", "dense"))
+    dataset = os.path.basename(os.path.normpath(cfg.data))
+    model_name = os.path.basename(os.path.normpath(cfg.model))
+    cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)
+    corpus, queries, qrels = load_beir(cfg.data, cfg.split)
+    start_run(cfg.out, cfg, sys.argv[1:] if argv is None else argv)
+    print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs -> {cfg.out}")
+
+    # One extra hit, so dropping a query's own id still leaves k results.
+    depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
+    results = {}
+    for name in cfg.retrievers:
+        run, latencies, info = (run_bm25 if name == "bm25" else run_dense)(cfg, corpus, queries, depth)
+        for qid, row in run.items():
+            if cfg.ignore_identical_ids:
+                row.pop(qid, None)
+            run[qid] = dict(sorted(row.items(), key=lambda item: (item[1], item[0]), reverse=True)[:cfg.k])
+        mean, per_query = evaluate_run(qrels, run, cfg.ks)
+        write_trec(os.path.join(cfg.out, f"{name}.trec"), run, name)
+        write_json(os.path.join(cfg.out, f"{name}.per_query.json"), per_query)
+        results[name] = {"metrics": mean, "latency_ms": percentiles_ms(latencies), "queries": len(per_query), **info}
+    write_json(os.path.join(cfg.out, "metrics.json"), {"dataset": dataset, "split": cfg.split, "results": results})
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)

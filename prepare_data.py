@@ -1,0 +1,468 @@
+"""Write a dataset in BEIR layout with reproducible train/val/test splits.
+
+    python prepare_data.py --out=data/python-source                        # offline: local stdlib
+    python prepare_data.py --source=../shared/data/scifact --out=data/scifact
+    python prepare_data.py --beir=scifact --out=data/scifact               # downloads once
+    python prepare_data.py --source=pairs.jsonl --out=data/pairs           # {"question", "answer"}
+    python prepare_data.py --source=src/ --format=python-source --out=data/src
+
+Sources (--format=auto picks one):
+    BEIR directory   corpus.jsonl + queries.jsonl + qrels/*.tsv; existing splits are kept,
+                     dev becomes val, and val is carved from train when there is none.
+    QA pairs         .jsonl of {"question", "answer"} (or {"query", "positive"}), optional "title".
+    code pairs       .jsonl of {"query", "code"}.
+    python-source    docstring -> function pairs from a Python source tree (default: the stdlib),
+                     split by module file so that no file lands in two splits.
+
+Output: DIR/corpus.jsonl, DIR/queries.jsonl, DIR/qrels/{train,val,test}.tsv, DIR/prepare.json.
+The directory is swapped into place only when complete, so a failed run leaves the old one.
+Splits are seeded (--seed) and split by query, so the same seed gives the same files.
+"""
+import ast
+import os
+import random
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import time
+import tokenize
+import urllib.request
+import warnings
+import zipfile
+
+from common.config import ConfigError, check_choice, load_config
+from common.data import (DataError, field, read_corpus, read_jsonl, read_qrels, read_queries, splits,
+                         warn, write_beir)
+from common.run import UserError, cli, write_json
+
+DEFAULTS = dict(
+    # what to read
+    source="python-source",  # BEIR dir, .jsonl of pairs, a .py tree (with format=python-source), or python-source
+    format="auto",           # auto | beir | qa | code | python-source
+    beir="",                 # a BEIR dataset name to download instead, e.g. scifact
+    beir_url="https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip",
+    cache_dir="data/.cache",  # where --beir downloads are unzipped and reused
+    # where to write
+    out="",                  # default: data/<source name>
+    # splits
+    seed=0,
+    val_fraction=0.1,        # of train queries (BEIR), of queries (pairs), of module files (python-source)
+    test_fraction=0.1,       # unused for BEIR, whose test split is kept as shipped
+    # python-source
+    python_root="",          # source tree to scan; default: this Python's standard library
+    min_query_words=4,       # shorter docstring summaries ("Return x.") make vague queries
+    max_doc_chars=4000,      # the encoder sees ~256 tokens anyway; 0 keeps whole functions
+)
+
+FORMATS = ("auto", "beir", "qa", "code", "python-source")
+SPLIT_ORDER = ("train", "val", "test")
+# (query key, its aliases, document key, its aliases) per pairs format.
+PAIR_KEYS = {"qa": ("question", ("query",), "answer", ("positive",)),
+             "code": ("query", (), "code", ())}
+SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+
+
+# ---------------------------------------------------------------------------- splitting
+
+def carve(ids, fractions, seed):
+    """{split: ids} from a seeded shuffle of the sorted ids; each (split, fraction) takes its share
+    in order and train keeps the rest. A non-zero fraction gets at least one id while train keeps one."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    parts, start = {}, 0
+    for split, fraction in fractions:
+        if fraction <= 0:
+            continue
+        want = max(1, round(fraction * len(order)))  # a small set still gets one
+        k = max(0, min(want, len(order) - start - 1))  # and train always keeps one
+        parts[split] = order[start:start + k]
+        start += k
+    parts["train"] = order[start:]
+    return parts
+
+
+def ordered(qrels_by_split):
+    """train, val, test first, then any other split the source had, for stable files and printing."""
+    rest = sorted(s for s in qrels_by_split if s not in SPLIT_ORDER)
+    return {s: qrels_by_split[s] for s in (*SPLIT_ORDER, *rest) if s in qrels_by_split}
+
+
+def build(rows, split_names, same_doc=lambda title, text: (title, text)):
+    """(corpus, queries, qrels by split) from (split, query, title, text) rows. Documents with the
+    same `same_doc` key become one (the first title wins), identical queries within a split become
+    one with several positives; ids follow first appearance so the same rows give the same ids.
+    Every split in `split_names` is present, empty or not, so that main can report empty ones."""
+    corpus, doc_ids, queries, query_ids = {}, {}, {}, {}
+    qrels = {split: {} for split in split_names}
+    for split, query, title, text in rows:
+        key = same_doc(title, text)
+        doc_id = doc_ids.get(key)
+        if doc_id is None:
+            doc_id = doc_ids[key] = f"d{len(doc_ids)}"
+            corpus[doc_id] = {"title": title, "text": text}
+        qid = query_ids.get((split, query))
+        if qid is None:
+            qid = query_ids[split, query] = f"q{len(query_ids)}"
+            queries[qid] = query
+        qrels[split].setdefault(qid, {})[doc_id] = 1
+    return corpus, queries, ordered(qrels)
+
+
+def pair_fractions(cfg):
+    return [("test", cfg.test_fraction), ("val", cfg.val_fraction)]
+
+
+# ---------------------------------------------------------------------------- BEIR directory
+
+def load_beir_dir(path, cfg):
+    skipped = set()
+    corpus = read_corpus(os.path.join(path, "corpus.jsonl"), skipped)
+    all_queries = read_queries(os.path.join(path, "queries.jsonl"), skipped)
+    names = splits(path)
+    if not names:
+        raise DataError(f"{path}/qrels: no <split>.tsv files; a BEIR directory needs qrels/train.tsv "
+                        "and/or qrels/test.tsv")
+    if "dev" in names and "val" in names:
+        raise DataError(f"{path}/qrels: has both dev.tsv and val.tsv; dev is written as val, so remove one")
+    qrels = {("val" if s == "dev" else s): read_qrels(os.path.join(path, "qrels", f"{s}.tsv"),
+                                                      all_queries, corpus, skipped)
+             for s in names}
+    if "val" not in qrels:
+        carve_val(qrels, cfg, path)
+    used = {qid for rows in qrels.values() for qid in rows}
+    queries = {qid: text for qid, text in all_queries.items() if qid in used}
+    return corpus, queries, ordered(qrels), {"splits_in_source": names}
+
+
+def carve_val(qrels, cfg, path):
+    """Move a seeded share of train queries (with all their rows) into val."""
+    if "train" not in qrels:
+        print(f"note: {path} has no train split, so no val was carved; writing {', '.join(qrels)} as is")
+        return
+    val = set(carve(qrels["train"], [("val", cfg.val_fraction)], cfg.seed).get("val", ()))
+    if not val:
+        print(f"note: {path}: no val split carved (val_fraction={cfg.val_fraction}, "
+              f"{len(qrels['train'])} train queries)")
+        return
+    train = qrels["train"]
+    qrels["train"] = {q: row for q, row in train.items() if q not in val}
+    qrels["val"] = {q: row for q, row in train.items() if q in val}
+
+
+# ---------------------------------------------------------------------------- QA / code pairs
+
+def read_pairs(path, fmt):
+    """[(query, title, text)] from a pairs .jsonl; lines with an empty side are skipped and counted."""
+    q_key, q_aliases, d_key, d_aliases = PAIR_KEYS[fmt]
+    pairs, empty = [], 0
+    for lineno, obj in read_jsonl(path):
+        query = field(obj, q_key, path, lineno, aliases=q_aliases).strip()
+        text = field(obj, d_key, path, lineno, aliases=d_aliases).strip()
+        title = field(obj, "title", path, lineno, required=False).strip()
+        if not query or not text:
+            empty += 1
+            continue
+        pairs.append((query, title, text))
+    if empty:
+        warn(f"{path}: skipped {empty} line(s) with an empty {q_key} or {d_key}")
+    if not pairs:
+        raise DataError(f"{path}: no usable pairs; each line needs a non-empty {q_key!r} and {d_key!r}")
+    return pairs
+
+
+def load_pairs(path, cfg, fmt):
+    pairs = read_pairs(path, fmt)
+    # Split distinct query texts, so a question asked twice cannot sit in train and test.
+    parts = carve({q for q, _, _ in pairs}, pair_fractions(cfg), cfg.seed)
+    split_of = {q: split for split, qs in parts.items() for q in qs}
+    corpus, queries, qrels = build(((split_of[q], q, title, text) for q, title, text in pairs), parts)
+    return corpus, queries, qrels, {"pairs_read": len(pairs)}
+
+
+# ---------------------------------------------------------------------------- python-source
+
+def source_files(root):
+    """Sorted relative paths ('/'-separated) of .py files outside test and install dirs."""
+    files = []
+    for directory, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        rel = os.path.relpath(directory, root)
+        files += [os.path.normpath(os.path.join(rel, n)).replace(os.sep, "/") for n in names if n.endswith(".py")]
+    return sorted(files)
+
+
+def module_name(rel_path):
+    parts = rel_path[:-3].split("/")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
+def parse_source(path):
+    """(source lines, ast) or None when the file does not decode or parse."""
+    try:
+        with tokenize.open(path) as f:  # honours coding cookies; universal newlines
+            text = f.read()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # old escape sequences in third-party trees
+            tree = ast.parse(text, filename=path)
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, OSError):
+        return None
+    # Split on "\n" only: str.splitlines also breaks at form feeds, which ast does not count.
+    return text.split("\n"), tree
+
+
+def public_functions(body, qualname):
+    """(qualified name, node) for public functions and methods of public classes, including those
+    under module-level if/try (platform fallbacks); functions nested in functions are skipped."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not node.name.startswith("_"):
+                yield f"{qualname}.{node.name}", node
+        elif isinstance(node, ast.ClassDef):
+            if not node.name.startswith("_"):
+                yield from public_functions(node.body, f"{qualname}.{node.name}")
+        elif isinstance(node, (ast.If, ast.Try, getattr(ast, "TryStar", ast.Try))):
+            for block in (node.body, node.orelse, *(h.body for h in getattr(node, "handlers", ())),
+                          getattr(node, "finalbody", ())):
+                yield from public_functions(block, qualname)
+
+
+def is_placeholder(stmt):
+    return isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+                                          and stmt.value.value is Ellipsis)
+
+
+def on_own_lines(stmt, lines):
+    """Whether deleting the statement's lines deletes nothing else (`def f(): "doc"; x` would)."""
+    before = lines[stmt.lineno - 1].encode()[:stmt.col_offset]  # ast offsets are UTF-8 bytes
+    after = lines[stmt.end_lineno - 1].encode()[stmt.end_col_offset:].strip()
+    return not before.strip() and (not after or after.startswith(b"#"))
+
+
+def function_pair(node, lines, cfg):
+    """(query, code) for one function, or a str saying why it is skipped."""
+    doc = ast.get_docstring(node)
+    if not doc or not doc.strip():
+        return "no docstring"
+    query = " ".join(re.split(r"\n\s*\n", doc.strip(), maxsplit=1)[0].split())
+    if len(query.split()) < cfg.min_query_words:
+        return "short docstring"
+    if all(is_placeholder(s) for s in node.body[1:]):
+        return "docstring-only body"
+    docstring = node.body[0]
+    if not on_own_lines(docstring, lines):
+        return "docstring shares a line"
+    start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+    kept = lines[start - 1:docstring.lineno - 1] + lines[docstring.end_lineno:node.end_lineno]
+    code = textwrap.dedent("\n".join(kept)).strip("\n")
+    if cfg.max_doc_chars and len(code) > cfg.max_doc_chars:
+        code = code[:cfg.max_doc_chars]
+        code = code.rsplit("\n", 1)[0] if "\n" in code else code  # end on a whole line
+    return query, code
+
+
+def scan_tree(root, cfg):
+    """{rel path: [(query, title, code)]} for files with at least one pair, and scan counts."""
+    files, stats = {}, {"files_scanned": 0, "files_unreadable": 0, "functions_scanned": 0,
+                        "functions_kept": 0, "skipped": {}}
+    unreadable = []
+    for rel in source_files(root):
+        stats["files_scanned"] += 1
+        parsed = parse_source(os.path.join(root, rel))
+        if parsed is None:
+            unreadable.append(rel)
+            continue
+        lines, tree = parsed
+        for qualname, node in public_functions(tree.body, module_name(rel)):
+            stats["functions_scanned"] += 1
+            pair = function_pair(node, lines, cfg)
+            if isinstance(pair, str):
+                stats["skipped"][pair] = stats["skipped"].get(pair, 0) + 1
+                continue
+            stats["functions_kept"] += 1
+            files.setdefault(rel, []).append((pair[0], qualname, pair[1]))
+    if unreadable:
+        stats["files_unreadable"] = len(unreadable)
+        warn(f"{root}: skipped {len(unreadable)} file(s) that do not decode or parse, e.g. {unreadable[0]}")
+    stats["files_kept"] = len(files)
+    return files, stats
+
+
+def load_python_source(root, cfg):
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: not a directory; python-source needs a tree of .py files "
+                        "(--python_root=DIR or --source=DIR --format=python-source)")
+    files, stats = scan_tree(root, cfg)
+    skipped = ", ".join(f"{n:,} {why}" for why, n in sorted(stats["skipped"].items())) or "none"
+    print(f"python-source: {stats['files_scanned']:,} files scanned, {stats['files_kept']:,} with pairs; "
+          f"{stats['functions_scanned']:,} public functions, {stats['functions_kept']:,} kept (skipped: {skipped})")
+    if not files:
+        raise DataError(f"{root}: no public function has a docstring of at least {cfg.min_query_words} words "
+                        "and a body; point --python_root at a tree of documented .py files")
+    # Split whole files: functions of one module share helpers and wording, which would leak.
+    parts = carve(files, pair_fractions(cfg), cfg.seed)
+    split_of = {rel: split for split, rels in parts.items() for rel in rels}
+    rows = ((split_of[rel], query, title, code) for rel in sorted(files) for query, title, code in files[rel])
+    # Identical code under two names (aliases, copied helpers) is one thing to find.
+    corpus, queries, qrels = build(rows, parts, same_doc=lambda title, code: code)
+    stats["files_per_split"] = {split: len(parts[split]) for split in qrels}
+    stats["python"] = sys.version.split()[0]
+    return corpus, queries, qrels, stats
+
+
+# ---------------------------------------------------------------------------- --beir download
+
+def fetch_beir(name, cfg):
+    """Download and unzip a BEIR dataset into cache_dir once; return the dir holding corpus.jsonl."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"beir={name!r}: expected a BEIR dataset name such as scifact or nfcorpus")
+    target = os.path.join(cfg.cache_dir, name)
+    if os.path.isfile(os.path.join(target, "corpus.jsonl")):
+        print(f"using cached {target}")
+        return target
+    os.makedirs(cfg.cache_dir, exist_ok=True)
+    zip_path = os.path.join(cfg.cache_dir, f"{name}.zip")
+    if not os.path.isfile(zip_path):
+        download(cfg.beir_url.replace("{name}", name), zip_path)
+    unzip_dataset(zip_path, target, name)
+    os.remove(zip_path)  # the unzipped copy is what later runs reuse
+    return target
+
+
+def download(url, path):
+    print(f"downloading {url}")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, f, 1 << 20)
+    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors; ValueError: a malformed URL
+        os.remove(tmp)
+        raise UserError(f"could not download {url} ({getattr(e, 'reason', None) or e}); to work offline, "
+                        "download and unzip it elsewhere and pass --source=DIR") from None
+    os.replace(tmp, path)
+
+
+def unzip_dataset(zip_path, target, name):
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(target) or ".", prefix=f".{name}.unzip.")
+    try:
+        try:
+            with zipfile.ZipFile(zip_path) as z:
+                z.extractall(tmp)  # extractall drops absolute and ".." parts of member names
+        except zipfile.BadZipFile as e:
+            os.remove(zip_path)  # so the next run downloads it again
+            raise UserError(f"{zip_path}: not a valid zip ({e}); removed it, run again to re-download") from None
+        found = next((d for d, _, names in sorted(os.walk(tmp)) if "corpus.jsonl" in names), None)
+        if os.path.isfile(os.path.join(tmp, name, "corpus.jsonl")):
+            found = os.path.join(tmp, name)
+        if found is None:
+            raise DataError(f"{zip_path}: no corpus.jsonl inside; expected {name}/corpus.jsonl")
+        if os.path.exists(target):
+            shutil.rmtree(target)  # a leftover without corpus.jsonl, or the cache hit above would have taken it
+        os.replace(found, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- main
+
+def check_config(cfg):
+    check_choice(cfg, "format", FORMATS)
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: must be at least 0 and below 1")
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        raise ConfigError("val_fraction + test_fraction must be below 1, so that train keeps some queries")
+    if cfg.beir and cfg.source != DEFAULTS["source"]:
+        raise ConfigError("give either --source or --beir, not both")
+
+
+def detect_format(source, fmt):
+    if fmt != "auto":
+        return fmt
+    if source == "python-source":
+        return "python-source"
+    if os.path.isdir(source):
+        if os.path.isfile(os.path.join(source, "corpus.jsonl")):
+            return "beir"
+        raise DataError(f"{source}: no corpus.jsonl, so not a BEIR directory; for a tree of .py files "
+                        "add --format=python-source")
+    if not os.path.exists(source):
+        raise DataError(f"{source}: not found; pass --source=DIR, --source=FILE.jsonl or --source=python-source")
+    if not source.endswith(".jsonl"):
+        raise DataError(f"{source}: expected a BEIR directory, a .jsonl file of pairs or python-source; "
+                        "or pass --format")
+    for lineno, obj in read_jsonl(source):
+        if "code" in obj:
+            return "code"
+        if {"answer", "positive"} & obj.keys():
+            return "qa"
+        raise DataError(f"{source}:{lineno}: cannot tell the format from keys {sorted(obj)}; expected "
+                        "question/answer or query/positive (qa) or query/code (code), or pass --format")
+    raise DataError(f"{source}: empty file; it needs one JSON object per line")
+
+
+def resolve_source(cfg):
+    """(path to read, format, name for the default output dir) of a local source."""
+    fmt = detect_format(cfg.source, cfg.format)
+    if fmt == "python-source" and not cfg.python_root and cfg.source == "python-source":
+        return sysconfig.get_paths()["stdlib"], fmt, "python-source"
+    path = cfg.python_root if fmt == "python-source" and cfg.python_root else cfg.source
+    return path, fmt, os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+
+def check_out(out, source):
+    """Refuse outputs whose atomic swap would delete something that is not an earlier dataset."""
+    real_out, real_source = os.path.realpath(out), os.path.realpath(source)
+    if real_source == real_out or real_source.startswith(real_out + os.sep):
+        raise UserError(f"--out={out} would replace the source {source}; choose another output directory")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out={out} is a file; choose a directory")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "corpus.jsonl")):
+        raise UserError(f"--out={out} exists and is not a dataset (no corpus.jsonl), and would be replaced "
+                        "whole; choose a new or empty directory")
+
+
+def split_counts(qrels):
+    return {"queries": len(qrels), "qrels": sum(len(row) for row in qrels.values()),
+            "positive_pairs": sum(g > 0 for row in qrels.values() for g in row.values())}
+
+
+def main(argv=None):
+    cfg = load_config(DEFAULTS, argv if argv is not None else sys.argv[1:])
+    check_config(cfg)
+    started = time.time()
+    if cfg.beir:
+        out = cfg.out or os.path.join("data", cfg.beir)
+        check_out(out, cfg.cache_dir)  # before a long download, not after
+        source, fmt = fetch_beir(cfg.beir, cfg), "beir"
+    else:
+        source, fmt, name = resolve_source(cfg)
+        out = cfg.out or os.path.join("data", name)
+        check_out(out, source)
+    if fmt == "beir":
+        corpus, queries, qrels, details = load_beir_dir(source, cfg)
+    elif fmt == "python-source":
+        corpus, queries, qrels, details = load_python_source(source, cfg)
+    else:
+        corpus, queries, qrels, details = load_pairs(source, cfg, fmt)
+    for split, rows in qrels.items():
+        if not rows:
+            fix = f"qrels/{split}.tsv needs rows" if fmt == "beir" else f"add data or set --{split}_fraction=0"
+            raise DataError(f"{source}: split '{split}' would be empty; {fix}")
+    counts = {split: split_counts(rows) for split, rows in qrels.items()}
+    write_beir(out, corpus, queries, qrels)
+    write_json(os.path.join(out, "prepare.json"), {
+        "source": source, "format": fmt, "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+        "corpus": len(corpus), "splits": counts, "details": details, "config": vars(cfg)})
+    print(f"wrote {out} ({fmt}, {time.time() - started:.1f} s): corpus {len(corpus):,} docs")
+    for split, c in counts.items():
+        print(f"  {split:<6} {c['queries']:>8,} queries {c['qrels']:>8,} qrels "
+              f"{c['positive_pairs']:>8,} positive pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)

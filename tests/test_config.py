@@ -1,0 +1,49 @@
+import pytest
+
+from common.config import ConfigError, check_choice, load_config
+
+DEFAULTS = dict(lr=1e-4, steps=10, name="x", amp=False, ks=[1, 10], tags=["a"])
+
+
+def test_defaults_then_yaml_then_cli(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("steps: 20\nname: fromyaml\n")
+    cfg = load_config(DEFAULTS, [str(yml), "--steps=30", "--lr", "0.5", "--amp"])
+    assert (cfg.steps, cfg.name, cfg.lr, cfg.amp) == (30, "fromyaml", 0.5, True)
+
+
+def test_lists_and_dashes():
+    cfg = load_config(DEFAULTS, ["--ks=5,20", "--tags=b,c"])
+    assert cfg.ks == [5, 20] and cfg.tags == ["b", "c"]
+    assert load_config({"rerank_depth": 1}, ["--rerank-depth=7"]).rerank_depth == 7
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--stpes=3"], "did you mean steps"),
+    (["--steps=ten"], "not a int"),
+    (["--steps=1.5"], "not a int"),
+    (["--amp=maybe"], "not a bool"),
+    (["--lr"], "needs a value"),
+    (["notes.txt"], "neither a configs/"),
+])
+def test_bad_command_lines(argv, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(DEFAULTS, argv)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    yml = tmp_path / "bad.yaml"
+    yml.write_text("stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'stepz'"):
+        load_config(DEFAULTS, [str(yml)])
+    yml.write_text("steps: [1, 2]\n")
+    with pytest.raises(ConfigError, match="bad.yaml: steps"):
+        load_config(DEFAULTS, [str(yml)])
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(DEFAULTS, [str(tmp_path / "missing.yaml")])
+
+
+def test_check_choice():
+    cfg = load_config(DEFAULTS, ["--tags=a,zz"])
+    with pytest.raises(ConfigError, match="tags='zz'"):
+        check_choice(cfg, "tags", ("a", "b"))

