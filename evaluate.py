@@ -58,7 +58,7 @@ def percentiles_ms(seconds):
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
 
 
-def run_bm25(cfg, corpus, queries, depth):
+def run_bm25(cfg, corpus, queries, depth, encoder=None):
     t0 = time.perf_counter()
     index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b)
     info = {"index_seconds": time.perf_counter() - t0}
@@ -72,11 +72,15 @@ def run_bm25(cfg, corpus, queries, depth):
 
 def corpus_embeddings(cfg, encoder, doc_ids, texts):
     """Encode the corpus, or load it from the cache when model, settings and corpus are unchanged."""
-    weights = [os.path.join(cfg.model_path, f) for f in ("model.safetensors", "pytorch_model.bin")]
+    from common.models import resolve_model
+
+    model_path = resolve_model(cfg.model)
+    weights = [os.path.join(model_path, f) for f in ("model.safetensors", "pytorch_model.bin")]
     stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights if os.path.isfile(w)]
-    corpus_file = os.path.join(cfg.data, "corpus.jsonl")
-    key = repr((os.path.abspath(cfg.model_path), stamp, encoder.settings(), os.path.abspath(corpus_file),
-                os.path.getsize(corpus_file), os.path.getmtime(corpus_file)))
+    # The corpus by content, not mtime: re-running prepare_data.py rewrites identical bytes.
+    with open(os.path.join(cfg.data, "corpus.jsonl"), "rb") as f:
+        corpus_digest = hashlib.file_digest(f, "sha1").hexdigest()
+    key = repr((os.path.abspath(model_path), stamp, encoder.settings(), corpus_digest))
     cache = os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache",
                          hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy")
     if cfg.cache_embeddings and os.path.isfile(cache):
@@ -93,21 +97,23 @@ def corpus_embeddings(cfg, encoder, doc_ids, texts):
     return emb, {"cached": False, "encode_seconds": seconds, "docs_per_s": len(texts) / seconds}
 
 
-def run_dense(cfg, corpus, queries, depth):
-    import torch
-
-    from common.models import BiEncoder, pick_device, resolve_model
+def load_encoder(cfg):
+    from common.models import BiEncoder, pick_device
 
     encoder = BiEncoder.from_pretrained(cfg.model, pooling=cfg.pooling or None,
                                         max_query_length=cfg.max_query_length or None,
                                         max_passage_length=cfg.max_passage_length or None,
                                         query_prefix=cfg.query_prefix or None,
                                         passage_prefix=cfg.passage_prefix or None)
-    encoder.to(pick_device(cfg.device)).eval()
-    cfg.model_path = resolve_model(cfg.model)
+    return encoder.to(pick_device(cfg.device)).eval()
+
+
+def run_dense(cfg, corpus, queries, depth, encoder):
+    import torch
+
     doc_ids = list(corpus)
     doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
-    info["settings"] = encoder.settings()
+    info.update(model=cfg.model, settings=encoder.settings())
     # One query at a time, as a search service sees them: the latency is encode + search.
     run, latencies = {}, []
     with torch.inference_mode():
@@ -145,6 +151,8 @@ def main(argv=None):
     model_name = os.path.basename(os.path.normpath(cfg.model))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
+    # A model that does not load must fail before any output is written or BM25 has run.
+    encoder = load_encoder(cfg) if "dense" in cfg.retrievers else None
     start_run(cfg.out, cfg, sys.argv[1:] if argv is None else argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs -> {cfg.out}")
 
@@ -152,7 +160,7 @@ def main(argv=None):
     depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
     results = {}
     for name in cfg.retrievers:
-        run, latencies, info = (run_bm25 if name == "bm25" else run_dense)(cfg, corpus, queries, depth)
+        run, latencies, info = (run_bm25 if name == "bm25" else run_dense)(cfg, corpus, queries, depth, encoder)
         for qid, row in run.items():
             if cfg.ignore_identical_ids:
                 row.pop(qid, None)

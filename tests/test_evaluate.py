@@ -50,12 +50,16 @@ def test_query_never_retrieves_a_doc_with_its_own_id(tmp_path):
     assert len((tmp_path / "r2" / "bm25.trec").read_text().splitlines()) == 2
 
 
-def test_bad_input_is_one_line_and_exit_2(tmp_path):
+def test_bad_input_is_one_line_and_exit_2(toy_beir, tmp_path):
     proc = subprocess.run([sys.executable, "evaluate.py", f"--data={tmp_path}/missing", "--retrievers=bm25"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert "no such split" in proc.stderr
+    proc = subprocess.run([sys.executable, "evaluate.py", f"--data={toy_beir}", f"--model={tmp_path}/nope",
+                           f"--out={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "model directory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "run")  # failed before writing anything, BM25 included
     proc = subprocess.run([sys.executable, "evaluate.py", "--retrievers=bm25,splade"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "choose one of bm25, dense" in proc.stderr
