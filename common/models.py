@@ -31,7 +31,8 @@ class ModelNotFound(UserError):
 
 def _looks_like_path(name):
     first = name.split("/")[0]
-    return name.startswith(("/", "./", "../", "~")) or os.sep in name and os.path.isdir(first) or name.endswith(os.sep)
+    return (name.startswith(("/", "./", "../", "~")) or name.endswith(os.sep)
+            or (os.sep in name and os.path.isdir(first)))
 
 
 def resolve_model(name):
@@ -53,12 +54,12 @@ def resolve_model(name):
     return name
 
 
-def load_pretrained(name, loader):
+def load_pretrained(name, loader, path=None):
     """loader.from_pretrained(resolved name), with a one-line error instead of a hub stack trace."""
-    path = resolve_model(name)
+    path = path or resolve_model(name)
     try:
         return loader.from_pretrained(path)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:  # hub and file errors are OSErrors; a bad config a ValueError
         where = "the local directory" if os.path.isdir(path) else "the Hugging Face hub (offline?)"
         reason = str(e).strip().splitlines()[0][:200].rstrip(".") if str(e).strip() else type(e).__name__
         raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}. Pass a local model "
@@ -71,34 +72,46 @@ def pick_device(device="auto"):
     return torch.device(device)
 
 
-def _read_json(path, default=None):
-    if not os.path.isfile(path):
-        return default
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def _metadata_reader(path):
+    """read(relative name) -> parsed JSON or None, from a local model dir or, for a hub name, the hub."""
+    def read(rel):
+        if os.path.isdir(path):
+            file = os.path.join(path, rel)
+        else:
+            from huggingface_hub import hf_hub_download
+            try:
+                file = hf_hub_download(path, rel)
+            except Exception:  # absent from the repo (most are optional), or offline with no cache
+                return None
+        if not os.path.isfile(file):
+            return None
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    return read
 
 
 def read_settings(path, model_config):
     """Encoder settings saved beside the weights: ours, else sentence-transformers', else defaults."""
-    ours = _read_json(os.path.join(path, "biencoder.json"))
+    read = _metadata_reader(path)
+    ours = read("biencoder.json")
     if ours is not None:
         return ours
     max_len = min(512, getattr(model_config, "max_position_embeddings", 512))
     settings = dict(pooling="mean", normalize=True, query_prefix="", passage_prefix="",
                     max_query_length=max_len, max_passage_length=max_len)
-    st = _read_json(os.path.join(path, "sentence_bert_config.json"))
+    st = read("sentence_bert_config.json")
     if st and st.get("max_seq_length"):
         settings["max_query_length"] = settings["max_passage_length"] = int(st["max_seq_length"])
-    modules = _read_json(os.path.join(path, "modules.json"))
+    modules = read("modules.json")
     if modules is not None:
         settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in modules)
         for m in modules:
             if m.get("type", "").endswith("Pooling"):
-                pool = _read_json(os.path.join(path, m.get("path", "1_Pooling"), "config.json"), {})
+                pool = read(f"{m.get('path') or '1_Pooling'}/config.json") or {}
                 for mode in POOLINGS:
                     if pool.get(f"pooling_mode_{mode}_token" if mode == "cls" else f"pooling_mode_{mode}_tokens"):
                         settings["pooling"] = mode
-    prompts = (_read_json(os.path.join(path, "config_sentence_transformers.json"), {}) or {}).get("prompts") or {}
+    prompts = (read("config_sentence_transformers.json") or {}).get("prompts") or {}
     settings["query_prefix"] = prompts.get("query", "")
     settings["passage_prefix"] = prompts.get("document", prompts.get("passage", ""))
     return settings
@@ -120,10 +133,10 @@ class BiEncoder(torch.nn.Module):
     @classmethod
     def from_pretrained(cls, name, **overrides):
         """Load weights, tokenizer and settings; an override of None keeps the saved value."""
-        model = load_pretrained(name, AutoModel)
-        tokenizer = load_pretrained(name, AutoTokenizer)
         path = resolve_model(name)
-        settings = read_settings(path if os.path.isdir(path) else "", model.config)
+        model = load_pretrained(name, AutoModel, path)
+        tokenizer = load_pretrained(name, AutoTokenizer, path)
+        settings = read_settings(path, model.config)
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, tokenizer, **settings)
 

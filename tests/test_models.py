@@ -73,6 +73,30 @@ def test_save_load_round_trip_and_sentence_transformers_files(tiny_model, tmp_pa
     assert st_only == {**enc.settings(), "max_query_length": enc.max_length["passage"]}
 
 
+def test_hub_names_read_their_settings_from_the_hub(tiny_model, tmp_path, monkeypatch):
+    """Online path, with the hub stood in by a local directory: weights and metadata both come from it."""
+    import huggingface_hub
+    import transformers
+
+    saved = BiEncoder.from_pretrained(tiny_model, pooling="max", query_prefix="q: ").save(str(tmp_path / "hub"))
+    fetched = []
+
+    def fake_download(repo, filename, **kw):
+        assert repo == "org/tiny"
+        fetched.append(filename)
+        return os.path.join(saved, filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    for cls in (transformers.AutoModel, transformers.AutoTokenizer):
+        real = cls.from_pretrained.__func__
+        monkeypatch.setattr(cls, "from_pretrained",
+                            classmethod(lambda c, name, real=real, **kw: real(c, saved if name == "org/tiny" else name)))
+    monkeypatch.chdir(tmp_path)  # a stray biencoder.json in the working directory must not be read
+    (tmp_path / "biencoder.json").write_text('{"pooling": "cls"}')
+    enc = BiEncoder.from_pretrained("org/tiny")
+    assert enc.pooling == "max" and enc.prefix["query"] == "q: " and fetched == ["biencoder.json"]
+
+
 def test_model_names_resolve_or_fail_in_one_line(tmp_path, monkeypatch):
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert resolve_model("some-org/some-model") == "some-org/some-model"  # a hub name, left to transformers
