@@ -21,7 +21,7 @@ import numpy as np
 
 from common.config import check_choice, load_config
 from common.data import atomic_open, doc_text, load_beir
-from common.metrics import evaluate_run
+from common.metrics import evaluate_run, ranked
 from common.retrievers import BM25, dense_search
 from common.run import cli, start_run, write_json
 
@@ -58,7 +58,7 @@ def percentiles_ms(seconds):
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
 
 
-def run_bm25(cfg, corpus, queries, depth, encoder=None):
+def run_bm25(cfg, corpus, queries, depth):
     t0 = time.perf_counter()
     index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b)
     info = {"index_seconds": time.perf_counter() - t0}
@@ -128,9 +128,8 @@ def run_dense(cfg, corpus, queries, depth, encoder):
 def write_trec(path, run, tag):
     with atomic_open(path) as f:
         for qid, row in run.items():
-            ranked = sorted(row.items(), key=lambda item: (item[1], item[0]), reverse=True)
-            for rank, (doc_id, score) in enumerate(ranked, 1):
-                f.write(f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}\n")
+            for rank, doc_id in enumerate(ranked(row), 1):
+                f.write(f"{qid} Q0 {doc_id} {rank} {row[doc_id]:.6f} {tag}\n")
 
 
 def print_table(results):
@@ -160,11 +159,14 @@ def main(argv=None):
     depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
     results = {}
     for name in cfg.retrievers:
-        run, latencies, info = (run_bm25 if name == "bm25" else run_dense)(cfg, corpus, queries, depth, encoder)
+        if name == "bm25":
+            run, latencies, info = run_bm25(cfg, corpus, queries, depth)
+        else:
+            run, latencies, info = run_dense(cfg, corpus, queries, depth, encoder)
         for qid, row in run.items():
             if cfg.ignore_identical_ids:
                 row.pop(qid, None)
-            run[qid] = dict(sorted(row.items(), key=lambda item: (item[1], item[0]), reverse=True)[:cfg.k])
+            run[qid] = {doc_id: row[doc_id] for doc_id in ranked(row, cfg.k)}
         mean, per_query = evaluate_run(qrels, run, cfg.ks)
         write_trec(os.path.join(cfg.out, f"{name}.trec"), run, name)
         write_json(os.path.join(cfg.out, f"{name}.per_query.json"), per_query)
