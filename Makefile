@@ -4,6 +4,8 @@
 #   MODEL=all-MiniLM-L6-v2 (packaged offline), a local model directory, or a hub name
 #   EVAL_CONFIG=configs/bm25-only.yaml   a flat yaml of evaluate.py settings
 #   EVAL_ARGS="--batch_size=32"          evaluate.py overrides, applied last
+#   ENCODER_CONFIG=configs/encoder-<dataset>.yaml (picked by dataset when it exists)
+#   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py overrides, applied last
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,8 +20,11 @@ DATASET  := $(if $(filter python-source,$(DATA)),python-source,$(notdir $(abspat
 DATA_DIR := data/$(DATASET)
 RUN_DIR  := runs/$(DATASET)-$(notdir $(abspath $(MODEL)))
 COMMON   := $(wildcard common/*.py)
+ENCODER_CONFIG ?= $(wildcard configs/encoder-$(DATASET).yaml)
+TRAIN_ARGS ?=
+ENCODER_DIR := $(RUN_DIR)/encoder
 
-.PHONY: setup setup-gpu data baseline pipeline test bench-encode clean
+.PHONY: setup setup-gpu data baseline train-encoder pipeline tensorboard test bench-encode clean
 
 ## set-up --------------------------------------------------------------------------------
 setup: $(VENV)/.installed
@@ -52,8 +57,19 @@ $(RUN_DIR)/baseline-$(SPLIT)/metrics.json: $(DATA_DIR)/prepare.json evaluate.py 
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$(SPLIT) --model=$(MODEL) \
 	    --out=$(RUN_DIR)/baseline-$(SPLIT) $(EVAL_ARGS)
 
-# Grows with later stages: mine, train reranker, train encoder, index, export.
-pipeline: baseline
+# Fine-tune on train, keep the best on val, evaluate it on test (ENCODER_DIR/test/metrics.json).
+train-encoder: $(ENCODER_DIR)/metrics.json
+$(ENCODER_DIR)/metrics.json: $(DATA_DIR)/prepare.json train_encoder.py $(COMMON) $(ENCODER_CONFIG)
+	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(ENCODER_DIR) $(TRAIN_ARGS)
+
+# Grows with later stages: mine, train reranker, index, export.
+pipeline: $(RUN_DIR)/comparison.md
+$(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(ENCODER_DIR)/metrics.json evaluate.py
+	$(PY) evaluate.py --out=$(RUN_DIR) \
+	    --compare=zero-shot=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(ENCODER_DIR)/test/metrics.json
+
+tensorboard: | setup
+	$(VENV)/bin/tensorboard --logdir runs
 
 ## checks ----------------------------------------------------------------------------------
 test: | setup

@@ -8,11 +8,14 @@ per-query latency p50/p95 into the run directory, and prints the retrievers side
     # SciFact test with a fine-tuned model, into a chosen run directory
     python evaluate.py --data=data/scifact --model=runs/scifact/best --out=runs/scifact/eval
     # settings shared by several runs live in a yaml file; --key=value overrides it
-    python evaluate.py configs/scifact.yaml --split=val
+    python evaluate.py configs/bm25-only.yaml --split=val
+    # earlier runs side by side, as a markdown table (also written to --out/comparison.md)
+    python evaluate.py --compare=zero-shot=runs/a/test/metrics.json,fine-tuned=runs/b/encoder/test/metrics.json
 
 Evaluation is a single process; under torchrun only rank 0 would be needed, so run it plainly.
 """
 import hashlib
+import json
 import os
 import sys
 import time
@@ -21,9 +24,9 @@ import numpy as np
 
 from common.config import check_choice, load_config
 from common.data import atomic_open, doc_text, load_beir
-from common.metrics import evaluate_run, ranked
+from common.metrics import cut_run, evaluate_run, write_trec
 from common.retrievers import BM25, dense_search
-from common.run import cli, start_run, write_json
+from common.run import UserError, cli, start_run, write_json
 
 DEFAULTS = dict(
     # data
@@ -49,6 +52,8 @@ DEFAULTS = dict(
     ks=[1, 3, 5, 10, 100],  # cut-offs for every metric
     ignore_identical_ids=True,  # BEIR: a query never retrieves the doc that has its own id
     out="",  # run directory; "" = runs/<dataset>-<model>/<split>
+    # report only: print earlier runs side by side (label=path/metrics.json,...) and write comparison.md
+    compare=[],
 )
 HEADLINE = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@10", "precision@10", "success@10")
 
@@ -125,27 +130,45 @@ def run_dense(cfg, corpus, queries, depth, encoder):
     return run, latencies, info
 
 
-def write_trec(path, run, tag):
-    with atomic_open(path) as f:
-        for qid, row in run.items():
-            for rank, doc_id in enumerate(ranked(row), 1):
-                f.write(f"{qid} Q0 {doc_id} {rank} {row[doc_id]:.6f} {tag}\n")
-
-
-def print_table(results):
+def table(results):
+    """Markdown table of the headline metrics, one column per retriever."""
     names = list(results)
-    width = max(12, *(len(n) for n in names))
-    print(f"{'metric':<14}" + "".join(f"{n:>{width}}" for n in names))
+    rows = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for metric in HEADLINE:
         if all(metric in r["metrics"] for r in results.values()):
-            print(f"{metric:<14}" + "".join(f"{r['metrics'][metric]:>{width}.4f}" for r in results.values()))
-    print(f"{'latency p50 ms':<14}" + "".join(f"{r['latency_ms']['p50']:>{width}.1f}" for r in results.values()))
-    print(f"{'latency p95 ms':<14}" + "".join(f"{r['latency_ms']['p95']:>{width}.1f}" for r in results.values()))
+            rows.append(f"| {metric} | " + " | ".join(f"{r['metrics'][metric]:.4f}" for r in results.values()) + " |")
+    for p in ("p50", "p95"):
+        if all("latency_ms" in r for r in results.values()):
+            rows.append(f"| latency {p} ms | " + " | ".join(f"{r['latency_ms'][p]:.1f}" for r in results.values()) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def compare(cfg):
+    """Earlier runs side by side: `label=path/metrics.json`, one column per label and retriever."""
+    results = {}
+    for item in cfg.compare:
+        label, _, path = item.rpartition("=")
+        label = label or os.path.basename(os.path.dirname(os.path.abspath(path)))
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)["results"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{path}: not a metrics.json written by evaluate.py or train_encoder.py ({e})") from None
+        for name, result in saved.items():
+            results[f"{label} {name}"] = result
+    text = table(results)
+    print(text, end="")
+    if cfg.out:
+        with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
+            f.write(text)
+    return 0
 
 
 def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
     check_choice(cfg, "retrievers", ("bm25", "dense"))
+    if cfg.compare:
+        return compare(cfg)
     dataset = os.path.basename(os.path.normpath(cfg.data))
     model_name = os.path.basename(os.path.normpath(cfg.model))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)
@@ -163,16 +186,13 @@ def main(argv=None):
             run, latencies, info = run_bm25(cfg, corpus, queries, depth)
         else:
             run, latencies, info = run_dense(cfg, corpus, queries, depth, encoder)
-        for qid, row in run.items():
-            if cfg.ignore_identical_ids:
-                row.pop(qid, None)
-            run[qid] = {doc_id: row[doc_id] for doc_id in ranked(row, cfg.k)}
+        run = cut_run(run, cfg.k, cfg.ignore_identical_ids)
         mean, per_query = evaluate_run(qrels, run, cfg.ks)
         write_trec(os.path.join(cfg.out, f"{name}.trec"), run, name)
         write_json(os.path.join(cfg.out, f"{name}.per_query.json"), per_query)
         results[name] = {"metrics": mean, "latency_ms": percentiles_ms(latencies), "queries": len(per_query), **info}
     write_json(os.path.join(cfg.out, "metrics.json"), {"dataset": dataset, "split": cfg.split, "results": results})
-    print_table(results)
+    print(table(results), end="")
     return 0
 
 

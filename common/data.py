@@ -174,6 +174,41 @@ def load_beir(data_dir, split):
     return corpus, {q: queries[q] for q in qrels}, qrels
 
 
+def read_training_file(path, corpus):
+    """Training records of a mined file (one JSON object per line, written by mine_negatives.py):
+
+        {"qid": "q1", "query": "text", "positives": ["d1"], "negatives": ["d7", {"id": "d9", ...}],
+         "teacher": {"d1": 7.2, "d7": 1.3}}            # teacher: optional, for margin_mse
+
+    Negatives are ids or objects with an "id" (their mining scores and ranks ride along unused).
+    """
+    records = []
+    for lineno, obj in read_jsonl(path):
+        qid = field(obj, "qid", path, lineno, aliases=("query_id", "_id"))
+        query = field(obj, "query", path, lineno, aliases=("text",))
+        ids = {}
+        for key in ("positives", "negatives"):
+            value = obj.get(key, [])
+            if not isinstance(value, list):
+                raise DataError(f"{path}:{lineno}: '{key}' must be a list of doc ids, got {type(value).__name__}")
+            ids[key] = [str(v.get("id", "")) if isinstance(v, dict) else str(v) for v in value]
+            unknown = [d for d in ids[key] if d not in corpus]
+            if unknown:
+                raise DataError(f"{path}:{lineno}: {key} id '{unknown[0]}' is not in the corpus; mine again "
+                                "against this dataset's corpus.jsonl")
+        if not ids["positives"]:
+            raise DataError(f"{path}:{lineno}: query '{qid}' has no positives; every line needs at least one")
+        teacher = obj.get("teacher") or {}
+        if not isinstance(teacher, dict) or not all(isinstance(v, (int, float)) for v in teacher.values()):
+            raise DataError(f"{path}:{lineno}: 'teacher' must map doc ids to numeric scores")
+        negatives = [d for d in ids["negatives"] if d not in set(ids["positives"])]
+        records.append(dict(qid=qid, query=query, positives=ids["positives"], negatives=negatives,
+                            teacher={str(k): float(v) for k, v in teacher.items()}, line=lineno))
+    if not records:
+        raise DataError(f"{path}: no training records; run mine_negatives.py again")
+    return records
+
+
 def doc_text(doc):
     """The text a document is encoded and indexed as: title + " " + text."""
     return f"{doc['title']} {doc['text']}".strip() if doc.get("title") else doc["text"]

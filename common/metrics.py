@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from common.data import atomic_open
+
 METRICS = ("ndcg", "mrr", "recall", "map", "precision", "success")
 DEFAULT_KS = (1, 3, 5, 10, 100)
 
@@ -60,3 +62,22 @@ def evaluate_run(qrels, run, ks=DEFAULT_KS):
     names = [f"{m}@{k}" for m in METRICS for k in ks]
     mean = {n: float(np.mean([pq[n] for pq in per_query.values()])) if per_query else 0.0 for n in names}
     return mean, per_query
+
+
+def cut_run(run, k, ignore_identical_ids=True):
+    """Each query's top k, after dropping a doc that has the query's own id (BEIR's convention:
+    retrieve one extra hit so k remain)."""
+    out = {}
+    for qid, row in run.items():
+        if ignore_identical_ids:
+            row = {d: s for d, s in row.items() if d != qid}
+        out[qid] = {doc_id: row[doc_id] for doc_id in ranked(row, k)}
+    return out
+
+
+def write_trec(path, run, tag):
+    """A TREC run file: `qid Q0 docid rank score tag`, best first."""
+    with atomic_open(path) as f:
+        for qid, row in run.items():
+            for rank, doc_id in enumerate(ranked(row), 1):
+                f.write(f"{qid} Q0 {doc_id} {rank} {row[doc_id]:.6f} {tag}\n")

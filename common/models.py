@@ -140,6 +140,29 @@ class BiEncoder(torch.nn.Module):
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, tokenizer, **settings)
 
+    @classmethod
+    def from_scratch(cls, name, layers=0, hidden_size=0, heads=0, **overrides):
+        """Randomly initialised weights in the architecture of `name` (its tokenizer and vocabulary
+        kept), with the number of layers, hidden size and attention heads changed where given."""
+        from transformers import AutoConfig
+
+        path = resolve_model(name)
+        config = load_pretrained(name, AutoConfig, path)
+        for key, value in (("num_hidden_layers", layers), ("num_attention_heads", heads)):
+            if value:
+                setattr(config, key, value)
+        if hidden_size:
+            config.intermediate_size = 4 * hidden_size
+            config.hidden_size = hidden_size
+        if config.hidden_size % config.num_attention_heads:
+            raise UserError(f"hidden size {config.hidden_size} is not divisible by {config.num_attention_heads} "
+                            "attention heads; change scratch_hidden_size or scratch_heads")
+        model = AutoModel.from_config(config)
+        tokenizer = load_pretrained(name, AutoTokenizer, path)
+        settings = read_settings(path, config)
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(model, tokenizer, **settings)
+
     @property
     def dim(self):
         return self.model.config.hidden_size
@@ -200,35 +223,39 @@ class BiEncoder(torch.nn.Module):
         1_Pooling/config.json, config_sentence_transformers.json) so the project never imports it.
         """
         with atomic_dir(out_dir) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            write = lambda rel, obj: _write_json(os.path.join(tmp, rel), obj)  # noqa: E731
-            write("biencoder.json", self.settings())
-            modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                       {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-            if self.normalize:
-                modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                                "type": "sentence_transformers.models.Normalize"})
-                os.makedirs(os.path.join(tmp, "2_Normalize"), exist_ok=True)
-            write("modules.json", modules)
-            # sentence-transformers has a single max length; the passage one is the one that matters.
-            write("sentence_bert_config.json", {"max_seq_length": self.max_length["passage"], "do_lower_case": False})
-            write("1_Pooling/config.json", {
-                "word_embedding_dimension": self.dim,
-                "pooling_mode_cls_token": self.pooling == "cls",
-                "pooling_mode_mean_tokens": self.pooling == "mean",
-                "pooling_mode_max_tokens": self.pooling == "max",
-                "pooling_mode_mean_sqrt_len_tokens": False,
-                "pooling_mode_weightedmean_tokens": False,
-                "pooling_mode_lasttoken": False,
-                "include_prompt": True,
-            })
-            write("config_sentence_transformers.json", {
-                "prompts": {"query": self.prefix["query"], "document": self.prefix["passage"]},
-                "default_prompt_name": None,
-                "similarity_fn_name": "cosine" if self.normalize else "dot",
-            })
+            self.write(tmp)
         return out_dir
+
+    def write(self, tmp):
+        """save() into an existing directory, for callers that add files and swap it in themselves."""
+        self.model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        write = lambda rel, obj: _write_json(os.path.join(tmp, rel), obj)  # noqa: E731
+        write("biencoder.json", self.settings())
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if self.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            os.makedirs(os.path.join(tmp, "2_Normalize"), exist_ok=True)
+        write("modules.json", modules)
+        # sentence-transformers has a single max length; the passage one is the one that matters.
+        write("sentence_bert_config.json", {"max_seq_length": self.max_length["passage"], "do_lower_case": False})
+        write("1_Pooling/config.json", {
+            "word_embedding_dimension": self.dim,
+            "pooling_mode_cls_token": self.pooling == "cls",
+            "pooling_mode_mean_tokens": self.pooling == "mean",
+            "pooling_mode_max_tokens": self.pooling == "max",
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": False,
+            "include_prompt": True,
+        })
+        write("config_sentence_transformers.json", {
+            "prompts": {"query": self.prefix["query"], "document": self.prefix["passage"]},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine" if self.normalize else "dot",
+        })
 
 
 def _write_json(path, obj):

@@ -66,3 +66,9 @@ def dense_search(query_emb, doc_emb, k, chunk=4096):
         best_scores, pos = torch.topk(merged_s, k, dim=1)
         best_idx = torch.gather(merged_i, 1, pos)
     return best_scores.numpy(), best_idx.numpy()
+
+
+def dense_run(query_ids, query_emb, doc_ids, doc_emb, depth):
+    """{query id: {doc id: score}} of the exact top `depth` documents of every query."""
+    scores, idx = dense_search(query_emb, doc_emb, depth)
+    return {qid: {doc_ids[i]: float(s) for i, s in zip(idx[row], scores[row])} for row, qid in enumerate(query_ids)}

@@ -20,7 +20,7 @@ except ModuleNotFoundError:
     pass
 
 
-def build_tiny_model(path, hidden=32, layers=2, seed=0):
+def build_tiny_model(path, hidden=32, layers=2, seed=0, dropout=0.0):
     """A 2-layer BERT with a character-level vocab: real code paths, milliseconds to run."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
@@ -31,7 +31,7 @@ def build_tiny_model(path, hidden=32, layers=2, seed=0):
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=2 * hidden, max_position_embeddings=512,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -76,3 +76,22 @@ def toy_beir(tmp_path):
     qrels = {"test": [(f"q{i}", f"d{i}", 1) for i in range(1, 7)] + [("q1", "d3", 0)],
              "train": [("q1", "d1", 1)]}
     return write_beir_dir(tmp_path / "toy", topics, queries, qrels)
+
+
+@pytest.fixture(scope="session")
+def train_beir(tmp_path_factory):
+    """A small dataset to train on: 64 docs of four made-up words each; a query is two of its doc's
+    words. Train/val/test queries are disjoint; one train query has two positives."""
+    import random
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 8))) for _ in range(200)]
+    corpus, queries, qrels = {}, {}, {"train": [], "val": [], "test": []}
+    for i in range(64):
+        doc = rng.sample(words, 4) + rng.sample(words, rng.randint(0, 20))
+        corpus[f"d{i}"] = ("", " ".join(doc))
+        queries[f"q{i}"] = " ".join(doc[:2])
+        split = "train" if i < 48 else "val" if i < 56 else "test"
+        qrels[split].append((f"q{i}", f"d{i}", 1))
+    qrels["train"].append(("q0", "d1", 1))
+    return write_beir_dir(tmp_path_factory.mktemp("train-beir") / "toy", corpus, queries, qrels)

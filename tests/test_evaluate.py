@@ -63,3 +63,21 @@ def test_bad_input_is_one_line_and_exit_2(toy_beir, tmp_path):
     proc = subprocess.run([sys.executable, "evaluate.py", "--retrievers=bm25,splade"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "choose one of bm25, dense" in proc.stderr
+
+
+def test_compare_puts_earlier_runs_side_by_side(toy_beir, tiny_model, tmp_path, capsys):
+    import pytest
+
+    from common.run import UserError
+
+    evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/a", "--k=4"])
+    capsys.readouterr()
+    assert evaluate.main([f"--compare=zero-shot={tmp_path}/a/metrics.json", f"--out={tmp_path}/cmp"]) == 0
+    table = capsys.readouterr().out
+    header, rule, *rows = table.splitlines()
+    assert header == "| metric | zero-shot bm25 | zero-shot dense |"
+    bm25 = json.loads((tmp_path / "a" / "metrics.json").read_text())["results"]["bm25"]["metrics"]["ndcg@10"]
+    assert f"| ndcg@10 | {bm25:.4f} |" in table
+    assert (tmp_path / "cmp" / "comparison.md").read_text() == table
+    with pytest.raises(UserError, match="not a metrics.json"):
+        evaluate.main([f"--compare=x={tmp_path}/a/config.json"])

@@ -1,0 +1,78 @@
+"""Training examples and the batches they are grouped into.
+
+An in-batch negative is another example's document. If that document is in fact relevant to the
+query (two examples sharing a positive, or one query appearing twice), the loss pushes a right
+answer away, so batches are built to never hold such a pair.
+"""
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Example:
+    qid: str
+    query: str
+    positive: str  # doc id
+    positives: frozenset  # every doc id labelled relevant to the query
+    negatives: list = field(default_factory=list)  # mined hard-negative doc ids, best first
+    teacher: dict = field(default_factory=dict)  # doc id -> teacher score, for margin_mse
+    length: int = 0  # characters of query + positive, for length bucketing
+
+
+def sample_negatives(examples, k, seed):
+    """Each example's k hard negatives for one epoch, drawn from its mined list (fewer when the
+    list is short, then topped up by repeating it, so every group has the same size)."""
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        pool = ex.negatives
+        if k == 0:
+            out.append([])
+        elif not pool:
+            raise ValueError(f"query {ex.qid} has no negatives to draw {k} from; drop it, or train with k=0")
+        elif len(pool) >= k:
+            out.append(rng.sample(pool, k))
+        else:
+            out.append([pool[i % len(pool)] for i in range(k)])
+    return out
+
+
+def make_batches(examples, negatives, batch_size, seed, bucket=True, bucket_batches=50):
+    """Indices of `examples` in batches of `batch_size`, in training order.
+
+    No batch holds the same query text twice, or a document that is labelled relevant to another
+    query of the batch. With `bucket`, examples are sorted by length within windows of
+    `bucket_batches` batches, so a batch pads to texts of similar length, and the batches are
+    then shuffled. Examples left over in incomplete batches wait for the next epoch's draw.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    if bucket:
+        window = batch_size * bucket_batches
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s:s + window], key=lambda i: examples[i].length)]
+    batches, open_batches = [], []
+    for i in order:
+        ex = examples[i]
+        docs = {ex.positive, *negatives[i]}
+        for b in open_batches:
+            if ex.query in b["queries"] or docs & b["relevant"] or ex.positives & b["docs"]:
+                continue
+            b["items"].append(i)
+            b["queries"].add(ex.query)
+            b["docs"] |= docs
+            b["relevant"] |= ex.positives
+            if len(b["items"]) == batch_size:
+                open_batches.remove(b)
+                batches.append(b["items"])
+            break
+        else:
+            b = {"items": [i], "queries": {ex.query}, "docs": docs, "relevant": set(ex.positives)}
+            if batch_size == 1:
+                batches.append(b["items"])
+            else:
+                open_batches.append(b)
+    if bucket:
+        rng.shuffle(batches)
+    return batches

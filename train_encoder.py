@@ -1,0 +1,486 @@
+"""Fine-tune a bi-encoder on the train split of a prepared dataset.
+
+Evaluates on val while it trains, keeps the best checkpoint, and ends with a test evaluation of
+it on the full corpus. One visible loop below: the once-in-a-while blocks (eval, checkpoint) at
+its top, then a single training step.
+
+    # CPU: the default data, settings that differ from the defaults in a yaml file
+    python train_encoder.py configs/encoder-python-source.yaml
+    # one GPU (bf16 autocast picked automatically), SciFact
+    python train_encoder.py configs/encoder-scifact.yaml --data=data/scifact
+    # several GPUs: the batch is split over ranks and every rank sees every rank's negatives
+    torchrun --standalone --nproc_per_node=4 train_encoder.py configs/encoder-scifact.yaml
+    # a batch of 512 on a small GPU: GradCache accumulation keeps all 512 in one loss
+    python train_encoder.py --batch_size=512 --micro_batch_size=64
+    # continue an interrupted run (Ctrl-C saves last/ before exiting)
+    python train_encoder.py configs/encoder-scifact.yaml --resume
+
+Run directory (default runs/<dataset>-<model>/encoder): config.json, command.txt, last/ (model and
+trainer state), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
+event files (`make tensorboard`), test/ (run file and per-query metrics of best/ on test).
+"""
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from common import losses
+from common.batching import Example, make_batches, sample_negatives
+from common.config import ConfigError, check_choice, load_config
+from common.data import doc_text, load_beir, read_training_file, splits, warn
+from common.metrics import cut_run, evaluate_run, write_trec
+from common.models import BiEncoder, pick_device
+from common.retrievers import BM25, dense_run
+from common.run import UserError, cli, start_run, write_json
+from common.training import (STATE_FILE, autocast, autocast_dtype, gather_with_grad, load_state, lr_at,
+                             param_groups, rng_state, save_checkpoint, set_rng_state, setup_distributed)
+
+DEFAULTS = dict(
+    # data
+    data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
+    train_file="",  # "" = the train split's qrels; or a mined JSONL (mine_negatives.py) with negatives
+    hard_negatives=0,  # per example, drawn each epoch from the train_file's negatives
+    # model
+    model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
+    init="pretrained",  # pretrained | scratch: the architecture and tokenizer of `model`, random weights
+    scratch_layers=0,  # scratch only; 0 keeps the value of `model`
+    scratch_hidden_size=0,
+    scratch_heads=0,
+    pooling="",  # mean | cls | max; "" or 0 keeps what was saved with the model
+    max_query_length=0,
+    max_passage_length=0,
+    query_prefix="",
+    passage_prefix="",
+    gradient_checkpointing=False,  # recompute activations in backward: less memory, ~30% more time
+    # loss: several are summed with their weights, e.g. loss=[infonce, margin_mse] loss_weights=[1, 0.5]
+    loss=["infonce"],  # infonce | margin_mse | contrastive | cosine
+    loss_weights=[1.0],
+    temperature=0.05,  # infonce; 0.05 is sentence-transformers' scale 20
+    symmetric=False,  # infonce: add the passage->query direction
+    contrastive_margin=0.5,
+    # batching
+    batch_size=32,  # examples per optimiser step over all ranks; every one is a negative for every query
+    micro_batch_size=0,  # examples per forward pass on a rank; 0 = all at once; less = GradCache
+    length_bucketing=True,  # batches of similar length (less padding), in shuffled order
+    # optimisation
+    epochs=1,
+    max_steps=0,  # > 0 overrides epochs
+    lr=2e-5,
+    schedule="linear",  # linear | cosine | constant, after warmup
+    warmup_ratio=0.1,
+    weight_decay=0.01,
+    max_grad_norm=1.0,  # 0 = no clipping
+    dtype="auto",  # auto | fp32 | bf16 | fp16: auto is bf16 on a GPU that has it, fp32 on CPU
+    seed=42,
+    device="auto",  # auto | cpu | cuda; under torchrun each rank takes its own GPU
+    # evaluation, on rank 0
+    eval_every=100,  # steps; 0 = only at the end. Step 0 is the model before training.
+    best_metric="ndcg@10",
+    val_queries=0,  # val queries evaluated; 0 = all
+    val_full_corpus=False,  # encoding the whole corpus is slow on a CPU, so by default val uses
+    val_docs_bm25=30,  # the BM25 top-n of each val query, plus
+    val_docs_random=1000,  # this many random docs, plus every val positive
+    eval_batch_size=64,
+    test_eval=True,  # evaluate best/ on the test split and the full corpus at the end
+    # checkpoints and logging
+    out="",  # run directory; "" = runs/<dataset>-<model>/encoder
+    save_every=500,  # steps; 0 = only at the end and on Ctrl-C
+    resume=False,  # continue from <out>/last
+    log_every=10,
+    tensorboard=True,
+)
+VAL_KS = (1, 3, 5, 10, 100)
+
+
+def check_config(cfg, world):
+    check_choice(cfg, "init", ("pretrained", "scratch"))
+    check_choice(cfg, "loss", losses.NAMES)
+    check_choice(cfg, "schedule", ("linear", "cosine", "constant"))
+    check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
+    if len(cfg.loss_weights) != len(cfg.loss):
+        raise ConfigError(f"loss={cfg.loss} needs one weight each, got loss_weights={cfg.loss_weights}")
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} must divide evenly over {world} ranks")
+    if cfg.max_steps <= 0 and cfg.epochs <= 0:
+        raise ConfigError("set epochs or max_steps above 0")
+    if "margin_mse" in cfg.loss and (not cfg.train_file or cfg.hard_negatives < 1):
+        raise ConfigError("loss margin_mse needs teacher scores and negatives: pass --train_file=<mined file "
+                          "with teacher scores> and --hard_negatives=1 or more")
+    if cfg.hard_negatives and not cfg.train_file:
+        raise ConfigError("hard_negatives needs --train_file=<mined file> (mine_negatives.py writes one)")
+
+
+def load_examples(cfg, corpus, queries, qrels):
+    """One example per (query, positive); hard negatives and teacher scores from a mined file."""
+    if cfg.train_file:
+        records = read_training_file(cfg.train_file, corpus)
+    else:
+        records = [dict(qid=q, query=queries[q], positives=[d for d, g in row.items() if g >= 1], negatives=[],
+                        teacher={}) for q, row in qrels.items()]
+    examples, no_negatives = [], 0
+    for r in records:
+        if not r["positives"]:
+            continue
+        if cfg.hard_negatives and not r["negatives"]:  # every group needs the same number of documents
+            no_negatives += 1
+            continue
+        if "margin_mse" in cfg.loss:
+            missing = [d for d in r["positives"][:1] + r["negatives"] if d not in r["teacher"]]
+            if missing or not r["negatives"]:
+                raise UserError(f"{cfg.train_file}:{r['line']}: margin_mse needs teacher scores for the positive "
+                                f"and every negative ({'no negatives' if not r['negatives'] else missing[0]}); "
+                                "mine again with --teacher")
+        for pos in r["positives"]:
+            examples.append(Example(r["qid"], r["query"], pos, frozenset(r["positives"]), r["negatives"],
+                                    r["teacher"], len(r["query"]) + len(doc_text(corpus[pos]))))
+    if no_negatives:
+        warn(f"{cfg.train_file}: {no_negatives} queries without negatives skipped (hard_negatives="
+             f"{cfg.hard_negatives})")
+    if len(examples) < cfg.batch_size:
+        raise UserError(f"{cfg.data}: {len(examples)} training pairs, fewer than batch_size={cfg.batch_size}; "
+                        "lower --batch_size")
+    return examples
+
+
+def build_encoder(cfg):
+    overrides = dict(pooling=cfg.pooling or None, max_query_length=cfg.max_query_length or None,
+                     max_passage_length=cfg.max_passage_length or None, query_prefix=cfg.query_prefix or None,
+                     passage_prefix=cfg.passage_prefix or None)
+    if cfg.resume and os.path.isfile(os.path.join(cfg.out, "last", STATE_FILE)):
+        return BiEncoder.from_pretrained(os.path.join(cfg.out, "last"))
+    if cfg.init == "scratch":
+        return BiEncoder.from_scratch(cfg.model, cfg.scratch_layers, cfg.scratch_hidden_size, cfg.scratch_heads,
+                                      **overrides)
+    return BiEncoder.from_pretrained(cfg.model, **overrides)
+
+
+def val_corpus(cfg, corpus, queries, qrels):
+    """Doc ids val is scored against: all of them, or every val positive plus the BM25 top-n of each
+    val query (the hard part of the ranking) plus a random sample (the easy part)."""
+    if cfg.val_full_corpus:
+        return list(corpus)
+    rng = random.Random(cfg.seed)
+    keep = {d for row in qrels.values() for d, g in row.items() if g >= 1 and d in corpus}
+    if cfg.val_docs_bm25 > 0:
+        bm25 = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()])
+        for q in queries.values():
+            keep.update(d for d, _ in bm25.search(q, cfg.val_docs_bm25))
+    rest = [d for d in corpus if d not in keep]
+    keep.update(rng.sample(rest, min(cfg.val_docs_random, len(rest))))
+    return [d for d in corpus if d in keep]
+
+
+def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=100):
+    """(mean metrics, per-query metrics, run) of dense retrieval, as evaluate.py computes them."""
+    doc_emb = encoder.encode([doc_text(corpus[d]) for d in doc_ids], "passage", batch_size)
+    qids = list(queries)
+    q_emb = encoder.encode([queries[q] for q in qids], "query", batch_size)
+    run = cut_run(dense_run(qids, q_emb, doc_ids, doc_emb, depth + 1), depth)
+    mean, per_query = evaluate_run(qrels, run, VAL_KS)
+    return mean, per_query, run
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = load_config(DEFAULTS, argv)
+    rank, world, ddp_device = setup_distributed()
+    check_config(cfg, world)
+    master = rank == 0
+    dataset = os.path.basename(os.path.normpath(cfg.data))
+    cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}",
+                                      "encoder")
+    device = ddp_device or pick_device(cfg.device)
+    dtype = autocast_dtype(cfg.dtype, device)
+    if dtype != torch.float32 and device.type == "cpu" and master:
+        warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
+
+    # ---- data: train examples, val queries and the docs val is scored against
+    corpus, queries, qrels = load_beir(cfg.data, "train")
+    examples = load_examples(cfg, corpus, queries, qrels)
+    has_val = "val" in splits(cfg.data)
+    if has_val and master:
+        _, val_queries, val_qrels = load_beir(cfg.data, "val")
+        if cfg.val_queries:
+            keep = sorted(val_queries)[:cfg.val_queries] if len(val_queries) > cfg.val_queries else list(val_queries)
+            val_queries = {q: val_queries[q] for q in keep}
+            val_qrels = {q: val_qrels[q] for q in keep}
+        val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
+    elif master:
+        warn(f"{cfg.data}: no val split; the last step's model is kept as best/")
+
+    # ---- model, optimiser, and the state to resume
+    torch.manual_seed(cfg.seed + rank)
+    encoder = build_encoder(cfg).to(device)
+    pooler = getattr(encoder.model, "pooler", None)
+    if pooler is not None:  # unused by the embedding; DDP would wait for its gradients forever
+        pooler.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        encoder.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    encoder.train()
+    model = DDP(encoder, broadcast_buffers=False) if world > 1 else encoder
+    optimizer = torch.optim.AdamW(param_groups(encoder, cfg.weight_decay), lr=cfg.lr,
+                                  fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    steps_per_epoch = len(make_batches(examples, sample_negatives(examples, cfg.hard_negatives, cfg.seed),
+                                       cfg.batch_size, cfg.seed, cfg.length_bucketing))
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+    warmup_steps = int(cfg.warmup_ratio * total_steps)
+    step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
+    if cfg.resume:
+        last = os.path.join(cfg.out, "last")
+        state = load_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
+        if master:
+            print(f"resumed from {last} at step {step} (epoch {epoch}, batch {position})")
+    if master:
+        start_run(cfg.out, cfg, argv)
+        if not cfg.resume and os.path.exists(os.path.join(cfg.out, "metrics.jsonl")):
+            os.remove(os.path.join(cfg.out, "metrics.jsonl"))  # a fresh run's log starts empty
+    if master and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(cfg.out)
+    else:
+        writer = None
+    if master:
+        print(f"{dataset}: {len(examples)} training pairs, {steps_per_epoch} steps/epoch of {cfg.batch_size}, "
+              f"{total_steps} steps on {world} x {device} ({str(dtype).removeprefix('torch.')})")
+        if has_val:
+            print(f"val: {len(val_queries)} queries against {len(val_doc_ids)} of {len(corpus)} docs")
+
+    def log(record):
+        with open(os.path.join(cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # Ctrl-C or SIGTERM: finish the step in flight, save last/, exit. A second Ctrl-C stops at once.
+    stop = {"signal": None}
+
+    def request_stop(signum, frame):
+        stop["signal"] = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def save_last():
+        state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
+                     position=position, best=best, config=vars(cfg), rng=rng_state())
+        if world > 1:  # every rank's RNG, so each resumes its own dropout stream
+            gathered = [None] * world
+            dist.all_gather_object(gathered, state["rng"])
+            state["rng"] = gathered
+        if master:
+            save_checkpoint(os.path.join(cfg.out, "last"), encoder, state)
+
+    batches = None
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not master)
+    t_start, t_log, examples_seen, tokens_seen = time.time(), time.time(), 0, 0
+    while True:
+        last_step = step == total_steps
+        while batches is None or position >= len(batches):  # an epoch's negatives and batch order
+            if batches is not None:
+                epoch, position = epoch + 1, 0
+            negatives = sample_negatives(examples, cfg.hard_negatives, cfg.seed + epoch)
+            batches = make_batches(examples, negatives, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing)
+
+        # ---- once in a while: evaluate on val, keep the best, checkpoint
+        if master and has_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
+            t0 = time.time()
+            metrics, _, _ = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels,
+                                           cfg.eval_batch_size)
+            encoder.train()
+            improved = metrics[cfg.best_metric] > best["metric"]
+            if improved:
+                best = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}
+                encoder.save(os.path.join(cfg.out, "best"))
+            headline = {k: metrics[k] for k in ("ndcg@10", "mrr@10", "recall@100")}
+            tqdm.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in headline.items())
+                       + (" (best)" if improved else "") + f" [{time.time() - t0:.0f}s]")
+            log({"step": step, "split": "val", **metrics, "eval_seconds": time.time() - t0})
+            if writer:
+                for k, v in headline.items():
+                    writer.add_scalar(f"val/{k}", v, step)
+                writer.add_scalar("time/eval_seconds", time.time() - t0, step)
+            t_log = time.time()  # eval time is not training throughput
+        if world > 1:  # a signal reaches ranks at different moments; they must stop at the same step
+            flag = torch.tensor([1 if stop["signal"] else 0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop["signal"] = stop["signal"] or (signal.SIGTERM if flag.item() else None)
+        if step > 0 and (last_step or stop["signal"] or (cfg.save_every > 0 and step % cfg.save_every == 0)):
+            save_last()
+        if stop["signal"]:
+            if master:
+                tqdm.write(f"stopped by signal at step {step}; `--resume` continues from {cfg.out}/last")
+            break
+        if last_step:
+            break
+
+        # ---- one training step: the whole batch in one loss, over micro-batches and ranks ----------
+        lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [examples[i] for i in batches[position]]
+        groups = [[ex.positive, *negatives[i]] for ex, i in zip(batch, batches[position])]
+        local = cfg.batch_size // world
+        mine = slice(rank * local, (rank + 1) * local)
+        micro = cfg.micro_batch_size or local
+        chunks = []  # (tokenised queries, tokenised docs) per micro-batch of this rank
+        for s in range(mine.start, mine.stop, micro):
+            e = min(s + micro, mine.stop)
+            q = encoder.tokenize([ex.query for ex in batch[s:e]], "query")
+            d = encoder.tokenize([doc_text(corpus[doc]) for g in groups[s:e] for doc in g], "passage")
+            chunks.append((q.to(device), d.to(device)))
+
+        def embed(net, q, d):
+            with autocast(device, dtype):
+                return net(q["input_ids"], q["attention_mask"]).float(), net(d["input_ids"], d["attention_mask"]).float()
+
+        def batch_loss(q_local, d_local):
+            """Loss over the global batch; q_local/d_local are this rank's embeddings."""
+            q_all, d_all = gather_with_grad(q_local, rank, world), gather_with_grad(d_local, rank, world)
+            parts = {}
+            for name in cfg.loss:
+                if name == "infonce":
+                    parts[name] = losses.infonce(q_all, d_all, cfg.temperature, cfg.symmetric)
+                elif name == "margin_mse":
+                    teacher = torch.tensor([[ex.teacher[doc] for doc in g] for ex, g in zip(batch, groups)],
+                                           device=device)
+                    parts[name] = losses.margin_mse(q_all, d_all, teacher)
+                elif name == "contrastive":
+                    parts[name] = losses.contrastive(q_all, d_all, cfg.contrastive_margin)
+                else:
+                    parts[name] = losses.cosine(q_all, d_all)
+            total = sum(w * parts[n] for n, w in zip(cfg.loss, cfg.loss_weights))
+            return total, parts, q_all.detach(), d_all.detach()
+
+        if len(chunks) == 1:  # the whole local batch fits: one forward with grad
+            q_emb, d_emb = embed(model, *chunks[0])
+            loss, parts, q_all, d_all = batch_loss(q_emb, d_emb)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss is {loss.item()} at step {step}: lower --lr, or use --dtype=fp32; "
+                                f"the last good checkpoint is {cfg.out}/last")
+            scaler.scale(loss * world).backward()
+        else:
+            # GradCache (Gao et al. 2021): embed every micro-batch without a graph, take the loss and
+            # its gradient w.r.t. the embeddings over the whole batch, then re-run each micro-batch
+            # with a graph and push its slice of that gradient through the encoder.
+            rng_before, cached = [], []
+            with torch.no_grad():
+                for q, d in chunks:
+                    rng_before.append(rng_state())  # the re-run must draw the same dropout masks
+                    cached.append(embed(encoder, q, d))
+            q_leaf = torch.cat([c[0] for c in cached]).requires_grad_()
+            d_leaf = torch.cat([c[1] for c in cached]).requires_grad_()
+            loss, parts, q_all, d_all = batch_loss(q_leaf, d_leaf)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss is {loss.item()} at step {step}: lower --lr, or use --dtype=fp32; "
+                                f"the last good checkpoint is {cfg.out}/last")
+            scaler.scale(loss * world).backward()
+            rng_after = rng_state()
+            q_grads = q_leaf.grad.split([len(c[0]) for c in cached])
+            d_grads = d_leaf.grad.split([len(c[1]) for c in cached])
+            for i, (q, d) in enumerate(chunks):
+                set_rng_state(rng_before[i])
+                sync = i == len(chunks) - 1 or world == 1  # DDP all-reduces on the last backward only
+                with (model.no_sync() if not sync else torch.enable_grad()):
+                    q_emb, d_emb = embed(model, q, d)
+                    torch.autograd.backward([q_emb, d_emb], [q_grads[i], d_grads[i]])
+            set_rng_state(rng_after)
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(),
+                                                   cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step, position = step + 1, position + 1
+        # -----------------------------------------------------------------------------------------
+
+        examples_seen += cfg.batch_size
+        tokens_seen += world * sum(int(q["attention_mask"].sum() + d["attention_mask"].sum()) for q, d in chunks)
+        progress.update(1)
+        if master and (step % cfg.log_every == 0 or step == total_steps):
+            elapsed = time.time() - t_log
+            record = {"step": step, "epoch": epoch, "loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()},
+                      "lr": lr, "grad_norm": grad_norm.item(),
+                      "in_batch_accuracy": losses.in_batch_accuracy(q_all, d_all).item(),
+                      "embedding_std": q_all.std(0).mean().item(),
+                      "examples_per_s": examples_seen / elapsed, "tokens_per_s": tokens_seen / elapsed}
+            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            log(record)
+            if writer:
+                for k, v in record.items():
+                    if k not in ("step", "epoch"):
+                        writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
+            write_json(os.path.join(cfg.out, "training_progress.json"), {
+                "step": step, "total_steps": total_steps, "epoch": epoch, "elapsed_s": time.time() - t_start,
+                "eta_s": (time.time() - t_start) / max(1, step) * (total_steps - step), "last": record,
+                "best": {k: v for k, v in best.items() if k != "val"}})
+            t_log, examples_seen, tokens_seen = time.time(), 0, 0
+    progress.close()
+    for s, handler in old_handlers.items():
+        signal.signal(s, handler)
+    if stop["signal"]:
+        if world > 1:
+            dist.destroy_process_group()
+        return 130
+
+    # ---- the end: best/ (or the last model when there is no val) on test, over the full corpus
+    if master:
+        best_dir = os.path.join(cfg.out, "best")
+        if not has_val:
+            encoder.save(best_dir)
+        summary = {"dataset": dataset, "steps": step, "total_steps": total_steps, "best_step": best["step"],
+                   "val": best.get("val"), "val_docs": len(val_doc_ids) if has_val else 0,
+                   "train_seconds": time.time() - t_start,
+                   "peak_memory_mb": peak_memory_mb(device)}
+        if cfg.test_eval and "test" in splits(cfg.data):
+            _, test_queries, test_qrels = load_beir(cfg.data, "test")
+            final = BiEncoder.from_pretrained(best_dir).to(device)
+            t0 = time.time()
+            metrics, per_query, run = evaluate_dense(final, corpus, list(corpus), test_queries, test_qrels,
+                                                     cfg.eval_batch_size)
+            summary["test"] = metrics
+            summary["test_seconds"] = time.time() - t0
+            write_test_outputs(os.path.join(cfg.out, "test"), dataset, metrics, per_query, run, best_dir)
+            print(f"test ({len(test_queries)} queries, {len(corpus)} docs), best/ from step {best['step']}: "
+                  + " ".join(f"{k} {metrics[k]:.4f}" for k in ("ndcg@10", "mrr@10", "recall@100")))
+        write_json(os.path.join(cfg.out, "metrics.json"), summary)
+        if writer:
+            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(cfg).items()}
+            final_metrics = {f"hparam/{split}_{k}": summary[split][k]
+                             for split in ("val", "test") if summary.get(split) for k in ("ndcg@10", "recall@100")}
+            writer.add_hparams(hparams, final_metrics, run_name="hparams")
+            writer.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def write_test_outputs(out_dir, dataset, metrics, per_query, run, model_dir):
+    """The layout evaluate.py writes, so reports read both alike."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_trec(os.path.join(out_dir, "dense.trec"), run, "dense")
+    write_json(os.path.join(out_dir, "dense.per_query.json"), per_query)
+    write_json(os.path.join(out_dir, "metrics.json"), {"dataset": dataset, "split": "test", "results": {
+        "dense": {"metrics": metrics, "queries": len(per_query), "model": model_dir}}})
+
+
+if __name__ == "__main__":
+    cli(main)
