@@ -66,7 +66,7 @@ $(ENCODER_DIR)/metrics.json: $(DATA_DIR)/prepare.json train_encoder.py $(COMMON)
 pipeline: $(RUN_DIR)/comparison.md
 $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(ENCODER_DIR)/metrics.json evaluate.py
 	$(PY) evaluate.py --out=$(RUN_DIR) \
-	    --compare=zero-shot=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(ENCODER_DIR)/test/metrics.json
+	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(ENCODER_DIR)/test/metrics.json
 
 tensorboard: | setup
 	$(VENV)/bin/tensorboard --logdir runs

@@ -283,7 +283,8 @@ def main(argv=None):
 
     batches = None
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not master)
-    t_start, t_log, examples_seen, tokens_seen = time.time(), time.time(), 0, 0
+    t_start, step_seconds, examples_seen, tokens_seen = time.time(), 0.0, 0, 0
+    run_step_seconds, run_steps = 0.0, 0  # this process's steps, for the summary's examples/s
     while True:
         last_step = step == total_steps
         while batches is None or position >= len(batches):  # an epoch's negatives and batch order
@@ -310,7 +311,6 @@ def main(argv=None):
                 for k, v in headline.items():
                     writer.add_scalar(f"val/{k}", v, step)
                 writer.add_scalar("time/eval_seconds", time.time() - t0, step)
-            t_log = time.time()  # eval time is not training throughput
         if world > 1:  # a signal reaches ranks at different moments; they must stop at the same step
             flag = torch.tensor([1 if stop["signal"] else 0], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -325,6 +325,7 @@ def main(argv=None):
             break
 
         # ---- one training step: the whole batch in one loss, over micro-batches and ranks ----------
+        t_step = time.time()
         lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -404,16 +405,17 @@ def main(argv=None):
         step, position = step + 1, position + 1
         # -----------------------------------------------------------------------------------------
 
+        step_seconds += time.time() - t_step  # throughput counts training only, not eval or saving
+        run_step_seconds, run_steps = run_step_seconds + time.time() - t_step, run_steps + 1
         examples_seen += cfg.batch_size
         tokens_seen += world * sum(int(q["attention_mask"].sum() + d["attention_mask"].sum()) for q, d in chunks)
         progress.update(1)
         if master and (step % cfg.log_every == 0 or step == total_steps):
-            elapsed = time.time() - t_log
             record = {"step": step, "epoch": epoch, "loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()},
                       "lr": lr, "grad_norm": grad_norm.item(),
                       "in_batch_accuracy": losses.in_batch_accuracy(q_all, d_all).item(),
                       "embedding_std": q_all.std(0).mean().item(),
-                      "examples_per_s": examples_seen / elapsed, "tokens_per_s": tokens_seen / elapsed}
+                      "examples_per_s": examples_seen / step_seconds, "tokens_per_s": tokens_seen / step_seconds}
             progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
             log(record)
             if writer:
@@ -424,7 +426,7 @@ def main(argv=None):
                 "step": step, "total_steps": total_steps, "epoch": epoch, "elapsed_s": time.time() - t_start,
                 "eta_s": (time.time() - t_start) / max(1, step) * (total_steps - step), "last": record,
                 "best": {k: v for k, v in best.items() if k != "val"}})
-            t_log, examples_seen, tokens_seen = time.time(), 0, 0
+            step_seconds, examples_seen, tokens_seen = 0.0, 0, 0
     progress.close()
     for s, handler in old_handlers.items():
         signal.signal(s, handler)
@@ -441,6 +443,7 @@ def main(argv=None):
         summary = {"dataset": dataset, "steps": step, "total_steps": total_steps, "best_step": best["step"],
                    "val": best.get("val"), "val_docs": len(val_doc_ids) if has_val else 0,
                    "train_seconds": time.time() - t_start,
+                   "examples_per_s": run_steps * cfg.batch_size / max(run_step_seconds, 1e-9),
                    "peak_memory_mb": peak_memory_mb(device)}
         if cfg.test_eval and "test" in splits(cfg.data):
             _, test_queries, test_qrels = load_beir(cfg.data, "test")

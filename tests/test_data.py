@@ -108,3 +108,23 @@ def test_write_beir_round_trip_and_atomic_dir(tmp_path):
         write_beir(str(out), {"d9": {"title": "", "text": "new"}}, {"q9": "z"}, Boom())
     assert json.loads((out / "corpus.jsonl").read_text())["_id"] == "d1"
     assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_training_file_reader_checks_ids_and_positives(tmp_path):
+    from common.data import read_training_file
+
+    corpus = {"d1": {}, "d2": {}, "d3": {}}
+    good = tmp_path / "mined.jsonl"
+    good.write_text('{"qid": "q1", "query": "a", "positives": ["d1"], "negatives": ["d2", {"id": "d1"}, {"id": "d3", '
+                    '"score": 3.5, "rank": 2}], "teacher": {"d1": 2, "d2": 0.5}}\n')
+    (record,) = read_training_file(str(good), corpus)
+    assert record["negatives"] == ["d2", "d3"]  # a labelled positive is never a negative
+    assert record["teacher"] == {"d1": 2.0, "d2": 0.5}
+    for line, message in [('{"qid": "q1", "query": "a", "positives": ["d9"]}', ":2: positives id 'd9' is not in"),
+                          ('{"qid": "q1", "query": "a", "positives": []}', ":2: query 'q1' has no positives"),
+                          ('{"qid": "q1", "query": "a", "positives": "d1"}', ":2: 'positives' must be a list"),
+                          ('{"qid": "q1", "query": "a", "positives": ["d1"], "teacher": {"d1": "x"}}', ":2: 'teacher'")]:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(good.read_text() + line + "\n")
+        with pytest.raises(DataError, match=message):
+            read_training_file(str(bad), corpus)
