@@ -34,16 +34,31 @@ def log_lines(run_dir):
         return [json.loads(line) for line in f if '"loss"' in line]
 
 
-def capture_grads(monkeypatch):
-    """The gradients clip_grad_norm_ sees at each step: the whole accumulated gradient."""
+def grads_of(monkeypatch, *runs):
+    """For each run (a callable), the gradients clip_grad_norm_ saw at each step: the whole
+    accumulated gradient, just before the optimiser uses it."""
     grads, clip = [], torch.nn.utils.clip_grad_norm_
 
     def spy(params, *args, **kwargs):
         params = list(params)
-        grads.append([p.grad.clone() for p in params if p.grad is not None])
+        grads[-1].append([p.grad.clone() for p in params if p.grad is not None])
         return clip(params, *args, **kwargs)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    for run in runs:
+        grads.append([])
+        run()
     return grads
+
+
+def patch_infonce(monkeypatch, call, action):
+    """infonce whose `call`-th call (1-based) goes through action(loss) first."""
+    calls, infonce = {"n": 0}, losses.infonce
+
+    def patched(*args, **kwargs):
+        calls["n"] += 1
+        loss = infonce(*args, **kwargs)
+        return action(loss) if calls["n"] == call else loss
+    monkeypatch.setattr(losses, "infonce", patched)
 
 
 def assert_same_grads(a, b, atol=1e-5):
@@ -53,15 +68,18 @@ def assert_same_grads(a, b, atol=1e-5):
             torch.testing.assert_close(ga, gb, atol=atol, rtol=1e-4)
 
 
-def test_gradcache_accumulation_equals_one_large_batch(train_beir, tiny_model, tmp_path, monkeypatch):
-    grads = capture_grads(monkeypatch)
-    train(train_beir, tiny_model, tmp_path / "full", "--batch_size=8", "--max_steps=2")
-    full = list(grads)
-    grads.clear()
-    train(train_beir, tiny_model, tmp_path / "micro", "--batch_size=8", "--micro_batch_size=3", "--max_steps=2")
-    assert_same_grads(full, grads)
-    losses_full = [r["loss"] for r in log_lines(tmp_path / "full")]
-    assert losses_full == pytest.approx([r["loss"] for r in log_lines(tmp_path / "micro")], abs=1e-6)
+@pytest.mark.parametrize("variant", [["--micro_batch_size=3"], ["--gradient_checkpointing"],
+                                     ["--micro_batch_size=3", "--gradient_checkpointing"]],
+                         ids=["gradcache", "checkpointing", "both"])
+def test_same_gradients_as_one_plain_batch(train_beir, tiny_model, tmp_path, monkeypatch, variant):
+    """GradCache over micro-batches of 3 and/or gradient checkpointing: the gradients (and losses) of
+    one plain forward and backward over the batch of 8."""
+    args = ["--batch_size=8", "--max_steps=2"]
+    plain, other = grads_of(monkeypatch, lambda: train(train_beir, tiny_model, tmp_path / "plain", *args),
+                            lambda: train(train_beir, tiny_model, tmp_path / "other", *args, *variant))
+    assert_same_grads(plain, other)
+    losses_plain = [r["loss"] for r in log_lines(tmp_path / "plain")]
+    assert losses_plain == pytest.approx([r["loss"] for r in log_lines(tmp_path / "other")], abs=1e-6)
 
 
 def test_naive_accumulation_would_differ(train_beir, tiny_model, tmp_path, monkeypatch):
@@ -71,32 +89,18 @@ def test_naive_accumulation_would_differ(train_beir, tiny_model, tmp_path, monke
     assert log_lines(tmp_path / "b8")[0]["loss"] != pytest.approx(log_lines(tmp_path / "b4")[0]["loss"], abs=1e-3)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(train_beir, tiny_model, tmp_path, monkeypatch):
-    grads = capture_grads(monkeypatch)
-    train(train_beir, tiny_model, tmp_path / "plain", "--batch_size=8", "--max_steps=1")
-    plain = list(grads)
-    grads.clear()
-    train(train_beir, tiny_model, tmp_path / "ckpt", "--batch_size=8", "--max_steps=1", "--gradient_checkpointing")
-    assert_same_grads(plain, grads)
-
-
 def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monkeypatch):
     # Dropout on, so the resumed run must also restore the RNG to draw the same masks.
     model = build_tiny_model(tmp_path / "tiny-dropout", dropout=0.1)
     args = ["--batch_size=8", "--max_steps=6", "--micro_batch_size=4", "--lr=1e-3", "--save_every=0"]
     assert train(train_beir, model, tmp_path / "straight", *args) == 0
 
-    calls = {"n": 0}
-    infonce = losses.infonce
-
-    def interrupt_at_step_3(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 3
-        return infonce(*a, **k)
-    monkeypatch.setattr(losses, "infonce", interrupt_at_step_3)
+    def ctrl_c(loss):
+        os.kill(os.getpid(), signal.SIGINT)
+        return loss
+    patch_infonce(monkeypatch, 3, ctrl_c)  # Ctrl-C in the middle of step 3
     assert train(train_beir, model, tmp_path / "resumed", *args) == 130
-    monkeypatch.setattr(losses, "infonce", infonce)
+    monkeypatch.undo()
     state = torch.load(tmp_path / "resumed" / "last" / "trainer_state.pt", weights_only=False)
     assert state["step"] == 3  # the step in flight finished, then last/ was saved
     assert train(train_beir, model, tmp_path / "resumed", *args, "--resume") == 0
@@ -104,7 +108,7 @@ def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monke
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert weights(tmp_path / "straight")  # and training moved the weights at all
+    # and training moved the weights at all
     start = load_file(os.path.join(model, "model.safetensors"))
     assert any(not torch.equal(start[k], a[k]) for k in a if k in start)
 
@@ -164,14 +168,7 @@ def test_scratch_init_builds_the_architecture_asked_for(train_beir, tiny_model, 
 
 
 def test_nan_loss_stops_naming_the_step(train_beir, tiny_model, tmp_path, monkeypatch):
-    calls = {"n": 0}
-    infonce = losses.infonce
-
-    def nan_at_step_2(*a, **k):
-        calls["n"] += 1
-        loss = infonce(*a, **k)
-        return loss * float("nan") if calls["n"] == 2 else loss
-    monkeypatch.setattr(losses, "infonce", nan_at_step_2)
+    patch_infonce(monkeypatch, 2, lambda loss: loss * float("nan"))
     with pytest.raises(UserError, match="loss is nan at step 1"):
         train(train_beir, tiny_model, tmp_path / "nan", "--batch_size=8", "--max_steps=4")
 
