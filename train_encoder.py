@@ -366,9 +366,6 @@ def main(argv=None):
         if len(chunks) == 1:  # the whole local batch fits: one forward with grad
             q_emb, d_emb = embed(model, *chunks[0])
             loss, parts, q_all, d_all = batch_loss(q_emb, d_emb)
-            if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step}: lower --lr, or use --dtype=fp32; "
-                                f"the last good checkpoint is {cfg.out}/last")
             scaler.scale(loss * world).backward()
         else:
             # GradCache (Gao et al. 2021): embed every micro-batch without a graph, take the loss and
@@ -382,9 +379,6 @@ def main(argv=None):
             q_leaf = torch.cat([c[0] for c in cached]).requires_grad_()
             d_leaf = torch.cat([c[1] for c in cached]).requires_grad_()
             loss, parts, q_all, d_all = batch_loss(q_leaf, d_leaf)
-            if not torch.isfinite(loss):
-                raise UserError(f"loss is {loss.item()} at step {step}: lower --lr, or use --dtype=fp32; "
-                                f"the last good checkpoint is {cfg.out}/last")
             scaler.scale(loss * world).backward()
             rng_after = rng_state()
             q_grads = q_leaf.grad.split([len(c[0]) for c in cached])
@@ -396,6 +390,9 @@ def main(argv=None):
                     q_emb, d_emb = embed(model, q, d)
                     torch.autograd.backward([q_emb, d_emb], [q_grads[i], d_grads[i]])
             set_rng_state(rng_after)
+        if not torch.isfinite(loss):  # checked before the optimiser step, so the weights stay good
+            raise UserError(f"loss is {loss.item()} at step {step}: lower --lr, or use --dtype=fp32; "
+                            f"the last good checkpoint is {cfg.out}/last")
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(),
                                                    cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
