@@ -334,11 +334,12 @@ def main(argv=None):
         local = cfg.batch_size // world
         mine = slice(rank * local, (rank + 1) * local)
         micro = cfg.micro_batch_size or local
-        chunks = []  # (tokenised queries, tokenised docs) per micro-batch of this rank
+        chunks, step_tokens = [], 0  # (tokenised queries, tokenised docs) per micro-batch of this rank
         for s in range(mine.start, mine.stop, micro):
             e = min(s + micro, mine.stop)
             q = encoder.tokenize([ex.query for ex in batch[s:e]], "query")
             d = encoder.tokenize([doc_text(corpus[doc]) for g in groups[s:e] for doc in g], "passage")
+            step_tokens += int(q["attention_mask"].sum() + d["attention_mask"].sum())  # on the CPU: no GPU sync
             chunks.append((q.to(device), d.to(device)))
 
         def embed(net, q, d):
@@ -405,7 +406,7 @@ def main(argv=None):
         step_seconds += time.time() - t_step  # throughput counts training only, not eval or saving
         run_step_seconds, run_steps = run_step_seconds + time.time() - t_step, run_steps + 1
         examples_seen += cfg.batch_size
-        tokens_seen += world * sum(int(q["attention_mask"].sum() + d["attention_mask"].sum()) for q, d in chunks)
+        tokens_seen += world * step_tokens
         progress.update(1)
         if master and (step % cfg.log_every == 0 or step == total_steps):
             record = {"step": step, "epoch": epoch, "loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()},
