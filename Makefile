@@ -6,6 +6,7 @@
 #   EVAL_ARGS="--batch_size=32"          evaluate.py overrides, applied last
 #   ENCODER_CONFIG=configs/encoder-<dataset>.yaml (picked by dataset when it exists)
 #   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py overrides, applied last
+#   MINE_ARGS="--strategy=bm25,dense --num_negatives=15,15"   mine_negatives.py overrides
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -23,8 +24,10 @@ COMMON   := $(wildcard common/*.py)
 ENCODER_CONFIG ?= $(wildcard configs/encoder-$(DATASET).yaml)
 TRAIN_ARGS ?=
 ENCODER_DIR := $(RUN_DIR)/encoder
+MINE_ARGS ?=
+MINE_DIR := $(RUN_DIR)/mine
 
-.PHONY: setup setup-gpu data baseline train-encoder pipeline tensorboard test bench-encode clean
+.PHONY: setup setup-gpu data baseline mine train-encoder pipeline tensorboard test bench-encode clean
 
 ## set-up --------------------------------------------------------------------------------
 setup: $(VENV)/.installed
@@ -56,6 +59,12 @@ baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json
 $(RUN_DIR)/baseline-$(SPLIT)/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG)
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$(SPLIT) --model=$(MODEL) \
 	    --out=$(RUN_DIR)/baseline-$(SPLIT) $(EVAL_ARGS)
+
+# Hard negatives for the train queries: $(MINE_DIR)/train.jsonl, for
+#   make train-encoder TRAIN_ARGS="--train_file=$(MINE_DIR)/train.jsonl --hard_negatives=3"
+mine: $(MINE_DIR)/train.jsonl
+$(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON)
+	$(PY) mine_negatives.py --data=$(DATA_DIR) --model=$(MODEL) --out=$(MINE_DIR) $(MINE_ARGS)
 
 # Fine-tune on train, keep the best on val, evaluate it on test (ENCODER_DIR/test/metrics.json).
 train-encoder: $(ENCODER_DIR)/metrics.json

@@ -47,6 +47,8 @@ DEFAULTS = dict(
     # bm25: k1 and b chosen on SciFact train (see common/retrievers.py)
     bm25_k1=1.2,
     bm25_b=0.4,
+    # rank_bm25 scores every doc in Python per query: fine for small corpora; "sparse" for large ones
+    bm25_backend="rank_bm25",  # rank_bm25 | sparse
     # evaluation
     k=100,  # retrieval depth, and the depth of the TREC run files
     ks=[1, 3, 5, 10, 100],  # cut-offs for every metric
@@ -65,7 +67,8 @@ def percentiles_ms(seconds):
 
 def run_bm25(cfg, corpus, queries, depth):
     t0 = time.perf_counter()
-    index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b)
+    index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b,
+                 backend=cfg.bm25_backend)
     info = {"index_seconds": time.perf_counter() - t0}
     run, latencies = {}, []
     for qid, text in queries.items():
@@ -167,6 +170,7 @@ def compare(cfg):
 def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
     check_choice(cfg, "retrievers", ("bm25", "dense"))
+    check_choice(cfg, "bm25_backend", BM25.BACKENDS)
     if cfg.compare:
         return compare(cfg)
     dataset = os.path.basename(os.path.normpath(cfg.data))

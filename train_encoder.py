@@ -19,6 +19,7 @@ Run directory (default runs/<dataset>-<model>/encoder): config.json, command.txt
 trainer state), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
 event files (`make tensorboard`), test/ (run file and per-query metrics of best/ on test).
 """
+import dataclasses
 import json
 import os
 import random
@@ -32,12 +33,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from common import losses
+from common import losses, mining
 from common.batching import Example, make_batches, sample_negatives
 from common.config import ConfigError, check_choice, load_config
 from common.data import doc_text, load_beir, read_training_file, splits, warn
 from common.metrics import cut_run, evaluate_run, write_trec
-from common.models import BiEncoder, pick_device
+from common.models import BiEncoder, CrossEncoder, pick_device
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, start_run, write_json
 from common.training import (STATE_FILE, autocast, autocast_dtype, gather_with_grad, load_state, lr_at,
@@ -48,6 +49,8 @@ DEFAULTS = dict(
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     train_file="",  # "" = the train split's qrels; or a mined JSONL (mine_negatives.py) with negatives
     hard_negatives=0,  # per example, drawn each epoch from the train_file's negatives
+    remine_every=0,  # steps; > 0 re-mines train_file's queries with the model being trained (ANCE),
+    # with the strategy and filters of the mine_negatives.py run that wrote it (its config.json)
     # model
     model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
     init="pretrained",  # pretrained | scratch: the architecture and tokenizer of `model`, random weights
@@ -116,6 +119,48 @@ def check_config(cfg, world):
                           "with teacher scores> and --hard_negatives=1 or more")
     if cfg.hard_negatives and not cfg.train_file:
         raise ConfigError("hard_negatives needs --train_file=<mined file> (mine_negatives.py writes one)")
+    if cfg.remine_every > 0 and (not cfg.train_file or cfg.hard_negatives < 1):
+        raise ConfigError("remine_every needs --train_file=<a mine_negatives.py train.jsonl> and --hard_negatives=1 "
+                          "or more: it refreshes the negatives that file holds")
+
+
+def remine_settings(cfg):
+    """The strategy and filters of the mine_negatives.py run that wrote train_file."""
+    path = os.path.join(os.path.dirname(os.path.abspath(cfg.train_file)), "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        settings = mining.settings_of(config)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: remine_every re-mines with the settings mine_negatives.py saved beside "
+                        f"{cfg.train_file}, and this file {'is missing' if isinstance(e, OSError) else 'lacks ' + str(e)}; "
+                        "mine with mine_negatives.py, or set remine_every=0") from None
+    if not {"dense", "semi-hard"} & set(settings.strategy):
+        raise UserError(f"{path}: strategy={settings.strategy} has no dense part, so re-mining with the model being "
+                        "trained would change nothing; mine with strategy=dense (or a mix with it), or set remine_every=0")
+    return settings, config.get("teacher") or ""
+
+
+def with_negatives(examples, records):
+    """The examples with each query's negatives (and teacher scores) taken from `records`. A query the
+    re-mine found no negatives for keeps its old ones, so every group keeps its size."""
+    by_qid = {r["qid"]: r for r in records}
+    return [dataclasses.replace(ex, negatives=by_qid[ex.qid]["negatives"],
+                                teacher={**ex.teacher, **by_qid[ex.qid]["teacher"]})
+            if by_qid.get(ex.qid, {}).get("negatives") else ex for ex in examples]
+
+
+def rebatch_rest(examples, batches, negatives, position, cfg, seed):
+    """The epoch's batches from `position` on, rebuilt around fresh negatives: the batch rules (no
+    document relevant to another query of the batch) depend on the negatives a batch holds."""
+    rest = [i for b in batches[position:] for i in b]
+    subset = [examples[i] for i in rest]
+    fresh = sample_negatives(subset, cfg.hard_negatives, seed)
+    negatives = list(negatives)
+    for j, i in enumerate(rest):
+        negatives[i] = fresh[j]
+    rebuilt = make_batches(subset, fresh, cfg.batch_size, seed, cfg.length_bucketing)
+    return batches[:position] + [[rest[j] for j in b] for b in rebuilt], negatives
 
 
 def load_examples(cfg, corpus, queries, qrels):
@@ -215,6 +260,12 @@ def main(argv=None):
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
     elif master:
         warn(f"{cfg.data}: no val split; the last step's model is kept as best/")
+    if cfg.remine_every > 0:
+        remine_cfg, teacher_dir = remine_settings(cfg)
+        train_queries = {ex.qid: ex.query for ex in examples}
+        train_positives = {ex.qid: set(ex.positives) for ex in examples}
+        sources = mining.Sources(remine_cfg, corpus) if master else None  # the BM25 index, built once
+        teacher = CrossEncoder.from_pretrained(teacher_dir).to(device) if master and teacher_dir else None
 
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
@@ -234,6 +285,8 @@ def main(argv=None):
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_ratio * total_steps)
     step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
+    batches, negatives = None, None
+    remined = {"step": -1, "epoch": -1, "file": ""}  # the last re-mine: its step, epoch and negatives file
     if cfg.resume:
         last = os.path.join(cfg.out, "last")
         state = load_state(last)
@@ -241,6 +294,11 @@ def main(argv=None):
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
+        remined = state.get("remined", remined)
+        if remined["file"]:
+            examples = with_negatives(examples, read_training_file(remined["file"], corpus))
+        if remined["epoch"] == epoch:  # a re-mine rebuilt this epoch's batches: they cannot be redrawn
+            batches, negatives = state["epoch_batches"]
         if master:
             print(f"resumed from {last} at step {step} (epoch {epoch}, batch {position})")
     if master:
@@ -273,7 +331,8 @@ def main(argv=None):
 
     def save_last():
         state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
-                     position=position, best=best, config=vars(cfg), rng=rng_state())
+                     position=position, best=best, config=vars(cfg), rng=rng_state(), remined=remined,
+                     epoch_batches=(batches, negatives) if remined["epoch"] == epoch else None)
         if world > 1:  # every rank's RNG, so each resumes its own dropout stream
             gathered = [None] * world
             dist.all_gather_object(gathered, state["rng"])
@@ -281,7 +340,6 @@ def main(argv=None):
         if master:
             save_checkpoint(os.path.join(cfg.out, "last"), encoder, state)
 
-    batches = None
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not master)
     t_start, step_seconds, examples_seen, tokens_seen = time.time(), 0.0, 0, 0
     run_step_seconds, run_steps = 0.0, 0  # this process's steps, for the summary's examples/s
@@ -311,6 +369,32 @@ def main(argv=None):
                 for k, v in headline.items():
                     writer.add_scalar(f"val/{k}", v, step)
                 writer.add_scalar("time/eval_seconds", time.time() - t0, step)
+        if (cfg.remine_every > 0 and step > 0 and step % cfg.remine_every == 0 and step != remined["step"]
+                and not last_step):
+            # ANCE: the negatives that were hard for the model at step 0 are easy now; mine the ones
+            # that are hard for this model. Rank 0 mines and writes the file every rank reads.
+            t0 = time.time()
+            remined = {"step": step, "epoch": epoch,
+                       "file": os.path.join(cfg.out, "negatives", f"step-{step}.jsonl")}
+            if master:
+                records, mined_stats = mining.mine(remine_cfg, corpus, train_queries, train_positives, sources,
+                                                   encoder, teacher, batch_size=cfg.eval_batch_size)
+                mining.write_records(remined["file"], records)
+                encoder.train()
+            if world > 1:
+                dist.barrier()
+            old = {ex.qid: ex.negatives for ex in examples}
+            examples = with_negatives(examples, read_training_file(remined["file"], corpus))
+            batches, negatives = rebatch_rest(examples, batches, negatives, position, cfg, cfg.seed + step)
+            if master:
+                changed = np.mean([len(set(ex.negatives) - set(old[ex.qid])) / max(1, len(ex.negatives))
+                                   for ex in examples])
+                tqdm.write(f"step {step}: re-mined {len(records)} queries, {changed:.0%} of negatives new "
+                           f"[{time.time() - t0:.0f}s]")
+                log({"step": step, "remine_seconds": time.time() - t0, "negatives_changed": changed, **mined_stats})
+                if writer:
+                    writer.add_scalar("time/remine_seconds", time.time() - t0, step)
+                    writer.add_scalar("remine/negatives_changed", changed, step)
         if world > 1:  # a signal reaches ranks at different moments; they must stop at the same step
             flag = torch.tensor([1 if stop["signal"] else 0], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -263,3 +263,61 @@ def _write_json(path, obj):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+class CrossEncoder(torch.nn.Module):
+    """A transformer that reads (query, passage) together and outputs one relevance logit: the
+    reranker, and the teacher whose scores denoise mined negatives and feed margin_mse."""
+
+    def __init__(self, model, tokenizer, max_length=512):
+        super().__init__()
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+
+    @classmethod
+    def from_pretrained(cls, name, max_length=None):
+        """A sequence-classification checkpoint with one label. A plain encoder (e.g. MiniLM) loads
+        too, with a new randomly initialised head: the starting point for train_reranker.py."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        path = resolve_model(name)
+        config = load_pretrained(name, AutoConfig, path)
+        config.num_labels = 1
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
+        except (OSError, ValueError) as e:
+            raise ModelNotFound(f"cross-encoder '{name}' could not be loaded: {str(e).strip()[:200]}") from None
+        tokenizer = load_pretrained(name, AutoTokenizer, path)
+        limit = min(512, getattr(config, "max_position_embeddings", 512))
+        return cls(model, tokenizer, min(max_length or limit, limit))
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    def tokenize(self, queries, passages):
+        # Truncate the passage, never the query: the query is what the relevance is judged against.
+        return self.tokenizer(list(queries), list(passages), padding=True, truncation="only_second",
+                              max_length=self.max_length, return_tensors="pt")
+
+    def forward(self, **batch):
+        return self.model(**batch).logits[:, 0]
+
+    @torch.inference_mode()
+    def score(self, queries, passages, batch_size=32):
+        """Relevance logits of (queries[i], passages[i]) as float32 numpy, in input order."""
+        was_training = self.training
+        self.eval()
+        order = np.argsort([-len(q) - len(p) for q, p in zip(queries, passages)], kind="stable")
+        out = np.empty(len(order), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.tokenize([queries[i] for i in idx], [passages[i] for i in idx])
+            out[idx] = self(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def save(self, out_dir):
+        with atomic_dir(out_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        return out_dir

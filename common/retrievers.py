@@ -1,10 +1,15 @@
-"""First-stage retrievers: BM25 (rank-bm25) and exact dense search over embeddings."""
+"""First-stage retrievers: BM25 (rank-bm25 or a sparse matrix) and exact dense search over embeddings."""
+import os
 import re
+from array import array
+from collections import Counter
 
 import numpy as np
 import Stemmer
 import torch
 from rank_bm25 import BM25Okapi
+from scipy import sparse
+from tqdm.auto import tqdm
 
 # NLTK's English stopword list (179 words), chosen with k1/b on SciFact *train* over 32 settings
 # (Lucene's 33-word list, Porter stemming included; all within 0.006 nDCG@10), never on test.
@@ -35,20 +40,118 @@ def bm25_tokenize(text):
 
 
 class BM25:
-    """rank-bm25's Okapi BM25 over a corpus {doc id: text}."""
+    """Okapi BM25 over a corpus {doc id: text}, scored by rank-bm25 or by a sparse matrix.
 
-    def __init__(self, doc_ids, texts, k1=1.2, b=0.4):
+    Both backends give rank_bm25.BM25Okapi's scores (to float rounding) and the same rankings,
+    ties broken by document order. "rank_bm25" scores every document in Python per query and
+    keeps a dict per document: fine for small corpora. "sparse" precomputes every term's
+    per-document weight, so a query is one sparse product: for large corpora.
+    """
+
+    BACKENDS = ("rank_bm25", "sparse")
+
+    def __init__(self, doc_ids, texts, k1=1.2, b=0.4, backend="rank_bm25"):
+        if backend not in self.BACKENDS:
+            raise ValueError(f"BM25 backend {backend!r}: choose one of {', '.join(self.BACKENDS)}")
         self.doc_ids = list(doc_ids)
+        self.backend = backend
         # rank-bm25 divides by the average length, so an all-empty corpus must not reach it.
-        self.index = BM25Okapi([bm25_tokenize(t) or ["\0"] for t in texts], k1=k1, b=b)
+        docs = (bm25_tokenize(t) or ["\0"] for t in texts)
+        if backend == "rank_bm25":
+            self.index = BM25Okapi(list(docs), k1=k1, b=b)
+        else:
+            self.vocab = {}
+            self.weights = _okapi_weights(docs, self.vocab, k1, b)
+
+    def scores(self, query, rows=None):
+        """The score of every document in corpus order, or of the documents at positions `rows`."""
+        if self.backend == "rank_bm25":
+            tokens = bm25_tokenize(query)
+            return (self.index.get_scores(tokens) if rows is None
+                    else np.asarray(self.index.get_batch_scores(tokens, list(rows))))
+        if rows is None:
+            return (self._query_matrix([query]) @ self.weights).toarray()[0]
+        # Only the query's terms, then only those columns: cheap at any corpus size.
+        terms = [self.vocab[t] for t in bm25_tokenize(query) if t in self.vocab]
+        if not terms:
+            return np.zeros(len(rows))
+        return np.asarray(self.weights[terms][:, list(rows)].sum(axis=0)).ravel()
 
     def search(self, query, k):
         """[(doc id, score)] best first."""
-        scores = self.index.get_scores(bm25_tokenize(query))
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(self.doc_ids[i], float(scores[i])) for i in top]
+        if self.backend == "sparse":
+            return self.search_many([query], k)[0]
+        scores = self.scores(query)
+        return [(self.doc_ids[i], float(scores[i])) for i in top_k(scores, k)]
+
+    def search_many(self, queries, k, batch_size=256):
+        """search() of every query: for "sparse", a batch at a time in one sparse product, so
+        memory stays at batch x docs however many queries there are."""
+        if self.backend == "rank_bm25":
+            return [self.search(q, k) for q in queries]
+        results = []
+        for start in range(0, len(queries), batch_size):
+            scores = self._query_matrix(queries[start:start + batch_size]) @ self.weights
+            scores.sort_indices()  # ties go by position, so columns must be in document order
+            for row in range(scores.shape[0]):
+                cols = scores.indices[scores.indptr[row]:scores.indptr[row + 1]]
+                vals = scores.data[scores.indptr[row]:scores.indptr[row + 1]]
+                positive = vals > 0
+                if positive.sum() >= k:
+                    # Every document left out scores 0, so the top k are all among these.
+                    cols, vals = cols[positive], vals[positive]
+                else:
+                    cols, vals = np.arange(len(self.doc_ids)), scores[row].toarray()[0]
+                results.append([(self.doc_ids[cols[i]], float(vals[i])) for i in top_k(vals, k)])
+        return results
+
+    def _query_matrix(self, queries):
+        """(queries x vocab) term counts: a repeated query term counts twice, as in rank-bm25."""
+        rows, cols = [], []
+        for row, query in enumerate(queries):
+            terms = [self.vocab[t] for t in bm25_tokenize(query) if t in self.vocab]
+            rows += [row] * len(terms)
+            cols += terms
+        # COO -> CSR sums the duplicates, which is what makes the counts.
+        return sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(queries), len(self.vocab)))
+
+
+def _okapi_weights(docs, vocab, k1, b, epsilon=0.25):
+    """(vocab x docs) CSR of each term's BM25Okapi score in each document, from token lists;
+    fills vocab {term: row}. The arithmetic follows rank_bm25.BM25Okapi term for term."""
+    indptr, indices, counts, doc_len = array("q", [0]), array("i"), array("i"), array("q")
+    for tokens in docs:  # array, not lists: 4 bytes an entry, for corpora of millions of docs
+        tf = Counter(tokens)
+        indices.extend(vocab.setdefault(t, len(vocab)) for t in tf)
+        counts.extend(tf.values())
+        indptr.append(len(indices))
+        doc_len.append(len(tokens))
+    indptr, indices = np.frombuffer(indptr, np.int64), np.frombuffer(indices, np.int32)
+    n_docs, doc_len = len(doc_len), np.frombuffer(doc_len, np.int64)
+    tf = np.frombuffer(counts, np.int32).astype(np.float64)
+    df = np.bincount(indices, minlength=len(vocab))
+    idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
+    # Terms in more than half the documents get epsilon x the mean idf of all terms instead.
+    idf[idf < 0] = epsilon * idf.mean()
+    avgdl = int(doc_len.sum()) / n_docs
+    length_norm = np.repeat(k1 * (1 - b + b * doc_len / avgdl), np.diff(indptr))
+    weights = tf * (k1 + 1)  # in place from here: at 1M docs each array of this size is ~1 GB
+    weights /= tf + length_norm
+    weights *= idf[indices]
+    del tf, length_norm
+    # Built a document at a time, i.e. as columns; CSR rows make a query's terms cheap to gather.
+    return sparse.csc_matrix((weights, indices, indptr), shape=(len(vocab), n_docs)).tocsr()
+
+
+def top_k(scores, k):
+    """Indices of the k best scores, best first, ties in index order. (argpartition alone would
+    keep an arbitrary few of the documents tied at the cut.)"""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    cut = np.partition(scores, len(scores) - k)[len(scores) - k]
+    candidates = np.flatnonzero(scores >= cut)
+    return candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
 
 
 def dense_search(query_emb, doc_emb, k, chunk=4096):
@@ -72,3 +175,62 @@ def dense_run(query_ids, query_emb, doc_ids, doc_emb, depth):
     """{query id: {doc id: score}} of the exact top `depth` documents of every query."""
     scores, idx = dense_search(query_emb, doc_emb, depth)
     return {qid: {doc_ids[i]: float(s) for i, s in zip(idx[row], scores[row])} for row, qid in enumerate(query_ids)}
+
+
+def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
+    """Passage embeddings [n, dim] float32, a chunk at a time: in RAM, or in a memory-mapped .npy at
+    `path`, so a million passages (1.5 GB at 384-d) need not sit in memory beside everything else."""
+    shape = (len(texts), encoder.dim)
+    out = np.lib.format.open_memmap(path, "w+", np.float32, shape) if path else np.empty(shape, np.float32)
+    with tqdm(total=len(texts), desc="encode corpus", unit="doc", disable=len(texts) <= chunk) as bar:
+        for start in range(0, len(texts), chunk):
+            out[start:start + chunk] = encoder.encode(texts[start:start + chunk], "passage", batch_size,
+                                                      show_progress=len(texts) <= chunk and len(texts) >= 2000)
+            bar.update(min(chunk, len(texts) - start))
+    return out
+
+
+def faiss_flat_ip(emb, chunk=65536):
+    """An exact inner-product FAISS index over `emb` (rows = corpus order), added a chunk at a time
+    from a memory map; on every GPU when faiss-gpu sees one."""
+    import faiss
+
+    index = faiss.IndexFlatIP(emb.shape[1])
+    for start in range(0, len(emb), chunk):
+        index.add(np.ascontiguousarray(emb[start:start + chunk], dtype=np.float32))
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def faiss_search(index, query_emb, k, batch_size=1024):
+    """(scores, rows), each [n_queries, k], searched a batch of queries at a time; rows are -1 where
+    the index holds fewer than k vectors."""
+    scores, rows = [], []
+    for start in tqdm(range(0, len(query_emb), batch_size), desc="search", unit="batch",
+                      disable=len(query_emb) <= batch_size):
+        s, r = index.search(np.ascontiguousarray(query_emb[start:start + batch_size], dtype=np.float32), k)
+        scores.append(s)
+        rows.append(r)
+    if not rows:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(scores), np.concatenate(rows)
+
+
+def load_faiss_index(path, doc_ids):
+    """A FAISS index directory (index.faiss, and doc_ids.txt with one id per line, in index order),
+    checked to cover exactly this corpus in this order."""
+    import faiss
+
+    from common.run import UserError
+
+    ids_file, index_file = os.path.join(path, "doc_ids.txt"), os.path.join(path, "index.faiss")
+    if not (os.path.isfile(ids_file) and os.path.isfile(index_file)):
+        raise UserError(f"{path}: not an index directory (needs index.faiss and doc_ids.txt); build one with "
+                        "build_index.py, or leave index empty to search exactly")
+    with open(ids_file, encoding="utf-8") as f:
+        ids = [line.rstrip("\n") for line in f]
+    if ids != list(doc_ids):
+        raise UserError(f"{ids_file}: the index covers {len(ids)} docs that are not this corpus's {len(doc_ids)} in "
+                        "order; rebuild it for this dataset")
+    return faiss.read_index(index_file)

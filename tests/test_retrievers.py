@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from common.retrievers import BM25, bm25_tokenize, dense_search
 
@@ -15,6 +16,51 @@ def test_bm25_ranks_the_matching_doc_first_and_handles_empty_docs():
     hits = index.search("sorting lists", 3)
     assert hits[0][0] == "a" and hits[0][1] > hits[1][1]
     assert len(index.search("sorting", 10)) == 3
+
+
+def random_corpus(n_docs=300, vocab=40, seed=0):
+    """Docs of Zipf-distributed words w0, w1, ...: w0 and w1 are in over half the docs (negative
+    idf), the tail words in a few; doc 0 is empty. Queries repeat terms and use unknown words."""
+    rng = np.random.default_rng(seed)
+    p = 1 / np.arange(1, vocab + 1) ** 1.1
+    docs = [" ".join(f"w{i}" for i in rng.choice(vocab, size=n, p=p / p.sum())) for n in rng.integers(1, 30, n_docs)]
+    docs[0] = ""
+    queries = [" ".join(f"w{i}" for i in rng.integers(0, vocab, size=rng.integers(1, 6))) for _ in range(40)]
+    queries += ["w3 w3 w7", "w0", "w0 w1 w0", "w39 unknownword", "unknownword", "", "w38"]
+    return [f"d{i}" for i in range(n_docs)], docs, queries
+
+
+def test_bm25_sparse_scores_equal_rank_bm25():
+    doc_ids, docs, queries = random_corpus()
+    assert sum("w0" in d.split() for d in docs) > len(docs) / 2
+    ref, fast = BM25(doc_ids, docs, backend="rank_bm25"), BM25(doc_ids, docs, backend="sparse")
+    assert ref.index.idf["w0"] == 0.25 * ref.index.average_idf  # floored: the negative-idf path
+    for query in queries:
+        np.testing.assert_allclose(fast.scores(query), ref.scores(query), rtol=1e-5, err_msg=query)
+    assert fast.scores("w3 w3").max() > fast.scores("w3").max() > 0  # a repeated term counts twice
+    rows = [5, 0, 17, 17]  # a few documents' scores alone, as mining asks for the positives'
+    for index in (fast, ref):
+        np.testing.assert_allclose(index.scores("w3 w3 w7 nosuchword", rows), ref.scores("w3 w3 w7 nosuchword")[rows],
+                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize("k1,b", [(1.2, 0.4), (0.9, 0.75)])
+def test_bm25_backends_rank_identically(k1, b):
+    doc_ids, docs, queries = random_corpus(seed=1)
+    ref, fast = (BM25(doc_ids, docs, k1=k1, b=b, backend=name) for name in ("rank_bm25", "sparse"))
+    for k in (1, 10, 400):
+        expected = [ref.search(q, k) for q in queries]
+        for hits in (ref.search_many(queries, k), fast.search_many(queries, k, batch_size=7),
+                     [fast.search(q, k) for q in queries]):
+            assert [[d for d, _ in h] for h in hits] == [[d for d, _ in h] for h in expected]
+            for got, want in zip(hits, expected):
+                np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5)
+    assert [d for d, _ in fast.search("unknownword", 3)] == ["d0", "d1", "d2"]  # all tied: document order
+
+
+def test_bm25_rejects_an_unknown_backend():
+    with pytest.raises(ValueError, match="rank_bm25, sparse"):
+        BM25(["a"], ["text"], backend="lucene")
 
 
 def test_dense_search_equals_brute_force_across_chunks():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import mine_negatives
 import train_encoder
 from common import losses
 from common.config import ConfigError
@@ -89,10 +90,20 @@ def test_naive_accumulation_would_differ(train_beir, tiny_model, tmp_path, monke
     assert log_lines(tmp_path / "b8")[0]["loss"] != pytest.approx(log_lines(tmp_path / "b4")[0]["loss"], abs=1e-3)
 
 
-def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monkeypatch):
+def mine_dense(data, model, out):
+    assert mine_negatives.main([f"--data={data}", f"--model={model}", f"--out={out}", "--strategy=dense",
+                                "--num_negatives=4", "--max_rank=20"]) == 0
+    return os.path.join(out, "train.jsonl")
+
+
+@pytest.mark.parametrize("remine", [False, True], ids=["plain", "across-a-remine"])
+def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monkeypatch, remine):
     # Dropout on, so the resumed run must also restore the RNG to draw the same masks.
     model = build_tiny_model(tmp_path / "tiny-dropout", dropout=0.1)
     args = ["--batch_size=8", "--max_steps=6", "--micro_batch_size=4", "--lr=1e-3", "--save_every=0"]
+    if remine:  # re-mined at step 2 mid-epoch (the rest of the epoch rebuilt), interrupted at 3, re-mined at 4
+        args += [f"--train_file={mine_dense(train_beir, model, tmp_path / 'mined')}", "--hard_negatives=2",
+                 "--remine_every=2"]
     assert train(train_beir, model, tmp_path / "straight", *args) == 0
 
     def ctrl_c(loss):
@@ -173,6 +184,24 @@ def test_nan_loss_stops_naming_the_step(train_beir, tiny_model, tmp_path, monkey
         train(train_beir, tiny_model, tmp_path / "nan", "--batch_size=8", "--max_steps=4")
 
 
+def test_remining_refreshes_the_negatives_and_training_goes_on(train_beir, tiny_model, tmp_path):
+    mined = mine_dense(train_beir, tiny_model, tmp_path / "mined")
+    out = tmp_path / "ance"
+    assert train(train_beir, tiny_model, out, f"--train_file={mined}", "--hard_negatives=2", "--remine_every=2",
+                 "--batch_size=8", "--max_steps=5", "--lr=1e-3") == 0
+    assert sorted(os.listdir(out / "negatives")) == ["step-2.jsonl", "step-4.jsonl"]
+
+    def negatives(path):
+        with open(path) as f:
+            return {r["qid"]: [n["id"] for n in r["negatives"]] for r in map(json.loads, f)}
+    before, after = negatives(mined), negatives(out / "negatives" / "step-4.jsonl")
+    assert before.keys() == after.keys() and before != after
+    with open(out / "metrics.jsonl") as f:
+        remines = [r for r in map(json.loads, f) if "remine_seconds" in r]
+    assert [r["step"] for r in remines] == [2, 4] and remines[1]["negatives_changed"] > 0
+    assert [r["step"] for r in log_lines(out)] == [1, 2, 3, 4, 5]
+
+
 def test_mined_file_with_teacher_trains_margin_mse(train_beir, tiny_model, tmp_path):
     mined = tmp_path / "mined.jsonl"
     with open(mined, "w") as f:
@@ -191,6 +220,7 @@ def test_mined_file_with_teacher_trains_margin_mse(train_beir, tiny_model, tmp_p
     (["--loss=margin_mse"], "margin_mse needs teacher scores"),
     (["--loss=infonce,cosine", "--loss_weights=1"], "one weight each"),
     (["--hard_negatives=2"], "needs --train_file"),
+    (["--remine_every=10"], "remine_every needs"),
     (["--loss=triplet"], "choose one of"),
     (["--batchsize=8"], "did you mean batch_size"),
 ])

@@ -1,0 +1,100 @@
+"""BM25 backends side by side: index build time, search_many throughput at k=100, peak memory.
+
+    python bench/bm25_speed.py --data=data/scifact --queries=50               # SciFact as it is
+    python bench/bm25_speed.py --repeat_corpus=193 --backends=sparse          # ~1M passages
+
+--repeat_corpus=R makes a synthetic large corpus: the corpus R times, every copy after the first
+with a random ~10% of each document's words dropped, so the copies are not identical. rank_bm25 is
+skipped above --max_rank_bm25_docs, where it would take hours. Each backend runs in its own forked
+process, so its peak RSS is its own (ru_maxrss only grows); that includes the corpus text, loaded
+before the fork, which the header line measures alone. Not a test: timings vary run to run on a shared CPU.
+"""
+import multiprocessing
+import os
+import random
+import resource
+import sys
+import time
+from itertools import compress
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from common.config import check_choice, load_config  # noqa: E402
+from common.data import doc_text, load_beir  # noqa: E402
+from common.retrievers import BM25  # noqa: E402
+from common.run import cli, write_json  # noqa: E402
+
+DEFAULTS = dict(data="data/scifact", split="test", queries=300, repeat_corpus=1, drop=0.1,
+                backends=["rank_bm25", "sparse"], max_rank_bm25_docs=200000, k=100, batch_size=256,
+                seed=0, out="runs/bench/bm25_speed.json")
+
+
+def synthetic_corpus(corpus, repeat, drop, seed):
+    """(doc ids, texts): the corpus, then repeat - 1 copies each missing a random `drop` of its words."""
+    rng = np.random.default_rng(seed)
+    ids, texts = list(corpus), [doc_text(d) for d in corpus.values()]
+    all_ids, all_texts = list(ids), list(texts)
+    for copy in range(1, repeat):
+        all_ids += [f"{i}~{copy}" for i in ids]
+        for text in texts:
+            words = text.split()
+            all_texts.append(" ".join(compress(words, rng.random(len(words)) >= drop)))
+    return all_ids, all_texts
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def measure(backend, doc_ids, texts, queries, cfg):
+    t0 = time.perf_counter()
+    index = BM25(doc_ids, texts, backend=backend)
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index.search_many(queries, cfg.k, batch_size=cfg.batch_size)
+    seconds = time.perf_counter() - t0
+    return {"build_s": build, "search_s": seconds, "queries_per_s": len(queries) / seconds,
+            "peak_rss_gb": peak_rss_gb()}
+
+
+def in_child(fn, *args):
+    """fn(*args) in a forked process: it shares the loaded corpus, but its ru_maxrss is its own."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=lambda: queue.put(fn(*args)))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main(argv=None):
+    cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
+    check_choice(cfg, "backends", BM25.BACKENDS)
+    corpus, queries, _ = load_beir(cfg.data, cfg.split)
+    queries = list(queries.values())
+    queries = random.Random(cfg.seed).sample(queries, min(cfg.queries, len(queries)))
+    t0 = time.perf_counter()
+    doc_ids, texts = synthetic_corpus(corpus, cfg.repeat_corpus, cfg.drop, cfg.seed)
+    print(f"{cfg.data} x{cfg.repeat_corpus}: {len(texts):,} docs ({time.perf_counter() - t0:.1f} s to make), "
+          f"{len(queries)} {cfg.split} queries, k={cfg.k}; peak RSS with just the corpus {in_child(peak_rss_gb):.2f} GB")
+    results = {}
+    for backend in cfg.backends:
+        if backend == "rank_bm25" and len(texts) > cfg.max_rank_bm25_docs:
+            print(f"rank_bm25 skipped: {len(texts):,} docs > --max_rank_bm25_docs={cfg.max_rank_bm25_docs:,}")
+            continue
+        results[backend] = in_child(measure, backend, doc_ids, texts, queries, cfg)
+    rows = ["| backend | docs | build s | queries/s | peak RSS GB |", "|---|---|---|---|---|"]
+    rows += [f"| {name} | {len(texts):,} | {r['build_s']:.1f} | {r['queries_per_s']:.1f} | {r['peak_rss_gb']:.2f} |"
+             for name, r in results.items()]
+    print("\n".join(rows))
+    write_json(cfg.out, {"data": cfg.data, "split": cfg.split, "repeat_corpus": cfg.repeat_corpus,
+                         "docs": len(texts), "queries": len(queries), "k": cfg.k, "results": results})
+    print(f"-> {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)
