@@ -12,12 +12,15 @@ its top, then a single training step.
     torchrun --standalone --nproc_per_node=4 train_encoder.py configs/encoder-scifact.yaml
     # a batch of 512 on a small GPU: GradCache accumulation keeps all 512 in one loss
     python train_encoder.py --batch_size=512 --micro_batch_size=64
+    # hard negatives from mine_negatives.py, 3 per query each epoch; re-mined with this model every 50 steps
+    python train_encoder.py --train_file=runs/scifact/mine-dense/train.jsonl --hard_negatives=3 --remine_every=50
     # continue an interrupted run (Ctrl-C saves last/ before exiting)
     python train_encoder.py configs/encoder-scifact.yaml --resume
 
 Run directory (default runs/<dataset>-<model>/encoder): config.json, command.txt, last/ (model and
 trainer state), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
-event files (`make tensorboard`), test/ (run file and per-query metrics of best/ on test).
+event files (`make tensorboard`), test/ (run file and per-query metrics of best/ on test),
+negatives/step-N.jsonl (what each re-mine found).
 """
 import dataclasses
 import json

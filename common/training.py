@@ -2,6 +2,7 @@
 rate schedule, mixed precision, checkpoints that resume exactly, and the distributed set-up.
 The loop itself lives in each training script."""
 import contextlib
+import datetime
 import math
 import os
 import random
@@ -96,11 +97,14 @@ def setup_distributed():
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return 0, 1, None
     local_rank = int(os.environ["LOCAL_RANK"])
+    # Rank 0 evaluates on val and re-mines negatives while the others wait at the next collective;
+    # encoding a large corpus takes longer than the default 10-minute timeout.
+    timeout = datetime.timedelta(hours=3)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
         return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank)
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
 
 
