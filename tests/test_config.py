@@ -47,3 +47,23 @@ def test_check_choice():
     cfg = load_config(DEFAULTS, ["--tags=a,zz"])
     with pytest.raises(ConfigError, match="tags='zz'"):
         check_choice(cfg, "tags", ("a", "b"))
+
+
+def test_shipped_configs_load_with_their_script():
+    """Every configs/*.yaml names only keys its script knows, with the right types."""
+    import glob
+    import os
+
+    import evaluate
+    import mine_negatives
+    import train_encoder
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    scripts = {"encoder-": train_encoder, "mine-": mine_negatives, "bm25-": evaluate}
+    paths = sorted(glob.glob(os.path.join(root, "configs", "*.yaml")))
+    assert paths
+    for path in paths:
+        script = next(s for prefix, s in scripts.items() if os.path.basename(path).startswith(prefix))
+        cfg = load_config(script.DEFAULTS, [path])
+        if script is train_encoder:
+            train_encoder.check_config(cfg, world=1)
