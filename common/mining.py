@@ -44,11 +44,11 @@ class Sources:
     passages do not need to fit in RAM twice) and searched exactly with FAISS.
     """
 
-    def __init__(self, cfg, corpus, bm25=None):
+    def __init__(self, cfg, corpus):
         self.cfg, self.corpus, self.doc_ids = cfg, corpus, list(corpus)
         self.row = {d: i for i, d in enumerate(self.doc_ids)}
-        self.bm25 = bm25
-        if "bm25" in cfg.strategy and bm25 is None:
+        self.bm25 = None
+        if "bm25" in cfg.strategy:
             self.bm25 = BM25(self.doc_ids, [doc_text(corpus[d]) for d in self.doc_ids], cfg.bm25_k1, cfg.bm25_b,
                              backend=cfg.bm25_backend)
 
@@ -68,16 +68,17 @@ class Sources:
     def dense_lists(self, encoder, texts, positives, batch_size, index=None, emb_path=None):
         """Per query: (ranked doc rows, their scores, best positive score) from `encoder`, searched
         in `index` (a FAISS index over this corpus, in corpus order) or in a fresh exact index."""
+        pos_ids = sorted({p for pos in positives for p in pos})
         if index is None:
             doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size,
                                     emb_path)
             index = faiss_flat_ip(doc_emb)
+            pos_emb = {p: doc_emb[self.row[p]] for p in pos_ids}
+        else:  # a given index may be approximate: the positives' own scores come from encoding them
+            pos_emb = dict(zip(pos_ids, encoder.encode([doc_text(self.corpus[p]) for p in pos_ids], "passage",
+                                                       batch_size)))
         q_emb = encoder.encode(texts, "query", batch_size)
         scores, rows = faiss_search(index, q_emb, self.cfg.max_rank)
-        # The positives' own scores, encoded directly: a given index may be approximate.
-        pos_ids = sorted({p for pos in positives for p in pos})
-        pos_emb = dict(zip(pos_ids, encoder.encode([doc_text(self.corpus[p]) for p in pos_ids], "passage",
-                                                   batch_size)))
         return [(r[r >= 0], s[r >= 0], max(float(q @ pos_emb[p]) for p in pos))
                 for r, s, q, pos in zip(rows, scores, q_emb, positives)]
 
