@@ -22,12 +22,15 @@ import sys
 import tempfile
 import time
 
+import torch
+
 from common import mining
 from common.config import ConfigError, check_choice, load_config
 from common.data import load_beir, warn
 from common.models import BiEncoder, CrossEncoder, pick_device
 from common.retrievers import load_faiss_index
-from common.run import UserError, cli, start_run, write_json
+from common.run import cli, start_run, write_json
+from common.training import autocast, autocast_dtype
 
 DEFAULTS = dict(
     # data
@@ -50,6 +53,7 @@ DEFAULTS = dict(
     index="",  # a build_index.py directory over this corpus; "" = encode the corpus and search exactly
     batch_size=64,
     device="auto",
+    dtype="auto",  # auto | fp32 | bf16 | fp16 for encoding: auto is bf16 on a GPU, fp32 on CPU
     # bm25
     bm25_k1=1.2,
     bm25_b=0.4,
@@ -62,6 +66,7 @@ def check_config(cfg):
     check_choice(cfg, "strategy", mining.STRATEGIES)
     check_choice(cfg, "sampling", ("top", "random"))
     check_choice(cfg, "bm25_backend", ("rank_bm25", "sparse"))
+    check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
     if len(cfg.num_negatives) != len(cfg.strategy):
         raise ConfigError(f"strategy={cfg.strategy} needs one count each, got num_negatives={cfg.num_negatives}")
     if len(set(cfg.strategy)) != len(cfg.strategy):
@@ -83,6 +88,9 @@ def main(argv=None):
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
     positives = {q: {d for d, g in row.items() if g >= 1} for q, row in qrels.items()}
     device = pick_device(cfg.device)
+    dtype = autocast_dtype(cfg.dtype, device)
+    if dtype != torch.float32 and device.type == "cpu":
+        warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
     needs_dense = bool({"dense", "semi-hard"} & set(cfg.strategy))
     encoder = BiEncoder.from_pretrained(cfg.model).to(device) if needs_dense else None
     teacher = CrossEncoder.from_pretrained(cfg.teacher).to(device) if cfg.teacher else None
@@ -93,7 +101,8 @@ def main(argv=None):
 
     t0 = time.time()
     sources = mining.Sources(cfg, corpus)
-    with tempfile.TemporaryDirectory(dir=cfg.out, prefix=".emb-") as tmp:  # removed even on Ctrl-C
+    with (tempfile.TemporaryDirectory(dir=cfg.out, prefix=".emb-") as tmp,  # removed even on Ctrl-C
+          autocast(device, dtype)):
         records, stats = mining.mine(cfg, corpus, queries, positives, sources, encoder, teacher, index,
                                      os.path.join(tmp, "corpus.npy"), cfg.batch_size)
     seconds = time.time() - t0

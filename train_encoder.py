@@ -348,11 +348,6 @@ def main(argv=None):
     run_step_seconds, run_steps = 0.0, 0  # this process's steps, for the summary's examples/s
     while True:
         last_step = step == total_steps
-        while batches is None or position >= len(batches):  # an epoch's negatives and batch order
-            if batches is not None:
-                epoch, position = epoch + 1, 0
-            negatives = sample_negatives(examples, cfg.hard_negatives, cfg.seed + epoch)
-            batches = make_batches(examples, negatives, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing)
 
         # ---- once in a while: evaluate on val, keep the best, checkpoint
         if master and has_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
@@ -380,8 +375,9 @@ def main(argv=None):
             remined = {"step": step, "epoch": epoch,
                        "file": os.path.join(cfg.out, "negatives", f"step-{step}.jsonl")}
             if master:
-                records, mined_stats = mining.mine(remine_cfg, corpus, train_queries, train_positives, sources,
-                                                   encoder, teacher, batch_size=cfg.eval_batch_size)
+                with autocast(device, dtype):
+                    records, mined_stats = mining.mine(remine_cfg, corpus, train_queries, train_positives, sources,
+                                                       encoder, teacher, batch_size=cfg.eval_batch_size)
                 mining.write_records(remined["file"], records)
                 encoder.train()
             if world > 1:
@@ -398,6 +394,12 @@ def main(argv=None):
                 if writer:
                     writer.add_scalar("time/remine_seconds", time.time() - t0, step)
                     writer.add_scalar("remine/negatives_changed", changed, step)
+        # After the re-mine: a rebuilt rest of the epoch can hold fewer full batches than it replaced.
+        while batches is None or position >= len(batches):  # the next epoch's negatives and batch order
+            if batches is not None:
+                epoch, position = epoch + 1, 0
+            negatives = sample_negatives(examples, cfg.hard_negatives, cfg.seed + epoch)
+            batches = make_batches(examples, negatives, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing)
         if world > 1:  # a signal reaches ranks at different moments; they must stop at the same step
             flag = torch.tensor([1 if stop["signal"] else 0], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)

@@ -149,6 +149,7 @@ def test_teacher_denoises_and_scores_every_pair(train_beir, train_split, tiny_cr
     (["--skip_top=10", "--max_rank=10"], "skip_top < max_rank"),
     (["--split=test"], "split=test"),
     (["--strategy=bm25,bm25", "--num_negatives=1,1"], "twice"),
+    (["--dtype=fp8"], "choose one of"),
 ])
 def test_bad_config_fails_before_any_work(train_beir, tmp_path, args, message):
     with pytest.raises(ConfigError, match=message):

@@ -202,6 +202,20 @@ def test_remining_refreshes_the_negatives_and_training_goes_on(train_beir, tiny_
     assert [r["step"] for r in log_lines(out)] == [1, 2, 3, 4, 5]
 
 
+def test_a_remine_that_shortens_the_epoch_starts_the_next_one(train_beir, tiny_model, tmp_path, monkeypatch):
+    # Re-batching the rest of an epoch around fresh negatives can leave fewer full batches than before
+    # (the batch rules reject more pairs); the extreme case is none, which once indexed past the end.
+    rebatch = train_encoder.rebatch_rest
+    monkeypatch.setattr(train_encoder, "rebatch_rest",
+                        lambda examples, batches, negatives, position, cfg, seed:
+                        (rebatch(examples, batches, negatives, position, cfg, seed)[0][:position], negatives))
+    mined = mine_dense(train_beir, tiny_model, tmp_path / "mined")
+    out = tmp_path / "short"
+    assert train(train_beir, tiny_model, out, f"--train_file={mined}", "--hard_negatives=2", "--remine_every=2",
+                 "--batch_size=8", "--max_steps=5") == 0
+    assert [(r["step"], r["epoch"]) for r in log_lines(out)] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2)]
+
+
 def test_mined_file_with_teacher_trains_margin_mse(train_beir, tiny_model, tmp_path):
     mined = tmp_path / "mined.jsonl"
     with open(mined, "w") as f:
