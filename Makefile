@@ -27,7 +27,7 @@ ENCODER_DIR := $(RUN_DIR)/encoder
 MINE_ARGS ?=
 MINE_DIR := $(RUN_DIR)/mine
 
-.PHONY: setup setup-gpu data baseline mine train-encoder pipeline tensorboard test bench-encode clean
+.PHONY: setup setup-gpu data baseline mine train-encoder pipeline tensorboard test bench-encode clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
 setup: $(VENV)/.installed
@@ -63,12 +63,12 @@ $(RUN_DIR)/baseline-$(SPLIT)/metrics.json: $(DATA_DIR)/prepare.json evaluate.py 
 # Hard negatives for the train queries: $(MINE_DIR)/train.jsonl, for
 #   make train-encoder TRAIN_ARGS="--train_file=$(MINE_DIR)/train.jsonl --hard_negatives=3"
 mine: $(MINE_DIR)/train.jsonl
-$(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON)
+$(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON) $(MINE_DIR)/make-args.txt
 	$(PY) mine_negatives.py --data=$(DATA_DIR) --model=$(MODEL) --out=$(MINE_DIR) $(MINE_ARGS)
 
 # Fine-tune on train, keep the best on val, evaluate it on test (ENCODER_DIR/test/metrics.json).
 train-encoder: $(ENCODER_DIR)/metrics.json
-$(ENCODER_DIR)/metrics.json: $(DATA_DIR)/prepare.json train_encoder.py $(COMMON) $(ENCODER_CONFIG)
+$(ENCODER_DIR)/metrics.json: $(DATA_DIR)/prepare.json train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
 	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(ENCODER_DIR) $(TRAIN_ARGS)
 
 # Grows with later stages: mine, train reranker, index, export.
@@ -76,6 +76,15 @@ pipeline: $(RUN_DIR)/comparison.md
 $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(ENCODER_DIR)/metrics.json evaluate.py
 	$(PY) evaluate.py --out=$(RUN_DIR) \
 	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(ENCODER_DIR)/test/metrics.json
+
+FORCE:
+
+# A stage reruns when its *_ARGS change, not only its files: the args live in a file that is
+# rewritten only when they differ from the last run's.
+$(MINE_DIR)/make-args.txt: FORCE
+	@mkdir -p $(@D); printf '%s\n' "$(MODEL) $(MINE_ARGS)" | cmp -s - $@ || printf '%s\n' "$(MODEL) $(MINE_ARGS)" > $@
+$(ENCODER_DIR)/make-args.txt: FORCE
+	@mkdir -p $(@D); printf '%s\n' "$(MODEL) $(TRAIN_ARGS)" | cmp -s - $@ || printf '%s\n' "$(MODEL) $(TRAIN_ARGS)" > $@
 
 tensorboard: | setup
 	$(VENV)/bin/tensorboard --logdir runs

@@ -67,3 +67,24 @@ def test_shipped_configs_load_with_their_script():
         cfg = load_config(script.DEFAULTS, [path])
         if script is train_encoder:
             train_encoder.check_config(cfg, world=1)
+
+
+@pytest.mark.parametrize("dir_var, args_var", [("ENCODER_DIR", "TRAIN_ARGS"), ("MINE_DIR", "MINE_ARGS")])
+def test_make_reruns_a_stage_when_only_its_args_change(tmp_path, dir_var, args_var):
+    # The stage's target depends on make-args.txt, which must change exactly when the args do.
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stamp = tmp_path / "make-args.txt"
+
+    def make(args):
+        subprocess.run(["make", "-s", "-C", root, f"{dir_var}={tmp_path}", f"{args_var}={args}", str(stamp)],
+                       check=True)
+        return stamp.read_text(), stamp.stat().st_mtime_ns
+
+    first = make("--lr=5e-5")
+    os.utime(stamp, ns=(1, 1))  # an old stamp: rewriting it would show as a new mtime
+    assert make("--lr=5e-5") == (first[0], 1)
+    changed = make("--lr=1e-4")
+    assert changed[0] != first[0] and changed[1] > 1
