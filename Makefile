@@ -7,6 +7,8 @@
 #   ENCODER_CONFIG=configs/encoder-<dataset>.yaml (picked by dataset when it exists)
 #   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py overrides, applied last
 #   MINE_ARGS="--strategy=bm25,dense --num_negatives=15,15"   mine_negatives.py overrides
+#   RERANKER_CONFIG=configs/reranker-<dataset>.yaml (picked by dataset when it exists)
+#   RERANKER_ARGS="--negatives=3 --epochs=2"                   train_reranker.py overrides
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -26,8 +28,11 @@ TRAIN_ARGS ?=
 ENCODER_DIR := $(RUN_DIR)/encoder
 MINE_ARGS ?=
 MINE_DIR := $(RUN_DIR)/mine
+RERANKER_CONFIG ?= $(wildcard configs/reranker-$(DATASET).yaml)
+RERANKER_ARGS ?=
+RERANKER_DIR := $(RUN_DIR)/reranker
 
-.PHONY: setup setup-gpu data baseline mine train-encoder pipeline tensorboard test bench-encode clean FORCE
+.PHONY: setup setup-gpu data baseline mine train-encoder train-reranker pipeline tensorboard test bench-encode clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
 setup: $(VENV)/.installed
@@ -71,6 +76,13 @@ train-encoder: $(ENCODER_DIR)/metrics.json
 $(ENCODER_DIR)/metrics.json: $(DATA_DIR)/prepare.json train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
 	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(ENCODER_DIR) $(TRAIN_ARGS)
 
+# A cross-encoder on the mined negatives: best on val (BM25 top 30 reranked), then BM25's test top
+# 100 reranked by it (RERANKER_DIR/test/metrics.json holds both).
+train-reranker: $(RERANKER_DIR)/metrics.json
+$(RERANKER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_reranker.py $(COMMON) $(RERANKER_CONFIG) $(RERANKER_DIR)/make-args.txt
+	$(PY) train_reranker.py $(RERANKER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
+	    --out=$(RERANKER_DIR) $(RERANKER_ARGS)
+
 # Grows with later stages: mine, train reranker, index, export.
 pipeline: $(RUN_DIR)/comparison.md
 $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(ENCODER_DIR)/metrics.json evaluate.py
@@ -81,10 +93,11 @@ FORCE:
 
 # A stage reruns when its *_ARGS change, not only its files: the args live in a file that is
 # rewritten only when they differ from the last run's.
-$(MINE_DIR)/make-args.txt: FORCE
-	@mkdir -p $(@D); printf '%s\n' "$(MODEL) $(MINE_ARGS)" | cmp -s - $@ || printf '%s\n' "$(MODEL) $(MINE_ARGS)" > $@
-$(ENCODER_DIR)/make-args.txt: FORCE
-	@mkdir -p $(@D); printf '%s\n' "$(MODEL) $(TRAIN_ARGS)" | cmp -s - $@ || printf '%s\n' "$(MODEL) $(TRAIN_ARGS)" > $@
+$(MINE_DIR)/make-args.txt: STAGE_ARGS = $(MINE_ARGS)
+$(ENCODER_DIR)/make-args.txt: STAGE_ARGS = $(TRAIN_ARGS)
+$(RERANKER_DIR)/make-args.txt: STAGE_ARGS = $(RERANKER_ARGS)
+%/make-args.txt: FORCE
+	@mkdir -p $(@D); printf '%s\n' "$(MODEL) $(STAGE_ARGS)" | cmp -s - $@ || printf '%s\n' "$(MODEL) $(STAGE_ARGS)" > $@
 
 tensorboard: | setup
 	$(VENV)/bin/tensorboard --logdir runs

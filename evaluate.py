@@ -1,7 +1,9 @@
 """Evaluate retrievers on a split of a prepared BEIR directory.
 
 Writes metrics.json, one TREC run file per retriever (`qid Q0 docid rank score tag`) and the
-per-query latency p50/p95 into the run directory, and prints the retrievers side by side.
+per-query latency p50/p95 into the run directory, and prints the retrievers side by side. With
+`rerank` set, each first stage R is also reported as `R+rerank`: its top rerank_depth re-scored by a
+cross-encoder (latency = reranking time per query), next to R in the table and metrics.json.
 
     # CPU (or one GPU, picked automatically): BM25 and zero-shot MiniLM on the default data
     python evaluate.py --data=data/python-source --retrievers=bm25,dense
@@ -11,6 +13,12 @@ per-query latency p50/p95 into the run directory, and prints the retrievers side
     python evaluate.py configs/bm25-only.yaml --split=val
     # earlier runs side by side, as a markdown table (also written to --out/comparison.md)
     python evaluate.py --compare=zero-shot=runs/a/test/metrics.json,fine-tuned=runs/b/encoder/test/metrics.json
+    # hybrid: reciprocal-rank fusion of BM25 and dense, beside both
+    python evaluate.py --data=data/scifact --retrievers=bm25,dense,hybrid
+    # two-stage: BM25's top 100 reranked by a cross-encoder (columns bm25 and bm25+rerank)
+    python evaluate.py --data=data/scifact --retrievers=bm25 --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best --rerank_depth=100
+    # every first stage reranked, the cross-encoder reading at most 256 tokens a pair
+    python evaluate.py --data=data/scifact --retrievers=bm25,dense,hybrid --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best --rerank_max_length=256
 
 Evaluation is a single process; under torchrun only rank 0 would be needed, so run it plainly.
 """
@@ -24,7 +32,7 @@ import numpy as np
 
 from common.config import check_choice, load_config
 from common.data import atomic_open, doc_text, load_beir
-from common.metrics import cut_run, evaluate_run, write_trec
+from common.metrics import cut_run, evaluate_run, fuse_rrf, write_trec
 from common.retrievers import BM25, dense_search
 from common.run import UserError, cli, start_run, write_json
 
@@ -33,7 +41,7 @@ DEFAULTS = dict(
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     split="test",
     # retrievers, several side by side
-    retrievers=["bm25", "dense"],  # bm25 | dense
+    retrievers=["bm25", "dense"],  # bm25 | dense | hybrid
     # dense: the model and its encoding; 0 or "" keeps what was saved with the model
     model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
     pooling="",  # mean | cls | max
@@ -49,6 +57,13 @@ DEFAULTS = dict(
     bm25_b=0.4,
     # rank_bm25 scores every doc in Python per query: fine for small corpora; "sparse" for large ones
     bm25_backend="rank_bm25",  # rank_bm25 | sparse
+    # hybrid: RRF of the bm25 and dense runs; 60 is the paper's constant (it damps the top ranks' lead)
+    rrf_k=60,
+    # reranking: a second stage over each first stage's top rerank_depth, reported as <retriever>+rerank
+    rerank="",  # a cross-encoder directory or hub name; "" = off
+    rerank_depth=100,  # docs below it keep their first-stage order, so recall@k stays comparable
+    rerank_batch_size=32,  # (query, passage) pairs per forward pass
+    rerank_max_length=0,  # tokens per pair; 0 = the model's own (at most 512)
     # evaluation
     k=100,  # retrieval depth, and the depth of the TREC run files
     ks=[1, 3, 5, 10, 100],  # cut-offs for every metric
@@ -63,6 +78,26 @@ HEADLINE = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@10", "precision
 def percentiles_ms(seconds):
     ms = np.asarray(seconds) * 1000
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
+
+
+def retrieve(cfg, name, corpus, queries, encoder, done):
+    """(run cut to k, per-query seconds, info) of a first stage. Kept in `done`, so bm25 and dense
+    run once however many of the retrievers ask for them (hybrid fuses both)."""
+    if name not in done:
+        # One extra hit, so dropping a query's own id still leaves k results.
+        depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
+        if name == "bm25":
+            run, latencies, info = run_bm25(cfg, corpus, queries, depth)
+        elif name == "dense":
+            run, latencies, info = run_dense(cfg, corpus, queries, depth, encoder)
+        else:
+            parts = [retrieve(cfg, part, corpus, queries, encoder, done) for part in ("bm25", "dense")]
+            run = fuse_rrf([part[0] for part in parts], cfg.rrf_k, cfg.k)
+            # One after the other, as a single service would; the fusion itself is microseconds.
+            latencies = [b + d for b, d in zip(parts[0][1], parts[1][1])]
+            info = {"rrf_k": cfg.rrf_k, "model": cfg.model}
+        done[name] = cut_run(run, cfg.k, cfg.ignore_identical_ids), latencies, info
+    return done[name]
 
 
 def run_bm25(cfg, corpus, queries, depth):
@@ -114,6 +149,29 @@ def load_encoder(cfg):
                                         query_prefix=cfg.query_prefix or None,
                                         passage_prefix=cfg.passage_prefix or None)
     return encoder.to(pick_device(cfg.device)).eval()
+
+
+def load_reranker(cfg):
+    from common.models import CrossEncoder, ModelNotFound, pick_device
+
+    try:
+        reranker = CrossEncoder.from_pretrained(cfg.rerank, max_length=cfg.rerank_max_length or None)
+    except ModelNotFound as e:
+        # Not models.py's hint: the packaged bi-encoder it names would load here with an untrained head.
+        reason = str(e).splitlines()[0].split("; ")[0].split(". Pass ")[0]
+        raise ModelNotFound(f"rerank={cfg.rerank}: {reason}; pass a trained cross-encoder directory "
+                            "(e.g. runs/<dataset>-<model>/reranker/best) or hub name, or rerank= to skip it") from None
+    return reranker.to(pick_device(cfg.device)).eval()
+
+
+def rerank(cfg, reranker, doc_texts, queries, run):
+    """(run, per-query seconds, info): each query's top rerank_depth ordered by the cross-encoder,
+    the rest below them in first-stage order."""
+    out, latencies = reranker.rerank(queries, run, doc_texts, cfg.rerank_depth, cfg.rerank_batch_size)
+    pairs = sum(min(len(row), cfg.rerank_depth) for row in run.values())
+    info = {"reranker": cfg.rerank, "rerank_depth": min(cfg.rerank_depth, cfg.k), "max_length": reranker.max_length,
+            "pairs_per_s": pairs / max(sum(latencies), 1e-9)}
+    return out, latencies, info
 
 
 def run_dense(cfg, corpus, queries, depth, encoder):
@@ -169,32 +227,35 @@ def compare(cfg):
 
 def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
-    check_choice(cfg, "retrievers", ("bm25", "dense"))
+    check_choice(cfg, "retrievers", ("bm25", "dense", "hybrid"))
     check_choice(cfg, "bm25_backend", BM25.BACKENDS)
     if cfg.compare:
         return compare(cfg)
+    if cfg.rerank and cfg.rerank_depth < 1:
+        raise UserError(f"rerank_depth={cfg.rerank_depth}: rerank at least the top 1 (or rerank= to turn it off)")
     dataset = os.path.basename(os.path.normpath(cfg.data))
     model_name = os.path.basename(os.path.normpath(cfg.model))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
     # A model that does not load must fail before any output is written or BM25 has run.
-    encoder = load_encoder(cfg) if "dense" in cfg.retrievers else None
+    encoder = load_encoder(cfg) if {"dense", "hybrid"} & set(cfg.retrievers) else None
+    reranker = load_reranker(cfg) if cfg.rerank else None
     start_run(cfg.out, cfg, sys.argv[1:] if argv is None else argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs -> {cfg.out}")
 
-    # One extra hit, so dropping a query's own id still leaves k results.
-    depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
-    results = {}
-    for name in cfg.retrievers:
-        if name == "bm25":
-            run, latencies, info = run_bm25(cfg, corpus, queries, depth)
-        else:
-            run, latencies, info = run_dense(cfg, corpus, queries, depth, encoder)
-        run = cut_run(run, cfg.k, cfg.ignore_identical_ids)
-        mean, per_query = evaluate_run(qrels, run, cfg.ks)
-        write_trec(os.path.join(cfg.out, f"{name}.trec"), run, name)
-        write_json(os.path.join(cfg.out, f"{name}.per_query.json"), per_query)
-        results[name] = {"metrics": mean, "latency_ms": percentiles_ms(latencies), "queries": len(per_query), **info}
+    results, done = {}, {}
+    doc_texts = {d: doc_text(doc) for d, doc in corpus.items()} if reranker is not None else None
+    for first in cfg.retrievers:
+        run, latencies, info = retrieve(cfg, first, corpus, queries, encoder, done)
+        stages = [(first, run, latencies, info)]
+        if reranker is not None:
+            stages.append((f"{first}+rerank", *rerank(cfg, reranker, doc_texts, queries, run)))
+        for name, run, latencies, info in stages:
+            mean, per_query = evaluate_run(qrels, run, cfg.ks)
+            write_trec(os.path.join(cfg.out, f"{name}.trec"), run, name)
+            write_json(os.path.join(cfg.out, f"{name}.per_query.json"), per_query)
+            results[name] = {"metrics": mean, "latency_ms": percentiles_ms(latencies), "queries": len(per_query),
+                             **info}
     write_json(os.path.join(cfg.out, "metrics.json"), {"dataset": dataset, "split": cfg.split, "results": results})
     print(table(results), end="")
     return 0

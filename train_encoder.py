@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import random
-import signal
 import sys
 import time
 
@@ -44,8 +43,9 @@ from common.metrics import cut_run, evaluate_run, write_trec
 from common.models import BiEncoder, CrossEncoder, pick_device
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, start_run, write_json
-from common.training import (STATE_FILE, autocast, autocast_dtype, gather_with_grad, load_state, lr_at,
-                             param_groups, rng_state, save_checkpoint, set_rng_state, setup_distributed)
+from common.training import (STATE_FILE, StopSignals, all_rng_states, autocast, autocast_dtype, gather_with_grad,
+                             load_state, log_hparams, lr_at, param_groups, peak_memory_mb, rng_state, save_checkpoint,
+                             set_rng_state, setup_distributed, write_progress)
 
 DEFAULTS = dict(
     # data
@@ -323,23 +323,12 @@ def main(argv=None):
         with open(os.path.join(cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    # Ctrl-C or SIGTERM: finish the step in flight, save last/, exit. A second Ctrl-C stops at once.
-    stop = {"signal": None}
-
-    def request_stop(signum, frame):
-        stop["signal"] = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
 
     def save_last():
         state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
-                     position=position, best=best, config=vars(cfg), rng=rng_state(), remined=remined,
+                     position=position, best=best, config=vars(cfg), rng=all_rng_states(world), remined=remined,
                      epoch_batches=(batches, negatives) if remined["epoch"] == epoch else None)
-        if world > 1:  # every rank's RNG, so each resumes its own dropout stream
-            gathered = [None] * world
-            dist.all_gather_object(gathered, state["rng"])
-            state["rng"] = gathered
         if master:
             save_checkpoint(os.path.join(cfg.out, "last"), encoder, state)
 
@@ -400,13 +389,10 @@ def main(argv=None):
                 epoch, position = epoch + 1, 0
             negatives = sample_negatives(examples, cfg.hard_negatives, cfg.seed + epoch)
             batches = make_batches(examples, negatives, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing)
-        if world > 1:  # a signal reaches ranks at different moments; they must stop at the same step
-            flag = torch.tensor([1 if stop["signal"] else 0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop["signal"] = stop["signal"] or (signal.SIGTERM if flag.item() else None)
-        if step > 0 and (last_step or stop["signal"] or (cfg.save_every > 0 and step % cfg.save_every == 0)):
+        stop.agree(world, device)
+        if step > 0 and (last_step or stop.requested or (cfg.save_every > 0 and step % cfg.save_every == 0)):
             save_last()
-        if stop["signal"]:
+        if stop.requested:
             if master:
                 tqdm.write(f"stopped by signal at step {step}; `--resume` continues from {cfg.out}/last")
             break
@@ -509,15 +495,11 @@ def main(argv=None):
                 for k, v in record.items():
                     if k not in ("step", "epoch"):
                         writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
-            write_json(os.path.join(cfg.out, "training_progress.json"), {
-                "step": step, "total_steps": total_steps, "epoch": epoch, "elapsed_s": time.time() - t_start,
-                "eta_s": (time.time() - t_start) / max(1, step) * (total_steps - step), "last": record,
-                "best": {k: v for k, v in best.items() if k != "val"}})
+            write_progress(cfg.out, step, total_steps, epoch, t_start, record, best)
             step_seconds, examples_seen, tokens_seen = 0.0, 0, 0
     progress.close()
-    for s, handler in old_handlers.items():
-        signal.signal(s, handler)
-    if stop["signal"]:
+    stop.restore()
+    if stop.requested:
         if world > 1:
             dist.destroy_process_group()
         return 130
@@ -545,22 +527,13 @@ def main(argv=None):
                   + " ".join(f"{k} {metrics[k]:.4f}" for k in ("ndcg@10", "mrr@10", "recall@100")))
         write_json(os.path.join(cfg.out, "metrics.json"), summary)
         if writer:
-            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(cfg).items()}
-            final_metrics = {f"hparam/{split}_{k}": summary[split][k]
-                             for split in ("val", "test") if summary.get(split) for k in ("ndcg@10", "recall@100")}
-            writer.add_hparams(hparams, final_metrics, run_name="hparams")
+            log_hparams(writer, cfg, summary)
             writer.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return 0
 
-
-def peak_memory_mb(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def write_test_outputs(out_dir, dataset, metrics, per_query, run, model_dir):

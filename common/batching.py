@@ -37,11 +37,12 @@ def sample_negatives(examples, k, seed):
     return out
 
 
-def make_batches(examples, negatives, batch_size, seed, bucket=True, bucket_batches=50):
+def make_batches(examples, negatives, batch_size, seed, bucket=True, bucket_batches=50, exclusive=True):
     """Indices of `examples` in batches of `batch_size`, in training order.
 
-    No batch holds the same query text twice, or a document that is labelled relevant to another
-    query of the batch. With `bucket`, examples are sorted by length within windows of
+    With `exclusive` (the bi-encoder's case) no batch holds the same query text twice, or a
+    document that is labelled relevant to another query of the batch; a cross-encoder scores each
+    pair on its own, has no in-batch negatives, and passes exclusive=False. With `bucket`, examples are sorted by length within windows of
     `bucket_batches` batches, so a batch pads to texts of similar length, and the batches are
     then shuffled. Examples left over in incomplete batches wait for the next epoch's draw.
     """
@@ -57,7 +58,7 @@ def make_batches(examples, negatives, batch_size, seed, bucket=True, bucket_batc
         ex = examples[i]
         docs = {ex.positive, *negatives[i]}
         for b in open_batches:
-            if ex.query in b["queries"] or docs & b["relevant"] or ex.positives & b["docs"]:
+            if exclusive and (ex.query in b["queries"] or docs & b["relevant"] or ex.positives & b["docs"]):
                 continue
             b["items"].append(i)
             b["queries"].add(ex.query)

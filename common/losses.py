@@ -1,6 +1,7 @@
-"""Bi-encoder training losses over a batch of embeddings.
+"""Training losses. The bi-encoder's take a batch of embeddings; the group losses at the end take
+scores, and serve the cross-encoder (and margin_mse).
 
-Every loss takes the queries `q` [B, D] and the documents `d` [B * G, D] laid out in groups:
+Every bi-encoder loss takes the queries `q` [B, D] and the documents `d` [B * G, D] laid out in groups:
 example i owns rows i*G .. i*G+G-1 of `d`, its positive first, then its G-1 hard negatives. The
 score of a pair is the dot product (the cosine when the encoder normalises). Under accumulation
 or several ranks the loss sees the whole effective batch, gathered before it is called.
@@ -41,12 +42,8 @@ def pair_scores(q, d):
 
 
 def margin_mse(q, d, teacher):
-    """MSE between the student's margins s(q,p) - s(q,n) and the teacher's, for every hard
-    negative n (Hofstätter et al. 2020). `teacher` [B, G] holds the teacher's scores of each group."""
-    student = pair_scores(q, d)
-    if student.shape[1] < 2:
-        raise ValueError("margin_mse needs at least one hard negative per example")
-    return F.mse_loss(student[:, :1] - student[:, 1:], teacher[:, :1] - teacher[:, 1:])
+    """margin_mse_scores of the bi-encoder's scores of each group."""
+    return margin_mse_scores(pair_scores(q, d), teacher)
 
 
 def _pairs(q, d):
@@ -79,3 +76,44 @@ def cosine(q, d, targets=None):
 def in_batch_accuracy(q, d):
     """Fraction of queries whose best-scoring document in the whole batch is their positive."""
     return ((q @ d.T).argmax(1) == positive_rows(q, d)).float().mean()
+
+
+# ---- group losses: scores [B, G], each row one query's positive (column 0) then G-1 negatives.
+# The cross-encoder's losses, and the bi-encoder's margin_mse through pair_scores.
+RERANKER_NAMES = ("listwise", "bce")
+DISTILL_NAMES = ("margin_mse", "kl")
+
+
+def margin_mse_scores(student, teacher):
+    """MSE between the student's margins s(q,p) - s(q,n) and the teacher's, for every hard
+    negative n (Hofstätter et al. 2020). `teacher` [B, G] holds the teacher's scores of each group."""
+    if student.shape[1] < 2:
+        raise ValueError("margin_mse needs at least one hard negative per example")
+    return F.mse_loss(student[:, :1] - student[:, 1:], teacher[:, :1] - teacher[:, 1:])
+
+
+def listwise(scores):
+    """Cross-entropy of each group with its positive the target: the localized contrastive loss
+    (Gao et al. 2021) of a cross-encoder over one positive and its hard negatives."""
+    return F.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
+
+
+def bce(scores, pos_weight=0.0):
+    """Pointwise binary cross-entropy: positives 1, negatives 0. A group holds one positive and
+    G-1 negatives, so pos_weight 0 means G-1: both classes weigh the same in total."""
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1
+    weight = torch.tensor(pos_weight or scores.shape[1] - 1, dtype=scores.dtype, device=scores.device)
+    return F.binary_cross_entropy_with_logits(scores, labels, pos_weight=weight)
+
+
+def kl_distill(student, teacher, temperature=1.0):
+    """KL(teacher || student) between the two score distributions over each group, scaled by
+    temperature^2 so the gradient size does not depend on the temperature (Hinton et al. 2015)."""
+    return F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                    log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def group_accuracy(scores):
+    """Fraction of groups whose positive scores above every negative."""
+    return (scores.argmax(1) == 0).float().mean()

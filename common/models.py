@@ -288,7 +288,8 @@ class CrossEncoder(torch.nn.Module):
             raise ModelNotFound(f"cross-encoder '{name}' could not be loaded: {str(e).strip()[:200]}") from None
         tokenizer = load_pretrained(name, AutoTokenizer, path)
         limit = min(512, getattr(config, "max_position_embeddings", 512))
-        return cls(model, tokenizer, min(max_length or limit, limit))
+        saved = _metadata_reader(path)("crossencoder.json") or {}  # the length it was trained at
+        return cls(model, tokenizer, min(max_length or saved.get("max_length") or limit, limit))
 
     @property
     def device(self):
@@ -316,8 +317,36 @@ class CrossEncoder(torch.nn.Module):
         self.train(was_training)
         return out
 
+    def rerank(self, queries, run, doc_texts, depth=100, batch_size=32):
+        """(reranked run, seconds per query): each query's top `depth` of `run` ({qid: {doc id: score}})
+        re-scored by this model, one query at a time as a search service would; the documents below
+        the depth follow in their first-stage order, scored under the reranked ones, so recall at the
+        run's full depth stays what the first stage found. `doc_texts` maps doc ids to text."""
+        import time
+
+        from common.metrics import ranked
+
+        out, seconds = {}, []
+        for qid, row in run.items():
+            docs = ranked(row)
+            top, rest = docs[:depth], docs[depth:]
+            t0 = time.perf_counter()
+            scores = self.score([queries[qid]] * len(top), [doc_texts[d] for d in top], batch_size)
+            seconds.append(time.perf_counter() - t0)
+            out[qid] = {d: float(s) for d, s in zip(top, scores)}
+            floor = float(scores.min()) if len(top) else 0.0  # one apart below it: the rest keep their order
+            out[qid].update((d, floor - 1.0 - i) for i, d in enumerate(rest))
+        return out, seconds
+
     def save(self, out_dir):
+        """A Hugging Face sequence-classification directory (sentence-transformers' CrossEncoder
+        loads it too), plus crossencoder.json with the max_length it was trained at."""
         with atomic_dir(out_dir) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+            self.write(tmp)
         return out_dir
+
+    def write(self, tmp):
+        """save() into an existing directory, for callers that add files and swap it in themselves."""
+        self.model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        _write_json(os.path.join(tmp, "crossencoder.json"), {"max_length": self.max_length})

@@ -234,3 +234,85 @@ def load_faiss_index(path, doc_ids):
         raise UserError(f"{ids_file}: the index covers {len(ids)} docs that are not this corpus's {len(doc_ids)} in "
                         "order; rebuild it for this dataset")
     return faiss.read_index(index_file)
+
+
+class Retriever:
+    """Two-stage retrieval for a RAG system: a bi-encoder searched through FAISS, then, optionally, a
+    cross-encoder re-scoring the top candidates. Scores are inner products (cosine similarity when the
+    model normalises) for retrieve(), the reranker's logits for retrieve_and_rerank().
+
+        r = Retriever.load("runs/scifact/encoder/best", "data/scifact", reranker="runs/scifact/reranker/best")
+        r.retrieve("statins and dementia", k=5)     # [(doc id, score)], best first
+        r.retrieve_and_rerank("statins and dementia", k_retrieve=100, k_rerank=5)
+    """
+
+    def __init__(self, encoder, doc_ids, texts, doc_emb=None, index=None, reranker=None, batch_size=64):
+        """encoder: a BiEncoder; doc_ids, texts: the corpus, in index order; index: a FAISS index whose
+        row i is doc_ids[i], or None to build an exact one from doc_emb (encoded here if None too);
+        reranker: a CrossEncoder or None. batch_size applies to encoding and reranking."""
+        self.encoder, self.reranker, self.batch_size = encoder, reranker, batch_size
+        self.doc_ids, self.texts = list(doc_ids), list(texts)
+        if len(self.doc_ids) != len(self.texts):
+            raise ValueError(f"{len(self.doc_ids)} doc ids but {len(self.texts)} texts")
+        self._row = {d: i for i, d in enumerate(self.doc_ids)}
+        if index is None:
+            emb = encode_corpus(encoder, self.texts, batch_size) if doc_emb is None else doc_emb
+            index = faiss_flat_ip(emb)
+        if index.ntotal != len(self.doc_ids) or index.d != encoder.dim:
+            raise ValueError(f"the index holds {index.ntotal} vectors of dim {index.d}, but the corpus has "
+                             f"{len(self.doc_ids)} docs and the encoder dim {encoder.dim}")
+        self.index = index
+
+    @classmethod
+    def load(cls, model, corpus_path_or_beir_dir, index_dir="", reranker="", device="auto", batch_size=64):
+        """A Retriever from paths: a BiEncoder (a model dir, hub name or all-MiniLM-L6-v2), a corpus (a
+        BEIR directory or a corpus.jsonl), a build_index.py directory ("" = encode the corpus and search
+        exactly) and a CrossEncoder ("" = none). Bad paths raise UserError naming the path and the fix."""
+        from common.data import doc_text, read_corpus
+        from common.models import BiEncoder, CrossEncoder, pick_device
+        from common.run import UserError
+
+        path = corpus_path_or_beir_dir
+        if os.path.isdir(path):
+            path = os.path.join(path, "corpus.jsonl")
+        if not os.path.isfile(path):  # before the models load, so a typo fails at once
+            raise UserError(f"{corpus_path_or_beir_dir}: no corpus there; pass a BEIR directory (prepare_data.py "
+                            "makes one) or a corpus.jsonl file")
+        device = pick_device(device)
+        encoder = BiEncoder.from_pretrained(model).to(device).eval()
+        cross = CrossEncoder.from_pretrained(reranker).to(device).eval() if reranker else None
+        corpus = read_corpus(path)
+        doc_ids = list(corpus)
+        index = load_faiss_index(index_dir, doc_ids) if index_dir else None
+        if index is not None and index.d != encoder.dim:
+            raise UserError(f"{index_dir}: the index holds {index.d}-d vectors but {model} makes {encoder.dim}-d "
+                            "ones; rebuild the index with this model")
+        return cls(encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids], index=index, reranker=cross,
+                   batch_size=batch_size)
+
+    def text(self, doc_id):
+        """The text a document was indexed as (title + text), e.g. for a snippet or a RAG prompt."""
+        return self.texts[self._row[doc_id]]
+
+    def retrieve(self, query, k=10):
+        """[(doc id, score)] of the k best documents for one query, best first."""
+        return self.batch_retrieve([query], k)[0]
+
+    def batch_retrieve(self, queries, k=10, batch_size=None):
+        """retrieve() of every query: encoded batch_size at a time, then one FAISS search."""
+        k = min(k, len(self.doc_ids))
+        if k < 1 or not queries:
+            return [[] for _ in queries]
+        emb = self.encoder.encode(list(queries), "query", batch_size or self.batch_size)
+        scores, rows = faiss_search(self.index, emb, k)
+        # An approximate index may return fewer than k hits, padded with row -1.
+        return [[(self.doc_ids[r], float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
+
+    def retrieve_and_rerank(self, query, k_retrieve=100, k_rerank=10):
+        """The top k_retrieve by the bi-encoder, re-scored by the cross-encoder: [(doc id, reranker
+        logit)] of the best k_rerank, best first (ties keep the bi-encoder's order)."""
+        if self.reranker is None:
+            raise ValueError("retrieve_and_rerank needs a reranker: pass reranker= to Retriever or Retriever.load")
+        hits = self.retrieve(query, k_retrieve)
+        scores = self.reranker.score([query] * len(hits), [self.text(d) for d, _ in hits], self.batch_size)
+        return [(hits[i][0], float(scores[i])) for i in top_k(scores, k_rerank)]

@@ -6,6 +6,7 @@ import datetime
 import math
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -117,3 +118,65 @@ def gather_with_grad(x, rank, world):
     dist.all_gather(parts, x.detach().contiguous())
     parts[rank] = x
     return torch.cat(parts)
+
+
+class StopSignals:
+    """Ctrl-C or SIGTERM asks the loop to finish the step in flight, save last/ and exit; a second
+    Ctrl-C stops at once. `requested` is the signal number, or None."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {s: signal.signal(s, self._request) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _request(self, signum, frame):
+        self.requested = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def agree(self, world, device):
+        """Under torchrun a signal reaches ranks at different moments; they must stop at the same step."""
+        if world > 1:
+            flag = torch.tensor([1 if self.requested else 0], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.requested = self.requested or (signal.SIGTERM if flag.item() else None)
+        return self.requested
+
+    def restore(self):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def all_rng_states(world):
+    """This process's RNG states, or under torchrun every rank's (each resumes its own dropout stream)."""
+    state = rng_state()
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, state)
+        return gathered
+    return state
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def write_progress(out_dir, step, total_steps, epoch, t_start, record, best):
+    """training_progress.json: where a run is, for scripts and for a glance from another terminal."""
+    import time
+
+    from common.run import write_json
+
+    write_json(os.path.join(out_dir, "training_progress.json"), {
+        "step": step, "total_steps": total_steps, "epoch": epoch, "elapsed_s": time.time() - t_start,
+        "eta_s": (time.time() - t_start) / max(1, step) * (total_steps - step), "last": record,
+        "best": {k: v for k, v in best.items() if k != "val"}})
+
+
+def log_hparams(writer, cfg, summary, metrics=("ndcg@10", "recall@100")):
+    """TensorBoard's hparams table: every setting beside the final val and test metrics."""
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(cfg).items()}
+    final = {f"hparam/{split}_{k}": summary[split][k] for split in ("val", "test") if summary.get(split)
+             for k in metrics if k in summary[split]}
+    writer.add_hparams(hparams, final, run_name="hparams")

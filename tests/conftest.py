@@ -95,3 +95,21 @@ def train_beir(tmp_path_factory):
         qrels[split].append((f"q{i}", f"d{i}", 1))
     qrels["train"].append(("q0", "d1", 1))
     return write_beir_dir(tmp_path_factory.mktemp("train-beir") / "toy", corpus, queries, qrels)
+
+
+def grads_of(monkeypatch, *runs):
+    """For each run (a callable), the gradients clip_grad_norm_ saw at each step: the whole
+    accumulated gradient, just before the optimiser uses it."""
+    import torch
+
+    grads, clip = [], torch.nn.utils.clip_grad_norm_
+
+    def spy(params, *args, **kwargs):
+        params = list(params)
+        grads[-1].append([p.grad.clone() for p in params if p.grad is not None])
+        return clip(params, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    for run in runs:
+        grads.append([])
+        run()
+    return grads

@@ -57,19 +57,21 @@ def test_shipped_configs_load_with_their_script():
     import evaluate
     import mine_negatives
     import train_encoder
+    import train_reranker
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    scripts = {"encoder-": train_encoder, "mine-": mine_negatives, "bm25-": evaluate}
+    scripts = {"encoder-": train_encoder, "reranker-": train_reranker, "mine-": mine_negatives, "bm25-": evaluate}
     paths = sorted(glob.glob(os.path.join(root, "configs", "*.yaml")))
     assert paths
     for path in paths:
         script = next(s for prefix, s in scripts.items() if os.path.basename(path).startswith(prefix))
         cfg = load_config(script.DEFAULTS, [path])
-        if script is train_encoder:
-            train_encoder.check_config(cfg, world=1)
+        if script in (train_encoder, train_reranker):
+            script.check_config(cfg, world=1)
 
 
-@pytest.mark.parametrize("dir_var, args_var", [("ENCODER_DIR", "TRAIN_ARGS"), ("MINE_DIR", "MINE_ARGS")])
+@pytest.mark.parametrize("dir_var, args_var", [("ENCODER_DIR", "TRAIN_ARGS"), ("MINE_DIR", "MINE_ARGS"),
+                                               ("RERANKER_DIR", "RERANKER_ARGS")])
 def test_make_reruns_a_stage_when_only_its_args_change(tmp_path, dir_var, args_var):
     # The stage's target depends on make-args.txt, which must change exactly when the args do.
     import os

@@ -3,7 +3,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import evaluate
+from common.data import doc_text, load_beir
+from common.models import CrossEncoder
 from conftest import write_beir_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +66,7 @@ def test_bad_input_is_one_line_and_exit_2(toy_beir, tmp_path):
     assert not os.path.exists(tmp_path / "run")  # failed before writing anything, BM25 included
     proc = subprocess.run([sys.executable, "evaluate.py", "--retrievers=bm25,splade"], cwd=ROOT,
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "choose one of bm25, dense" in proc.stderr
+    assert proc.returncode == 2 and "choose one of bm25, dense, hybrid" in proc.stderr
 
 
 def test_compare_puts_earlier_runs_side_by_side(toy_beir, tiny_model, tmp_path, capsys):
@@ -81,3 +85,79 @@ def test_compare_puts_earlier_runs_side_by_side(toy_beir, tiny_model, tmp_path, 
     assert (tmp_path / "cmp" / "comparison.md").read_text() == table
     with pytest.raises(UserError, match="not a metrics.json"):
         evaluate.main([f"--compare=x={tmp_path}/a/config.json"])
+
+
+@pytest.fixture(scope="module")
+def tiny_reranker(tmp_path_factory, tiny_model):
+    """The tiny BERT with a fresh (seeded) classification head: scores that are arbitrary but fixed."""
+    import torch
+
+    torch.manual_seed(3)
+    return CrossEncoder.from_pretrained(tiny_model).save(str(tmp_path_factory.mktemp("tiny-reranker") / "ce"))
+
+
+def trec_rows(path):
+    """{qid: [(doc id, score)] in file order}."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        qid, _, doc_id, _, score, _ = line.split()
+        rows.setdefault(qid, []).append((doc_id, float(score)))
+    return rows
+
+
+def test_rerank_orders_the_top_by_the_cross_encoder_and_keeps_the_rest(toy_beir, tiny_reranker, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert evaluate.main([f"--data={toy_beir}", "--retrievers=bm25", f"--rerank={tiny_reranker}", "--rerank_depth=3",
+                          "--rerank_batch_size=2", "--k=5", f"--out={out}"]) == 0
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert list(results) == ["bm25", "bm25+rerank"]
+    after = results["bm25+rerank"]
+    assert after["queries"] == 6 and after["rerank_depth"] == 3 and after["pairs_per_s"] > 0
+    assert after["latency_ms"]["p95"] >= after["latency_ms"]["p50"] > 0
+    assert (out / "bm25+rerank.per_query.json").is_file()
+    assert "| metric | bm25 | bm25+rerank |" in capsys.readouterr().out.splitlines()
+    corpus, queries, _ = load_beir(toy_beir, "test")
+    ce = CrossEncoder.from_pretrained(tiny_reranker)
+    first, second = trec_rows(out / "bm25.trec"), trec_rows(out / "bm25+rerank.trec")
+    moved = 0
+    for qid, rows in first.items():
+        before = [d for d, _ in rows]
+        scores = ce.score([queries[qid]] * 3, [doc_text(corpus[d]) for d in before[:3]], batch_size=2)
+        expected = [d for _, d in sorted(zip(scores.tolist(), before[:3]), reverse=True)]
+        after_docs = [d for d, _ in second[qid]]
+        assert after_docs[:3] == expected
+        assert after_docs[3:] == before[3:]  # below the depth: first-stage order, after the reranked ones
+        assert [s for _, s in second[qid][:3]] == pytest.approx(sorted(scores.tolist(), reverse=True), abs=1e-5)
+        moved += expected != before[:3]
+    assert moved  # the cross-encoder did reorder something, so the checks above could fail
+
+
+def test_hybrid_is_rrf_of_bm25_and_dense_computed_once(toy_beir, tiny_model, tmp_path, monkeypatch):
+    calls = []
+    for fn in ("run_bm25", "run_dense"):
+        real = getattr(evaluate, fn)
+        monkeypatch.setattr(evaluate, fn, lambda *a, real=real, fn=fn: calls.append(fn) or real(*a))
+    out = tmp_path / "run"
+    assert evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", "--retrievers=bm25,hybrid,dense",
+                          "--rrf_k=2", "--k=4", f"--out={out}"]) == 0
+    assert sorted(calls) == ["run_bm25", "run_dense"]
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert list(results) == ["bm25", "hybrid", "dense"] and results["hybrid"]["rrf_k"] == 2
+    bm25, dense, hybrid = (trec_rows(out / f"{name}.trec") for name in ("bm25", "dense", "hybrid"))
+    for qid in bm25:
+        fused = {}
+        for rows in (bm25[qid], dense[qid]):
+            for rank, (d, _) in enumerate(rows, 1):
+                fused[d] = fused.get(d, 0.0) + 1 / (2 + rank)
+        expected = sorted(fused.items(), key=lambda item: (item[1], item[0]), reverse=True)[:4]
+        assert [d for d, _ in hybrid[qid]] == [d for d, _ in expected]
+        assert [s for _, s in hybrid[qid]] == pytest.approx([s for _, s in expected], abs=1e-6)
+
+
+def test_missing_reranker_fails_before_any_output(toy_beir, tmp_path):
+    proc = subprocess.run([sys.executable, "evaluate.py", f"--data={toy_beir}", "--retrievers=bm25",
+                           f"--rerank={tmp_path}/no-reranker", f"--out={tmp_path}/run"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"rerank={tmp_path}/no-reranker: model directory" in proc.stderr and "cross-encoder directory" in proc.stderr
+    assert not os.path.exists(tmp_path / "run")

@@ -15,7 +15,7 @@ import train_encoder
 from common import losses
 from common.config import ConfigError
 from common.run import UserError
-from conftest import build_tiny_model
+from conftest import build_tiny_model, grads_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--max_passage_length=32", "--max_query_length=16", "--val_docs_random=8", "--val_docs_bm25=4",
@@ -33,22 +33,6 @@ def weights(run_dir, sub="last"):
 def log_lines(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if '"loss"' in line]
-
-
-def grads_of(monkeypatch, *runs):
-    """For each run (a callable), the gradients clip_grad_norm_ saw at each step: the whole
-    accumulated gradient, just before the optimiser uses it."""
-    grads, clip = [], torch.nn.utils.clip_grad_norm_
-
-    def spy(params, *args, **kwargs):
-        params = list(params)
-        grads[-1].append([p.grad.clone() for p in params if p.grad is not None])
-        return clip(params, *args, **kwargs)
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
-    for run in runs:
-        grads.append([])
-        run()
-    return grads
 
 
 def patch_infonce(monkeypatch, call, action):

@@ -1,0 +1,107 @@
+"""Search a corpus from the command line: a bi-encoder over FAISS, optionally reranked by a cross-encoder.
+
+    # CPU (or one GPU, picked automatically): exact search of a BEIR directory's corpus
+    python search.py --data=data/scifact --model=runs/scifact-all-MiniLM-L6-v2/encoder/best --query="statin use"
+    # queries one per line on stdin, over a prebuilt index (build_index.py), reranked by a cross-encoder
+    python search.py --data=data/scifact --index=runs/scifact/index \
+        --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best < questions.txt
+    # interactive: type a query at the prompt; Ctrl-D ends
+    python search.py --data=data/python-source
+
+For each query, a `# query` line, then one line per hit: rank, doc id, score (the bi-encoder's inner
+product, or the reranker's logit with --rerank) and a one-line snippet, tab-separated; progress and
+prompts go to stderr. One process does it all: torchrun adds nothing to a search (encoding a query takes
+milliseconds, and FAISS uses every GPU it sees). Without --index the corpus is encoded at every start.
+"""
+import sys
+
+from common.config import ConfigError, load_config
+from common.retrievers import Retriever
+from common.run import cli
+
+DEFAULTS = dict(
+    model="all-MiniLM-L6-v2",  # the bi-encoder: a local directory, a hub name, or a packaged short name
+    data="data/python-source",  # a BEIR directory (its corpus.jsonl is searched) or a corpus.jsonl file
+    index="",  # a build_index.py directory over this corpus; "" = encode the corpus and search exactly
+    rerank="",  # a cross-encoder directory; "" = no reranking
+    query="",  # one query; "" = one per line from stdin, or a prompt when stdin is a terminal
+    k=10,  # hits printed per query
+    k_retrieve=100,  # with rerank: candidates the cross-encoder re-scores
+    snippet=160,  # characters of each hit's text to print; 0 = none
+    batch_size=64,
+    device="auto",  # auto | cpu | cuda | cuda:1
+)
+
+
+def snippet(text, width):
+    """One line: whitespace collapsed, cut to `width` characters (with "..." when cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:max(width - 3, 0)].rstrip() + "..."
+
+
+def answer(retriever, queries, cfg):
+    """[(doc id, score)] for each query: reranked when a reranker is loaded."""
+    if retriever.reranker is not None:
+        return [retriever.retrieve_and_rerank(q, cfg.k_retrieve, cfg.k) for q in queries]
+    return retriever.batch_retrieve(queries, cfg.k, cfg.batch_size)
+
+
+def show(retriever, query, hits, cfg):
+    print(f"# {query}")
+    for rank, (doc_id, score) in enumerate(hits, 1):
+        text = "\t" + snippet(retriever.text(doc_id), cfg.snippet) if cfg.snippet > 0 else ""
+        print(f"{rank}\t{doc_id}\t{score:.4f}{text}")
+    sys.stdout.flush()  # so a pipe sees each query's hits as they come
+
+
+def stdin_batches(size):
+    """Non-blank stdin lines, batch by batch, so piped queries are encoded together yet print early."""
+    batch = []
+    for line in sys.stdin:
+        if line.strip():
+            batch.append(line.strip())
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def interactive():
+    """Queries typed at a prompt (on stderr, so stdout holds only results) until Ctrl-D or Ctrl-C."""
+    while True:
+        try:
+            print("query> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            line = ""
+        if not line:
+            print(file=sys.stderr)
+            return
+        if line.strip():
+            yield [line.strip()]
+
+
+def main(argv=None):
+    cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
+    if cfg.k < 1 or cfg.batch_size < 1:
+        raise ConfigError(f"k={cfg.k}, batch_size={cfg.batch_size}: both must be at least 1")
+    if cfg.rerank and cfg.k_retrieve < cfg.k:
+        raise ConfigError(f"k_retrieve={cfg.k_retrieve} < k={cfg.k}: the reranker can only return what was retrieved")
+    retriever = Retriever.load(cfg.model, cfg.data, cfg.index, cfg.rerank, cfg.device, cfg.batch_size)
+    print(f"{len(retriever.doc_ids)} docs from {cfg.data}, {'index ' + cfg.index if cfg.index else 'exact search'}"
+          + (f", reranked by {cfg.rerank}" if cfg.rerank else ""), file=sys.stderr)
+    if cfg.query:
+        batches = [[cfg.query]]
+    elif sys.stdin.isatty():
+        batches = interactive()
+    else:
+        batches = stdin_batches(cfg.batch_size)
+    for queries in batches:
+        for query, hits in zip(queries, answer(retriever, queries, cfg)):
+            show(retriever, query, hits, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)
