@@ -69,6 +69,7 @@ DEFAULTS = dict(
     epochs=1,
     max_steps=0,  # > 0 overrides epochs
     lr=2e-5,
+    head_lr=1e-3,  # the pooler and the fresh one-logit classifier: at lr they barely move in a few hundred steps
     schedule="linear",  # linear | cosine | constant, after warmup
     warmup_ratio=0.1,
     weight_decay=0.01,
@@ -188,7 +189,9 @@ def main(argv=None):
     cross = CrossEncoder.from_pretrained(last if resuming else cfg.model, max_length=cfg.max_length).to(device)
     cross.train()
     model = DDP(cross, broadcast_buffers=False) if world > 1 else cross
-    optimizer = torch.optim.AdamW(param_groups(cross, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda")
+    head = [(".pooler.", cfg.head_lr / cfg.lr), (".classifier.", cfg.head_lr / cfg.lr), (".score.", cfg.head_lr / cfg.lr)]
+    optimizer = torch.optim.AdamW(param_groups(cross, cfg.weight_decay, head if cfg.head_lr > 0 else ()), lr=cfg.lr,
+                                  fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     steps_per_epoch = len(examples) // cfg.batch_size
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
@@ -276,7 +279,7 @@ def main(argv=None):
         t_step = time.time()
         lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.schedule)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         per_rank = cfg.batch_size // world
         mine = batches[position][rank * per_rank:(rank + 1) * per_rank]
         micro = cfg.micro_batch_size or per_rank

@@ -18,11 +18,18 @@ from common.run import UserError
 STATE_FILE = "trainer_state.pt"
 
 
-def param_groups(model, weight_decay):
-    """AdamW groups: matrices decay; biases and LayerNorm weights (every parameter under 2-D) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+def param_groups(model, weight_decay, lr_scales=()):
+    """AdamW groups: matrices decay; biases and LayerNorm weights (every parameter under 2-D) do not.
+    `lr_scales` [(name part, scale)]: parameters whose name holds the part train at lr * scale (the
+    loop sets each group's lr to the schedule's lr times its "lr_scale")."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scale_of = lambda name: next((s for part, s in lr_scales if part in name), 1.0)  # noqa: E731
+    groups = {}
+    for name, p in named:
+        key = (p.dim() >= 2, scale_of(name))
+        groups.setdefault(key, {"params": [], "weight_decay": weight_decay if key[0] else 0.0, "lr_scale": key[1]})
+        groups[key]["params"].append(p)
+    return list(groups.values())
 
 
 def lr_at(step, base_lr, warmup_steps, total_steps, schedule="linear"):

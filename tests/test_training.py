@@ -53,3 +53,17 @@ def test_checkpoint_is_replaced_whole_or_not_at_all(tiny_model, tmp_path, monkey
         load_state(tmp_path / "last")
     with pytest.raises(UserError, match="no trainer_state.pt"):
         load_state(tmp_path)
+
+
+def test_param_groups_scale_the_named_parts():
+    import torch
+
+    from common.training import param_groups
+
+    model = torch.nn.Sequential()
+    model.add_module("trunk", torch.nn.Linear(4, 4))
+    model.add_module("classifier", torch.nn.Linear(4, 1))
+    groups = param_groups(model, 0.01, [("classifier", 50.0)])
+    by_key = {(g["weight_decay"], g["lr_scale"]): [p.shape for p in g["params"]] for g in groups}
+    assert by_key == {(0.01, 1.0): [(4, 4)], (0.0, 1.0): [(4,)], (0.01, 50.0): [(1, 4)], (0.0, 50.0): [(1,)]}
+    assert {g["lr_scale"] for g in param_groups(model, 0.01)} == {1.0}
