@@ -535,7 +535,6 @@ def main(argv=None):
     return 0
 
 
-
 def write_test_outputs(out_dir, dataset, metrics, per_query, run, model_dir):
     """The layout evaluate.py writes, so reports read both alike."""
     os.makedirs(out_dir, exist_ok=True)

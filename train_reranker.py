@@ -381,7 +381,6 @@ def main(argv=None):
     return 0
 
 
-
 def write_test_outputs(out_dir, dataset, results):
     """The layout evaluate.py writes ({name: (metrics, per-query, run, extra)}), so reports read both alike."""
     os.makedirs(out_dir, exist_ok=True)
