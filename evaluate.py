@@ -158,9 +158,8 @@ def load_reranker(cfg):
         reranker = CrossEncoder.from_pretrained(cfg.rerank, max_length=cfg.rerank_max_length or None)
     except ModelNotFound as e:
         # Not models.py's hint: the packaged bi-encoder it names would load here with an untrained head.
-        reason = str(e).splitlines()[0].split("; ")[0].split(". Pass ")[0]
-        raise ModelNotFound(f"rerank={cfg.rerank}: {reason}; pass a trained cross-encoder directory "
-                            "(e.g. runs/<dataset>-<model>/reranker/best) or hub name, or rerank= to skip it") from None
+        raise ModelNotFound(f"rerank={cfg.rerank}: {e.reason}", "pass a trained cross-encoder directory (e.g. "
+                            "runs/<dataset>-<model>/reranker/best) or hub name, or rerank= to skip it") from None
     return reranker.to(pick_device(cfg.device)).eval()
 
 

