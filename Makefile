@@ -9,6 +9,9 @@
 #   MINE_ARGS="--strategy=bm25,dense --num_negatives=15,15"   mine_negatives.py overrides
 #   RERANKER_CONFIG=configs/reranker-<dataset>.yaml (picked by dataset when it exists)
 #   RERANKER_ARGS="--negatives=3 --epochs=2"                   train_reranker.py overrides
+#   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
+#   INDEX_ARGS="--factory=IVF,PQ32"                            build_index.py overrides
+#   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -31,8 +34,13 @@ MINE_DIR := $(RUN_DIR)/mine
 RERANKER_CONFIG ?= $(wildcard configs/reranker-$(DATASET).yaml)
 RERANKER_ARGS ?=
 RERANKER_DIR := $(RUN_DIR)/reranker
+INDEX_DIR := $(RUN_DIR)/index
+INDEX_MODEL ?= $(ENCODER_DIR)/best
+INDEX_ARGS ?=
+EXPORT_DIR := $(RUN_DIR)/onnx-encoder
+EXPORT_MODEL ?= $(ENCODER_DIR)/best
 
-.PHONY: setup setup-gpu data baseline mine train-encoder train-reranker pipeline tensorboard test bench-encode clean FORCE
+.PHONY: setup setup-gpu data baseline mine train-encoder train-reranker index export pipeline tensorboard test bench-encode clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
 setup: $(VENV)/.installed
@@ -83,6 +91,21 @@ $(RERANKER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_reranker.py $(COMMON
 	$(PY) train_reranker.py $(RERANKER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
 	    --out=$(RERANKER_DIR) $(RERANKER_ARGS)
 
+# A FAISS index of the corpus (build_index.py), by the fine-tuned encoder unless INDEX_MODEL says
+# otherwise; search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR) then load it. Its
+# make-args.txt lives outside the directory, which build_index.py replaces whole.
+index: $(INDEX_DIR)/index.json
+$(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(RUN_DIR)/.index/make-args.txt \
+                         $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json)
+	$(PY) build_index.py --data=$(DATA_DIR) --model=$(INDEX_MODEL) --out=$(INDEX_DIR) $(INDEX_ARGS)
+
+# The encoder as ONNX, fp32 and int8 (export_onnx.py checks parity on this data before writing);
+# then evaluate.py, build_index.py and search.py take --backend=onnx or onnx-int8 --model=$(EXPORT_DIR).
+export: $(EXPORT_DIR)/onnx.json
+$(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN_DIR)/.export/make-args.txt \
+                         $(if $(filter $(ENCODER_DIR)/best,$(EXPORT_MODEL)),$(ENCODER_DIR)/metrics.json)
+	$(PY) export_onnx.py --model=$(EXPORT_MODEL) --quantize=true --data=$(DATA_DIR) --out=$(EXPORT_DIR)
+
 # Grows with later stages: mine, train reranker, index, export.
 pipeline: $(RUN_DIR)/comparison.md
 $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(ENCODER_DIR)/metrics.json evaluate.py
@@ -96,6 +119,8 @@ FORCE:
 $(MINE_DIR)/make-args.txt: STAGE_ARGS = $(MINE_ARGS)
 $(ENCODER_DIR)/make-args.txt: STAGE_ARGS = $(TRAIN_ARGS)
 $(RERANKER_DIR)/make-args.txt: STAGE_ARGS = $(RERANKER_ARGS)
+$(RUN_DIR)/.index/make-args.txt: STAGE_ARGS = $(INDEX_MODEL) $(INDEX_ARGS)
+$(RUN_DIR)/.export/make-args.txt: STAGE_ARGS = $(EXPORT_MODEL)
 %/make-args.txt: FORCE
 	@mkdir -p $(@D); printf '%s\n' "$(MODEL) $(STAGE_ARGS)" | cmp -s - $@ || printf '%s\n' "$(MODEL) $(STAGE_ARGS)" > $@
 

@@ -17,6 +17,10 @@ cross-encoder (latency = reranking time per query), next to R in the table and m
     python evaluate.py --data=data/scifact --retrievers=bm25,dense,hybrid
     # two-stage: BM25's top 100 reranked by a cross-encoder (columns bm25 and bm25+rerank)
     python evaluate.py --data=data/scifact --retrievers=bm25 --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best --rerank_depth=100
+    # dense search through a FAISS index (build_index.py): its encoder is used when --model is not given
+    python evaluate.py --data=data/scifact --retrievers=dense --index=runs/scifact-all-MiniLM-L6-v2/index
+    # no torch at all: ONNX exports (export_onnx.py) of the encoder and the reranker, int8-quantised
+    python evaluate.py --data=data/scifact --backend=onnx-int8 --model=runs/onnx/encoder --rerank=runs/onnx/reranker
     # every first stage reranked, the cross-encoder reading at most 256 tokens a pair
     python evaluate.py --data=data/scifact --retrievers=bm25,dense,hybrid --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best --rerank_max_length=256
 
@@ -30,6 +34,8 @@ import time
 
 import numpy as np
 
+from common import index as faiss_index
+from common import retrievers
 from common.config import check_choice, load_config
 from common.data import atomic_open, doc_text, load_beir
 from common.metrics import cut_run, evaluate_run, fuse_rrf, write_trec
@@ -43,7 +49,10 @@ DEFAULTS = dict(
     # retrievers, several side by side
     retrievers=["bm25", "dense"],  # bm25 | dense | hybrid
     # dense: the model and its encoding; 0 or "" keeps what was saved with the model
-    model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
+    model="",  # a local directory, a hub name, a packaged short name or an ONNX export; "" = the index's
+    #            encoder (model and backend) with --index, else all-MiniLM-L6-v2
+    backend="torch",  # torch | onnx | onnx-int8: export_onnx.py directories run by onnxruntime, no torch
+    index="",  # a build_index.py directory over this corpus; "" = exact search over the embeddings
     pooling="",  # mean | cls | max
     max_query_length=0,
     max_passage_length=0,
@@ -115,15 +124,18 @@ def run_bm25(cfg, corpus, queries, depth):
 
 def corpus_embeddings(cfg, encoder, doc_ids, texts):
     """Encode the corpus, or load it from the cache when model, settings and corpus are unchanged."""
-    from common.models import resolve_model
+    model_path = cfg.model
+    if cfg.backend == "torch":  # imported here: an ONNX evaluation never loads torch
+        from common.models import resolve_model
 
-    model_path = resolve_model(cfg.model)
-    weights = [os.path.join(model_path, f) for f in ("model.safetensors", "pytorch_model.bin")]
+        model_path = resolve_model(cfg.model)
+    weights = [os.path.join(model_path, f)
+               for f in ("model.safetensors", "pytorch_model.bin", "model.onnx", "model.int8.onnx")]
     stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights if os.path.isfile(w)]
     # The corpus by content, not mtime: re-running prepare_data.py rewrites identical bytes.
     with open(os.path.join(cfg.data, "corpus.jsonl"), "rb") as f:
         corpus_digest = hashlib.file_digest(f, "sha1").hexdigest()
-    key = repr((os.path.abspath(model_path), stamp, encoder.settings(), corpus_digest))
+    key = repr((os.path.abspath(model_path), cfg.backend, stamp, encoder.settings(), corpus_digest))
     cache = os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache",
                          hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy")
     if cfg.cache_embeddings and os.path.isfile(cache):
@@ -141,26 +153,24 @@ def corpus_embeddings(cfg, encoder, doc_ids, texts):
 
 
 def load_encoder(cfg):
-    from common.models import BiEncoder, pick_device
-
-    encoder = BiEncoder.from_pretrained(cfg.model, pooling=cfg.pooling or None,
-                                        max_query_length=cfg.max_query_length or None,
-                                        max_passage_length=cfg.max_passage_length or None,
-                                        query_prefix=cfg.query_prefix or None,
-                                        passage_prefix=cfg.passage_prefix or None)
-    return encoder.to(pick_device(cfg.device)).eval()
+    overrides = {} if cfg.backend != "torch" else dict(
+        pooling=cfg.pooling or None, max_query_length=cfg.max_query_length or None,
+        max_passage_length=cfg.max_passage_length or None, query_prefix=cfg.query_prefix or None,
+        passage_prefix=cfg.passage_prefix or None)
+    return retrievers.load_encoder(cfg.model, cfg.backend, cfg.device, **overrides)
 
 
 def load_reranker(cfg):
-    from common.models import CrossEncoder, ModelNotFound, pick_device
+    if cfg.backend != "torch":
+        return retrievers.load_reranker(cfg.rerank, cfg.backend)
+    from common.models import ModelNotFound
 
     try:
-        reranker = CrossEncoder.from_pretrained(cfg.rerank, max_length=cfg.rerank_max_length or None)
+        return retrievers.load_reranker(cfg.rerank, "torch", cfg.device, cfg.rerank_max_length or None)
     except ModelNotFound as e:
         # Not models.py's hint: the packaged bi-encoder it names would load here with an untrained head.
         raise ModelNotFound(f"rerank={cfg.rerank}: {e.reason}", "pass a trained cross-encoder directory (e.g. "
                             "runs/<dataset>-<model>/reranker/best) or hub name, or rerank= to skip it") from None
-    return reranker.to(pick_device(cfg.device)).eval()
 
 
 def rerank(cfg, reranker, doc_texts, queries, run):
@@ -174,19 +184,23 @@ def rerank(cfg, reranker, doc_texts, queries, run):
 
 
 def run_dense(cfg, corpus, queries, depth, encoder):
-    import torch
-
     doc_ids = list(corpus)
-    doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
-    info.update(model=cfg.model, settings=encoder.settings())
+    if cfg.index:
+        index = faiss_index.load(cfg.index, doc_ids, encoder)
+        search = lambda emb: faiss_index.search(index, emb, depth)  # noqa: E731
+        info = {"index": cfg.index, **faiss_index.search_params(index)}
+    else:
+        doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
+        search = lambda emb: dense_search(emb, doc_emb, depth)  # noqa: E731
+    info.update(model=cfg.model, backend=cfg.backend, settings=encoder.settings())
     # One query at a time, as a search service sees them: the latency is encode + search.
     run, latencies = {}, []
-    with torch.inference_mode():
-        for qid, text in queries.items():
-            t = time.perf_counter()
-            scores, idx = dense_search(encoder.encode([text], kind="query"), doc_emb, depth)
-            latencies.append(time.perf_counter() - t)
-            run[qid] = {doc_ids[i]: float(s) for i, s in zip(idx[0], scores[0])}
+    for qid, text in queries.items():
+        t = time.perf_counter()
+        scores, idx = search(encoder.encode([text], kind="query"))
+        latencies.append(time.perf_counter() - t)
+        # An approximate index may find fewer than depth documents (row -1).
+        run[qid] = {doc_ids[i]: float(s) for i, s in zip(idx[0], scores[0]) if i >= 0}
     return run, latencies, info
 
 
@@ -228,10 +242,13 @@ def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
     check_choice(cfg, "retrievers", ("bm25", "dense", "hybrid"))
     check_choice(cfg, "bm25_backend", BM25.BACKENDS)
+    check_choice(cfg, "backend", retrievers.BACKENDS)
     if cfg.compare:
         return compare(cfg)
     if cfg.rerank and cfg.rerank_depth < 1:
         raise UserError(f"rerank_depth={cfg.rerank_depth}: rerank at least the top 1 (or rerank= to turn it off)")
+    if not cfg.model:
+        cfg.model, cfg.backend = faiss_index.built_with(cfg.index) if cfg.index else ("all-MiniLM-L6-v2", cfg.backend)
     dataset = os.path.basename(os.path.normpath(cfg.data))
     model_name = os.path.basename(os.path.normpath(cfg.model))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)

@@ -24,11 +24,11 @@ import time
 
 import torch
 
+from common import index as faiss_index
 from common import mining
 from common.config import ConfigError, check_choice, load_config
 from common.data import load_beir, warn
 from common.models import BiEncoder, CrossEncoder, pick_device
-from common.retrievers import load_faiss_index
 from common.run import cli, start_run, write_json
 from common.training import autocast, autocast_dtype
 
@@ -94,7 +94,7 @@ def main(argv=None):
     needs_dense = bool({"dense", "semi-hard"} & set(cfg.strategy))
     encoder = BiEncoder.from_pretrained(cfg.model).to(device) if needs_dense else None
     teacher = CrossEncoder.from_pretrained(cfg.teacher).to(device) if cfg.teacher else None
-    index = load_faiss_index(cfg.index, list(corpus)) if cfg.index and needs_dense else None
+    index = faiss_index.load(cfg.index, list(corpus), encoder) if cfg.index and needs_dense else None
     start_run(cfg.out, cfg, argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs; "
           + ", ".join(f"{n} {s}" for s, n in zip(cfg.strategy, cfg.num_negatives)) + " negatives each")

@@ -5,6 +5,8 @@
     # queries one per line on stdin, over a prebuilt index (build_index.py), reranked by a cross-encoder
     python search.py --data=data/scifact --index=runs/scifact/index \
         --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best < questions.txt
+    # without torch: an index built from an ONNX export (build_index.py --backend=onnx), whose encoder it reuses
+    python search.py --data=data/scifact --index=runs/scifact-onnx/index --query="statin use"
     # interactive: type a query at the prompt; Ctrl-D ends
     python search.py --data=data/python-source
 
@@ -15,12 +17,14 @@ milliseconds, and FAISS uses every GPU it sees). Without --index the corpus is e
 """
 import sys
 
-from common.config import ConfigError, load_config
-from common.retrievers import Retriever
+from common.config import ConfigError, check_choice, load_config
+from common.retrievers import BACKENDS, Retriever
 from common.run import cli
 
 DEFAULTS = dict(
-    model="all-MiniLM-L6-v2",  # the bi-encoder: a local directory, a hub name, or a packaged short name
+    model="",  # the bi-encoder: a local directory, a hub name, a packaged short name or an ONNX export;
+    #            "" = the one --index was built with (model and backend), else all-MiniLM-L6-v2
+    backend="torch",  # torch | onnx | onnx-int8: export_onnx.py directories run by onnxruntime, no torch
     data="data/python-source",  # a BEIR directory (its corpus.jsonl is searched) or a corpus.jsonl file
     index="",  # a build_index.py directory over this corpus; "" = encode the corpus and search exactly
     rerank="",  # a cross-encoder directory; "" = no reranking
@@ -88,7 +92,9 @@ def main(argv=None):
         raise ConfigError(f"k={cfg.k}, batch_size={cfg.batch_size}: both must be at least 1")
     if cfg.rerank and cfg.k_retrieve < cfg.k:
         raise ConfigError(f"k_retrieve={cfg.k_retrieve} < k={cfg.k}: the reranker can only return what was retrieved")
-    retriever = Retriever.load(cfg.model, cfg.data, cfg.index, cfg.rerank, cfg.device, cfg.batch_size)
+    check_choice(cfg, "backend", BACKENDS)
+    model = cfg.model or ("" if cfg.index else "all-MiniLM-L6-v2")  # "" with an index: the index's encoder
+    retriever = Retriever.load(model, cfg.data, cfg.index, cfg.rerank, cfg.device, cfg.batch_size, cfg.backend)
     print(f"{len(retriever.doc_ids)} docs from {cfg.data}, {'index ' + cfg.index if cfg.index else 'exact search'}"
           + (f", reranked by {cfg.rerank}" if cfg.rerank else ""), file=sys.stderr)
     if cfg.query:

@@ -11,6 +11,7 @@ Means are over the queries of the qrels that have at least one relevant doc; a q
 does not answer scores 0 (trec_eval would skip it, which flatters a retriever that fails).
 """
 import math
+import time
 
 import numpy as np
 
@@ -86,6 +87,25 @@ def fuse_rrf(runs, k=60, depth=None):
             for rank, doc_id in enumerate(ranked(row), 1):
                 out[doc_id] = out.get(doc_id, 0.0) + 1.0 / (k + rank)
     return {qid: {doc_id: row[doc_id] for doc_id in ranked(row, depth)} for qid, row in fused.items()}
+
+
+def rerank_run(score, queries, run, doc_texts, depth=100, batch_size=32):
+    """(reranked run, seconds per query): each query's top `depth` of `run` ({qid: {doc id: score}})
+    re-scored by `score(queries, passages, batch_size)` (a cross-encoder's logits, torch or ONNX), one
+    query at a time as a search service would; the documents below the depth follow in their
+    first-stage order, scored under the reranked ones, so recall at the run's full depth stays what
+    the first stage found. `doc_texts` maps doc ids to text."""
+    out, seconds = {}, []
+    for qid, row in run.items():
+        docs = ranked(row)
+        top, rest = docs[:depth], docs[depth:]
+        t0 = time.perf_counter()
+        scores = score([queries[qid]] * len(top), [doc_texts[d] for d in top], batch_size)
+        seconds.append(time.perf_counter() - t0)
+        out[qid] = {d: float(s) for d, s in zip(top, scores)}
+        floor = float(scores.min()) if len(top) else 0.0  # one apart below it: the rest keep their order
+        out[qid].update((d, floor - 1.0 - i) for i, d in enumerate(rest))
+    return out, seconds
 
 
 def write_trec(path, run, tag):

@@ -18,8 +18,9 @@ from types import SimpleNamespace
 import numpy as np
 from tqdm.auto import tqdm
 
+from common import index as faiss_index
 from common.data import atomic_open, doc_text
-from common.retrievers import BM25, encode_corpus, faiss_flat_ip, faiss_search
+from common.retrievers import BM25, encode_corpus
 
 STRATEGIES = ("bm25", "dense", "random", "semi-hard")
 # The settings mine() reads; mine_negatives.py declares their defaults and writes them to the
@@ -72,13 +73,13 @@ class Sources:
         if index is None:
             doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size,
                                     emb_path)
-            index = faiss_flat_ip(doc_emb)
+            index = faiss_index.flat_ip(doc_emb)
             pos_emb = {p: doc_emb[self.row[p]] for p in pos_ids}
         else:  # a given index may be approximate: the positives' own scores come from encoding them
             pos_emb = dict(zip(pos_ids, encoder.encode([doc_text(self.corpus[p]) for p in pos_ids], "passage",
                                                        batch_size)))
         q_emb = encoder.encode(texts, "query", batch_size)
-        scores, rows = faiss_search(index, q_emb, self.cfg.max_rank)
+        scores, rows = faiss_index.search(index, q_emb, self.cfg.max_rank)
         return [(r[r >= 0], s[r >= 0], max(float(q @ pos_emb[p]) for p in pos))
                 for r, s, q, pos in zip(rows, scores, q_emb, positives)]
 

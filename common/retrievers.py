@@ -6,10 +6,11 @@ from collections import Counter
 
 import numpy as np
 import Stemmer
-import torch
 from rank_bm25 import BM25Okapi
 from scipy import sparse
 from tqdm.auto import tqdm
+
+from common import index as faiss_index
 
 # NLTK's English stopword list (179 words), chosen with k1/b on SciFact *train* over 32 settings
 # (Lucene's 33-word list, Porter stemming included; all within 0.006 nDCG@10), never on test.
@@ -157,6 +158,8 @@ def top_k(scores, k):
 def dense_search(query_emb, doc_emb, k, chunk=4096):
     """Exact inner-product top-k: (scores, indices), each [n_queries, k]. Chunked over the corpus so
     memory stays at queries x chunk, whatever the corpus size."""
+    import torch  # here, not at the top: an ONNX-backed search imports no torch
+
     q = torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32))
     k = min(k, len(doc_emb))
     best_scores = torch.full((len(q), k), -torch.inf)
@@ -190,50 +193,31 @@ def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
     return out
 
 
-def faiss_flat_ip(emb, chunk=65536):
-    """An exact inner-product FAISS index over `emb` (rows = corpus order), added a chunk at a time
-    from a memory map; on every GPU when faiss-gpu sees one."""
-    import faiss
-
-    index = faiss.IndexFlatIP(emb.shape[1])
-    for start in range(0, len(emb), chunk):
-        index.add(np.ascontiguousarray(emb[start:start + chunk], dtype=np.float32))
-    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-    return index
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-def faiss_search(index, query_emb, k, batch_size=1024):
-    """(scores, rows), each [n_queries, k], searched a batch of queries at a time; rows are -1 where
-    the index holds fewer than k vectors."""
-    scores, rows = [], []
-    for start in tqdm(range(0, len(query_emb), batch_size), desc="search", unit="batch",
-                      disable=len(query_emb) <= batch_size):
-        s, r = index.search(np.ascontiguousarray(query_emb[start:start + batch_size], dtype=np.float32), k)
-        scores.append(s)
-        rows.append(r)
-    if not rows:
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    return np.concatenate(scores), np.concatenate(rows)
+def load_encoder(model, backend="torch", device="auto", **overrides):
+    """A bi-encoder ready to encode: a BiEncoder in eval mode on `device`, or for backend onnx /
+    onnx-int8 an export_onnx.py directory run by onnxruntime (torch is then never imported).
+    overrides (pooling, max lengths, prefixes; None keeps the saved value) apply to torch models."""
+    if backend != "torch":
+        from common.onnx_models import OnnxBiEncoder
+
+        return OnnxBiEncoder.from_dir(model, quantized=backend == "onnx-int8")
+    from common.models import BiEncoder, pick_device
+
+    return BiEncoder.from_pretrained(model, **overrides).to(pick_device(device)).eval()
 
 
-def load_faiss_index(path, doc_ids):
-    """A FAISS index directory (index.faiss, and doc_ids.txt with one id per line, in index order),
-    checked to cover exactly this corpus in this order."""
-    import faiss
+def load_reranker(model, backend="torch", device="auto", max_length=None):
+    """A cross-encoder ready to score: CrossEncoder, or OnnxCrossEncoder for the onnx backends."""
+    if backend != "torch":
+        from common.onnx_models import OnnxCrossEncoder
 
-    from common.run import UserError
+        return OnnxCrossEncoder.from_dir(model, quantized=backend == "onnx-int8")
+    from common.models import CrossEncoder, pick_device
 
-    ids_file, index_file = os.path.join(path, "doc_ids.txt"), os.path.join(path, "index.faiss")
-    if not (os.path.isfile(ids_file) and os.path.isfile(index_file)):
-        raise UserError(f"{path}: not an index directory (needs index.faiss and doc_ids.txt); build one with "
-                        "build_index.py, or leave index empty to search exactly")
-    with open(ids_file, encoding="utf-8") as f:
-        ids = [line.rstrip("\n") for line in f]
-    if ids != list(doc_ids):
-        raise UserError(f"{ids_file}: the index covers {len(ids)} docs that are not this corpus's {len(doc_ids)} in "
-                        "order; rebuild it for this dataset")
-    return faiss.read_index(index_file)
+    return CrossEncoder.from_pretrained(model, max_length=max_length).to(pick_device(device)).eval()
 
 
 class Retriever:
@@ -257,19 +241,21 @@ class Retriever:
         self._row = {d: i for i, d in enumerate(self.doc_ids)}
         if index is None:
             emb = encode_corpus(encoder, self.texts, batch_size) if doc_emb is None else doc_emb
-            index = faiss_flat_ip(emb)
+            index = faiss_index.flat_ip(emb)
         if index.ntotal != len(self.doc_ids) or index.d != encoder.dim:
             raise ValueError(f"the index holds {index.ntotal} vectors of dim {index.d}, but the corpus has "
                              f"{len(self.doc_ids)} docs and the encoder dim {encoder.dim}")
         self.index = index
 
     @classmethod
-    def load(cls, model, corpus_path_or_beir_dir, index_dir="", reranker="", device="auto", batch_size=64):
-        """A Retriever from paths: a BiEncoder (a model dir, hub name or all-MiniLM-L6-v2), a corpus (a
-        BEIR directory or a corpus.jsonl), a build_index.py directory ("" = encode the corpus and search
-        exactly) and a CrossEncoder ("" = none). Bad paths raise UserError naming the path and the fix."""
+    def load(cls, model, corpus_path_or_beir_dir, index_dir="", reranker="", device="auto", batch_size=64,
+             backend="torch"):
+        """A Retriever from paths: a bi-encoder (a model dir, hub name or all-MiniLM-L6-v2; "" = the one
+        index_dir was built with), a corpus (a BEIR directory or a corpus.jsonl), a build_index.py
+        directory ("" = encode the corpus and search exactly) and a cross-encoder ("" = none), run by
+        torch or, with backend onnx / onnx-int8, from export_onnx.py directories by onnxruntime. Bad
+        paths raise UserError naming the path and the fix."""
         from common.data import doc_text, read_corpus
-        from common.models import BiEncoder, CrossEncoder, pick_device
         from common.run import UserError
 
         path = corpus_path_or_beir_dir
@@ -278,15 +264,16 @@ class Retriever:
         if not os.path.isfile(path):  # before the models load, so a typo fails at once
             raise UserError(f"{corpus_path_or_beir_dir}: no corpus there; pass a BEIR directory (prepare_data.py "
                             "makes one) or a corpus.jsonl file")
-        device = pick_device(device)
-        encoder = BiEncoder.from_pretrained(model).to(device).eval()
-        cross = CrossEncoder.from_pretrained(reranker).to(device).eval() if reranker else None
+        if not model:
+            if not index_dir:
+                raise UserError("no model given: pass --model=<bi-encoder>, or --index=<build_index.py dir>, whose "
+                                "encoder is then used")
+            model, backend = faiss_index.built_with(index_dir)
+        encoder = load_encoder(model, backend, device)
+        cross = load_reranker(reranker, backend, device) if reranker else None
         corpus = read_corpus(path)
         doc_ids = list(corpus)
-        index = load_faiss_index(index_dir, doc_ids) if index_dir else None
-        if index is not None and index.d != encoder.dim:
-            raise UserError(f"{index_dir}: the index holds {index.d}-d vectors but {model} makes {encoder.dim}-d "
-                            "ones; rebuild the index with this model")
+        index = faiss_index.load(index_dir, doc_ids, encoder) if index_dir else None
         return cls(encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids], index=index, reranker=cross,
                    batch_size=batch_size)
 
@@ -304,7 +291,7 @@ class Retriever:
         if k < 1 or not queries:
             return [[] for _ in queries]
         emb = self.encoder.encode(list(queries), "query", batch_size or self.batch_size)
-        scores, rows = faiss_search(self.index, emb, k)
+        scores, rows = faiss_index.search(self.index, emb, k)
         # An approximate index may return fewer than k hits, padded with row -1.
         return [[(self.doc_ids[r], float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
 

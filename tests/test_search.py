@@ -90,7 +90,9 @@ def test_load_with_a_faiss_index_equals_exact_search(tiny_model, encoder, toy_be
     (tmp_path / "index" / "doc_ids.txt").write_text("".join(d + "\n" for d in reversed(doc_ids)))
     with pytest.raises(UserError, match="rebuild it for this dataset"):
         Retriever.load(tiny_model, toy_beir, index_dir=str(tmp_path / "index"))
-    faiss.write_index(faiss.IndexFlatIP(8), str(tmp_path / "index" / "index.faiss"))
+    narrow = faiss.IndexFlatIP(8)
+    narrow.add(np.eye(len(doc_ids), 8, dtype=np.float32))
+    faiss.write_index(narrow, str(tmp_path / "index" / "index.faiss"))
     (tmp_path / "index" / "doc_ids.txt").write_text("".join(d + "\n" for d in doc_ids))
     with pytest.raises(UserError, match="rebuild the index with this model"):
         Retriever.load(tiny_model, toy_beir, index_dir=str(tmp_path / "index"))

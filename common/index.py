@@ -1,0 +1,255 @@
+"""FAISS indexes: built from an index_factory string, tuned against exact search, saved and loaded
+with the doc-id map and the settings that make them searchable in one line.
+
+An index directory (build_index.py writes one) holds:
+  index.faiss   the FAISS index, always on the CPU (moved to GPUs at load when asked)
+  doc_ids.txt   one doc id per line: row i of the index is line i
+  index.json    factory, dim, metric, nprobe / efSearch, and the encoder that made the vectors
+                (its path, settings, and the embedding of PROBE_TEXT, to refuse another encoder)
+"""
+import json
+import math
+import os
+import re
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from common.run import UserError
+
+PROBE_TEXT = "A probe passage: an index is only as good as the encoder that embedded its documents."
+# Two encoders whose probe embeddings agree this closely are taken to be the same model (an ONNX
+# export, int8 included, stays above 0.99; a different fine-tune or model is far below).
+PROBE_MIN_COSINE = 0.98
+
+
+def faiss_module():
+    import faiss
+
+    return faiss
+
+
+def gpu_count():
+    return getattr(faiss_module(), "get_num_gpus", lambda: 0)()
+
+
+def resolve_factory(factory, n):
+    """A concrete index_factory string for n vectors: "auto" picks one by size, and an IVF without a
+    list count ("IVF,PQ32") gets nlist ~ 4 sqrt(n), the FAISS guideline for up to ~1M vectors."""
+    nlist = max(1, min(n // 39, int(4 * math.sqrt(n))))  # FAISS wants >= 39 training points per list
+    if factory == "auto":
+        # Exact search is fast enough and has perfect recall until the corpus is large.
+        factory = "Flat" if n < 100_000 else "IVF,Flat"
+    return re.sub(r"IVF(?=[,_]|$)", f"IVF{nlist}", factory)
+
+
+def build(emb, factory, train_size=0, seed=0, use_gpu=False, chunk=65536):
+    """(CPU index over emb's rows, info): trained on a random sample of train_size rows (0 = enough
+    for the index), filled a chunk at a time so emb may be a memory map larger than RAM."""
+    faiss = faiss_module()
+    n, dim = emb.shape
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise UserError(f"factory={factory!r} is not a FAISS index_factory string ({str(e).strip().splitlines()[-1]});"
+                        " try Flat, IVF,Flat, IVF,PQ32, IVF,SQ8, HNSW32 or OPQ32,IVF,PQ32") from None
+    info = {"factory": factory, "n": n, "dim": dim, "device": "cpu"}
+    # HNSW has no GPU version, and PQ codes of some sizes neither: those stay on the CPU.
+    work = index
+    if use_gpu and "HNSW" not in factory:
+        try:
+            work = faiss.index_cpu_to_all_gpus(index)
+            info["device"] = f"{gpu_count()} GPU(s)"
+        except RuntimeError as e:
+            info["device"] = f"cpu (GPU refused: {str(e).strip().splitlines()[-1][:120]})"
+    t0 = time.perf_counter()
+    if not index.is_trained:
+        size = train_size or min(n, max(256 * 64, 64 * _nlist(index)))
+        rows = np.sort(np.random.default_rng(seed).choice(n, min(size, n), replace=False))
+        sample = np.ascontiguousarray(emb[rows], dtype=np.float32)
+        if len(sample) < _nlist(index):
+            raise UserError(f"{factory}: {len(sample)} training vectors for {_nlist(index)} lists; use fewer lists "
+                            "(IVF<n>) or Flat for a corpus this small")
+        work.train(sample)
+        info["train_vectors"] = len(sample)
+    info["train_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, n, chunk), desc="add", unit="chunk", disable=n <= chunk):
+        work.add(np.ascontiguousarray(emb[start:start + chunk], dtype=np.float32))
+    info["add_seconds"] = time.perf_counter() - t0
+    if work is not index:
+        index = faiss.index_gpu_to_cpu(work)
+    return index, info
+
+
+def _ivf(index):
+    try:
+        return faiss_module().extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _nlist(index):
+    ivf = _ivf(index)
+    return ivf.nlist if ivf is not None else 0
+
+
+def _hnsw(index):
+    faiss = faiss_module()
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    return inner.hnsw if hasattr(inner, "hnsw") else None
+
+
+def search_params(index):
+    """{"nprobe": n} for IVF, {"ef_search": n} for HNSW, {} for exact indexes."""
+    if _ivf(index) is not None:
+        return {"nprobe": int(_ivf(index).nprobe)}
+    if _hnsw(index) is not None:
+        return {"ef_search": int(_hnsw(index).efSearch)}
+    return {}
+
+
+def set_search_params(index, nprobe=0, ef_search=0):
+    if nprobe and _ivf(index) is not None:
+        _ivf(index).nprobe = min(nprobe, _ivf(index).nlist)
+    if ef_search and _hnsw(index) is not None:
+        _hnsw(index).efSearch = ef_search
+
+
+def recall_at(ann_rows, exact_rows, k):
+    """Mean fraction of each query's exact top k that the approximate top k also holds."""
+    hits = [len(set(a[:k]) & set(e[:k])) / k for a, e in zip(ann_rows, exact_rows)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def tune(index, query_emb, exact_rows, target, k=10):
+    """The smallest nprobe (IVF) or efSearch (HNSW), in powers of two, whose recall@k against exact
+    search reaches `target` on these queries; the largest tried when none does. Returns
+    [(value, recall)] of every value tried."""
+    tried = []
+    if _ivf(index) is not None:
+        nlist, values, key = _ivf(index).nlist, [], "nprobe"
+        v = 1
+        while v < nlist:
+            values.append(v)
+            v *= 2
+        values.append(nlist)
+    elif _hnsw(index) is not None:
+        values, key = [16, 32, 64, 128, 256, 512, 1024], "ef_search"
+    else:
+        return tried
+    for v in values:
+        set_search_params(index, **{key: max(v, k) if key == "ef_search" else v})
+        _, rows = search(index, query_emb, k)
+        tried.append((int(search_params(index)[key]), recall_at(rows, exact_rows, k)))
+        if tried[-1][1] >= target:
+            break
+    return tried
+
+
+def flat_ip(emb, chunk=65536):
+    """An exact inner-product FAISS index over `emb` (rows = corpus order), added a chunk at a time
+    from a memory map; on every GPU when faiss-gpu sees one."""
+    faiss = faiss_module()
+    index = faiss.IndexFlatIP(emb.shape[1])
+    for start in range(0, len(emb), chunk):
+        index.add(np.ascontiguousarray(emb[start:start + chunk], dtype=np.float32))
+    if gpu_count() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def search(index, query_emb, k, batch_size=1024):
+    """(scores, rows), each [n_queries, k], searched a batch of queries at a time; rows are -1 where
+    the index holds fewer than k vectors (or an approximate index found fewer)."""
+    scores, rows = [], []
+    for start in tqdm(range(0, len(query_emb), batch_size), desc="search", unit="batch",
+                      disable=len(query_emb) <= batch_size):
+        s, r = index.search(np.ascontiguousarray(query_emb[start:start + batch_size], dtype=np.float32), k)
+        scores.append(s)
+        rows.append(r)
+    if not rows:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(scores), np.concatenate(rows)
+
+
+def save(out_dir, index, doc_ids, settings):
+    """index.faiss, doc_ids.txt and index.json (settings, plus the index's own search parameters)
+    into out_dir, which the caller creates (atomically: common.data.atomic_dir)."""
+    faiss_module().write_index(index, os.path.join(out_dir, "index.faiss"))
+    with open(os.path.join(out_dir, "doc_ids.txt"), "w", encoding="utf-8") as f:
+        f.writelines(f"{d}\n" for d in doc_ids)
+    meta = {**settings, "dim": index.d, "ntotal": int(index.ntotal), "metric": "inner_product",
+            **search_params(index)}
+    with open(os.path.join(out_dir, "index.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+
+
+def probe_embedding(encoder):
+    return encoder.encode([PROBE_TEXT], "passage")[0].astype(np.float32)
+
+
+def built_with(path):
+    """(model, backend) of the encoder a build_index.py directory was built with."""
+    meta_file = os.path.join(path, "index.json")
+    try:
+        with open(meta_file, encoding="utf-8") as f:
+            meta = json.load(f)
+        return meta["model"], meta.get("backend", "torch")
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{meta_file}: cannot read the encoder the index was built with ({e}); pass --model "
+                        "or rebuild the index with build_index.py") from None
+
+
+def load(path, doc_ids, encoder=None, use_gpu=None):
+    """A build_index.py directory (or any index.faiss + doc_ids.txt), checked to cover exactly this
+    corpus in this order and, when index.json names its encoder, to have been built by `encoder`;
+    its saved nprobe / efSearch set. use_gpu: None = when faiss-gpu sees a GPU."""
+    faiss = faiss_module()
+    ids_file, index_file = os.path.join(path, "doc_ids.txt"), os.path.join(path, "index.faiss")
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: no index directory there; build one with build_index.py, or leave index empty "
+                        "to search exactly")
+    for file, what in ((index_file, "the FAISS index"), (ids_file, "the doc-id map (one id per line, in index order)")):
+        if not os.path.isfile(file):
+            raise UserError(f"{file}: missing ({what}); rebuild the directory with build_index.py")
+    with open(ids_file, encoding="utf-8") as f:
+        ids = [line.rstrip("\n") for line in f]
+    if ids != list(doc_ids):
+        raise UserError(f"{ids_file}: the index covers {len(ids)} docs that are not this corpus's {len(doc_ids)} in "
+                        "order; rebuild it for this dataset")
+    index = faiss.read_index(index_file)
+    if index.ntotal != len(ids):
+        raise UserError(f"{index_file}: {index.ntotal} vectors but {len(ids)} ids in {ids_file}; rebuild the index")
+    meta_file = os.path.join(path, "index.json")
+    meta = {}
+    if os.path.isfile(meta_file):
+        with open(meta_file, encoding="utf-8") as f:
+            meta = json.load(f)
+    if encoder is not None:
+        if index.d != encoder.dim:
+            raise UserError(f"{path}: the index holds {index.d}-d vectors but the encoder makes {encoder.dim}-d "
+                            "ones; rebuild the index with this model, or pass the model it was built with "
+                            f"({meta.get('model', 'see index.json')})")
+        if meta.get("probe"):
+            cosine = float(np.dot(probe_embedding(encoder), np.asarray(meta["probe"], np.float32)))
+            if cosine < PROBE_MIN_COSINE:
+                raise UserError(f"{path}: built with the encoder {meta.get('model')}, and this one embeds differently "
+                                f"(probe cosine {cosine:.3f}); pass --model={meta.get('model')} or rebuild the index")
+    set_search_params(index, meta.get("nprobe", 0), meta.get("ef_search", 0))
+    if (gpu_count() > 0 if use_gpu is None else use_gpu) and "HNSW" not in meta.get("factory", ""):
+        index = _to_gpus(index, meta)
+    return index
+
+
+def _to_gpus(index, meta):
+    faiss = faiss_module()
+    try:
+        gpu = faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError:
+        return index  # a layout the GPU code lacks: searching on the CPU is slower, not wrong
+    if meta.get("nprobe"):
+        faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", meta["nprobe"])
+    return gpu
