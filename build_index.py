@@ -29,7 +29,7 @@ import numpy as np
 
 from common import index as faiss_index
 from common.config import ConfigError, check_choice, load_config
-from common.data import atomic_dir, doc_text, read_corpus, read_queries, read_qrels, splits
+from common.data import atomic_dir, doc_text, read_corpus, read_queries, read_qrels, splits, warn
 from common.retrievers import BACKENDS, encode_corpus, load_encoder
 from common.run import UserError, cli, start_run, write_json
 
@@ -131,6 +131,9 @@ def main(argv=None):
             if tried:
                 print(f"tuned on {len(tune_texts)} {cfg.tune_split} queries: {faiss_index.search_params(index)}, "
                       f"recall@10 {tried[-1][1]:.3f} against exact")
+            if tried and tried[-1][1] < cfg.target_recall:
+                warn(f"{factory} reaches recall@10 {tried[-1][1]:.3f} at most, below target_recall="
+                     f"{cfg.target_recall}: PQ codes this short lose near neighbours; try IVF,SQ8 or IVF,Flat")
         info.update(faiss_index.search_params(index))
 
         if report_texts:
