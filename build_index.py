@@ -68,17 +68,6 @@ def split_queries(data, split):
     return [queries[q] for q in qrels]
 
 
-def timed_search(index, query_emb, k):
-    """(rows, queries/s): the whole set searched in batches, repeated until a second has passed so
-    small query sets still give a steady rate."""
-    runs, t0 = 0, time.perf_counter()
-    while True:
-        _, rows = faiss_index.search(index, query_emb, k)
-        runs += 1
-        if time.perf_counter() - t0 >= 1.0:
-            return rows, runs * len(query_emb) / (time.perf_counter() - t0)
-
-
 def corpus_vectors(cfg, encoder, texts, tmp):
     """The corpus embeddings, memory-mapped from tmp/embeddings.npy: encoded a chunk at a time, or
     read from cfg.embeddings."""
@@ -138,10 +127,10 @@ def main(argv=None):
 
         if report_texts:
             report_emb = encoder.encode(report_texts, "query", cfg.batch_size)
-            rows, qps = timed_search(index, report_emb, 100)
+            rows, qps = faiss_index.timed_search(index, report_emb, 100)
             report = {"split": cfg.split, "queries": len(report_texts), "queries_per_s": qps}
             if exact is not None:
-                exact_rows, exact_qps = timed_search(exact, report_emb, 100)
+                exact_rows, exact_qps = faiss_index.timed_search(exact, report_emb, 100)
                 report.update({f"recall@{k}": faiss_index.recall_at(rows, exact_rows, k) for k in (10, 100)},
                               exact_queries_per_s=exact_qps)
             else:

@@ -60,16 +60,6 @@ def noisy_copies(emb, copies, noise, path, seed):
     return out
 
 
-def qps(index, queries, k=100):
-    """(rows, queries/s), repeated until two seconds have passed."""
-    runs, t0 = 0, time.perf_counter()
-    while True:
-        _, rows = faiss_index.search(index, queries, k)
-        runs += 1
-        if time.perf_counter() - t0 >= 2.0:
-            return rows, runs * len(queries) / (time.perf_counter() - t0)
-
-
 def index_bytes(index):
     return int(faiss_index.faiss_module().serialize_index(index).nbytes)
 
@@ -80,7 +70,7 @@ def bench(name, emb, tune_q, test_q, cfg):
     t0 = time.perf_counter()
     exact = faiss_index.flat_ip(emb)
     exact_tune = faiss_index.search(exact, tune_q, 10)[1]
-    exact_test, exact_qps = qps(exact, test_q)
+    exact_test, exact_qps = faiss_index.timed_search(exact, test_q, 100, min_seconds=2.0)
     flat_bytes = index_bytes(exact)
     del exact
     print(f"exact: {exact_qps:.0f} queries/s ({time.perf_counter() - t0:.0f}s with the ground truth)", flush=True)
@@ -95,7 +85,7 @@ def bench(name, emb, tune_q, test_q, cfg):
         index, _ = faiss_index.build(emb, factory, seed=cfg.seed)
         build_s = time.perf_counter() - t0
         tried = faiss_index.tune(index, tune_q, exact_tune, cfg.target_recall)
-        got, rate = qps(index, test_q)
+        got, rate = faiss_index.timed_search(index, test_q, 100, min_seconds=2.0)
         row = dict(factory=factory, build_s=build_s, size_mb=index_bytes(index) / 2**20,
                    param=", ".join(f"{k}={v}" for k, v in faiss_index.search_params(index).items()),
                    tune_recall10=tried[-1][1] if tried else 1.0,

@@ -174,6 +174,17 @@ def search(index, query_emb, k, batch_size=1024):
     return np.concatenate(scores), np.concatenate(rows)
 
 
+def timed_search(index, query_emb, k, min_seconds=1.0):
+    """(rows, queries/s): the whole query set searched in batches, repeated until min_seconds have
+    passed, so small query sets still give a steady rate."""
+    runs, t0 = 0, time.perf_counter()
+    while True:
+        _, rows = search(index, query_emb, k)
+        runs += 1
+        if time.perf_counter() - t0 >= min_seconds:
+            return rows, runs * len(query_emb) / (time.perf_counter() - t0)
+
+
 def save(out_dir, index, doc_ids, settings):
     """index.faiss, doc_ids.txt and index.json (settings, plus the index's own search parameters)
     into out_dir, which the caller creates (atomically: common.data.atomic_dir)."""
