@@ -153,20 +153,19 @@ def corpus_embeddings(cfg, encoder, doc_ids, texts):
 
 
 def load_encoder(cfg):
-    overrides = {} if cfg.backend != "torch" else dict(
-        pooling=cfg.pooling or None, max_query_length=cfg.max_query_length or None,
-        max_passage_length=cfg.max_passage_length or None, query_prefix=cfg.query_prefix or None,
-        passage_prefix=cfg.passage_prefix or None)
-    return retrievers.load_encoder(cfg.model, cfg.backend, cfg.device, **overrides)
+    return retrievers.load_encoder(cfg.model, cfg.backend, cfg.device, pooling=cfg.pooling or None,
+                                   max_query_length=cfg.max_query_length or None,
+                                   max_passage_length=cfg.max_passage_length or None,
+                                   query_prefix=cfg.query_prefix or None, passage_prefix=cfg.passage_prefix or None)
 
 
-def load_reranker(cfg):
-    if cfg.backend != "torch":
-        return retrievers.load_reranker(cfg.rerank, cfg.backend)
+def load_reranker(cfg, backend):
+    if backend != "torch":  # before importing models.py, which imports torch
+        return retrievers.load_reranker(cfg.rerank, backend, max_length=cfg.rerank_max_length or None)
     from common.models import ModelNotFound
 
     try:
-        return retrievers.load_reranker(cfg.rerank, "torch", cfg.device, cfg.rerank_max_length or None)
+        return retrievers.load_reranker(cfg.rerank, backend, cfg.device, cfg.rerank_max_length or None)
     except ModelNotFound as e:
         # Not models.py's hint: the packaged bi-encoder it names would load here with an untrained head.
         raise ModelNotFound(f"rerank={cfg.rerank}: {e.reason}", "pass a trained cross-encoder directory (e.g. "
@@ -247,6 +246,7 @@ def main(argv=None):
         return compare(cfg)
     if cfg.rerank and cfg.rerank_depth < 1:
         raise UserError(f"rerank_depth={cfg.rerank_depth}: rerank at least the top 1 (or rerank= to turn it off)")
+    rerank_backend = cfg.backend  # the encoder's may come from the index instead
     if not cfg.model:
         cfg.model, cfg.backend = faiss_index.built_with(cfg.index) if cfg.index else ("all-MiniLM-L6-v2", cfg.backend)
     dataset = os.path.basename(os.path.normpath(cfg.data))
@@ -255,7 +255,7 @@ def main(argv=None):
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
     # A model that does not load must fail before any output is written or BM25 has run.
     encoder = load_encoder(cfg) if {"dense", "hybrid"} & set(cfg.retrievers) else None
-    reranker = load_reranker(cfg) if cfg.rerank else None
+    reranker = load_reranker(cfg, rerank_backend) if cfg.rerank else None
     start_run(cfg.out, cfg, sys.argv[1:] if argv is None else argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs -> {cfg.out}")
 

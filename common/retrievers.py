@@ -199,11 +199,16 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 def load_encoder(model, backend="torch", device="auto", **overrides):
     """A bi-encoder ready to encode: a BiEncoder in eval mode on `device`, or for backend onnx /
     onnx-int8 an export_onnx.py directory run by onnxruntime (torch is then never imported).
-    overrides (pooling, max lengths, prefixes; None keeps the saved value) apply to torch models."""
+    overrides: max lengths, prefixes and (torch only: it is inside an ONNX graph) pooling; None keeps
+    the saved value."""
     if backend != "torch":
         from common.onnx_models import OnnxBiEncoder
+        from common.run import UserError
 
-        return OnnxBiEncoder.from_dir(model, quantized=backend == "onnx-int8")
+        if overrides.pop("pooling", None) is not None:
+            raise UserError(f"{model}: an ONNX export pools inside its graph; drop the pooling setting, or "
+                            "re-export a model saved with the pooling you want")
+        return OnnxBiEncoder.from_dir(model, quantized=backend == "onnx-int8", **overrides)
     from common.models import BiEncoder, pick_device
 
     return BiEncoder.from_pretrained(model, **overrides).to(pick_device(device)).eval()
@@ -214,7 +219,7 @@ def load_reranker(model, backend="torch", device="auto", max_length=None):
     if backend != "torch":
         from common.onnx_models import OnnxCrossEncoder
 
-        return OnnxCrossEncoder.from_dir(model, quantized=backend == "onnx-int8")
+        return OnnxCrossEncoder.from_dir(model, quantized=backend == "onnx-int8", max_length=max_length)
     from common.models import CrossEncoder, pick_device
 
     return CrossEncoder.from_pretrained(model, max_length=max_length).to(pick_device(device)).eval()
@@ -251,7 +256,7 @@ class Retriever:
     def load(cls, model, corpus_path_or_beir_dir, index_dir="", reranker="", device="auto", batch_size=64,
              backend="torch"):
         """A Retriever from paths: a bi-encoder (a model dir, hub name or all-MiniLM-L6-v2; "" = the one
-        index_dir was built with), a corpus (a BEIR directory or a corpus.jsonl), a build_index.py
+        index_dir was built with, by the backend it was built with), a corpus (a BEIR directory or a corpus.jsonl), a build_index.py
         directory ("" = encode the corpus and search exactly) and a cross-encoder ("" = none), run by
         torch or, with backend onnx / onnx-int8, from export_onnx.py directories by onnxruntime. Bad
         paths raise UserError naming the path and the fix."""
@@ -268,8 +273,10 @@ class Retriever:
             if not index_dir:
                 raise UserError("no model given: pass --model=<bi-encoder>, or --index=<build_index.py dir>, whose "
                                 "encoder is then used")
-            model, backend = faiss_index.built_with(index_dir)
-        encoder = load_encoder(model, backend, device)
+            model, encoder_backend = faiss_index.built_with(index_dir)
+        else:
+            encoder_backend = backend
+        encoder = load_encoder(model, encoder_backend, device)
         cross = load_reranker(reranker, backend, device) if reranker else None
         corpus = read_corpus(path)
         doc_ids = list(corpus)

@@ -156,13 +156,19 @@ def test_the_onnx_backend_builds_evaluates_and_searches_without_torch(tiny_model
 
     import export_onnx
 
+    from common.models import CrossEncoder
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     export_onnx.main([f"--model={tiny_model}", f"--out={tmp_path}/onnx", f"--data={toy_beir}"])
+    cross = CrossEncoder.from_pretrained(tiny_model, max_length=64).save(str(tmp_path / "cross"))
+    export_onnx.main([f"--model={cross}", "--kind=reranker", f"--out={tmp_path}/onnx-cross", f"--data={toy_beir}"])
     evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", "--retrievers=dense", f"--out={tmp_path}/torch"])
     child = f"""
 import sys, build_index, evaluate, search
 build_index.main(["--data={toy_beir}", "--backend=onnx", "--model={tmp_path}/onnx", "--out={tmp_path}/index"])
 evaluate.main(["--data={toy_beir}", "--index={tmp_path}/index", "--retrievers=dense", "--out={tmp_path}/eval"])
+evaluate.main(["--data={toy_beir}", "--backend=onnx", "--retrievers=bm25", "--rerank={tmp_path}/onnx-cross",
+               "--rerank_max_length=32", "--out={tmp_path}/rerank"])
 search.main(["--data={toy_beir}", "--index={tmp_path}/index", "--query=merge sort", "--k=2"])
 assert "torch" not in sys.modules, "torch was imported"
 """
@@ -174,3 +180,10 @@ assert "torch" not in sys.modules, "torch was imported"
     assert onnx_result["backend"] == "onnx" and onnx_result["model"] == f"{tmp_path}/onnx"
     for metric, value in torch_result["metrics"].items():
         assert onnx_result["metrics"][metric] == pytest.approx(value, abs=1e-6), metric
+    reranked = json.load(open(tmp_path / "rerank" / "metrics.json"))["results"]["bm25+rerank"]
+    assert reranked["max_length"] == 32  # rerank_max_length reaches the ONNX reranker too
+
+    # The index's encoder runs on ONNX while the reranker given beside it stays a torch model.
+    retriever = Retriever.load("", toy_beir, index_dir=f"{tmp_path}/index", reranker=cross)
+    assert type(retriever.encoder).__name__ == "OnnxBiEncoder" and isinstance(retriever.reranker, CrossEncoder)
+    assert len(retriever.retrieve_and_rerank("merge sort", k_retrieve=4, k_rerank=2)) == 2
