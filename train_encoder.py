@@ -69,7 +69,8 @@ DEFAULTS = dict(
     # loss: several are summed with their weights, e.g. loss=[infonce, margin_mse] loss_weights=[1, 0.5]
     loss=["infonce"],  # infonce | margin_mse | contrastive | cosine
     loss_weights=[1.0],
-    temperature=0.05,  # infonce; 0.05 is sentence-transformers' scale 20
+    temperature=0.05,  # infonce and margin_mse (student scores are cosine / temperature); 0.05 is
+    #                    sentence-transformers' scale 20
     symmetric=False,  # infonce: add the passage->query direction
     contrastive_margin=0.5,
     # batching
@@ -431,7 +432,7 @@ def main(argv=None):
                 elif name == "margin_mse":
                     teacher = torch.tensor([[ex.teacher[doc] for doc in g] for ex, g in zip(batch, groups)],
                                            device=device)
-                    parts[name] = losses.margin_mse(q_all, d_all, teacher)
+                    parts[name] = losses.margin_mse(q_all, d_all, teacher, cfg.temperature)
                 elif name == "contrastive":
                     parts[name] = losses.contrastive(q_all, d_all, cfg.contrastive_margin)
                 else:

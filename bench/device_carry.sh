@@ -30,7 +30,7 @@ tar -cJf "$out/data.tar.xz" "$data"
 rm -rf "$tmp"
 cat > "$out/setup.sh" <<'EOF'
 # On the device: source .devcarry/setup.sh
-pip install -q --no-index --no-deps .devcarry/whl/*.whl
+python -m pip install -q --no-index --no-deps .devcarry/whl/*.whl
 tar -C /tmp -xJf .devcarry/minilm16.tar.xz
 tar -xJf .devcarry/data.tar.xz
 python -c "

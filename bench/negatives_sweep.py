@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.jobs import ROOT, run_all, thread_env  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.run import cli, write_json  # noqa: E402
 
@@ -50,7 +51,6 @@ MINES = {
     "dense-skip3": ["--strategy=dense", "--skip_top=3"],
     "dense-skip10": ["--strategy=dense", "--skip_top=10"],
 }
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def grid(cfg):
@@ -72,44 +72,12 @@ def grid(cfg):
     return out
 
 
-def launch(cmd, log_path, env):
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    log = open(log_path, "w", encoding="utf-8")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log
-
-
-def run_all(jobs, workers, env, deadline=None):
-    """Run (name, cmd, log) jobs, `workers` at a time; {name: exit code}, None for jobs never started."""
-    pending, running, codes = list(jobs), {}, {name: None for name, _, _ in jobs}
-    while pending or running:
-        while pending and len(running) < workers and (deadline is None or time.time() < deadline):
-            name, cmd, log_path = pending.pop(0)
-            running[name] = (*launch(cmd, log_path, env), log_path, time.time())
-            print(f"start {name}", flush=True)
-        if deadline is not None and time.time() >= deadline and pending:
-            print(f"deadline: {len(pending)} runs not started", flush=True)
-            pending = []
-        for name, (proc, log, log_path, t0) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                codes[name] = proc.returncode
-                del running[name]
-                print(f"{'done' if proc.returncode == 0 else 'FAILED'} {name} [{time.time() - t0:.0f}s]", flush=True)
-                if proc.returncode:
-                    with open(log_path, encoding="utf-8") as f:
-                        print("".join(f.readlines()[-15:]), flush=True)
-        time.sleep(0.5)
-    return codes
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
     t_start = time.time()
     deadline = t_start + cfg.deadline_s if cfg.deadline_s > 0 else None
-    threads = max(1, (os.cpu_count() or 2) // cfg.workers)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RAYON_NUM_THREADS": str(threads),
-           "PYTHONUNBUFFERED": "1"}
+    env = thread_env(cfg.workers)
     runs = grid(cfg)
     py = sys.executable
 

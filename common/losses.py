@@ -41,9 +41,12 @@ def pair_scores(q, d):
     return (q.unsqueeze(1) * d.view(q.shape[0], group, -1)).sum(-1)
 
 
-def margin_mse(q, d, teacher):
-    """margin_mse_scores of the bi-encoder's scores of each group."""
-    return margin_mse_scores(pair_scores(q, d), teacher)
+def margin_mse(q, d, teacher, temperature=1.0):
+    """margin_mse_scores of the bi-encoder's scores of each group, divided by `temperature`. A
+    cosine margin is at most 2 while a cross-encoder's logit margins run to 10 or more, so at
+    temperature 1 the student is pushed to the cosine's limits instead of matching the teacher;
+    train_encoder.py passes infonce's temperature (0.05: margins up to 40)."""
+    return margin_mse_scores(pair_scores(q, d) / temperature, teacher)
 
 
 def _pairs(q, d):

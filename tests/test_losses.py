@@ -76,6 +76,9 @@ def test_margin_mse_by_hand():
     teacher = t([[5, 4, 2], [7, 6.5, 4]])  # teacher margins 1, 3 and 0.5, 3
     expected = ((0.4 - 1) ** 2 + (1 - 3) ** 2 + (0.2 - 0.5) ** 2 + (1 - 3) ** 2) / 4
     assert margin_mse(q, d, teacher).item() == pytest.approx(expected, abs=TOL)
+    # at temperature 0.5 the student's margins double: 0.8, 2 and 0.4, 2
+    expected = ((0.8 - 1) ** 2 + (2 - 3) ** 2 + (0.4 - 0.5) ** 2 + (2 - 3) ** 2) / 4
+    assert margin_mse(q, d, teacher, temperature=0.5).item() == pytest.approx(expected, abs=TOL)
 
 
 def test_margin_mse_zero_when_margins_match():
