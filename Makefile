@@ -2,15 +2,16 @@
 #   DATA=python-source (default, offline: the local Python stdlib) or a BEIR directory,
 #        e.g. DATA=../shared/data/scifact
 #   MODEL=all-MiniLM-L6-v2 (packaged offline), a local model directory, or a hub name
-#   EVAL_CONFIG=configs/bm25-only.yaml   a flat yaml of evaluate.py settings
-#   EVAL_ARGS="--batch_size=32"          evaluate.py overrides, applied last
-#   ENCODER_CONFIG=configs/encoder-<dataset>.yaml (picked by dataset when it exists)
-#   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py overrides, applied last
-#   MINE_ARGS="--strategy=bm25,dense --num_negatives=15,15"   mine_negatives.py overrides
-#   RERANKER_CONFIG=configs/reranker-<dataset>.yaml (picked by dataset when it exists)
-#   RERANKER_ARGS="--negatives=3 --epochs=2"                   train_reranker.py overrides
+#   CONFIG=<name>: every stage reads configs/<stage>-<name>.yaml when it exists (default: the
+#        dataset's name), stages: eval, mine, reranker, teacher, encoder, index
+#   <STAGE>_CONFIG=path.yaml picks one stage's file instead; <STAGE>_ARGS="--key=value ..." override last:
+#   EVAL_ARGS="--batch_size=32"          evaluate.py (baseline and final)
+#   MINE_ARGS="--num_negatives=15"       mine_negatives.py, BM25 negatives
+#   RERANKER_ARGS="--negatives=3"        train_reranker.py
+#   TEACHER_ARGS="--max_queries=500"     mine_negatives.py --teacher (the reranker scores the negatives)
+#   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py
+#   INDEX_ARGS="--factory=IVF,PQ32"      build_index.py
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
-#   INDEX_ARGS="--factory=IVF,PQ32"                            build_index.py overrides
 #   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 PYTHON ?= python3
 VENV   := .venv
@@ -18,29 +19,39 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DATA   ?= python-source
 MODEL  ?= all-MiniLM-L6-v2
-EVAL_CONFIG ?=
+PREPARE_ARGS ?=
 EVAL_ARGS ?=
 SPLIT  ?= test
 
-DATASET  := $(if $(filter python-source,$(DATA)),python-source,$(notdir $(abspath $(DATA))))
+DATASET  ?= $(if $(filter python-source,$(DATA)),python-source,$(notdir $(abspath $(DATA))))
+CONFIG   ?= $(DATASET)
 DATA_DIR := data/$(DATASET)
 RUN_DIR  := runs/$(DATASET)-$(notdir $(abspath $(MODEL)))
 COMMON   := $(wildcard common/*.py)
-ENCODER_CONFIG ?= $(wildcard configs/encoder-$(DATASET).yaml)
-TRAIN_ARGS ?=
-ENCODER_DIR := $(RUN_DIR)/encoder
+stage_config = $(wildcard configs/$(1)-$(CONFIG).yaml)
+EVAL_CONFIG ?= $(call stage_config,eval)
+MINE_CONFIG ?= $(call stage_config,mine)
+RERANKER_CONFIG ?= $(call stage_config,reranker)
+TEACHER_CONFIG ?= $(call stage_config,teacher)
+ENCODER_CONFIG ?= $(call stage_config,encoder)
+INDEX_CONFIG ?= $(call stage_config,index)
 MINE_ARGS ?=
-MINE_DIR := $(RUN_DIR)/mine
-RERANKER_CONFIG ?= $(wildcard configs/reranker-$(DATASET).yaml)
 RERANKER_ARGS ?=
-RERANKER_DIR := $(RUN_DIR)/reranker
-INDEX_DIR := $(RUN_DIR)/index
-INDEX_MODEL ?= $(ENCODER_DIR)/best
+TEACHER_ARGS ?=
+TRAIN_ARGS ?=
 INDEX_ARGS ?=
+MINE_DIR := $(RUN_DIR)/mine
+RERANKER_DIR := $(RUN_DIR)/reranker
+TEACHER_DIR := $(RUN_DIR)/mine-teacher
+ENCODER_DIR := $(RUN_DIR)/encoder
+INDEX_DIR := $(RUN_DIR)/index
+FINAL_DIR := $(RUN_DIR)/final-test
+INDEX_MODEL ?= $(ENCODER_DIR)/best
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(ENCODER_DIR)/best
 
-.PHONY: setup setup-gpu data baseline mine train-encoder train-reranker index export pipeline tensorboard test bench-encode clean FORCE
+.PHONY: setup setup-gpu data baseline mine train-reranker teacher train-encoder index final export pipeline smoke \
+        tensorboard test bench-encode bench-st clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
 setup: $(VENV)/.installed
@@ -63,41 +74,55 @@ setup-gpu: setup
 	$(PIP) install faiss-gpu-cu12==1.14.1.post1
 	$(PY) -c "import torch, faiss; print('cuda:', torch.cuda.is_available(), '| faiss GPUs:', faiss.get_num_gpus())"
 
-## pipeline stages (file targets: editing a script or the data reruns only what depends on it)
+## pipeline stages (file targets: editing a script, a config or the data reruns only what depends on it)
 data: $(DATA_DIR)/prepare.json
 $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) | setup
-	$(PY) prepare_data.py --source=$(DATA) --out=$(DATA_DIR)
+	$(PY) prepare_data.py --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
 
+# BM25 and the zero-shot encoder, side by side.
 baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json
-$(RUN_DIR)/baseline-$(SPLIT)/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG)
+$(RUN_DIR)/baseline-$(SPLIT)/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$(SPLIT) --model=$(MODEL) \
 	    --out=$(RUN_DIR)/baseline-$(SPLIT) $(EVAL_ARGS)
 
-# Hard negatives for the train queries: $(MINE_DIR)/train.jsonl, for
-#   make train-encoder TRAIN_ARGS="--train_file=$(MINE_DIR)/train.jsonl --hard_negatives=3"
+# BM25 hard negatives for the train queries.
 mine: $(MINE_DIR)/train.jsonl
-$(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON) $(MINE_DIR)/make-args.txt
-	$(PY) mine_negatives.py --data=$(DATA_DIR) --model=$(MODEL) --out=$(MINE_DIR) $(MINE_ARGS)
+$(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON) $(MINE_CONFIG) $(MINE_DIR)/make-args.txt
+	$(PY) mine_negatives.py $(MINE_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(MINE_DIR) $(MINE_ARGS)
 
-# Fine-tune on train, keep the best on val, evaluate it on test (ENCODER_DIR/test/metrics.json).
-train-encoder: $(ENCODER_DIR)/metrics.json
-$(ENCODER_DIR)/metrics.json: $(DATA_DIR)/prepare.json train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
-	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(ENCODER_DIR) $(TRAIN_ARGS)
-
-# A cross-encoder on the mined negatives: best on val (BM25 top 30 reranked), then BM25's test top
-# 100 reranked by it (RERANKER_DIR/test/metrics.json holds both).
+# A cross-encoder on the mined negatives, best on val (BM25's val top val_depth reranked).
 train-reranker: $(RERANKER_DIR)/metrics.json
 $(RERANKER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_reranker.py $(COMMON) $(RERANKER_CONFIG) $(RERANKER_DIR)/make-args.txt
 	$(PY) train_reranker.py $(RERANKER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
 	    --out=$(RERANKER_DIR) $(RERANKER_ARGS)
 
+# The same BM25 negatives with the reranker's scores (false negatives it flags dropped): the
+# margin-MSE targets of the encoder.
+teacher: $(TEACHER_DIR)/train.jsonl
+$(TEACHER_DIR)/train.jsonl: $(RERANKER_DIR)/metrics.json mine_negatives.py $(COMMON) $(TEACHER_CONFIG) $(TEACHER_DIR)/make-args.txt
+	$(PY) mine_negatives.py $(MINE_CONFIG) $(TEACHER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) \
+	    --teacher=$(RERANKER_DIR)/best --out=$(TEACHER_DIR) $(MINE_ARGS) $(TEACHER_ARGS)
+
+# The bi-encoder on the teacher-scored negatives (infonce + margin-MSE, re-mined every
+# remine_every steps), best on val.
+train-encoder: $(ENCODER_DIR)/metrics.json
+$(ENCODER_DIR)/metrics.json: $(TEACHER_DIR)/train.jsonl train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
+	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(TEACHER_DIR)/train.jsonl \
+	    --out=$(ENCODER_DIR) $(TRAIN_ARGS)
+
 # A FAISS index of the corpus (build_index.py), by the fine-tuned encoder unless INDEX_MODEL says
 # otherwise; search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR) then load it. Its
 # make-args.txt lives outside the directory, which build_index.py replaces whole.
 index: $(INDEX_DIR)/index.json
-$(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(RUN_DIR)/.index/make-args.txt \
+$(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt \
                          $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json)
-	$(PY) build_index.py --data=$(DATA_DIR) --model=$(INDEX_MODEL) --out=$(INDEX_DIR) $(INDEX_ARGS)
+	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) --out=$(INDEX_DIR) $(INDEX_ARGS)
+
+# The fine-tuned encoder through its index, its top rerank_depth reranked, on test.
+final: $(FINAL_DIR)/metrics.json
+$(FINAL_DIR)/metrics.json: $(INDEX_DIR)/index.json $(RERANKER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=test --retrievers=dense --index=$(INDEX_DIR) \
+	    --rerank=$(RERANKER_DIR)/best --out=$(FINAL_DIR) $(EVAL_ARGS)
 
 # The encoder as ONNX, fp32 and int8 (export_onnx.py checks parity on this data before writing);
 # then evaluate.py, build_index.py and search.py take --backend=onnx or onnx-int8 --model=$(EXPORT_DIR).
@@ -106,19 +131,33 @@ $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN
                          $(if $(filter $(ENCODER_DIR)/best,$(EXPORT_MODEL)),$(ENCODER_DIR)/metrics.json)
 	$(PY) export_onnx.py --model=$(EXPORT_MODEL) --quantize=true --data=$(DATA_DIR) --out=$(EXPORT_DIR)
 
-# Grows with later stages: mine, train reranker, index, export.
+# Every stage, then one table (comparison.md) and one more row of runs/results.csv.
 pipeline: $(RUN_DIR)/comparison.md
-$(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(ENCODER_DIR)/metrics.json evaluate.py
-	$(PY) evaluate.py --out=$(RUN_DIR) \
-	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(ENCODER_DIR)/test/metrics.json
+$(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
+	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv \
+	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(FINAL_DIR)/metrics.json \
+	    --hparams=$(RERANKER_DIR)/config.json,$(ENCODER_DIR)/config.json
+
+# The whole pipeline with a 2-layer, 32-wide model on a few stdlib packages: the plumbing, in
+# minutes on 2 cores (configs/*-smoke.yaml), part of `make test`.
+SMOKE_MODEL := runs/smoke-model
+SMOKE_ROOT = $(shell $(PY) -c "import email, os; print(os.path.dirname(os.path.dirname(email.__file__)))")
+smoke: | setup
+	rm -rf runs/smoke-smoke-model data/smoke
+	test -f $(SMOKE_MODEL)/config.json || $(PY) -c "import sys; sys.path.insert(0, 'tests'); \
+	    from conftest import build_tiny_model; build_tiny_model('$(SMOKE_MODEL)')"
+	$(MAKE) --no-print-directory pipeline DATA=smoke DATASET=smoke CONFIG=smoke MODEL=$(SMOKE_MODEL) \
+	    PREPARE_ARGS="--format=python-source --source=$(SMOKE_ROOT)/email --min_query_words=3"
 
 FORCE:
 
 # A stage reruns when its *_ARGS change, not only its files: the args live in a file that is
 # rewritten only when they differ from the last run's.
+$(RUN_DIR)/.eval/make-args.txt: STAGE_ARGS = $(EVAL_ARGS)
 $(MINE_DIR)/make-args.txt: STAGE_ARGS = $(MINE_ARGS)
-$(ENCODER_DIR)/make-args.txt: STAGE_ARGS = $(TRAIN_ARGS)
 $(RERANKER_DIR)/make-args.txt: STAGE_ARGS = $(RERANKER_ARGS)
+$(TEACHER_DIR)/make-args.txt: STAGE_ARGS = $(MINE_ARGS) $(TEACHER_ARGS)
+$(ENCODER_DIR)/make-args.txt: STAGE_ARGS = $(TRAIN_ARGS)
 $(RUN_DIR)/.index/make-args.txt: STAGE_ARGS = $(INDEX_MODEL) $(INDEX_ARGS)
 $(RUN_DIR)/.export/make-args.txt: STAGE_ARGS = $(EXPORT_MODEL)
 %/make-args.txt: FORCE
@@ -130,6 +169,7 @@ tensorboard: | setup
 ## checks ----------------------------------------------------------------------------------
 test: | setup
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory smoke
 
 # Encoding speed, length-sorted vs unsorted batches (not part of `make test`).
 bench-encode: $(DATA_DIR)/prepare.json

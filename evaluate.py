@@ -40,7 +40,7 @@ from common.config import check_choice, load_config
 from common.data import atomic_open, doc_text, load_beir
 from common.metrics import cut_run, evaluate_run, fuse_rrf, write_trec
 from common.retrievers import BM25, dense_search
-from common.run import UserError, cli, start_run, write_json
+from common.run import UserError, append_csv_row, cli, git_commit, start_run, write_json
 
 DEFAULTS = dict(
     # data
@@ -80,6 +80,8 @@ DEFAULTS = dict(
     out="",  # run directory; "" = runs/<dataset>-<model>/<split>
     # report only: print earlier runs side by side (label=path/metrics.json,...) and write comparison.md
     compare=[],
+    results_csv="",  # compare only: append one row (time, commit, data, hparams, metrics) to this CSV
+    hparams=[],  # compare only: config.json files of the runs compared, whose settings go in that row
 )
 HEADLINE = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@10", "precision@10", "success@10")
 
@@ -216,6 +218,25 @@ def table(results):
     return "\n".join(rows) + "\n"
 
 
+def results_row(cfg, results):
+    """One row of results.csv: when, which commit and run, each compared run's headline metrics, and
+    the scalar settings of the config.json files in cfg.hparams (prefixed with their run's name)."""
+    row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "run": cfg.out}
+    for path in cfg.hparams:
+        try:
+            with open(path, encoding="utf-8") as f:
+                settings = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a run's config.json ({e}); fix or drop it from --hparams") from None
+        stage = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        row.update({f"{stage}.{k}": v if not isinstance(v, list) else ",".join(map(str, v))
+                    for k, v in settings.items() if isinstance(v, (str, int, float, bool, list))})
+    for name, result in results.items():
+        row.update({f"{name} {m}": round(result["metrics"][m], 4) for m in ("ndcg@10", "recall@100")
+                    if m in result["metrics"]})
+    return row
+
+
 def compare(cfg):
     """Earlier runs side by side: `label=path/metrics.json`, one column per label and retriever."""
     results = {}
@@ -234,6 +255,9 @@ def compare(cfg):
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
             f.write(text)
+    if cfg.results_csv:
+        append_csv_row(cfg.results_csv, results_row(cfg, results))
+        print(f"appended a row to {cfg.results_csv}")
     return 0
 
 

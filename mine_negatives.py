@@ -17,6 +17,7 @@ train_encoder.py reads the strategy and filters from it), command.txt, metrics.j
 queries/s, peak memory).
 """
 import os
+import random
 import resource
 import sys
 import tempfile
@@ -36,6 +37,7 @@ DEFAULTS = dict(
     # data
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     split="train",  # whose queries get negatives; never mine test
+    max_queries=0,  # > 0: a seeded sample of this many queries (a CPU teacher scores ~10 pairs/s); 0 = all
     out="",  # run directory; "" = runs/<dataset>/mine-<strategies>
     # what to mine: one count per strategy, e.g. strategy=bm25,dense,random num_negatives=10,10,5
     strategy=["bm25"],  # bm25 | dense | random | semi-hard (dense candidates just below the positive)
@@ -75,6 +77,8 @@ def check_config(cfg):
         raise ConfigError(f"num_negatives={cfg.num_negatives}: every count must be at least 1")
     if not 0 <= cfg.skip_top < cfg.max_rank:
         raise ConfigError(f"skip_top={cfg.skip_top}, max_rank={cfg.max_rank}: need 0 <= skip_top < max_rank")
+    if cfg.max_queries < 0:
+        raise ConfigError(f"max_queries={cfg.max_queries}: 0 mines every query, > 0 a sample of that many")
     if cfg.split == "test":
         raise ConfigError("split=test: negatives are for training; mine train (or val for a held-out check)")
 
@@ -86,6 +90,9 @@ def main(argv=None):
     dataset = os.path.basename(os.path.normpath(cfg.data))
     cfg.out = cfg.out or os.path.join("runs", dataset, "mine-" + "-".join(cfg.strategy))
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
+    if 0 < cfg.max_queries < len(queries):
+        kept = sorted(random.Random(cfg.seed).sample(sorted(queries), cfg.max_queries))
+        queries = {q: queries[q] for q in kept}
     positives = {q: {d for d, g in row.items() if g >= 1} for q, row in qrels.items()}
     device = pick_device(cfg.device)
     dtype = autocast_dtype(cfg.dtype, device)

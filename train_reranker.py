@@ -54,7 +54,7 @@ DEFAULTS = dict(
     negatives=7,  # per example, drawn each epoch from its mined list: groups of 1 + negatives passages
     # model
     model="all-MiniLM-L6-v2",  # an encoder gets a fresh one-logit head; a cross-encoder continues
-    max_length=256,  # query + passage tokens; the passage is truncated, never the query
+    max_length=256,  # query + passage tokens; the longer is cut first (the passage, unless the query is longer)
     # loss
     loss="listwise",  # listwise (softmax over each group) | bce (pointwise, positives 1)
     pos_weight=0.0,  # bce: a positive's weight; 0 = negatives per positive, so the classes weigh the same

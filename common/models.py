@@ -303,8 +303,9 @@ class CrossEncoder(torch.nn.Module):
         return next(self.parameters()).device
 
     def tokenize(self, queries, passages):
-        # Truncate the passage, never the query: the query is what the relevance is judged against.
-        return self.tokenizer(list(queries), list(passages), padding=True, truncation="only_second",
+        # longest_first cuts the longer text token by token: the passage, until the query alone would
+        # take more than half (only_second raises on such a query instead of cutting it).
+        return self.tokenizer(list(queries), list(passages), padding=True, truncation="longest_first",
                               max_length=self.max_length, return_tensors="pt")
 
     def forward(self, **batch):

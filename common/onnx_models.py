@@ -216,8 +216,8 @@ class OnnxCrossEncoder(_OnnxModel):
         return cls(path, quantized, threads, max_length)
 
     def tokenize(self, queries, passages):
-        # Truncate the passage, never the query, as CrossEncoder.tokenize.
-        return self._tokenize(list(zip(queries, passages)), self.max_length, "only_second")
+        # The longer text first, as CrossEncoder.tokenize.
+        return self._tokenize(list(zip(queries, passages)), self.max_length, "longest_first")
 
     def score(self, queries, passages, batch_size=32):
         """Relevance logits of (queries[i], passages[i]) as float32 numpy, in input order."""

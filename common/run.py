@@ -1,4 +1,5 @@
 """Run directories and their provenance, and the one-line error exit every script shares."""
+import csv
 import json
 import os
 import shlex
@@ -61,3 +62,18 @@ def cli(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def append_csv_row(path, row):
+    """Add `row` (a dict) to the CSV at path. A row with new columns rewrites the file with the union
+    of the columns (older rows blank there), atomically, so earlier rows are never lost."""
+    rows, columns = [], []
+    if os.path.isfile(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns, rows = list(reader.fieldnames or []), list(reader)
+    columns += [c for c in row if c not in columns]
+    with atomic_open(path) as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows + [row])

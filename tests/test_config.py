@@ -54,20 +54,26 @@ def test_shipped_configs_load_with_their_script():
     import glob
     import os
 
+    import build_index
     import evaluate
     import mine_negatives
     import train_encoder
     import train_reranker
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    scripts = {"encoder-": train_encoder, "reranker-": train_reranker, "mine-": mine_negatives, "bm25-": evaluate}
+    scripts = {"encoder-": train_encoder, "reranker-": train_reranker, "mine-": mine_negatives,
+               "teacher-": mine_negatives, "bm25-": evaluate, "eval-": evaluate, "index-": build_index}
     paths = sorted(glob.glob(os.path.join(root, "configs", "*.yaml")))
     assert paths
     for path in paths:
         script = next(s for prefix, s in scripts.items() if os.path.basename(path).startswith(prefix))
-        cfg = load_config(script.DEFAULTS, [path])
+        # the Makefile passes the trainers their mined file after the yaml
+        cfg = load_config(script.DEFAULTS, [path] + (["--train_file=mined.jsonl"] if script in (train_encoder, train_reranker)
+                                                    else []))
         if script in (train_encoder, train_reranker):
             script.check_config(cfg, world=1)
+        elif script is mine_negatives:
+            script.check_config(cfg)
 
 
 @pytest.mark.parametrize("dir_var, args_var", [("ENCODER_DIR", "TRAIN_ARGS"), ("MINE_DIR", "MINE_ARGS"),
@@ -90,3 +96,18 @@ def test_make_reruns_a_stage_when_only_its_args_change(tmp_path, dir_var, args_v
     assert make("--lr=5e-5") == (first[0], 1)
     changed = make("--lr=1e-4")
     assert changed[0] != first[0] and changed[1] > 1
+
+
+def test_config_picks_each_stages_yaml(tmp_path):
+    """CONFIG=<name> hands every stage its configs/<stage>-<name>.yaml (dry run: nothing executes)."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["make", "-n", "-C", root, "pipeline", "CONFIG=smoke", "DATA=smoke", "DATASET=smoke",
+                          f"MODEL={tmp_path}/m", "PY=true"], capture_output=True, text=True, check=True).stdout
+    for stage, script in [("eval", "evaluate.py"), ("mine", "mine_negatives.py"), ("reranker", "train_reranker.py"),
+                          ("teacher", "mine_negatives.py"), ("encoder", "train_encoder.py")]:
+        assert any(line.startswith(f"true {script} ") and f"configs/{stage}-smoke.yaml" in line
+                   for line in out.splitlines()), f"{stage}: {out}"
+    assert "--teacher=runs/smoke-m/reranker/best" in out and "--results_csv=runs/results.csv" in out

@@ -87,6 +87,28 @@ def test_compare_puts_earlier_runs_side_by_side(toy_beir, tiny_model, tmp_path, 
         evaluate.main([f"--compare=x={tmp_path}/a/config.json"])
 
 
+def test_results_csv_gains_a_row_per_run_and_keeps_the_old_ones(toy_beir, tiny_model, tmp_path, capsys):
+    import csv
+
+    import pytest
+
+    from common.run import UserError
+
+    evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/a", "--k=4"])
+    csv_path = tmp_path / "results.csv"
+    base = [f"--compare=zs={tmp_path}/a/metrics.json", f"--results_csv={csv_path}"]
+    assert evaluate.main(base) == 0
+    assert evaluate.main(base + [f"--hparams={tmp_path}/a/config.json"]) == 0  # new columns: the file is rewritten
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    ndcg = json.loads((tmp_path / "a" / "metrics.json").read_text())["results"]["bm25"]["metrics"]["ndcg@10"]
+    assert len(rows) == 2 and all(float(r["zs bm25 ndcg@10"]) == pytest.approx(ndcg, abs=1e-4) for r in rows)
+    assert rows[0]["a.k"] == "" and rows[1]["a.k"] == "4" and rows[1]["a.retrievers"] == "bm25,dense"
+    with pytest.raises(UserError, match="config.json"):
+        evaluate.main(base + [f"--hparams={tmp_path}/nope/config.json"])
+    assert len(csv_path.read_text().splitlines()) == 3  # the refused run added nothing
+
+
 @pytest.fixture(scope="module")
 def tiny_reranker(tmp_path_factory, tiny_model):
     """The tiny BERT with a fresh (seeded) classification head: scores that are arbitrary but fixed."""

@@ -176,3 +176,23 @@ def test_select_never_takes_a_labelled_positive(train_split):
     got, _ = mining.mine(cfg, corpus, {qid: queries[qid]}, {qid: positives[qid]}, sources)
     ids = [n["id"] for n in got[0]["negatives"]]
     assert len(ids) == 3 and not set(ids) & positives[qid]
+
+
+def test_max_queries_mines_a_seeded_sample(train_beir, train_split, tmp_path):
+    _, queries, _ = train_split
+    assert mine(train_beir, tmp_path / "a", "--num_negatives=2", "--max_queries=5") == 0
+    assert mine(train_beir, tmp_path / "b", "--num_negatives=2", "--max_queries=5") == 0
+    picked = [r["qid"] for r in records(tmp_path / "a")]
+    assert len(picked) == len(set(picked)) == 5 and set(picked) <= set(queries)
+    assert picked == [r["qid"] for r in records(tmp_path / "b")]
+    with pytest.raises(ConfigError, match="max_queries=-1"):
+        mine(train_beir, tmp_path / "c", "--max_queries=-1")
+
+
+def test_a_query_longer_than_max_length_is_cut_not_refused(tiny_cross_encoder):
+    # only_second truncation raised on such a pair; the pipeline's reranker meets them (max_length 128
+    # against long docstrings), and the tiny character-level vocab makes every query one.
+    cross = CrossEncoder.from_pretrained(tiny_cross_encoder, max_length=16)
+    batch = cross.tokenize(["a query of many more than sixteen characters"], ["short passage"])
+    assert batch["input_ids"].shape == (1, 16)
+    assert cross.score(["x" * 200, "q"], ["p" * 200, "p"]).shape == (2,)
