@@ -175,5 +175,15 @@ test: | setup
 bench-encode: $(DATA_DIR)/prepare.json
 	$(PY) bench/encode_speed.py --data=$(DATA_DIR) --model=$(MODEL)
 
+# train_encoder.py against sentence-transformers (bench/st_compare.py; not part of `make test`). The peer
+# and what its trainer imports go into .bench-st/, which only the bench's child processes see.
+ST_PKGS := sentence-transformers==6.2.0 accelerate==1.15.0 datasets==5.2.0 scikit-learn==1.9.1 threadpoolctl==3.8.0 \
+           joblib==1.6.0 cloudpickle==3.1.2 dill==0.4.1 multiprocess==0.70.19 narwhals==2.29.0 pandas==3.1.1 \
+           psutil==7.2.2 pyarrow==26.0.1 python-dateutil==4.0.0 tzdata==2026.6 xxhash==4.1.0
+BENCH_ST_ARGS ?=
+bench-st: $(DATA_DIR)/prepare.json
+	test -f .bench-st/.installed || ($(PIP) install --target .bench-st --no-deps $(ST_PKGS) && touch .bench-st/.installed)
+	$(PY) bench/st_compare.py --data=$(DATA_DIR) --model=$(MODEL) $(BENCH_ST_ARGS)
+
 clean:
 	rm -rf runs data/.cache

@@ -44,8 +44,8 @@ from common.models import BiEncoder, CrossEncoder, pick_device
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, start_run, write_json
 from common.training import (STATE_FILE, StopSignals, all_rng_states, autocast, autocast_dtype, gather_with_grad,
-                             load_state, log_hparams, lr_at, param_groups, peak_memory_mb, rng_state, save_checkpoint,
-                             set_rng_state, setup_distributed, write_progress)
+                             keep_freed_memory, load_state, log_hparams, lr_at, param_groups, peak_memory_mb,
+                             rng_state, save_checkpoint, set_rng_state, setup_distributed, write_progress)
 
 DEFAULTS = dict(
     # data
@@ -66,6 +66,9 @@ DEFAULTS = dict(
     query_prefix="",
     passage_prefix="",
     gradient_checkpointing=False,  # recompute activations in backward: less memory, ~30% more time
+    compile=False,  # torch.compile the transformer (dynamic shapes). CPU: minutes to compile, no faster here
+    keep_freed_memory=True,  # CPU, Linux: malloc reuses freed activations instead of page-faulting them in
+    #                         again every step (common.training.keep_freed_memory); peak RSS +5%
     # loss: several are summed with their weights, e.g. loss=[infonce, margin_mse] loss_weights=[1, 0.5]
     loss=["infonce"],  # infonce | margin_mse | contrastive | cosine
     loss_weights=[1.0],
@@ -248,6 +251,8 @@ def main(argv=None):
                                       "encoder")
     device = ddp_device or pick_device(cfg.device)
     dtype = autocast_dtype(cfg.dtype, device)
+    if cfg.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     if dtype != torch.float32 and device.type == "cpu" and master:
         warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
 
@@ -279,10 +284,13 @@ def main(argv=None):
         pooler.requires_grad_(False)
     if cfg.gradient_checkpointing:
         encoder.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        encoder.model.compile(dynamic=True)  # in place: parameter names and saved weights stay as they were
     encoder.train()
     model = DDP(encoder, broadcast_buffers=False) if world > 1 else encoder
+    # Fused: one kernel for all parameters, on CUDA and on the CPU (4x faster than the for-loop there)
     optimizer = torch.optim.AdamW(param_groups(encoder, cfg.weight_decay), lr=cfg.lr,
-                                  fused=device.type == "cuda")
+                                  fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     steps_per_epoch = len(make_batches(examples, sample_negatives(examples, cfg.hard_negatives, cfg.seed),
                                        cfg.batch_size, cfg.seed, cfg.length_bucketing))
@@ -335,7 +343,8 @@ def main(argv=None):
 
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not master)
     t_start, step_seconds, examples_seen, tokens_seen = time.time(), 0.0, 0, 0
-    run_step_seconds, run_steps = 0.0, 0  # this process's steps, for the summary's examples/s
+    run_step_seconds, run_steps, run_tokens = 0.0, 0, 0  # this process's steps, for the summary's examples/s
+    first_step = (0.0, 0)  # (seconds, tokens) of this run's first step: warm-up, left out of warm_examples_per_s
     while True:
         last_step = step == total_steps
 
@@ -479,8 +488,14 @@ def main(argv=None):
         step, position = step + 1, position + 1
         # -----------------------------------------------------------------------------------------
 
-        step_seconds += time.time() - t_step  # throughput counts training only, not eval or saving
-        run_step_seconds, run_steps = run_step_seconds + time.time() - t_step, run_steps + 1
+        if device.type == "cuda" and (run_steps == 0 or step % cfg.log_every == 0 or step == total_steps):
+            torch.cuda.synchronize(device)  # the timings below then count the queued GPU work; logging syncs anyway
+        seconds = time.time() - t_step  # throughput counts training only, not eval or saving
+        step_seconds += seconds
+        run_step_seconds, run_steps = run_step_seconds + seconds, run_steps + 1
+        run_tokens += world * step_tokens
+        if run_steps == 1:
+            first_step = (seconds, world * step_tokens)
         examples_seen += cfg.batch_size
         tokens_seen += world * step_tokens
         progress.update(1)
@@ -514,6 +529,10 @@ def main(argv=None):
                    "val": best.get("val"), "val_docs": len(val_doc_ids) if has_val else 0,
                    "train_seconds": time.time() - t_start,
                    "examples_per_s": run_steps * cfg.batch_size / max(run_step_seconds, 1e-9),
+                   # without the first step (warm-up: allocator, kernel choice, compilation)
+                   "warm_examples_per_s": (run_steps - 1) * cfg.batch_size / max(run_step_seconds - first_step[0], 1e-9),
+                   "warm_tokens_per_s": (run_tokens - first_step[1]) / max(run_step_seconds - first_step[0], 1e-9),
+                   "first_step_seconds": first_step[0],
                    "peak_memory_mb": peak_memory_mb(device)}
         if cfg.test_eval and "test" in splits(cfg.data):
             _, test_queries, test_qrels = load_beir(cfg.data, "test")

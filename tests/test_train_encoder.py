@@ -150,6 +150,8 @@ def test_full_run_writes_a_complete_run_directory(train_beir, tiny_model, tmp_pa
     # Trained on these queries' own words, the tiny model must beat its random start on val.
     assert summary["val"]["ndcg@10"] > evals[0]["ndcg@10"]
     assert summary["best_step"] > 0
+    for key in ("warm_examples_per_s", "warm_tokens_per_s", "first_step_seconds"):  # bench/st_compare.py reads them
+        assert summary[key] > 0
     record = log_lines(out)[-1]
     for key in ("lr", "grad_norm", "in_batch_accuracy", "embedding_std", "examples_per_s", "tokens_per_s"):
         assert key in record
