@@ -51,7 +51,8 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocating(tmp_path):
     if out[0] != "True":
         pytest.skip("not Linux with glibc")
     plain, kept = int(out[1]), int(out[2])
-    assert plain > 5 * 10_000 and kept < plain / 10  # 64 MB is 16k pages of 4 KiB, faulted in each time
+    # 64 MB is 16k pages of 4 KiB: faulted in on every allocation, or at most once when kept
+    assert plain > 5 * 10_000 and kept < plain / 4
 
 
 def test_cpu_trains_in_fp32_unless_asked():
