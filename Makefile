@@ -141,13 +141,13 @@ $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(FINAL_DIR)/met
 # The whole pipeline with a 2-layer, 32-wide model on a few stdlib packages: the plumbing, in
 # minutes on 2 cores (configs/*-smoke.yaml), part of `make test`.
 SMOKE_MODEL := runs/smoke-model
-SMOKE_ROOT = $(shell $(PY) -c "import email, os; print(os.path.dirname(os.path.dirname(email.__file__)))")
+SMOKE_SOURCE = $(shell $(PY) -c "import email, os; print(os.path.dirname(email.__file__))")
 smoke: | setup
 	rm -rf runs/smoke-smoke-model data/smoke
 	test -f $(SMOKE_MODEL)/config.json || $(PY) -c "import sys; sys.path.insert(0, 'tests'); \
 	    from conftest import build_tiny_model; build_tiny_model('$(SMOKE_MODEL)')"
 	$(MAKE) --no-print-directory pipeline DATA=smoke DATASET=smoke CONFIG=smoke MODEL=$(SMOKE_MODEL) \
-	    PREPARE_ARGS="--format=python-source --source=$(SMOKE_ROOT)/email --min_query_words=3"
+	    PREPARE_ARGS="--format=python-source --source=$(SMOKE_SOURCE) --min_query_words=3"
 
 FORCE:
 
