@@ -80,6 +80,7 @@ DEFAULTS = dict(
     batch_size=32,  # examples per optimiser step over all ranks; every one is a negative for every query
     micro_batch_size=0,  # examples per forward pass on a rank; 0 = all at once; less = GradCache
     length_bucketing=True,  # batches of similar length (less padding), in shuffled order
+    token_cache=True,  # tokenise each text once per run, not once per epoch (memory: <= 2 KB per text)
     # optimisation
     epochs=1,
     max_steps=0,  # > 0 overrides epochs
@@ -279,6 +280,7 @@ def main(argv=None):
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
     encoder = build_encoder(cfg).to(device)
+    token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
     if pooler is not None:  # unused by the embedding; DDP would wait for its gradients forever
         pooler.requires_grad_(False)
@@ -422,8 +424,8 @@ def main(argv=None):
         chunks, step_tokens = [], 0  # (tokenised queries, tokenised docs) per micro-batch of this rank
         for s in range(mine.start, mine.stop, micro):
             e = min(s + micro, mine.stop)
-            q = encoder.tokenize([ex.query for ex in batch[s:e]], "query")
-            d = encoder.tokenize([doc_text(corpus[doc]) for g in groups[s:e] for doc in g], "passage")
+            q = encoder.tokenize([ex.query for ex in batch[s:e]], "query", token_cache)
+            d = encoder.tokenize([doc_text(corpus[doc]) for g in groups[s:e] for doc in g], "passage", token_cache)
             step_tokens += int(q["attention_mask"].sum() + d["attention_mask"].sum())  # on the CPU: no GPU sync
             chunks.append((q.to(device), d.to(device)))
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
 
 from common.data import atomic_dir
@@ -183,11 +183,32 @@ class BiEncoder(torch.nn.Module):
                     passage_prefix=self.prefix["passage"], max_query_length=self.max_length["query"],
                     max_passage_length=self.max_length["passage"])
 
-    def tokenize(self, texts, kind):
-        """Dynamic padding: a batch is padded to its own longest text, not to max_length."""
+    def tokenize(self, texts, kind, cache=None):
+        """Dynamic padding: a batch is padded to its own longest text, not to max_length.
+
+        `cache`, a dict, keeps each text's token ids between calls. Training sees the same texts
+        every epoch, and the tokenizer with transformers' wrapper around it costs ~35 ms per batch
+        of 32 passages: a third of a MiniLM step on an H100. Padding cached ids costs ~1 ms.
+        """
         prefix = self.prefix[kind]
-        return self.tokenizer([prefix + t for t in texts] if prefix else list(texts), padding=True,
-                              truncation=True, max_length=self.max_length[kind], return_tensors="pt")
+        if cache is None:
+            return self.tokenizer([prefix + t for t in texts] if prefix else list(texts), padding=True,
+                                  truncation=True, max_length=self.max_length[kind], return_tensors="pt")
+        missing = [t for t in dict.fromkeys(texts) if (kind, t) not in cache]
+        if missing:
+            ids = self.tokenizer([prefix + t for t in missing], truncation=True,
+                                 max_length=self.max_length[kind])["input_ids"]
+            cache.update(((kind, t), np.asarray(row, dtype=np.int64)) for t, row in zip(missing, ids))
+        rows = [cache[(kind, t)] for t in texts]
+        width = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        left = self.tokenizer.padding_side == "left"
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            input_ids[i, span], attention_mask[i, span] = row, 1
+        return BatchEncoding({"input_ids": torch.from_numpy(input_ids),
+                              "attention_mask": torch.from_numpy(attention_mask)})
 
     def forward(self, input_ids, attention_mask, **kwargs):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state

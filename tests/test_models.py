@@ -48,6 +48,20 @@ def test_prefixes_and_separate_max_lengths(tiny_model):
     assert not np.allclose(enc.encode(["abc"], kind="query"), enc.encode(["abc"], kind="passage"))
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_cached_tokens_pad_exactly_like_the_tokenizer(tiny_model, padding_side):
+    enc = BiEncoder.from_pretrained(tiny_model, query_prefix="query: ", max_query_length=5)
+    enc.tokenizer.padding_side = padding_side
+    cache = {}
+    texts = ["a short one", "a much longer text that the query limit cuts", "a short one", ""]
+    for kind in ("query", "passage"):
+        for batch in (texts, texts[::-1], texts[:1]):  # the second and third calls read the cache only
+            expected, got = enc.tokenize(batch, kind), enc.tokenize(batch, kind, cache)
+            for key in ("input_ids", "attention_mask"):
+                assert torch.equal(got[key], expected[key]), (kind, key, batch)
+    assert len(cache) == 6  # three distinct texts per kind: one entry each, the prefix is not a new text
+
+
 def test_save_load_round_trip_and_sentence_transformers_files(tiny_model, tmp_path):
     enc = BiEncoder.from_pretrained(tiny_model, pooling="cls", query_prefix="query: ", max_query_length=16)
     out = tmp_path / "saved"
