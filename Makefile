@@ -12,6 +12,8 @@
 #   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py
 #   INDEX_ARGS="--factory=IVF,PQ32"      build_index.py
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
+#   PSEUDO_ARGS="--pseudo_queries=ict,crop"  prepare_data.py for `make adapt` (label-free), which reads
+#        configs/<stage>-<CONFIG>-pseudo.yaml first, then configs/<stage>-<CONFIG>.yaml
 #   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 PYTHON ?= python3
 VENV   := .venv
@@ -28,7 +30,9 @@ CONFIG   ?= $(DATASET)
 DATA_DIR := data/$(DATASET)
 RUN_DIR  := runs/$(DATASET)-$(notdir $(abspath $(MODEL)))
 COMMON   := $(wildcard common/*.py)
-stage_config = $(wildcard configs/$(1)-$(CONFIG).yaml)
+BASE_CONFIG ?=
+stage_config = $(or $(wildcard configs/$(1)-$(CONFIG).yaml),$(if $(BASE_CONFIG),$(wildcard configs/$(1)-$(BASE_CONFIG).yaml)))
+PREPARE_CONFIG ?= $(call stage_config,prepare)
 EVAL_CONFIG ?= $(call stage_config,eval)
 MINE_CONFIG ?= $(call stage_config,mine)
 RERANKER_CONFIG ?= $(call stage_config,reranker)
@@ -50,7 +54,7 @@ INDEX_MODEL ?= $(ENCODER_DIR)/best
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(ENCODER_DIR)/best
 
-.PHONY: setup setup-gpu data baseline mine train-reranker teacher train-encoder index final export pipeline smoke \
+.PHONY: setup setup-gpu data baseline mine train-reranker teacher train-encoder index final export pipeline adapt adapted smoke \
         tensorboard test bench-encode bench-st clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
@@ -76,8 +80,8 @@ setup-gpu: setup
 
 ## pipeline stages (file targets: editing a script, a config or the data reruns only what depends on it)
 data: $(DATA_DIR)/prepare.json
-$(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) | setup
-	$(PY) prepare_data.py --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
+$(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(wildcard $(DATA)/prepare.json) | setup
+	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
 
 # BM25 and the zero-shot encoder, side by side.
 baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json
@@ -138,15 +142,36 @@ $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(FINAL_DIR)/met
 	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(FINAL_DIR)/metrics.json \
 	    --hparams=$(RERANKER_DIR)/config.json,$(ENCODER_DIR)/config.json
 
+# Label-free adaptation: queries made from this data's documents alone (prepare_data.py $(PSEUDO_ARGS),
+# into data/<dataset>-pseudo), then mine, reranker (the teacher, trained on those queries too), teacher
+# scores and encoder on them; then the adapted encoder on this data's test split beside the zero-shot
+# baseline (runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read
+# before that test.
+PSEUDO_ARGS ?= --pseudo_queries=ict,crop
+adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-test/metrics.json
+	$(MAKE) --no-print-directory adapted DATA=$(DATA_DIR) DATASET=$(DATASET)-pseudo CONFIG=$(CONFIG)-pseudo \
+	    BASE_CONFIG=$(CONFIG) PREPARE_ARGS="$(PSEUDO_ARGS)" LABELLED_DIR=$(DATA_DIR) EVAL_CONFIG="$(EVAL_CONFIG)" \
+	    BASELINE=$(RUN_DIR)/baseline-test/metrics.json
+
+ADAPTED_DIR := $(RUN_DIR)/adapted
+adapted: $(ADAPTED_DIR)/comparison.md
+$(ADAPTED_DIR)/test/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG)
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(LABELLED_DIR) --split=test --retrievers=dense --model=$(ENCODER_DIR)/best \
+	    --out=$(ADAPTED_DIR)/test $(EVAL_ARGS)
+$(ADAPTED_DIR)/comparison.md: $(ADAPTED_DIR)/test/metrics.json $(wildcard $(BASELINE))  # the parent make built it
+	$(PY) evaluate.py --out=$(ADAPTED_DIR) --results_csv=runs/results.csv \
+	    --compare=baseline=$(BASELINE),adapted=$(ADAPTED_DIR)/test/metrics.json \
+	    --hparams=$(RERANKER_DIR)/config.json,$(ENCODER_DIR)/config.json
+
 # The whole pipeline with a 2-layer, 32-wide model on a few stdlib packages: the plumbing, in
 # minutes on 2 cores (configs/*-smoke.yaml), part of `make test`.
 SMOKE_MODEL := runs/smoke-model
 SMOKE_SOURCE = $(shell $(PY) -c "import email, os; print(os.path.dirname(email.__file__))")
 smoke: | setup
-	rm -rf runs/smoke-smoke-model data/smoke
+	rm -rf runs/smoke-smoke-model runs/smoke-pseudo-smoke-model data/smoke data/smoke-pseudo
 	test -f $(SMOKE_MODEL)/config.json || $(PY) -c "import sys; sys.path.insert(0, 'tests'); \
 	    from conftest import build_tiny_model; build_tiny_model('$(SMOKE_MODEL)')"
-	$(MAKE) --no-print-directory pipeline DATA=smoke DATASET=smoke CONFIG=smoke MODEL=$(SMOKE_MODEL) \
+	$(MAKE) --no-print-directory pipeline adapt DATA=smoke DATASET=smoke CONFIG=smoke MODEL=$(SMOKE_MODEL) \
 	    PREPARE_ARGS="--format=python-source --source=$(SMOKE_SOURCE) --min_query_words=3"
 
 FORCE:

@@ -5,6 +5,9 @@
     python prepare_data.py --beir=scifact --out=data/scifact               # downloads once
     python prepare_data.py --source=pairs.jsonl --out=data/pairs           # {"question", "answer"}
     python prepare_data.py --source=src/ --format=python-source --out=data/src
+    # label-free: queries made from the corpus alone (any source; its own queries and qrels unread)
+    python prepare_data.py --source=data/scifact --pseudo_queries=ict,crop --out=data/scifact-pseudo
+    python prepare_data.py --source=corpus.jsonl --pseudo_queries=generate --generator=DOC2QUERY_T5_DIR
 
 Sources (--format=auto picks one):
     BEIR directory   corpus.jsonl + queries.jsonl + qrels/*.tsv; existing splits are kept,
@@ -13,6 +16,13 @@ Sources (--format=auto picks one):
     code pairs       .jsonl of {"query", "code"}.
     python-source    docstring -> function pairs from a Python source tree (default: the stdlib),
                      split by module file so that no file lands in two splits.
+    corpus           a corpus.jsonl alone ({"_id", "title", "text"} per line): only with pseudo_queries.
+
+With --pseudo_queries (common/pseudo_queries.py) only the source's documents are read. Each
+document gives queries_per_doc (query, positive) pairs per method; the corpus written is those
+positives, every positive made from one document counts as relevant to every query made from it,
+and val is carved by document. There is no test split: test the adapted model on a labelled one
+(`make adapt` evaluates on the source's test split, which it never trains or tunes on).
 
 Output: DIR/corpus.jsonl, DIR/queries.jsonl, DIR/qrels/{train,val,test}.tsv, DIR/prepare.json.
 The directory is swapped into place only when complete, so a failed run leaves the old one.
@@ -34,8 +44,9 @@ import warnings
 import zipfile
 
 from common.config import ConfigError, check_choice, load_config
-from common.data import (DataError, field, read_corpus, read_jsonl, read_qrels, read_queries, splits,
+from common.data import (DataError, doc_text, field, read_corpus, read_jsonl, read_qrels, read_queries, splits,
                          warn, write_beir)
+from common.pseudo_queries import METHODS, QueryGenerator, crop, ict
 from common.run import UserError, cli, git_commit, write_json
 
 DEFAULTS = dict(
@@ -55,9 +66,19 @@ DEFAULTS = dict(
     python_root="",          # source tree to scan; default: this Python's standard library
     min_query_words=4,       # shorter docstring summaries ("Return x.") make vague queries
     max_doc_chars=4000,      # the encoder sees ~256 tokens anyway; 0 keeps whole functions
+    # label-free: training queries made from the documents (the source's own queries are not read)
+    pseudo_queries=[],       # ict | crop | generate, e.g. --pseudo_queries=ict,crop; [] = the source's queries
+    queries_per_doc=1,       # per method and document
+    max_pseudo_docs=0,       # > 0: a seeded sample of this many documents to make queries from
+    ict_remove_prob=0.9,     # ict: how often the query sentence is cut out of its passage
+    crop_min_ratio=0.1,      # crop: each of the two spans is crop_min_ratio..crop_max_ratio of the words
+    crop_max_ratio=0.5,
+    generator="",            # generate: a seq2seq doc2query model (a directory or hub name)
+    generator_batch_size=32,
+    device="auto",           # where the generator runs
 )
 
-FORMATS = ("auto", "beir", "qa", "code", "python-source")
+FORMATS = ("auto", "beir", "qa", "code", "python-source", "corpus")
 SPLIT_ORDER = ("train", "val", "test")
 # (query key, its aliases, document key, its aliases) per pairs format.
 PAIR_KEYS = {"qa": ("question", ("query",), "answer", ("positive",)),
@@ -312,6 +333,71 @@ def load_python_source(root, cfg):
     return corpus, queries, qrels, stats
 
 
+# ---------------------------------------------------------------------------- label-free
+
+def source_corpus(source, fmt, cfg):
+    """The documents of any source, and nothing of its queries or qrels."""
+    if fmt in ("beir", "corpus"):
+        path = os.path.join(source, "corpus.jsonl") if fmt == "beir" else source
+        return read_corpus(path)
+    if fmt == "python-source":
+        return load_python_source(source, cfg)[0]
+    return {f"d{i}": {"title": title, "text": text}
+            for i, (title, text) in enumerate(dict.fromkeys((t, x) for _, t, x in read_pairs(source, fmt)))}
+
+
+def pseudo_dataset(corpus, cfg):
+    """(corpus of positives, queries, {train, val} qrels, details) made from the documents alone."""
+    rng = random.Random(cfg.seed)
+    doc_ids = sorted(corpus)
+    if 0 < cfg.max_pseudo_docs < len(doc_ids):
+        doc_ids = sorted(rng.sample(doc_ids, cfg.max_pseudo_docs))
+    pairs = {d: [] for d in doc_ids}  # source doc -> [(query, positive text)]
+    made = {m: 0 for m in cfg.pseudo_queries}
+    for method in ("ict", "crop"):
+        if method not in cfg.pseudo_queries:
+            continue
+        for d in doc_ids:
+            for _ in range(cfg.queries_per_doc):
+                pair = (ict(corpus[d]["text"], rng, cfg.ict_remove_prob) if method == "ict" else
+                        crop(corpus[d]["text"], rng, cfg.crop_min_ratio, cfg.crop_max_ratio))
+                if pair:
+                    pairs[d].append(pair)
+                    made[method] += 1
+    if "generate" in cfg.pseudo_queries:
+        from common.models import pick_device
+
+        generator = QueryGenerator(cfg.generator, pick_device(cfg.device))
+        texts = [doc_text(corpus[d]) for d in doc_ids]
+        for d, queries in zip(doc_ids, generator.generate(texts, cfg.queries_per_doc, cfg.seed,
+                                                            cfg.generator_batch_size)):
+            pairs[d] += [(q, corpus[d]["text"]) for q in queries]
+            made["generate"] += len(queries)
+    used = [d for d in doc_ids if pairs[d]]
+    if not used:
+        raise DataError(f"{cfg.source}: no document gave a pseudo-query ({', '.join(cfg.pseudo_queries)}): ict needs "
+                        "two sentences, one of 4+ words; crop needs 8+ words; add --pseudo_queries=generate")
+    # Val by source document: queries made from one document share its words, which would leak.
+    parts = carve(used, [("val", cfg.val_fraction)], cfg.seed)
+    split_of = {d: split for split, ds in parts.items() for d in ds}
+    out_corpus, doc_key, queries, qrels = {}, {}, {}, {s: {} for s in ("train", "val")}
+    for d in used:
+        family = []  # every positive made from d is relevant to every query made from d
+        for _, positive in pairs[d]:
+            key = (corpus[d].get("title", ""), positive)
+            if key not in doc_key:
+                doc_key[key] = f"p{len(doc_key)}"
+                out_corpus[doc_key[key]] = {"title": key[0], "text": positive}
+            family.append(doc_key[key])
+        for query, _ in pairs[d]:
+            qid = f"q{len(queries)}"
+            queries[qid] = query
+            qrels[split_of[d]][qid] = dict.fromkeys(family, 1)
+    details = {"label_free": True, "source_docs": len(corpus), "docs_used": len(used), "queries_made": made,
+               "docs_without_a_query": len(doc_ids) - len(used)}
+    return out_corpus, queries, {s: rows for s, rows in qrels.items() if rows}, details
+
+
 # ---------------------------------------------------------------------------- --beir download
 
 def fetch_beir(name, cfg):
@@ -376,6 +462,19 @@ def check_config(cfg):
         raise ConfigError("val_fraction + test_fraction must be below 1, so that train keeps some queries")
     if cfg.beir and cfg.source != DEFAULTS["source"]:
         raise ConfigError("give either --source or --beir, not both")
+    check_choice(cfg, "pseudo_queries", METHODS)
+    if cfg.format == "corpus" and not cfg.pseudo_queries:
+        raise ConfigError("format=corpus has documents but no queries: add --pseudo_queries=ict,crop (or generate)")
+    if ("generate" in cfg.pseudo_queries) != bool(cfg.generator):
+        raise ConfigError("pseudo_queries=generate and generator=MODEL go together: name a seq2seq (doc2query) model, "
+                          "or drop generate")
+    if cfg.queries_per_doc < 1:
+        raise ConfigError(f"queries_per_doc={cfg.queries_per_doc}: must be at least 1")
+    if not 0 <= cfg.ict_remove_prob <= 1:
+        raise ConfigError(f"ict_remove_prob={cfg.ict_remove_prob}: a probability, 0 to 1")
+    if not 0 < cfg.crop_min_ratio <= cfg.crop_max_ratio <= 1:
+        raise ConfigError(f"crop_min_ratio={cfg.crop_min_ratio}, crop_max_ratio={cfg.crop_max_ratio}: "
+                          "need 0 < min <= max <= 1")
 
 
 def detect_format(source, fmt):
@@ -398,8 +497,11 @@ def detect_format(source, fmt):
             return "code"
         if {"answer", "positive"} & obj.keys():
             return "qa"
+        if "text" in obj and not {"question", "query"} & obj.keys():
+            return "corpus"
         raise DataError(f"{source}:{lineno}: cannot tell the format from keys {sorted(obj)}; expected "
-                        "question/answer or query/positive (qa) or query/code (code), or pass --format")
+                        "question/answer or query/positive (qa), query/code (code) or _id/text (corpus), "
+                        "or pass --format")
     raise DataError(f"{source}: empty file; it needs one JSON object per line")
 
 
@@ -441,7 +543,11 @@ def main(argv=None):
         source, fmt, name = resolve_source(cfg)
         out = cfg.out or os.path.join("data", name)
         check_out(out, source)
-    if fmt == "beir":
+    if cfg.pseudo_queries:
+        corpus, queries, qrels, details = pseudo_dataset(source_corpus(source, fmt, cfg), cfg)
+    elif fmt == "corpus":
+        raise DataError(f"{source}: a corpus without queries; add --pseudo_queries=ict,crop to make some")
+    elif fmt == "beir":
         corpus, queries, qrels, details = load_beir_dir(source, cfg)
     elif fmt == "python-source":
         corpus, queries, qrels, details = load_python_source(source, cfg)

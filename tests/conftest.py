@@ -113,3 +113,18 @@ def grads_of(monkeypatch, *runs):
         grads.append([])
         run()
     return grads
+
+
+def build_tiny_t5(path, seed=0):
+    """A 1-layer T5 on the tiny BERT's character vocabulary: a doc2query generator with no download."""
+    import torch
+    from transformers import BertTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = BertTokenizer.from_pretrained(build_tiny_model(os.path.join(path, "vocab")))
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
+                      decoder_start_token_id=tokenizer.cls_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

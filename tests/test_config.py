@@ -111,3 +111,26 @@ def test_config_picks_each_stages_yaml(tmp_path):
         assert any(line.startswith(f"true {script} ") and f"configs/{stage}-smoke.yaml" in line
                    for line in out.splitlines()), f"{stage}: {out}"
     assert "--teacher=runs/smoke-m/reranker/best" in out and "--results_csv=runs/results.csv" in out
+
+
+def test_adapt_trains_on_pseudo_queries_and_tests_on_the_labelled_split(tmp_path):
+    """make adapt (dry run, on a dataset name no run has made): every training stage reads data/<dataset>-pseudo, each with its
+    <stage>-<CONFIG>-pseudo.yaml or else <stage>-<CONFIG>.yaml; only the last evaluation reads the
+    labelled directory, on its test split."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["make", "-n", "-C", root, "adapt", "CONFIG=smoke", "DATA=smoke", "DATASET=dry-adapt",
+                          f"MODEL={tmp_path}/m", "PY=true"], capture_output=True, text=True, check=True).stdout
+    lines = [line for line in out.splitlines() if line.startswith("true ")]
+    prepare = [line for line in lines if "--out=data/dry-adapt-pseudo" in line]
+    assert len(prepare) == 1 and "--source=data/dry-adapt " in prepare[0] and "--pseudo_queries=ict,crop" in prepare[0]
+    for stage, script in [("mine", "mine_negatives.py"), ("reranker", "train_reranker.py"),
+                          ("teacher", "mine_negatives.py"), ("encoder", "train_encoder.py")]:
+        assert any(line.startswith(f"true {script} ") and f"configs/{stage}-smoke.yaml" in line
+                   and "--data=data/dry-adapt-pseudo " in line for line in lines), f"{stage}: {out}"
+    labelled = [line for line in lines if "--data=data/dry-adapt " in line]
+    assert any("evaluate.py" in line and "--split=test" in line and "--model=runs/dry-adapt-pseudo-m/encoder/best" in line
+               for line in labelled), out
+    assert all("evaluate.py" in line and "--split=test" in line for line in labelled), labelled
