@@ -57,12 +57,14 @@ def test_shipped_configs_load_with_their_script():
     import build_index
     import evaluate
     import mine_negatives
+    import prepare_data
     import train_encoder
     import train_reranker
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     scripts = {"encoder-": train_encoder, "reranker-": train_reranker, "mine-": mine_negatives,
-               "teacher-": mine_negatives, "bm25-": evaluate, "eval-": evaluate, "index-": build_index}
+               "teacher-": mine_negatives, "bm25-": evaluate, "eval-": evaluate, "index-": build_index,
+               "prepare-": prepare_data}
     paths = sorted(glob.glob(os.path.join(root, "configs", "*.yaml")))
     assert paths
     for path in paths:
@@ -72,7 +74,7 @@ def test_shipped_configs_load_with_their_script():
                                                     else []))
         if script in (train_encoder, train_reranker):
             script.check_config(cfg, world=1)
-        elif script is mine_negatives:
+        elif script in (mine_negatives, prepare_data):
             script.check_config(cfg)
 
 
