@@ -12,9 +12,9 @@
 #   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py
 #   INDEX_ARGS="--factory=IVF,PQ32"      build_index.py
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
+#   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   PSEUDO_ARGS="--pseudo_queries=ict,crop"  prepare_data.py for `make adapt` (label-free), which reads
 #        configs/<stage>-<CONFIG>-pseudo.yaml first, then configs/<stage>-<CONFIG>.yaml
-#   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
