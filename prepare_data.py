@@ -340,10 +340,8 @@ def source_corpus(source, fmt, cfg):
     if fmt in ("beir", "corpus"):
         path = os.path.join(source, "corpus.jsonl") if fmt == "beir" else source
         return read_corpus(path)
-    if fmt == "python-source":
-        return load_python_source(source, cfg)[0]
-    return {f"d{i}": {"title": title, "text": text}
-            for i, (title, text) in enumerate(dict.fromkeys((t, x) for _, t, x in read_pairs(source, fmt)))}
+    loader = load_python_source if fmt == "python-source" else lambda path, cfg: load_pairs(path, cfg, fmt)
+    return loader(source, cfg)[0]
 
 
 def pseudo_dataset(corpus, cfg):
