@@ -476,6 +476,9 @@ def check_config(cfg):
 
 
 def detect_format(source, fmt):
+    if fmt == "beir" and not os.path.isdir(source):
+        raise DataError(f"{source}: not a directory; format=beir reads corpus.jsonl, queries.jsonl and qrels/ "
+                        "from one")
     if fmt != "auto":
         return fmt
     if source == "python-source":

@@ -2,11 +2,12 @@
 
     python evaluate.py configs/scifact.yaml --split=val --retrievers=bm25
 
-Every key must exist in DEFAULTS and keeps its default's type; anything else is an error
-raised before the script does any work. `--key value` and dashes (`--rerank-depth`) are
-accepted too, because that is what people type.
+Every key must exist in DEFAULTS and keeps its default's type; anything else, a key given twice
+included, is an error naming the file and line, raised before the script does any work.
+`--key value` and dashes (`--rerank-depth`) are accepted too, because that is what people type.
 """
 import difflib
+import math
 import types
 
 import yaml
@@ -14,6 +15,58 @@ import yaml
 
 class ConfigError(ValueError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (plain PyYAML keeps the last one silently) and
+    notes the line of each top-level key, for errors that name it."""
+    root, lines = None, {}
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` is flattened by the base class
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}, first on line {seen[key]}", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: the base class reports it
+                pass
+        if node is self.root:
+            self.lines = seen
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path):
+    """(data, {top-level key: line}) of a config file; any failure is a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: invalid UTF-8; re-save the file as UTF-8") from None
+    try:
+        loader = _Loader(text)  # which already refuses control characters
+        loader.root = loader.get_single_node()
+        data = loader.construct_document(loader.root) if loader.root is not None else None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: an int past 4300 digits
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark else 0
+        if isinstance(e, yaml.reader.ReaderError):  # a control character: marked by position only
+            line = text[:e.position].count("\n") + 1
+        what = (", ".join(filter(None, (getattr(e, "context", None), getattr(e, "problem", None))))
+                or getattr(e, "reason", None)
+                or ("nested too deeply" if isinstance(e, RecursionError) else "a number too long to read"))
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: not valid YAML ({what}); "
+                          "a config file holds flat key: value lines") from None
+    return data, loader.lines
 
 
 def _cast(key, value, default, where):
@@ -29,22 +82,30 @@ def _cast(key, value, default, where):
                 return False
             raise ValueError
         if isinstance(default, list):
+            if isinstance(value, (dict, bytes)):
+                raise ValueError
+            value = [] if value is None else value  # `key:` with nothing after it
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
             item_kind = type(default[0]) if default else str
             return [_cast(key, v.strip() if isinstance(v, str) else v, item_kind(), where) for v in items]
+        if isinstance(value, bool) and isinstance(default, (int, float)):
+            raise ValueError  # int(True) is 1: a yes/no is never a number
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         if isinstance(default, float):
+            if math.isnan(float(value)):
+                raise ValueError
             return float(value)
         if isinstance(default, str):
-            if isinstance(value, (dict, list)):
+            if isinstance(value, (dict, list, bytes)):
                 raise ValueError
             return "" if value is None else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float() of an int past 1e308
         pass
-    raise ConfigError(f"{where}: {key}={value!r} is not a {kind.__name__} (default {default!r})")
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ConfigError(f"{where}: {key}={shown} is not a {kind.__name__} (default {default!r})")
 
 
 def _check_key(key, defaults, where):
@@ -65,18 +126,16 @@ def load_config(defaults, argv):
         if not arg.startswith("--"):
             if not arg.endswith((".yaml", ".yml")):
                 raise ConfigError(f"command line: '{arg}' is neither a configs/*.yaml file nor --key=value")
-            try:
-                with open(arg, encoding="utf-8") as f:
-                    data = yaml.safe_load(f) or {}
-            except OSError as e:
-                raise ConfigError(f"{arg}: cannot read config file ({e.strerror})") from None
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{arg}: not valid YAML: {e}") from None
+            data, lines = read_yaml(arg)
+            data = {} if data is None else data  # an empty file or only comments
             if not isinstance(data, dict):
                 raise ConfigError(f"{arg}: a config file holds flat key: value lines, got {type(data).__name__}")
             for key, value in data.items():
-                _check_key(key, defaults, arg)
-                cfg[key] = _cast(key, value, defaults[key], arg)
+                where = f"{arg}:{lines[key]}" if key in lines else arg
+                if not isinstance(key, str):
+                    raise ConfigError(f"{where}: key {key!r} is not a name; known keys: {', '.join(sorted(defaults))}")
+                _check_key(key, defaults, where)
+                cfg[key] = _cast(key, value, defaults[key], where)
             continue
         key, eq, value = arg[2:].partition("=")
         key = key.replace("-", "_")

@@ -5,11 +5,13 @@
     <dir>/qrels/<split>.tsv   query-id <tab> corpus-id <tab> score, with a header line
 
 Readers accept CRLF line endings and a UTF-8 BOM. Bad input raises DataError naming the file,
-the line and the fix; empty texts are skipped with one counted warning, as BEIR users expect.
+the line and the fix (a last line cut short says the file looks truncated); empty texts are
+skipped with one counted warning, as BEIR users expect. Unknown fields ("metadata") are ignored.
 Writers go through a temporary name and a rename, so a failure never leaves a half-written file.
 """
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -24,33 +26,45 @@ def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
 
+# Appended to an error on the last line when the file does not end with a newline.
+TRUNCATED = "; the file ends mid-line, so it looks truncated: write or download it again"
+
+
 def _open_lines(path):
-    """Yield (line number, text) with the BOM and line endings removed; blank lines skipped."""
+    """Yield (line number, text, whether a newline ended it) with the BOM and line endings removed;
+    blank lines skipped. Only a file's last line can lack its newline."""
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, expected a file")
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
+            ended = raw.endswith(b"\n")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}; re-save the file as UTF-8") from None
+                cut = not ended and e.reason == "unexpected end of data"  # a multi-byte character cut short
+                raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}"
+                                f"{TRUNCATED if cut else '; re-save the file as UTF-8'}") from None
             if lineno == 1:
                 line = line.lstrip("\ufeff")
             line = line.rstrip("\r\n")
             if line.strip():
-                yield lineno, line
+                yield lineno, line, ended
 
 
 def read_jsonl(path):
     """Yield (line number, dict) for each non-blank line of a JSONL file."""
-    for lineno, line in _open_lines(path):
+    for lineno, line, ended in _open_lines(path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                            "each line must be one complete JSON object") from None
+            cut = not ended and (e.msg.startswith("Unterminated") or e.pos >= len(line.rstrip()))
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+                            f"{TRUNCATED if cut else '; each line must be one complete JSON object'}") from None
+        except (ValueError, RecursionError) as e:  # json.loads' other failures: past int's digit limit, deep nesting
+            what = "is nested too deeply" if isinstance(e, RecursionError) else "holds a number too long to read"
+            raise DataError(f"{path}:{lineno}: the JSON {what}; each line must be one plain JSON object") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
@@ -61,20 +75,37 @@ def field(obj, name, path, lineno, required=True, aliases=()):
     for key in (name, *aliases):
         if key in obj and obj[key] is not None:
             value = obj[key]
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise DataError(f"{path}:{lineno}: field '{key}' must be a string, got {type(value).__name__}")
-            return str(value)
+            if (isinstance(value, bool) or not isinstance(value, (str, int, float))
+                    or isinstance(value, float) and not math.isfinite(value)):  # json.loads takes NaN, Infinity
+                got = repr(value) if isinstance(value, float) else type(value).__name__
+                raise DataError(f"{path}:{lineno}: field '{key}' must be a string, got {got}")
+            value = str(value)
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:  # a JSON "\ud800" escape: no writer or tokenizer takes it
+                    raise DataError(f"{path}:{lineno}: field '{key}' holds an unpaired surrogate "
+                                    f"\\u{ord(value[e.start]):04x}, which is not text; fix or remove it") from None
+            return value
     if required:
         names = " or ".join(repr(k) for k in (name, *aliases))
         raise DataError(f"{path}:{lineno}: missing field {names}; add it to every line")
     return ""
 
 
+def check_id(value, what, path, lineno):
+    """Ids go into tab-separated qrels and one-per-line id files, where these would not survive."""
+    if not value or value != value.strip() or any(c in value for c in "\t\r\n"):
+        raise DataError(f"{path}:{lineno}: {what} {value!r} is empty or has a tab, a line break or spaces "
+                        "at either end; ids must survive tab-separated qrels files")
+    return value
+
+
 def read_corpus(path, skipped=None):
     """{doc id: {"title", "text"}}. Empty docs are skipped (their ids added to `skipped`)."""
     corpus, empty, skipped = {}, 0, set() if skipped is None else skipped
     for lineno, obj in read_jsonl(path):
-        doc_id = field(obj, "_id", path, lineno)
+        doc_id = check_id(field(obj, "_id", path, lineno), "_id", path, lineno)
         title = field(obj, "title", path, lineno, required=False).strip()
         text = field(obj, "text", path, lineno).strip()
         if doc_id in corpus or doc_id in skipped:
@@ -95,7 +126,7 @@ def read_queries(path, skipped=None):
     """{query id: text}. Empty queries are skipped (their ids added to `skipped`)."""
     queries, empty, skipped = {}, 0, set() if skipped is None else skipped
     for lineno, obj in read_jsonl(path):
-        qid = field(obj, "_id", path, lineno)
+        qid = check_id(field(obj, "_id", path, lineno), "_id", path, lineno)
         text = field(obj, "text", path, lineno).strip()
         if qid in queries or qid in skipped:
             raise DataError(f"{path}:{lineno}: duplicate _id '{qid}'; ids must be unique")
@@ -106,31 +137,38 @@ def read_queries(path, skipped=None):
         queries[qid] = text
     if empty:
         warn(f"{path}: skipped {empty} empty quer(y/ies)")
+    if not queries:
+        raise DataError(f"{path}: no queries; the file needs at least one line with a non-empty text")
     return queries
 
 
 def read_qrels(path, queries=None, corpus=None, skipped=()):
     """{query id: {doc id: grade}}. Ids are checked against `queries`/`corpus` when given;
     rows naming a skipped (empty) query or doc are dropped with a counted warning."""
-    qrels, dropped, dupes = {}, 0, 0
-    for lineno, line in _open_lines(path):
+    qrels, dropped, dupes, first = {}, 0, 0, True
+    for lineno, line, ended in _open_lines(path):
+        line = line.rstrip()  # a trailing tab is not an empty fourth column
         cols = line.split("\t") if "\t" in line else line.split()
         if len(cols) == 4:  # TREC qrels: qid iter docid grade
             cols = [cols[0], cols[2], cols[3]]
         if len(cols) != 3:
             raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns "
-                            f"(query-id, corpus-id, score), got {len(cols)}")
+                            f"(query-id, corpus-id, score), got {len(cols)}{'' if ended else TRUNCATED}")
         qid, doc_id, grade_text = (c.strip() for c in cols)
+        header, first = first, False
         try:
             grade_float = float(grade_text)
             if not grade_float.is_integer():
                 raise ValueError
             grade = int(grade_float)
         except ValueError:
-            if lineno == 1 and not qrels:  # the header line
+            if header and not (queries is not None and qid in queries):  # a header, not a known row's bad score
                 continue
-            raise DataError(f"{path}:{lineno}: score {grade_text!r} is not an integer grade; "
-                            "use 0 for not relevant, 1+ for relevant") from None
+            shown = grade_text if len(grade_text) <= 20 else grade_text[:20] + "..."
+            raise DataError(f"{path}:{lineno}: score {shown!r} is not an integer grade; "
+                            f"use 0 for not relevant, 1+ for relevant{'' if ended else TRUNCATED}") from None
+        if not qid or not doc_id:
+            raise DataError(f"{path}:{lineno}: empty {'query-id' if not qid else 'corpus-id'}; every row names both")
         if qid in skipped or doc_id in skipped:
             dropped += 1
             continue
@@ -161,7 +199,10 @@ def splits(data_dir):
 def load_beir(data_dir, split):
     """(corpus, queries of the split, qrels of the split) from a BEIR directory."""
     qrels_path = os.path.join(data_dir, "qrels", f"{split}.tsv")
-    if not os.path.isfile(qrels_path):
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir}: not a directory; --data needs a BEIR directory (corpus.jsonl, queries.jsonl, "
+                        "qrels/), e.g. one written by prepare_data.py")
+    if not os.path.exists(qrels_path):  # a directory in its place gets read_qrels' error
         have = ", ".join(splits(data_dir)) or "none"
         raise DataError(f"{qrels_path}: no such split (this directory has: {have}); "
                         "run prepare_data.py on the source to make train/val/test")
@@ -174,6 +215,16 @@ def load_beir(data_dir, split):
     return corpus, {q: queries[q] for q in qrels}, qrels
 
 
+def _finite_number(v):
+    """json.loads also gives NaN, Infinity and ints past float's range; none is a usable score."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def read_training_file(path, corpus):
     """Training records of a mined file (one JSON object per line, written by mine_negatives.py):
 
@@ -182,25 +233,38 @@ def read_training_file(path, corpus):
 
     Negatives are ids or objects with an "id" (their mining scores and ranks ride along unused).
     """
-    records = []
+    records, first_line = [], {}
     for lineno, obj in read_jsonl(path):
         qid = field(obj, "qid", path, lineno, aliases=("query_id", "_id"))
         query = field(obj, "query", path, lineno, aliases=("text",))
+        if qid in first_line:  # a second line would train on the query twice
+            raise DataError(f"{path}:{lineno}: query '{qid}' again (first on line {first_line[qid]}); "
+                            "each query once per file: mine again")
+        first_line[qid] = lineno
+        if not query.strip():
+            raise DataError(f"{path}:{lineno}: query '{qid}' has an empty text; mine again from non-empty queries")
         ids = {}
         for key in ("positives", "negatives"):
             value = obj.get(key, [])
             if not isinstance(value, list):
                 raise DataError(f"{path}:{lineno}: '{key}' must be a list of doc ids, got {type(value).__name__}")
-            ids[key] = [str(v.get("id", "")) if isinstance(v, dict) else str(v) for v in value]
+            ids[key] = []
+            for v in value:
+                doc = v.get("id") if isinstance(v, dict) else v
+                if isinstance(doc, bool) or not isinstance(doc, (str, int)):
+                    raise DataError(f"{path}:{lineno}: '{key}' holds {json.dumps(v)[:60]}; each item is a doc id "
+                                    'or an object with an "id"')
+                ids[key].append(str(doc))
             unknown = [d for d in ids[key] if d not in corpus]
             if unknown:
                 raise DataError(f"{path}:{lineno}: {key} id '{unknown[0]}' is not in the corpus; mine again "
                                 "against this dataset's corpus.jsonl")
         if not ids["positives"]:
             raise DataError(f"{path}:{lineno}: query '{qid}' has no positives; every line needs at least one")
-        teacher = obj.get("teacher") or {}
-        if not isinstance(teacher, dict) or not all(isinstance(v, (int, float)) for v in teacher.values()):
-            raise DataError(f"{path}:{lineno}: 'teacher' must map doc ids to numeric scores")
+        teacher = obj.get("teacher")
+        teacher = {} if teacher is None else teacher
+        if not isinstance(teacher, dict) or not all(_finite_number(v) for v in teacher.values()):
+            raise DataError(f"{path}:{lineno}: 'teacher' must map doc ids to finite numeric scores")
         negatives = [d for d in ids["negatives"] if d not in set(ids["positives"])]
         records.append(dict(qid=qid, query=query, positives=ids["positives"], negatives=negatives,
                             teacher={str(k): float(v) for k, v in teacher.items()}, line=lineno))

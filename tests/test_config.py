@@ -34,10 +34,10 @@ def test_bad_command_lines(argv, needle):
 def test_bad_yaml_names_the_file(tmp_path):
     yml = tmp_path / "bad.yaml"
     yml.write_text("stepz: 3\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'stepz'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:1: unknown key 'stepz'"):
         load_config(DEFAULTS, [str(yml)])
-    yml.write_text("steps: [1, 2]\n")
-    with pytest.raises(ConfigError, match="bad.yaml: steps"):
+    yml.write_text("name: a\nsteps: [1, 2]\n")
+    with pytest.raises(ConfigError, match="bad.yaml:2: steps"):
         load_config(DEFAULTS, [str(yml)])
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(DEFAULTS, [str(tmp_path / "missing.yaml")])

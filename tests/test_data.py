@@ -120,10 +120,11 @@ def test_training_file_reader_checks_ids_and_positives(tmp_path):
     (record,) = read_training_file(str(good), corpus)
     assert record["negatives"] == ["d2", "d3"]  # a labelled positive is never a negative
     assert record["teacher"] == {"d1": 2.0, "d2": 0.5}
-    for line, message in [('{"qid": "q1", "query": "a", "positives": ["d9"]}', ":2: positives id 'd9' is not in"),
-                          ('{"qid": "q1", "query": "a", "positives": []}', ":2: query 'q1' has no positives"),
-                          ('{"qid": "q1", "query": "a", "positives": "d1"}', ":2: 'positives' must be a list"),
-                          ('{"qid": "q1", "query": "a", "positives": ["d1"], "teacher": {"d1": "x"}}', ":2: 'teacher'")]:
+    for line, message in [('{"qid": "q2", "query": "a", "positives": ["d9"]}', ":2: positives id 'd9' is not in"),
+                          ('{"qid": "q2", "query": "a", "positives": []}', ":2: query 'q2' has no positives"),
+                          ('{"qid": "q2", "query": "a", "positives": "d1"}', ":2: 'positives' must be a list"),
+                          ('{"qid": "q2", "query": "a", "positives": ["d1"], "teacher": {"d1": "x"}}', ":2: 'teacher'"),
+                          ('{"qid": "q1", "query": "b", "positives": ["d1"]}', ":2: query 'q1' again")]:
         bad = tmp_path / "bad.jsonl"
         bad.write_text(good.read_text() + line + "\n")
         with pytest.raises(DataError, match=message):
