@@ -63,8 +63,9 @@ def split_queries(data, split):
     """Query texts of a split (labels are not needed), [] when the directory has no such split."""
     if split not in splits(data):
         return []
-    queries = read_queries(os.path.join(data, "queries.jsonl"))
-    qrels = read_qrels(os.path.join(data, "qrels", f"{split}.tsv"), queries)
+    skipped = set()  # empty queries: their qrels rows are dropped with a warning, as load_beir does
+    queries = read_queries(os.path.join(data, "queries.jsonl"), skipped)
+    qrels = read_qrels(os.path.join(data, "qrels", f"{split}.tsv"), queries, skipped=skipped)
     return [queries[q] for q in qrels]
 
 

@@ -14,16 +14,18 @@ its top, then a single training step.
     python train_encoder.py --batch_size=512 --micro_batch_size=64
     # hard negatives from mine_negatives.py, 3 per query each epoch; re-mined with this model every 50 steps
     python train_encoder.py --train_file=runs/scifact/mine-dense/train.jsonl --hard_negatives=3 --remine_every=50
-    # continue an interrupted run (Ctrl-C saves last/ before exiting)
+    # continue an interrupted run (Ctrl-C or SIGTERM saves last/ before exiting; after a crash or a
+    # kill, from the last checkpoint, or from previous/ if last/ is damaged)
     python train_encoder.py configs/encoder-scifact.yaml --resume
 
-Run directory (default runs/<dataset>-<model>/encoder): config.json, command.txt, last/ (model and
-trainer state), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
+Run directory (default runs/<dataset>-<model>/encoder): config.json, command.txt, last/ (model,
+trainer state, checksums), previous/ (the checkpoint before it), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
 event files (`make tensorboard`), test/ (run file and per-query metrics of best/ on test),
 negatives/step-N.jsonl (what each re-mine found).
 """
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
@@ -37,15 +39,16 @@ from tqdm.auto import tqdm
 
 from common import losses, mining
 from common.batching import Example, make_batches, sample_negatives
-from common.config import ConfigError, check_choice, load_config
+from common.config import ConfigError, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, read_training_file, splits, warn
 from common.metrics import cut_run, evaluate_run, write_trec
 from common.models import BiEncoder, CrossEncoder, pick_device
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, start_run, write_json
-from common.training import (STATE_FILE, StopSignals, all_rng_states, autocast, autocast_dtype, gather_with_grad,
-                             keep_freed_memory, load_state, log_hparams, lr_at, param_groups, peak_memory_mb,
-                             rng_state, save_checkpoint, set_rng_state, setup_distributed, write_progress)
+from common.training import (Health, StopSignals, all_rng_states, autocast, autocast_dtype, check_free_space,
+                             gather_with_grad, keep_freed_memory, log_hparams, lr_at, param_groups, peak_memory_mb,
+                             resume_checkpoint, rng_state, save_checkpoint, set_rng_state, setup_distributed,
+                             trim_log, write_progress)
 
 DEFAULTS = dict(
     # data
@@ -116,6 +119,15 @@ def check_config(cfg, world):
     check_choice(cfg, "loss", losses.NAMES)
     check_choice(cfg, "schedule", ("linear", "cosine", "constant"))
     check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
+    check_range(cfg, ["batch_size", "eval_batch_size", "log_every"], 1)
+    check_range(cfg, ["micro_batch_size", "hard_negatives", "epochs", "max_steps", "weight_decay", "max_grad_norm",
+                      "val_queries", "val_docs_bm25", "val_docs_random", "max_query_length", "max_passage_length",
+                      "scratch_layers", "scratch_hidden_size", "scratch_heads", "loss_weights"], 0)
+    check_range(cfg, ["lr", "temperature"], 0, above=True)
+    check_range(cfg, "warmup_ratio", 0, 1)
+    if cfg.micro_batch_size > cfg.batch_size // world:
+        raise ConfigError(f"micro_batch_size={cfg.micro_batch_size} is more than the {cfg.batch_size // world} examples "
+                          f"each of {world} rank(s) takes per step; 0 (the default) means all of them at once")
     if len(cfg.loss_weights) != len(cfg.loss):
         raise ConfigError(f"loss={cfg.loss} needs one weight each, got loss_weights={cfg.loss_weights}")
     if cfg.batch_size % world:
@@ -203,12 +215,12 @@ def load_examples(cfg, corpus, queries, qrels):
     return examples
 
 
-def build_encoder(cfg):
+def build_encoder(cfg, checkpoint=None):
     overrides = dict(pooling=cfg.pooling or None, max_query_length=cfg.max_query_length or None,
                      max_passage_length=cfg.max_passage_length or None, query_prefix=cfg.query_prefix or None,
                      passage_prefix=cfg.passage_prefix or None)
-    if cfg.resume and os.path.isfile(os.path.join(cfg.out, "last", STATE_FILE)):
-        return BiEncoder.from_pretrained(os.path.join(cfg.out, "last"))
+    if checkpoint:
+        return BiEncoder.from_pretrained(checkpoint)
     if cfg.init == "scratch":
         return BiEncoder.from_scratch(cfg.model, cfg.scratch_layers, cfg.scratch_hidden_size, cfg.scratch_heads,
                                       **overrides)
@@ -279,7 +291,8 @@ def main(argv=None):
 
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
-    encoder = build_encoder(cfg).to(device)
+    checkpoint, state = resume_checkpoint(cfg.out) if cfg.resume else (None, None)  # last/, or previous/
+    encoder = build_encoder(cfg, checkpoint).to(device)
     token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
     if pooler is not None:  # unused by the embedding; DDP would wait for its gradients forever
@@ -302,8 +315,6 @@ def main(argv=None):
     batches, negatives = None, None
     remined = {"step": -1, "epoch": -1, "file": ""}  # the last re-mine: its step, epoch and negatives file
     if cfg.resume:
-        last = os.path.join(cfg.out, "last")
-        state = load_state(last)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
@@ -314,14 +325,17 @@ def main(argv=None):
         if remined["epoch"] == epoch:  # a re-mine rebuilt this epoch's batches: they cannot be redrawn
             batches, negatives = state["epoch_batches"]
         if master:
-            print(f"resumed from {last} at step {step} (epoch {epoch}, batch {position})")
+            print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {position})")
+    resumed_at = step if cfg.resume else -1  # that step's eval ran before its checkpoint was saved
     if master:
         start_run(cfg.out, cfg, argv)
+        check_free_space(cfg.out, encoder)
         if not cfg.resume and os.path.exists(os.path.join(cfg.out, "metrics.jsonl")):
             os.remove(os.path.join(cfg.out, "metrics.jsonl"))  # a fresh run's log starts empty
+        trim_log(os.path.join(cfg.out, "metrics.jsonl"), step)  # what a killed run logged after its checkpoint
     if master and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(cfg.out)
+        writer = SummaryWriter(cfg.out, purge_step=step + 1 if cfg.resume else None)
     else:
         writer = None
     if master:
@@ -335,6 +349,7 @@ def main(argv=None):
             f.write(json.dumps(record) + "\n")
 
     stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
+    health = Health()  # loss spikes and embedding collapse, warned about as they happen
 
     def save_last():
         state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
@@ -351,7 +366,8 @@ def main(argv=None):
         last_step = step == total_steps
 
         # ---- once in a while: evaluate on val, keep the best, checkpoint
-        if master and has_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
+        if (master and has_val and step != resumed_at
+                and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))):
             t0 = time.time()
             metrics, _, _ = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels,
                                            cfg.eval_batch_size)
@@ -478,9 +494,12 @@ def main(argv=None):
                     q_emb, d_emb = embed(model, q, d)
                     torch.autograd.backward([q_emb, d_emb], [q_grads[i], d_grads[i]])
             set_rng_state(rng_after)
-        if not torch.isfinite(loss):  # checked before the optimiser step, so the weights stay good
-            raise UserError(f"loss is {loss.item()} at step {step}: lower --lr, or use --dtype=fp32; "
+        loss_value = loss.item()  # a sync, but the finiteness check below needs one anyway
+        if not math.isfinite(loss_value):  # checked before the optimiser step, so the weights stay good
+            raise UserError(f"loss is {loss_value} at step {step}: lower --lr, or use --dtype=fp32; "
                             f"the last good checkpoint is {cfg.out}/last")
+        if master:
+            health.check(step, loss_value, q_all.std(0).mean().item() if step % cfg.log_every == 0 else None)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(),
                                                    cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))

@@ -16,11 +16,12 @@ once-in-a-while blocks (eval, checkpoint) at its top, then a single training ste
     python train_reranker.py --model=cross-encoder/ms-marco-MiniLM-L-6-v2 --train_file=<mined train.jsonl>
     # distil a teacher's scores (a train.jsonl mined with --teacher) beside the listwise loss
     python train_reranker.py --train_file=<mined with teacher> --distill=margin_mse
-    # continue an interrupted run (Ctrl-C saves last/ before exiting)
+    # continue an interrupted run (Ctrl-C or SIGTERM saves last/ before exiting; after a crash or a
+    # kill, from the last checkpoint, or from previous/ if last/ is damaged)
     python train_reranker.py configs/reranker-scifact.yaml --resume
 
-Run directory (default runs/<dataset>-<model>/reranker): config.json, command.txt, last/ (model and
-trainer state), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
+Run directory (default runs/<dataset>-<model>/reranker): config.json, command.txt, last/ (model,
+trainer state, checksums), previous/ (the checkpoint before it), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
 event files, test/ (bm25 and bm25+rerank run files, per-query metrics and metrics.json).
 """
 import contextlib
@@ -37,15 +38,15 @@ from tqdm.auto import tqdm
 
 from common import losses
 from common.batching import Example, make_batches, sample_negatives
-from common.config import ConfigError, check_choice, load_config
+from common.config import ConfigError, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, read_training_file, splits, warn
 from common.metrics import evaluate_run, write_trec
 from common.models import CrossEncoder, pick_device
 from common.retrievers import BM25
 from common.run import UserError, cli, start_run, write_json
-from common.training import (STATE_FILE, StopSignals, all_rng_states, autocast, autocast_dtype, load_state,
-                             log_hparams, lr_at, param_groups, peak_memory_mb, save_checkpoint, set_rng_state,
-                             setup_distributed, write_progress)
+from common.training import (Health, StopSignals, all_rng_states, autocast, autocast_dtype, check_free_space,
+                             log_hparams, lr_at, param_groups, peak_memory_mb, resume_checkpoint, save_checkpoint,
+                             set_rng_state, setup_distributed, trim_log, write_progress)
 
 DEFAULTS = dict(
     # data
@@ -103,6 +104,14 @@ def check_config(cfg, world):
     check_choice(cfg, "bm25_backend", BM25.BACKENDS)
     if cfg.distill:
         check_choice(cfg, "distill", losses.DISTILL_NAMES)
+    check_range(cfg, ["batch_size", "eval_batch_size", "log_every", "max_length", "val_depth", "test_depth"], 1)
+    check_range(cfg, ["micro_batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "val_queries",
+                      "head_lr", "pos_weight", "distill_weight"], 0)
+    check_range(cfg, ["lr", "distill_temperature"], 0, above=True)
+    check_range(cfg, "warmup_ratio", 0, 1)
+    if cfg.micro_batch_size > cfg.batch_size // world:
+        raise ConfigError(f"micro_batch_size={cfg.micro_batch_size} is more than the {cfg.batch_size // world} groups "
+                          f"each of {world} rank(s) takes per step; 0 (the default) means all of them at once")
     if not cfg.train_file:
         raise ConfigError("train_reranker.py needs --train_file=<train.jsonl from mine_negatives.py>: a reranker "
                           "learns from hard negatives (`make mine` writes one)")
@@ -185,8 +194,8 @@ def main(argv=None):
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
     last = os.path.join(cfg.out, "last")
-    resuming = cfg.resume and os.path.isfile(os.path.join(last, STATE_FILE))
-    cross = CrossEncoder.from_pretrained(last if resuming else cfg.model, max_length=cfg.max_length).to(device)
+    checkpoint, state = resume_checkpoint(cfg.out) if cfg.resume else (None, None)  # last/, or previous/
+    cross = CrossEncoder.from_pretrained(checkpoint or cfg.model, max_length=cfg.max_length).to(device)
     cross.train()
     model = DDP(cross, broadcast_buffers=False) if world > 1 else cross
     head = [(".pooler.", cfg.head_lr / cfg.lr), (".classifier.", cfg.head_lr / cfg.lr), (".score.", cfg.head_lr / cfg.lr)]
@@ -199,21 +208,23 @@ def main(argv=None):
     step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
     batches, negatives = None, None
     if cfg.resume:
-        state = load_state(last)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
         if master:
-            print(f"resumed from {last} at step {step} (epoch {epoch}, batch {position})")
+            print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {position})")
+    resumed_at = step if cfg.resume else -1  # that step's eval ran before its checkpoint was saved
     if master:
         start_run(cfg.out, cfg, argv)
+        check_free_space(cfg.out, cross)
         if not cfg.resume and os.path.exists(os.path.join(cfg.out, "metrics.jsonl")):
             os.remove(os.path.join(cfg.out, "metrics.jsonl"))  # a fresh run's log starts empty
+        trim_log(os.path.join(cfg.out, "metrics.jsonl"), step)  # what a killed run logged after its checkpoint
     writer = None
     if master and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(cfg.out)
+        writer = SummaryWriter(cfg.out, purge_step=step + 1 if cfg.resume else None)
     group = 1 + cfg.negatives
     if master:
         print(f"{dataset}: {len(examples)} groups of 1 positive + {cfg.negatives} negatives, {steps_per_epoch} "
@@ -227,6 +238,7 @@ def main(argv=None):
             f.write(json.dumps(record) + "\n")
 
     stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
+    health = Health()  # loss spikes, warned about as they happen
 
     def save_last():
         state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
@@ -241,7 +253,8 @@ def main(argv=None):
         last_step = step == total_steps
 
         # ---- once in a while: evaluate on val, keep the best, checkpoint
-        if master and has_val and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
+        if (master and has_val and step != resumed_at
+                and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))):
             t0 = time.time()
             metrics, _, _, pairs_per_s = evaluate_rerank(cross, val_queries, val_qrels, val_candidates, doc_texts,
                                                          cfg.eval_batch_size)
@@ -310,6 +323,8 @@ def main(argv=None):
         if not np.isfinite(loss_sum):  # checked before the optimiser step, so the weights stay good
             raise UserError(f"loss is {loss_sum} at step {step}: lower --lr, or use --dtype=fp32; "
                             f"the last good checkpoint is {cfg.out}/last")
+        if master:
+            health.check(step, loss_sum)
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(cross.parameters(),
                                                    cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))

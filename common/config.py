@@ -159,3 +159,14 @@ def check_choice(cfg, key, choices):
     for v in values:
         if v not in choices:
             raise ConfigError(f"{key}={v!r}: choose one of {', '.join(choices)}")
+
+
+def check_range(cfg, keys, low, high=math.inf, above=False):
+    """Each of `keys` (a name or a list; list values item by item) within [low, high], or (low, high]
+    with above=True: a value no run can use is an error before any work, not a crash an hour in."""
+    for key in [keys] if isinstance(keys, str) else keys:
+        value = getattr(cfg, key)
+        for v in value if isinstance(value, list) else [value]:
+            if v < low or v > high or (above and v == low):
+                bound = f"{'above' if above else 'at least'} {low}" + (f" and at most {high}" if high < math.inf else "")
+                raise ConfigError(f"{key}={v!r}: must be {bound}")

@@ -3,16 +3,20 @@ rate schedule, mixed precision, checkpoints that resume exactly, and the distrib
 The loop itself lives in each training script."""
 import contextlib
 import datetime
+import hashlib
+import json
 import math
 import os
 import random
+import shutil
 import signal
+import tempfile
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from common.data import atomic_dir
+from common.data import atomic_open, warn
 from common.run import UserError
 
 STATE_FILE = "trainer_state.pt"
@@ -96,29 +100,163 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, encoder, state):
-    """Model directory plus trainer_state.pt, swapped into place whole: a crash mid-write leaves
-    the previous checkpoint as it was."""
-    with atomic_dir(path) as tmp:
-        encoder.write(tmp)
+PREVIOUS = "previous"  # the checkpoint last/ replaced: what --resume falls back to if last/ is damaged
+MANIFEST = "checksums.json"
+
+
+def save_checkpoint(path, model, state):
+    """last/: the model directory plus trainer_state.pt and a manifest of sizes and SHA-256 sums,
+    built under a temporary name and renamed into place. The checkpoint it replaces becomes
+    previous/, so a crash at any moment, or a last/ damaged later, leaves one to resume from.
+    A failed write (a full disk) raises UserError and leaves both as they were."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
+    try:
+        model.write(tmp)
         with open(os.path.join(tmp, STATE_FILE), "wb") as f:
             torch.save(state, f)
+        sums = {os.path.relpath(os.path.join(d, name), tmp): _file_sum(os.path.join(d, name))
+                for d, _, names in os.walk(tmp) for name in sorted(names)}
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(sums, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        previous = os.path.join(parent, PREVIOUS)
+        if os.path.isdir(path):
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(path, previous)  # a crash between these two renames leaves previous/ to resume from
+        os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{path}: could not write the checkpoint ({e.strerror or e}); the one before it is "
+                        f"intact. Free disk space and continue with --resume") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
 
 
-def load_state(path):
-    file = os.path.join(path, STATE_FILE)
-    if not os.path.isfile(file):
-        raise UserError(f"{path}: no {STATE_FILE} to resume from; start without --resume, or pass the "
-                        "run directory whose last/ holds a checkpoint")
-    try:
-        # Our own file: optimiser state and RNG states are more than weights.
-        return torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise UserError(f"{file}: unreadable checkpoint ({type(e).__name__}: {e}); delete last/ to start "
-                        "over") from None
+def _file_sum(path, fsync=True):
+    """Size and SHA-256 of a file, fsynced on the way when saving: the rename that publishes a
+    checkpoint must not reach the disk before its contents do."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        if fsync:
+            os.fsync(f.fileno())
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def checkpoint_problem(path):
+    """Why the checkpoint at `path` cannot be resumed from, or None. Checks the manifest's sizes and
+    sums (a truncated or bit-flipped file), then that trainer_state.pt loads."""
+    state_file = os.path.join(path, STATE_FILE)
+    if not os.path.isfile(state_file):
+        return f"no {STATE_FILE}"
+    manifest = os.path.join(path, MANIFEST)
+    if os.path.isfile(manifest):  # checkpoints from before the manifest are only load-checked
+        try:
+            with open(manifest, encoding="utf-8") as f:
+                sums = json.load(f)
+        except (OSError, ValueError):
+            return f"unreadable {MANIFEST}"
+        for name, want in sums.items():
+            file = os.path.join(path, name)
+            if not os.path.isfile(file):
+                return f"{name} is missing"
+            if os.path.getsize(file) != want["bytes"]:
+                return f"{name} is {os.path.getsize(file)} bytes, {want['bytes']} were written (truncated?)"
+            if _file_sum(file, fsync=False)["sha256"] != want["sha256"]:
+                return f"{name} does not match its SHA-256 (damaged on disk?)"
+    return None
+
+
+def resume_checkpoint(out_dir):
+    """(checkpoint directory, trainer state) for --resume: last/, or previous/ with a message when
+    last/ is missing or damaged. Leftovers of a write cut short by a crash are removed first."""
+    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else ():
+        if name.startswith((".last.", ".best.")):  # temporary directories of an interrupted write
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    problems = []
+    for name in ("last", PREVIOUS):
+        path = os.path.join(out_dir, name)
+        problem = checkpoint_problem(path) if os.path.isdir(path) else "no checkpoint"
+        if problem is None:
+            try:
+                # Our own file: optimiser state and RNG states are more than weights.
+                state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
+            except Exception as e:  # a truncated file from before the manifest, or a foreign one
+                problem = f"unreadable {STATE_FILE} ({type(e).__name__}: {e})"
+        if problem is None:
+            if problems:
+                warn(f"{problems[0]}; resuming from {path} (step {state['step']}) instead")
+            return path, state
+        problems.append(f"{path}: {problem}")
+    raise UserError(f"{out_dir}: nothing to resume from ({'; '.join(problems)}); start without --resume, or pass "
+                    "--out=<the run directory whose last/ holds a checkpoint>")
+
+
+def trim_log(path, step):
+    """Drop the records a resumed run will write again (those after `step`) from metrics.jsonl."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # the line a kill cut short
+            continue
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    with atomic_open(path) as f:
+        f.writelines(keep)
+
+
+def check_free_space(out_dir, model):
+    """Fail before training when the disk cannot hold the checkpoints: at a save, previous/, last/ and
+    the new one (weights and AdamW's two moments each, fp32) plus best/."""
+    n_bytes = sum(p.numel() * 4 for p in model.parameters())
+    need = n_bytes * (3 * 3 + 1)
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise UserError(f"{out_dir}: {free / 2**30:.2f} GiB free, the checkpoints need about {need / 2**30:.2f} GiB; "
+                        "free some space or pass --out=<a directory on another disk>")
+
+
+class Health:
+    """Warnings a long run deserves before its metrics show it: a loss spike (loss above `spike` times
+    the mean of the last `window` steps) and embedding collapse (std below `collapse` times its value
+    at the first step checked). Each warns once per `window` steps, not every step."""
+
+    def __init__(self, spike=3.0, collapse=0.2, window=50):
+        self.spike, self.collapse, self.window = spike, collapse, window
+        self.losses, self.first_std, self.quiet_until = [], None, {}
+
+    def check(self, step, loss, embedding_std=None):
+        warnings = []
+        recent = self.losses[-self.window:]
+        if len(recent) >= 10 and loss > self.spike * (sum(recent) / len(recent)):
+            warnings.append(("spike", f"loss {loss:.4g} at step {step} is over {self.spike:g}x the mean of the last "
+                                      f"{len(recent)} steps ({sum(recent) / len(recent):.4g}); if it keeps "
+                                      "happening, lower --lr or --max_grad_norm"))
+        self.losses.append(loss)
+        if embedding_std is not None:
+            self.first_std = self.first_std or embedding_std
+            if embedding_std < self.collapse * self.first_std:
+                warnings.append(("collapse", f"embedding std {embedding_std:.3g} at step {step}, down from "
+                                             f"{self.first_std:.3g}: the embeddings are collapsing to one point; "
+                                             "lower --lr, or raise --temperature"))
+        said = []
+        for kind, message in warnings:
+            if step >= self.quiet_until.get(kind, 0):
+                self.quiet_until[kind] = step + self.window
+                warn(message)
+                said.append(kind)
+        return said
 
 
 def setup_distributed():

@@ -223,6 +223,10 @@ def test_mined_file_with_teacher_trains_margin_mse(train_beir, tiny_model, tmp_p
     (["--remine_every=10"], "remine_every needs"),
     (["--loss=triplet"], "choose one of"),
     (["--batchsize=8"], "did you mean batch_size"),
+    (["--lr=0"], "lr=0.0: must be above 0"),
+    (["--warmup_ratio=1.5"], "warmup_ratio=1.5: must be at least 0 and at most 1"),
+    (["--loss=infonce,cosine", "--loss_weights=1,-1"], "loss_weights=-1.0: must be at least 0"),
+    (["--batch_size=8", "--micro_batch_size=16"], "more than the 8 examples each of 1 rank"),
 ])
 def test_bad_config_fails_before_any_work(train_beir, tiny_model, tmp_path, args, message):
     with pytest.raises(ConfigError, match=message):

@@ -175,6 +175,9 @@ def test_rerank_reorders_the_top_and_keeps_the_rest(tiny_model):
     (["--loss=triplet"], ConfigError, "choose one of"),
     (["--distill=mse"], ConfigError, "choose one of"),
     (["--batch_size=100"], UserError, "fewer than batch_size"),
+    (["--batch_size=0"], ConfigError, "batch_size=0: must be at least 1"),
+    (["--distill=kl", "--distill_temperature=0"], ConfigError, "must be above 0"),
+    (["--batch_size=8", "--micro_batch_size=9"], ConfigError, "more than the 8 groups"),
 ])
 def test_bad_config_fails_before_any_work(train_beir, tiny_model, mined, tmp_path, args, error, message):
     with pytest.raises(error, match=message):

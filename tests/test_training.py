@@ -1,13 +1,16 @@
 """common/training.py: optimiser groups, schedule, precision choice, checkpoint files."""
+import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
 
 from common.models import BiEncoder
 from common.run import UserError
-from common.training import autocast_dtype, keep_freed_memory, load_state, lr_at, param_groups, save_checkpoint
+from common.training import (Health, autocast_dtype, check_free_space, keep_freed_memory, lr_at, param_groups,
+                             resume_checkpoint, save_checkpoint, trim_log)
 
 
 def test_no_weight_decay_on_biases_and_layernorm(tiny_model):
@@ -64,21 +67,79 @@ def test_cpu_trains_in_fp32_unless_asked():
 def test_checkpoint_is_replaced_whole_or_not_at_all(tiny_model, tmp_path, monkeypatch):
     encoder = BiEncoder.from_pretrained(tiny_model)
     save_checkpoint(tmp_path / "last", encoder, {"step": 1})
-    assert load_state(tmp_path / "last")["step"] == 1
+    save_checkpoint(tmp_path / "last", encoder, {"step": 2})
+    assert resume_checkpoint(tmp_path)[1]["step"] == 2
+    assert torch.load(tmp_path / "previous" / "trainer_state.pt", weights_only=False)["step"] == 1
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(OSError):
-        save_checkpoint(tmp_path / "last", encoder, {"step": 2})
+    with pytest.raises(UserError, match="No space left on device.*the one before it is intact"):
+        save_checkpoint(tmp_path / "last", encoder, {"step": 3})
     monkeypatch.undo()
-    assert load_state(tmp_path / "last")["step"] == 1  # the previous checkpoint, intact
-    assert sorted(os.listdir(tmp_path)) == ["last"]  # no half-written directory left behind
-    (tmp_path / "last" / "trainer_state.pt").write_bytes(b"truncated")
-    with pytest.raises(UserError, match="unreadable checkpoint"):
-        load_state(tmp_path / "last")
-    with pytest.raises(UserError, match="no trainer_state.pt"):
-        load_state(tmp_path)
+    assert resume_checkpoint(tmp_path)[1]["step"] == 2  # the checkpoints before, intact
+    assert sorted(os.listdir(tmp_path)) == ["last", "previous"]  # no half-written directory left behind
+
+
+def damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[:len(data) // 2]
+    else:  # one flipped bit, same size: only the checksum sees it
+        data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file,how", [("trainer_state.pt", "truncate"), ("model.safetensors", "truncate"),
+                                      ("model.safetensors", "flip"), ("trainer_state.pt", "flip")])
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tiny_model, tmp_path, capsys, file, how):
+    encoder = BiEncoder.from_pretrained(tiny_model)
+    for step in (1, 2):
+        save_checkpoint(tmp_path / "last", encoder, {"step": step})
+    damage(tmp_path / "last" / file, how)
+    path, state = resume_checkpoint(tmp_path)
+    assert (path, state["step"]) == (str(tmp_path / "previous"), 1)
+    said = capsys.readouterr().err
+    assert f"{tmp_path / 'last'}: {file}" in said and "resuming from" in said and "(step 1)" in said
+    damage(tmp_path / "previous" / file, how)
+    with pytest.raises(UserError, match="nothing to resume from.*last.*previous.*start without --resume"):
+        resume_checkpoint(tmp_path)
+
+
+def test_a_crash_between_the_renames_or_mid_write_still_resumes(tiny_model, tmp_path):
+    encoder = BiEncoder.from_pretrained(tiny_model)
+    save_checkpoint(tmp_path / "last", encoder, {"step": 1})
+    save_checkpoint(tmp_path / "last", encoder, {"step": 2})
+    os.rename(tmp_path / "last", tmp_path / ".last.abc123")  # killed after last/ became previous/: a half
+    assert resume_checkpoint(tmp_path)[1]["step"] == 1        # temporary, no last/
+    assert sorted(os.listdir(tmp_path)) == ["previous"]  # the leftover temporary is gone
+    with pytest.raises(UserError, match="nothing to resume from"):
+        resume_checkpoint(tmp_path / "elsewhere")
+
+
+def test_trim_log_drops_what_a_killed_run_logged_after_its_checkpoint(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)) + '{"step": 5, "lo')
+    trim_log(log, 2)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_a_disk_too_small_for_the_checkpoints_fails_before_training(tiny_model, tmp_path, monkeypatch):
+    encoder = BiEncoder.from_pretrained(tiny_model)
+    check_free_space(tmp_path, encoder)  # plenty here
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(UserError, match="GiB free, the checkpoints need about"):
+        check_free_space(tmp_path, encoder)
+
+
+def test_health_warns_of_a_loss_spike_and_embedding_collapse_once_per_window(capsys):
+    health = Health(window=20)
+    said = [health.check(step, 1.0 + 0.01 * (step % 3), 0.05) for step in range(30)]
+    assert not any(said)  # a noisy but steady loss is fine
+    assert health.check(30, 10.0, 0.05) == ["spike"]
+    assert health.check(31, 10.0, 0.05) == []  # said once; not again inside the window
+    assert health.check(32, 1.0, 0.005) == ["collapse"]
+    assert "over 3x the mean" in capsys.readouterr().err
 
 
 def test_param_groups_scale_the_named_parts():
