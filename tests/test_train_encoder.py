@@ -241,3 +241,16 @@ def test_other_settings_train(train_beir, tiny_model, tmp_path, args):
     out = tmp_path / "other"
     assert train(train_beir, tiny_model, out, "--batch_size=8", "--max_steps=2", *args) == 0
     assert all(math.isfinite(r["loss"]) for r in log_lines(out))
+
+
+def test_a_loss_spike_is_warned_about_and_training_goes_on(train_beir, tiny_model, tmp_path, monkeypatch, capsys):
+    patch_infonce(monkeypatch, 13, lambda loss: loss * 50)  # step 12, after 12 ordinary steps
+    assert train(train_beir, tiny_model, tmp_path / "spike", "--batch_size=8", "--max_steps=14") == 0
+    err = capsys.readouterr().err
+    assert "warning: loss" in err and "at step 12 is over 3x the mean of the last 12 steps" in err
+
+
+def test_an_output_directory_that_cannot_be_written_fails_before_training(train_beir, tiny_model, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(UserError, match="output directory is not writable"):
+        train(train_beir, tiny_model, tmp_path / "a-file" / "run", "--batch_size=8", "--max_steps=2")
