@@ -223,8 +223,9 @@ def check_free_space(out_dir, model):
     need = n_bytes * (3 * 3 + 1)
     free = shutil.disk_usage(out_dir).free
     if free < need:
-        raise UserError(f"{out_dir}: {free / 2**30:.2f} GiB free, the checkpoints need about {need / 2**30:.2f} GiB; "
-                        "free some space or pass --out=<a directory on another disk>")
+        size = lambda n: f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"  # noqa: E731
+        raise UserError(f"{out_dir}: {size(free)} free, the checkpoints need about {size(need)}; free some space or "
+                        "pass --out=<a directory on another disk>")
 
 
 class Health:
