@@ -306,6 +306,13 @@ def atomic_dir(path):
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
     try:
         yield tmp
+        for directory, _, names in os.walk(tmp):  # contents on disk before the rename that publishes them
+            for name in names:
+                fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         old = None
         if os.path.exists(path):
             old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.old.")

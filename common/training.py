@@ -176,9 +176,12 @@ def checkpoint_problem(path):
 def resume_checkpoint(out_dir):
     """(checkpoint directory, trainer state) for --resume: last/, or previous/ with a message when
     last/ is missing or damaged. Leftovers of a write cut short by a crash are removed first."""
-    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else ():
-        if name.startswith((".last.", ".best.")):  # temporary directories of an interrupted write
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else ():
+        leftover = os.path.join(out_dir, name)
+        if name.startswith(".best.old.") and not os.path.exists(os.path.join(out_dir, "best")):
+            os.replace(leftover, os.path.join(out_dir, "best"))  # killed between atomic_dir's two renames
+        elif name.startswith((".last.", ".best.")):  # temporary directories of an interrupted write
+            shutil.rmtree(leftover, ignore_errors=True)
     problems = []
     for name in ("last", PREVIOUS):
         path = os.path.join(out_dir, name)

@@ -113,6 +113,11 @@ def test_a_crash_between_the_renames_or_mid_write_still_resumes(tiny_model, tmp_
     os.rename(tmp_path / "last", tmp_path / ".last.abc123")  # killed after last/ became previous/: a half
     assert resume_checkpoint(tmp_path)[1]["step"] == 1        # temporary, no last/
     assert sorted(os.listdir(tmp_path)) == ["previous"]  # the leftover temporary is gone
+    encoder.save(tmp_path / "best")
+    os.rename(tmp_path / "best", tmp_path / ".best.old.x1")  # killed between best/'s two renames: the old
+    (tmp_path / ".best.y2").mkdir()                          # one aside, the new one a temporary
+    resume_checkpoint(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["best", "previous"] and (tmp_path / "best" / "model.safetensors").exists()
     with pytest.raises(UserError, match="nothing to resume from"):
         resume_checkpoint(tmp_path / "elsewhere")
 
