@@ -214,6 +214,7 @@ def main(argv=None):
         step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
         if master:
             print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {position})")
+        state = None  # on a GPU the optimiser copied its moments there: free the CPU copy for the run
     resumed_at = step if cfg.resume else -1  # that step's eval ran before its checkpoint was saved
     if master:
         start_run(cfg.out, cfg, argv)
