@@ -46,7 +46,7 @@ import zipfile
 from common.config import ConfigError, check_choice, load_config
 from common.data import (DataError, doc_text, field, read_corpus, read_jsonl, read_qrels, read_queries, splits,
                          warn, write_beir)
-from common.pseudo_queries import METHODS, QueryGenerator, crop, ict
+from common.pseudo_queries import METHODS, QueryGenerator, crop, ict, title_query
 from common.run import UserError, cli, git_commit, write_json
 
 DEFAULTS = dict(
@@ -67,8 +67,8 @@ DEFAULTS = dict(
     min_query_words=4,       # shorter docstring summaries ("Return x.") make vague queries
     max_doc_chars=4000,      # the encoder sees ~256 tokens anyway; 0 keeps whole functions
     # label-free: training queries made from the documents (the source's own queries are not read)
-    pseudo_queries=[],       # ict | crop | generate, e.g. --pseudo_queries=ict,crop; [] = the source's queries
-    queries_per_doc=1,       # per method and document
+    pseudo_queries=[],       # title | ict | crop | generate, e.g. --pseudo_queries=ict,crop; [] = the source's queries
+    queries_per_doc=1,       # per method and document (title: one, the document has one title)
     max_pseudo_docs=0,       # > 0: a seeded sample of this many documents to make queries from
     ict_remove_prob=0.9,     # ict: how often the query sentence is cut out of its passage
     crop_min_ratio=0.1,      # crop: each of the two spans is crop_min_ratio..crop_max_ratio of the words
@@ -350,8 +350,17 @@ def pseudo_dataset(corpus, cfg):
     doc_ids = sorted(corpus)
     if 0 < cfg.max_pseudo_docs < len(doc_ids):
         doc_ids = sorted(rng.sample(doc_ids, cfg.max_pseudo_docs))
-    pairs = {d: [] for d in doc_ids}  # source doc -> [(query, positive text)]
+    pairs = {d: [] for d in doc_ids}  # source doc -> [(query, positive's title, positive's text)]
     made = {m: 0 for m in cfg.pseudo_queries}
+    # With title queries no positive keeps its title: every positive made from a document is relevant
+    # to every query made from it, and a titled one would let the title query match by copying.
+    title_of = (lambda d: "") if "title" in cfg.pseudo_queries else (lambda d: corpus[d].get("title", ""))
+    if "title" in cfg.pseudo_queries:
+        for d in doc_ids:
+            pair = title_query(corpus[d].get("title", ""), corpus[d]["text"])
+            if pair:
+                pairs[d].append((pair[0], "", pair[1]))
+                made["title"] += 1
     for method in ("ict", "crop"):
         if method not in cfg.pseudo_queries:
             continue
@@ -360,7 +369,7 @@ def pseudo_dataset(corpus, cfg):
                 pair = (ict(corpus[d]["text"], rng, cfg.ict_remove_prob) if method == "ict" else
                         crop(corpus[d]["text"], rng, cfg.crop_min_ratio, cfg.crop_max_ratio))
                 if pair:
-                    pairs[d].append(pair)
+                    pairs[d].append((pair[0], title_of(d), pair[1]))
                     made[method] += 1
     if "generate" in cfg.pseudo_queries:
         from common.models import pick_device
@@ -369,25 +378,26 @@ def pseudo_dataset(corpus, cfg):
         texts = [doc_text(corpus[d]) for d in doc_ids]
         for d, queries in zip(doc_ids, generator.generate(texts, cfg.queries_per_doc, cfg.seed,
                                                             cfg.generator_batch_size)):
-            pairs[d] += [(q, corpus[d]["text"]) for q in queries]
+            pairs[d] += [(q, title_of(d), corpus[d]["text"]) for q in queries]
             made["generate"] += len(queries)
     used = [d for d in doc_ids if pairs[d]]
     if not used:
-        raise DataError(f"{cfg.source}: no document gave a pseudo-query ({', '.join(cfg.pseudo_queries)}): ict needs "
-                        "two sentences, one of 4+ words; crop needs 8+ words; add --pseudo_queries=generate")
+        raise DataError(f"{cfg.source}: no document gave a pseudo-query ({', '.join(cfg.pseudo_queries)}): title "
+                        "needs a title of 3+ words; ict two sentences, one of 4+ words; crop 8+ words; add "
+                        "--pseudo_queries=generate")
     # Val by source document: queries made from one document share its words, which would leak.
     parts = carve(used, [("val", cfg.val_fraction)], cfg.seed)
     split_of = {d: split for split, ds in parts.items() for d in ds}
     out_corpus, doc_key, queries, qrels = {}, {}, {}, {s: {} for s in ("train", "val")}
     for d in used:
         family = []  # every positive made from d is relevant to every query made from d
-        for _, positive in pairs[d]:
-            key = (corpus[d].get("title", ""), positive)
+        for _, title, positive in pairs[d]:
+            key = (title, positive)
             if key not in doc_key:
                 doc_key[key] = f"p{len(doc_key)}"
                 out_corpus[doc_key[key]] = {"title": key[0], "text": positive}
             family.append(doc_key[key])
-        for query, _ in pairs[d]:
+        for query, _, _ in pairs[d]:
             qid = f"q{len(queries)}"
             queries[qid] = query
             qrels[split_of[d]][qid] = dict.fromkeys(family, 1)

@@ -1,6 +1,9 @@
 """Training queries made from documents alone, for a corpus that comes without questions.
 
-Three ways to turn one passage into (query, positive) pairs; prepare_data.py --pseudo_queries uses them:
+Four ways to turn one passage into (query, positive) pairs; prepare_data.py --pseudo_queries uses them:
+- title: the document's own title is the query and its text, without the title, the positive (the
+  title-body pairs of Contriever's and E5's pre-training; a paper title reads more like a claim or a
+  question than any sentence cut from the abstract does).
 - ict: the inverse cloze task (Lee et al. 2019). One sentence of the passage is the query. With
   probability `remove_prob` it is cut out of the passage, so the pair cannot be matched on copied words
   alone; the rest of the time it stays, so the model still learns that overlap is evidence.
@@ -16,12 +19,18 @@ import re
 # A sentence: up to ., ! or ? before whitespace, or to the end of its line (code, lists, titles).
 SENTENCE = re.compile(r"\S[^\n]*?(?:[.!?](?=\s|$)|$)", re.M)
 WORD = re.compile(r"\S+")
-METHODS = ("ict", "crop", "generate")
+METHODS = ("title", "ict", "crop", "generate")
 
 
 def sentence_spans(text):
     """(start, end) of each sentence of text, in order."""
     return [m.span() for m in SENTENCE.finditer(text)]
+
+
+def title_query(title, text, min_words=3):
+    """(title, text) when the title has min_words words and the text is not empty, else None."""
+    title = " ".join(title.split())
+    return (title, text) if len(title.split()) >= min_words and text.strip() else None
 
 
 def ict(text, rng, remove_prob=0.9, min_words=4):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mine_negatives
+from common import mining
 from common.config import ConfigError
 from common.data import doc_text, load_beir, read_training_file
 from common.models import BiEncoder, CrossEncoder
@@ -127,7 +128,7 @@ def test_dense_and_semi_hard_follow_the_encoders_scores(train_beir, train_split,
         assert all(best[r["qid"]] - margin - 1e-4 < n["score"] < best[r["qid"]] + 1e-4 for n in r["negatives"])
 
 
-def test_teacher_denoises_and_scores_every_pair(train_beir, train_split, tiny_cross_encoder, tmp_path):
+def test_teacher_denoises_and_scores_every_pair(train_beir, train_split, tiny_cross_encoder, tmp_path, monkeypatch):
     corpus, queries, _ = train_split
     out = tmp_path / "teacher"
     assert mine(train_beir, out, f"--teacher={tiny_cross_encoder}", "--num_negatives=3") == 0
@@ -141,6 +142,11 @@ def test_teacher_denoises_and_scores_every_pair(train_beir, train_split, tiny_cr
         assert all(r["teacher"][n["id"]] < best_positive for n in r["negatives"])
     # a random teacher thinks some BM25 candidates beat the positive: those are gone
     assert stats(out)["dropped_by_teacher"] > 0
+    # scoring many queries per call (chunks that end mid-file here) picks what one query at a time picks
+    monkeypatch.setattr(mining, "TEACHER_CHUNK", 3)
+    mine(train_beir, tmp_path / "chunked", f"--teacher={tiny_cross_encoder}", "--num_negatives=3")
+    assert [(r["qid"], r["negatives"]) for r in records(tmp_path / "chunked")] == \
+        [(r["qid"], r["negatives"]) for r in records(out)]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -103,6 +103,21 @@ def test_pseudo_dataset_from_a_bare_corpus_file_trains_through_load_beir(tmp_pat
     assert queries and all(d in corpus for row in qrels.values() for d in row)
 
 
+def test_title_queries_match_the_text_without_its_title(tmp_path):
+    source = write_beir_dir(tmp_path / "src", {"d1": ("Aspirin lowers the risk of stroke", ABSTRACT),
+                                               "d2": ("Short", ABSTRACT + " Again."), "d3": ("", "untitled text")},
+                            {"q1": "unread"}, {"test": [("q1", "d1", 1)]})
+    out = tmp_path / "titles"
+    prepare_data.main([f"--source={source}", "--pseudo_queries=title,ict", "--ict_remove_prob=1",
+                       "--val_fraction=0", f"--out={out}"])
+    corpus, queries, qrels = load_beir(str(out), "train")
+    by_text = {queries[q]: {corpus[d]["title"] + "|" + corpus[d]["text"] for d in row} for q, row in qrels.items()}
+    # The title query's positive is the untitled abstract, which the ICT query of d1 shares as family.
+    assert "|" + ABSTRACT in by_text["Aspirin lowers the risk of stroke"]
+    assert all("Aspirin lowers the risk" not in text for text in by_text["Aspirin lowers the risk of stroke"])
+    assert json.load(open(out / "prepare.json"))["details"]["queries_made"] == {"title": 1, "ict": 2}
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--pseudo_queries=cloze"], "choose one of"),
     (["--pseudo_queries=generate"], "generator=MODEL"),
