@@ -65,7 +65,7 @@ DEFAULTS = dict(
     bm25_k1=1.2,
     bm25_b=0.4,
     # rank_bm25 scores every doc in Python per query: fine for small corpora; "sparse" for large ones
-    bm25_backend="rank_bm25",  # rank_bm25 | sparse
+    bm25_backend="sparse",  # sparse | rank_bm25 (the reference: the same scores, ~40x slower)
     # hybrid: RRF of the bm25 and dense runs; 60 is the paper's constant (it damps the top ranks' lead)
     rrf_k=60,
     # reranking: a second stage over each first stage's top rerank_depth, reported as <retriever>+rerank

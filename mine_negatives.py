@@ -59,7 +59,7 @@ DEFAULTS = dict(
     # bm25
     bm25_k1=1.2,
     bm25_b=0.4,
-    bm25_backend="rank_bm25",  # rank_bm25 (pure Python, fine to ~100k docs) | sparse (scipy, for millions)
+    bm25_backend="sparse",  # sparse (scipy: 2,600 queries/s over 5k docs) | rank_bm25 (the reference, 63/s)
     seed=42,
 )
 
