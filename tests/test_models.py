@@ -63,6 +63,21 @@ def test_cached_tokens_pad_exactly_like_the_tokenizer(tiny_model, padding_side):
     assert len(cache) == 6  # three distinct texts per kind: one entry each, the prefix is not a new text
 
 
+def test_tokenize_gives_exactly_what_return_tensors_pt_gives(tiny_model):
+    # tokenize() builds its tensors with numpy rather than transformers' slow return_tensors="pt"
+    enc = BiEncoder.from_pretrained(tiny_model, max_passage_length=8)
+    cross = CrossEncoder.from_pretrained(tiny_model, max_length=12)
+    pairs = [(enc.tokenize(TEXTS, "passage"),
+              enc.tokenizer(TEXTS, padding=True, truncation=True, max_length=8, return_tensors="pt")),
+             (cross.tokenize(TEXTS, TEXTS[::-1]),
+              cross.tokenizer(TEXTS, TEXTS[::-1], padding=True, truncation="longest_first", max_length=12,
+                              return_tensors="pt"))]
+    for got, want in pairs:
+        assert set(got) == set(want) and "token_type_ids" in got
+        for key in want:
+            assert got[key].dtype == want[key].dtype == torch.int64 and torch.equal(got[key], want[key]), key
+
+
 def test_save_load_round_trip_and_sentence_transformers_files(tiny_model, tmp_path):
     enc = BiEncoder.from_pretrained(tiny_model, pooling="cls", query_prefix="query: ", max_query_length=16)
     out = tmp_path / "saved"
