@@ -26,7 +26,8 @@ if [ "$mode" = start ]; then
 fi
 while pgrep -f "make adapt" > /dev/null && [ $(( $(date +%s) - start )) -lt "$budget" ]; do sleep 10; done
 pgrep -fa "python .*\.py" | cut -c1-160
-mkdir -p $OUT/logs && cp $L/*.log $OUT/logs/ 2>/dev/null
+mkdir -p $OUT/logs  # the device returns no file whose name has a comma: ict,crop.log comes back as ict-crop.log
+for f in $L/*.log; do b=$(basename "$f"); cp "$f" "$OUT/logs/${b//,/-}"; done
 for f in runs/scifact*-pseudo-minilm/adapted/comparison.md; do
     [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$(dirname "$f")")").md"
 done
