@@ -1,16 +1,17 @@
 # retrieval-finetune: `make setup`, then `make pipeline` (the main job), and `make test`.
-#   DATA=python-source (default, offline: the local Python stdlib) or a BEIR directory,
-#        e.g. DATA=../shared/data/scifact
+#   DATA=python-source (default, offline: the local Python stdlib), a BEIR directory
+#        (e.g. DATA=../shared/data/scifact), or a QA-pairs / code-pairs .jsonl (prepare_data.py)
 #   MODEL=all-MiniLM-L6-v2 (packaged offline), a local model directory, or a hub name
-#   CONFIG=<name>: every stage reads configs/<stage>-<name>.yaml when it exists (default: the
-#        dataset's name), stages: eval, mine, reranker, teacher, encoder, index
+#   The scripts' defaults are the recipe and size themselves to the data and the machine; a stage
+#   reads configs/<stage>-<CONFIG>.yaml only when one exists (CONFIG defaults to the dataset's name),
+#   stages: prepare, eval, mine, encoder, index, mine-reranker, reranker
 #   <STAGE>_CONFIG=path.yaml picks one stage's file instead; <STAGE>_ARGS="--key=value ..." override last:
-#   EVAL_ARGS="--batch_size=32"          evaluate.py (baseline and final)
-#   MINE_ARGS="--num_negatives=15"       mine_negatives.py, BM25 negatives
-#   RERANKER_ARGS="--negatives=3"        train_reranker.py
-#   TEACHER_ARGS="--max_queries=500"     mine_negatives.py --teacher (the reranker scores the negatives)
-#   TRAIN_ARGS="--lr=5e-5 --epochs=2"    train_encoder.py
+#   EVAL_ARGS="--batch_size=32"          evaluate.py (baselines and final)
+#   MINE_ARGS="--num_negatives=15"       mine_negatives.py, BM25 negatives for the encoder
+#   TRAIN_ARGS="--time_budget_min=30"    train_encoder.py
 #   INDEX_ARGS="--factory=IVF,PQ32"      build_index.py
+#   RERANK_MINE_ARGS="--max_rank=100"    mine_negatives.py, the encoder's own candidates for the reranker
+#   RERANKER_ARGS="--negatives=3"        train_reranker.py
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   PSEUDO_ARGS="--pseudo_queries=ict,crop"  prepare_data.py for `make adapt` (label-free), which reads
@@ -35,26 +36,26 @@ stage_config = $(or $(wildcard configs/$(1)-$(CONFIG).yaml),$(if $(BASE_CONFIG),
 PREPARE_CONFIG ?= $(call stage_config,prepare)
 EVAL_CONFIG ?= $(call stage_config,eval)
 MINE_CONFIG ?= $(call stage_config,mine)
-RERANKER_CONFIG ?= $(call stage_config,reranker)
-TEACHER_CONFIG ?= $(call stage_config,teacher)
 ENCODER_CONFIG ?= $(call stage_config,encoder)
 INDEX_CONFIG ?= $(call stage_config,index)
+RERANK_MINE_CONFIG ?= $(call stage_config,mine-reranker)
+RERANKER_CONFIG ?= $(call stage_config,reranker)
 MINE_ARGS ?=
-RERANKER_ARGS ?=
-TEACHER_ARGS ?=
 TRAIN_ARGS ?=
 INDEX_ARGS ?=
+RERANK_MINE_ARGS ?=
+RERANKER_ARGS ?=
 MINE_DIR := $(RUN_DIR)/mine
-RERANKER_DIR := $(RUN_DIR)/reranker
-TEACHER_DIR := $(RUN_DIR)/mine-teacher
 ENCODER_DIR := $(RUN_DIR)/encoder
 INDEX_DIR := $(RUN_DIR)/index
+RERANK_MINE_DIR := $(RUN_DIR)/mine-reranker
+RERANKER_DIR := $(RUN_DIR)/reranker
 FINAL_DIR := $(RUN_DIR)/final-test
 INDEX_MODEL ?= $(ENCODER_DIR)/best
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(ENCODER_DIR)/best
 
-.PHONY: setup setup-gpu data baseline mine train-reranker teacher train-encoder index final export pipeline adapt adapted smoke \
+.PHONY: setup setup-gpu data baseline mine train-encoder index mine-reranker train-reranker final export pipeline adapt adapted smoke \
         tensorboard test bench-encode bench-st clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
@@ -83,36 +84,23 @@ data: $(DATA_DIR)/prepare.json
 $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) | setup
 	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
 
-# BM25 and the zero-shot encoder, side by side.
+# BM25 and the zero-shot encoder, side by side, on a split (val: the numbers to beat; test: to report).
 baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json
-$(RUN_DIR)/baseline-$(SPLIT)/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
-	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$(SPLIT) --model=$(MODEL) \
-	    --out=$(RUN_DIR)/baseline-$(SPLIT) $(EVAL_ARGS)
+$(RUN_DIR)/baseline-%/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(MODEL) \
+	    --out=$(RUN_DIR)/baseline-$* $(EVAL_ARGS)
 
-# BM25 hard negatives for the train queries.
+# BM25 hard negatives for the train queries: what the encoder trains on.
 mine: $(MINE_DIR)/train.jsonl
 $(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON) $(MINE_CONFIG) $(MINE_DIR)/make-args.txt
 	$(PY) mine_negatives.py $(MINE_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(MINE_DIR) $(MINE_ARGS)
 
-# A cross-encoder on the mined negatives, best on val (BM25's val top val_depth reranked).
-train-reranker: $(RERANKER_DIR)/metrics.json
-$(RERANKER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_reranker.py $(COMMON) $(RERANKER_CONFIG) $(RERANKER_DIR)/make-args.txt
-	$(PY) train_reranker.py $(RERANKER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
-	    --out=$(RERANKER_DIR) $(RERANKER_ARGS)
-
-# The same BM25 negatives with the reranker's scores (false negatives it flags dropped): the
-# margin-MSE targets of the encoder.
-teacher: $(TEACHER_DIR)/train.jsonl
-$(TEACHER_DIR)/train.jsonl: $(RERANKER_DIR)/metrics.json mine_negatives.py $(COMMON) $(TEACHER_CONFIG) $(TEACHER_DIR)/make-args.txt
-	$(PY) mine_negatives.py $(MINE_CONFIG) $(TEACHER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) \
-	    --teacher=$(RERANKER_DIR)/best --out=$(TEACHER_DIR) $(MINE_ARGS) $(TEACHER_ARGS)
-
-# The bi-encoder on the teacher-scored negatives (infonce + margin-MSE, re-mined every
-# remine_every steps), best on val.
+# The bi-encoder on those negatives (the script's defaults: the recipe, sized to the data and the
+# machine), best on val.
 train-encoder: $(ENCODER_DIR)/metrics.json
-$(ENCODER_DIR)/metrics.json: $(TEACHER_DIR)/train.jsonl train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
-	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(TEACHER_DIR)/train.jsonl \
-	    --out=$(ENCODER_DIR) $(TRAIN_ARGS)
+$(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
+	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
+	    --out=$(ENCODER_DIR) --test_eval=false $(TRAIN_ARGS)
 
 # A FAISS index of the corpus (build_index.py), by the fine-tuned encoder unless INDEX_MODEL says
 # otherwise; search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR) then load it. Its
@@ -122,7 +110,22 @@ $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(IND
                          $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json)
 	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) --out=$(INDEX_DIR) $(INDEX_ARGS)
 
-# The fine-tuned encoder through its index, its top rerank_depth reranked, on test.
+# The reranker's training file (LCE): the first stage's own candidates (its index and stored vectors:
+# only the queries are encoded), mixed with BM25 and random ones, sampled over the top 50.
+mine-reranker: $(RERANK_MINE_DIR)/train.jsonl
+$(RERANK_MINE_DIR)/train.jsonl: $(INDEX_DIR)/index.json mine_negatives.py $(COMMON) $(RERANK_MINE_CONFIG) $(RERANK_MINE_DIR)/make-args.txt
+	$(PY) mine_negatives.py --strategy=dense,bm25,random --num_negatives=12,4,2 --sampling=random --max_rank=50 \
+	    $(RERANK_MINE_CONFIG) --data=$(DATA_DIR) --index=$(INDEX_DIR) --out=$(RERANK_MINE_DIR) $(RERANK_MINE_ARGS)
+
+# A cross-encoder for that first stage: val reranks the index's top val_depth; at the end the fusion
+# of the two scores (weight 0 included) and the depth are chosen on val, into reranker/best/fusion.json.
+train-reranker: $(RERANKER_DIR)/metrics.json
+$(RERANKER_DIR)/metrics.json: $(RERANK_MINE_DIR)/train.jsonl train_reranker.py $(COMMON) $(RERANKER_CONFIG) $(RERANKER_DIR)/make-args.txt
+	$(PY) train_reranker.py $(RERANKER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) \
+	    --train_file=$(RERANK_MINE_DIR)/train.jsonl --first_stage=$(INDEX_DIR) --out=$(RERANKER_DIR) --test_eval=false \
+	    $(RERANKER_ARGS)
+
+# On test: the fine-tuned encoder through its index, its top reranked, and the two fused as val chose.
 final: $(FINAL_DIR)/metrics.json
 $(FINAL_DIR)/metrics.json: $(INDEX_DIR)/index.json $(RERANKER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=test --retrievers=dense --index=$(INDEX_DIR) \
@@ -135,18 +138,20 @@ $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN
                          $(if $(filter $(ENCODER_DIR)/best,$(EXPORT_MODEL)),$(ENCODER_DIR)/metrics.json)
 	$(PY) export_onnx.py --model=$(EXPORT_MODEL) --quantize=true --data=$(DATA_DIR) --out=$(EXPORT_DIR)
 
-# Every stage, then one table (comparison.md) and one more row of runs/results.csv.
+# Every stage, then one table (comparison.md: each column's val score, what val chose, test) and one
+# more row of runs/results.csv.
 pipeline: $(RUN_DIR)/comparison.md
-$(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-test/metrics.json $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
+$(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json \
+                          $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
 	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv \
 	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(FINAL_DIR)/metrics.json \
-	    --hparams=$(RERANKER_DIR)/config.json,$(ENCODER_DIR)/config.json
+	    --compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json,fine-tuned=$(RERANKER_DIR)/val/metrics.json \
+	    --hparams=$(ENCODER_DIR)/config.json,$(RERANKER_DIR)/config.json
 
 # Label-free adaptation: queries made from this data's documents alone (prepare_data.py $(PSEUDO_ARGS),
-# into data/<dataset>-pseudo), then mine, reranker (the teacher, trained on those queries too), teacher
-# scores and encoder on them; then the adapted encoder on this data's test split beside the zero-shot
-# baseline (runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read
-# before that test.
+# into data/<dataset>-pseudo), BM25 negatives for them and the encoder trained on them; then the
+# adapted encoder on this data's test split beside the zero-shot baseline
+# (runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read before that test.
 PSEUDO_ARGS ?= --pseudo_queries=ict,crop
 adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-test/metrics.json
 	$(MAKE) --no-print-directory adapted DATA=$(DATA_DIR) DATASET=$(DATASET)-pseudo CONFIG=$(CONFIG)-pseudo \
@@ -161,7 +166,7 @@ $(ADAPTED_DIR)/test/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMM
 $(ADAPTED_DIR)/comparison.md: $(ADAPTED_DIR)/test/metrics.json $(wildcard $(BASELINE))  # the parent make built it
 	$(PY) evaluate.py --out=$(ADAPTED_DIR) --results_csv=runs/results.csv \
 	    --compare=baseline=$(BASELINE),adapted=$(ADAPTED_DIR)/test/metrics.json \
-	    --hparams=$(RERANKER_DIR)/config.json,$(ENCODER_DIR)/config.json
+	    --hparams=$(ENCODER_DIR)/config.json
 
 # The whole pipeline with a 2-layer, 32-wide model on a few stdlib packages: the plumbing, in
 # minutes on 2 cores (configs/*-smoke.yaml), part of `make test`.
@@ -180,9 +185,9 @@ FORCE:
 # rewritten only when they differ from the last run's.
 $(RUN_DIR)/.eval/make-args.txt: STAGE_ARGS = $(EVAL_ARGS)
 $(MINE_DIR)/make-args.txt: STAGE_ARGS = $(MINE_ARGS)
-$(RERANKER_DIR)/make-args.txt: STAGE_ARGS = $(RERANKER_ARGS)
-$(TEACHER_DIR)/make-args.txt: STAGE_ARGS = $(MINE_ARGS) $(TEACHER_ARGS)
 $(ENCODER_DIR)/make-args.txt: STAGE_ARGS = $(TRAIN_ARGS)
+$(RERANK_MINE_DIR)/make-args.txt: STAGE_ARGS = $(RERANK_MINE_ARGS)
+$(RERANKER_DIR)/make-args.txt: STAGE_ARGS = $(RERANKER_ARGS)
 $(RUN_DIR)/.index/make-args.txt: STAGE_ARGS = $(INDEX_MODEL) $(INDEX_ARGS)
 $(RUN_DIR)/.export/make-args.txt: STAGE_ARGS = $(EXPORT_MODEL)
 %/make-args.txt: FORCE

@@ -36,7 +36,8 @@ import numpy as np
 
 from common import index as faiss_index
 from common import retrievers
-from common.config import check_choice, load_config
+from common import fusion
+from common.config import Auto, check_choice, check_range, load_config
 from common.data import atomic_open, doc_text, load_beir
 from common.metrics import cut_run, evaluate_run, fuse_rrf, write_trec
 from common.retrievers import BM25, dense_search
@@ -69,8 +70,11 @@ DEFAULTS = dict(
     # hybrid: RRF of the bm25 and dense runs; 60 is the paper's constant (it damps the top ranks' lead)
     rrf_k=60,
     # reranking: a second stage over each first stage's top rerank_depth, reported as <retriever>+rerank
-    rerank="",  # a cross-encoder directory or hub name; "" = off
-    rerank_depth=100,  # docs below it keep their first-stage order, so recall@k stays comparable
+    rerank="",  # a cross-encoder directory or hub name; "" = off. Reported as <retriever>+rerank (its
+    #             scores alone) and <retriever>+fused (mixed with the first stage's, common/fusion.py)
+    rerank_depth=Auto(int),  # docs below it keep their first-stage order, so recall@k stays comparable;
+    #                          auto = the depth chosen on val (the reranker's fusion.json), else 100
+    fusion_weight=Auto(float),  # the reranker's share of the fused score; auto = chosen on val, else 1
     rerank_batch_size=32,  # (query, passage) pairs per forward pass
     rerank_max_length=0,  # tokens per pair; 0 = the model's own (at most 512)
     # evaluation
@@ -80,6 +84,8 @@ DEFAULTS = dict(
     out="",  # run directory; "" = runs/<dataset>-<model>/<split>
     # report only: print earlier runs side by side (label=path/metrics.json,...) and write comparison.md
     compare=[],
+    compare_val=[],  # compare only: the same labels' val metrics (label=path/metrics.json,...), for the
+    #                  val score and what val chose beside each test column
     results_csv="",  # compare only: append one row (time, commit, data, hparams, metrics) to this CSV
     hparams=[],  # compare only: config.json files of the runs compared, whose settings go in that row
 )
@@ -174,13 +180,26 @@ def load_reranker(cfg, backend):
                             "runs/<dataset>-<model>/reranker/best) or hub name, or rerank= to skip it") from None
 
 
+def chosen_by_training(model):
+    """{"chosen": "step N of M"} for a model a training script kept as best/ on val (its run's
+    metrics.json beside it says which step), else {}."""
+    if not model or os.path.basename(os.path.normpath(model)) != "best":
+        return {}
+    try:
+        with open(os.path.join(os.path.dirname(os.path.normpath(model)), "metrics.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+        return {"chosen": f"step {summary['best_step']} of {summary['steps']}"}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
 def rerank(cfg, reranker, doc_texts, queries, run):
     """(run, per-query seconds, info): each query's top rerank_depth ordered by the cross-encoder,
     the rest below them in first-stage order."""
     out, latencies = reranker.rerank(queries, run, doc_texts, cfg.rerank_depth, cfg.rerank_batch_size)
     pairs = sum(min(len(row), cfg.rerank_depth) for row in run.values())
     info = {"reranker": cfg.rerank, "rerank_depth": min(cfg.rerank_depth, cfg.k), "max_length": reranker.max_length,
-            "pairs_per_s": pairs / max(sum(latencies), 1e-9)}
+            "pairs_per_s": pairs / max(sum(latencies), 1e-9), **chosen_by_training(cfg.rerank)}
     return out, latencies, info
 
 
@@ -237,20 +256,50 @@ def results_row(cfg, results):
     return row
 
 
-def compare(cfg):
-    """Earlier runs side by side: `label=path/metrics.json`, one column per label and retriever."""
+def read_results(items, what, per_query=False):
+    """{"label name": result} from `label=path/metrics.json` items, in order; with per_query, each
+    result's per-query metrics (the <name>.per_query.json beside it) under "per_query"."""
     results = {}
-    for item in cfg.compare:
+    for item in items:
         label, _, path = item.rpartition("=")
         label = label or os.path.basename(os.path.dirname(os.path.abspath(path)))
         try:
             with open(path, encoding="utf-8") as f:
                 saved = json.load(f)["results"]
+            for name, result in saved.items():
+                if per_query:
+                    with open(os.path.join(os.path.dirname(path), f"{name}.per_query.json"), encoding="utf-8") as f:
+                        result["per_query"] = json.load(f)
+                results[f"{label} {name}"] = result
         except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{path}: not a metrics.json written by evaluate.py or train_encoder.py ({e})") from None
-        for name, result in saved.items():
-            results[f"{label} {name}"] = result
-    text = table(results)
+            raise UserError(f"{path}: not a metrics.json written by evaluate.py or a training script ({e}); "
+                            f"fix or drop it from --{what}") from None
+    return results
+
+
+def summary_table(results, val, metric="ndcg@10"):
+    """Markdown: one row per column, with its val score, what val chose for it and its test scores.
+    Val scores are means over the val queries every column was scored on (a trainer may evaluate a
+    subset). A reranker's scores alone, when a fused column serves instead, come last as a diagnostic."""
+    common = set.intersection(*(set(v["per_query"]) for v in val.values())) if val else set()
+    served = [n for n in results if not (n.endswith("+rerank") and n.removesuffix("+rerank") + "+fused" in results)]
+    rows = [f"| column | val {metric} ({len(common)} queries) | chosen on val | test {metric} | test recall@100 |",
+            "|---|---|---|---|---|"]
+    for name in served + [n for n in results if n not in served]:
+        r, v = results[name], val.get(name, {})
+        shown = name if name in served else f"{name} (the reranker alone; not served)"
+        val_score = f"{np.mean([v['per_query'][q][metric] for q in common]):.4f}" if v and common else ""
+        rows.append(f"| {shown} | {val_score} | {v.get('chosen') or r.get('chosen') or ''} | "
+                    f"{r['metrics'][metric]:.4f} | {r['metrics'].get('recall@100', float('nan')):.4f} |")
+    return "\n".join(rows) + "\n"
+
+
+def compare(cfg):
+    """Earlier runs side by side: `label=path/metrics.json`, one column per label and retriever; with
+    compare_val, the same labels' val metrics.json files, for the val scores and what val chose."""
+    results = read_results(cfg.compare, "compare")
+    val = read_results(cfg.compare_val, "compare_val", per_query=True)
+    text = (summary_table(results, val) + "\n" if val else "") + table(results)
     print(text, end="")
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
@@ -268,8 +317,9 @@ def main(argv=None):
     check_choice(cfg, "backend", retrievers.BACKENDS)
     if cfg.compare:
         return compare(cfg)
-    if cfg.rerank and cfg.rerank_depth < 1:
+    if cfg.rerank and cfg.rerank_depth != "auto" and cfg.rerank_depth < 1:
         raise UserError(f"rerank_depth={cfg.rerank_depth}: rerank at least the top 1 (or rerank= to turn it off)")
+    check_range(cfg, "fusion_weight", 0, 1)
     rerank_backend = cfg.backend  # the encoder's may come from the index instead
     if not cfg.model:
         cfg.model, cfg.backend = faiss_index.built_with(cfg.index) if cfg.index else ("all-MiniLM-L6-v2", cfg.backend)
@@ -280,6 +330,9 @@ def main(argv=None):
     # A model that does not load must fail before any output is written or BM25 has run.
     encoder = load_encoder(cfg) if {"dense", "hybrid"} & set(cfg.retrievers) else None
     reranker = load_reranker(cfg, rerank_backend) if cfg.rerank else None
+    saved = getattr(reranker, "fusion", fusion.RERANK_ONLY)  # chosen on val by train_reranker.py
+    cfg.rerank_depth = saved["depth"] if cfg.rerank_depth == "auto" else cfg.rerank_depth
+    cfg.fusion_weight = saved["weight"] if cfg.fusion_weight == "auto" else cfg.fusion_weight
     start_run(cfg.out, cfg, sys.argv[1:] if argv is None else argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs -> {cfg.out}")
 
@@ -287,9 +340,16 @@ def main(argv=None):
     doc_texts = {d: doc_text(doc) for d, doc in corpus.items()} if reranker is not None else None
     for first in cfg.retrievers:
         run, latencies, info = retrieve(cfg, first, corpus, queries, encoder, done)
-        stages = [(first, run, latencies, info)]
+        stages = [(first, run, latencies, {**info, **chosen_by_training(info.get("model"))})]
         if reranker is not None:
-            stages.append((f"{first}+rerank", *rerank(cfg, reranker, doc_texts, queries, run)))
+            reranked, rerank_latencies, rerank_info = rerank(cfg, reranker, doc_texts, queries, run)
+            stages.append((f"{first}+rerank", reranked, rerank_latencies, rerank_info))
+            if cfg.fusion_weight != 1:
+                mix = {"weight": cfg.fusion_weight, "depth": cfg.rerank_depth}
+                stages.append((f"{first}+fused", fusion.fuse(run, reranked, **mix),
+                               latencies if cfg.fusion_weight == 0 else [a + b for a, b in zip(latencies, rerank_latencies)],
+                               {**rerank_info, "fusion": mix, "chosen": f"weight {mix['weight']:g}, depth {mix['depth']}",
+                                "note": fusion.describe(mix)}))
         for name, run, latencies, info in stages:
             mean, per_query = evaluate_run(qrels, run, cfg.ks)
             write_trec(os.path.join(cfg.out, f"{name}.trec"), run, name)

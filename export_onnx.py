@@ -33,6 +33,7 @@ import onnxruntime
 import torch
 import transformers
 
+from common import fusion
 from common.config import ConfigError, check_choice, load_config
 from common.data import atomic_dir, doc_text, field, read_jsonl, warn
 from common.models import BiEncoder, CrossEncoder, ModelNotFound, pick_device, resolve_model
@@ -190,6 +191,8 @@ def write_export(model, cfg, tmp):
         write_json(os.path.join(tmp, "biencoder.json"), model.settings())
     else:
         write_json(os.path.join(tmp, "crossencoder.json"), {"max_length": model.max_length})
+        if model.fusion != fusion.RERANK_ONLY:  # how it mixes with its first stage, chosen on val
+            fusion.save(tmp, model.fusion)
     path = resolve_model(cfg.model)
     meta = dict(kind=cfg.kind, model=cfg.model, model_path=os.path.abspath(path) if os.path.isdir(path) else path,
                 exporter="torchscript", opset=cfg.opset, inputs=names, output=output,

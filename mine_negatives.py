@@ -10,6 +10,10 @@
     python mine_negatives.py --strategy=dense --teacher=runs/scifact-all-MiniLM-L6-v2/reranker/best
     # then train on them: k of each query's negatives are drawn every epoch
     python train_encoder.py --train_file=runs/scifact/mine-bm25/train.jsonl --hard_negatives=3
+    # the reranker's training file (LCE): a fine-tuned encoder's own candidates through its index
+    # (build_index.py; its stored embeddings, so only the queries are encoded), BM25's and random ones
+    python mine_negatives.py --index=runs/scifact-all-MiniLM-L6-v2/index --strategy=dense,bm25,random \
+        --num_negatives=12,4,2 --sampling=random --max_rank=50 --out=runs/scifact-all-MiniLM-L6-v2/mine-reranker
 
 One process does the work (torchrun is not needed: mining is encoding plus search, and one GPU
 encodes a million passages in minutes). Run directory: train.jsonl, config.json (re-mining in
@@ -27,7 +31,7 @@ import torch
 
 from common import index as faiss_index
 from common import mining
-from common.config import ConfigError, check_choice, load_config
+from common.config import Auto, ConfigError, check_choice, load_config
 from common.data import load_beir, warn
 from common.models import BiEncoder, CrossEncoder, pick_device
 from common.run import cli, start_run, write_json
@@ -37,7 +41,8 @@ DEFAULTS = dict(
     # data
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     split="train",  # whose queries get negatives; never mine test
-    max_queries=0,  # > 0: a seeded sample of this many queries (a CPU teacher scores ~10 pairs/s); 0 = all
+    max_queries=Auto(int),  # > 0: a seeded sample of this many queries; 0 = all; auto = all, but with a
+    #                        teacher on a CPU (~10 pairs/s) as many as it scores in about 10 minutes
     out="",  # run directory; "" = runs/<dataset>/mine-<strategies>
     # what to mine: one count per strategy, e.g. strategy=bm25,dense,random num_negatives=10,10,5
     strategy=["bm25"],  # bm25 | dense | random | semi-hard (dense candidates just below the positive)
@@ -51,8 +56,9 @@ DEFAULTS = dict(
     teacher="",  # a cross-encoder directory: drop what it scores as relevant, and keep its scores
     teacher_margin=0.0,  # drop candidates the teacher scores above (best positive - margin)
     # dense
-    model="all-MiniLM-L6-v2",  # the encoder for dense and semi-hard
-    index="",  # a build_index.py directory over this corpus; "" = encode the corpus and search exactly
+    model="",  # the encoder for dense and semi-hard; "" = the one `index` was built with, else all-MiniLM-L6-v2
+    index="",  # a build_index.py directory over this corpus (its embeddings.npy is reused: nothing is
+    #            encoded but the queries); "" = encode the corpus and search exactly
     batch_size=64,
     device="auto",
     dtype="auto",  # auto | fp32 | bf16 | fp16 for encoding: auto is bf16 on a GPU, fp32 on CPU
@@ -62,6 +68,7 @@ DEFAULTS = dict(
     bm25_backend="sparse",  # sparse (scipy: 2,600 queries/s over 5k docs) | rank_bm25 (the reference, 63/s)
     seed=42,
 )
+CPU_TEACHER_PAIRS = 6_000  # what a CPU teacher scores in about 10 minutes (max_queries=auto)
 
 
 def check_config(cfg):
@@ -77,7 +84,7 @@ def check_config(cfg):
         raise ConfigError(f"num_negatives={cfg.num_negatives}: every count must be at least 1")
     if not 0 <= cfg.skip_top < cfg.max_rank:
         raise ConfigError(f"skip_top={cfg.skip_top}, max_rank={cfg.max_rank}: need 0 <= skip_top < max_rank")
-    if cfg.max_queries < 0:
+    if cfg.max_queries != "auto" and cfg.max_queries < 0:
         raise ConfigError(f"max_queries={cfg.max_queries}: 0 mines every query, > 0 a sample of that many")
     if cfg.split == "test":
         raise ConfigError("split=test: negatives are for training; mine train (or val for a held-out check)")
@@ -90,18 +97,27 @@ def main(argv=None):
     dataset = os.path.basename(os.path.normpath(cfg.data))
     cfg.out = cfg.out or os.path.join("runs", dataset, "mine-" + "-".join(cfg.strategy))
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
+    device = pick_device(cfg.device)
+    if cfg.max_queries == "auto":
+        # A teacher scores each query's positives and 2 x num_negatives candidates per strategy.
+        pairs = 1 + 2 * sum(cfg.num_negatives)
+        cfg.max_queries = CPU_TEACHER_PAIRS // pairs if cfg.teacher and device.type == "cpu" else 0
+        if cfg.max_queries and cfg.max_queries < len(queries):
+            warn(f"teacher on a CPU: scoring {cfg.max_queries:,} of the {len(queries):,} {cfg.split} queries "
+                 "(~10 minutes); max_queries=0 scores them all")
     if 0 < cfg.max_queries < len(queries):
         kept = sorted(random.Random(cfg.seed).sample(sorted(queries), cfg.max_queries))
         queries = {q: queries[q] for q in kept}
     positives = {q: {d for d, g in row.items() if g >= 1} for q, row in qrels.items()}
-    device = pick_device(cfg.device)
     dtype = autocast_dtype(cfg.dtype, device)
     if dtype != torch.float32 and device.type == "cpu":
         warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
     needs_dense = bool({"dense", "semi-hard"} & set(cfg.strategy))
+    cfg.model = cfg.model or (faiss_index.built_with(cfg.index)[0] if cfg.index else "all-MiniLM-L6-v2")
     encoder = BiEncoder.from_pretrained(cfg.model).to(device) if needs_dense else None
     teacher = CrossEncoder.from_pretrained(cfg.teacher).to(device) if cfg.teacher else None
     index = faiss_index.load(cfg.index, list(corpus), encoder) if cfg.index and needs_dense else None
+    doc_emb = faiss_index.stored_embeddings(cfg.index, len(corpus), encoder) if index is not None else None
     start_run(cfg.out, cfg, argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs; "
           + ", ".join(f"{n} {s}" for s, n in zip(cfg.strategy, cfg.num_negatives)) + " negatives each")
@@ -111,7 +127,7 @@ def main(argv=None):
     with (tempfile.TemporaryDirectory(dir=cfg.out, prefix=".emb-") as tmp,  # removed even on Ctrl-C
           autocast(device, dtype)):
         records, stats = mining.mine(cfg, corpus, queries, positives, sources, encoder, teacher, index,
-                                     os.path.join(tmp, "corpus.npy"), cfg.batch_size)
+                                     os.path.join(tmp, "corpus.npy"), cfg.batch_size, doc_emb)
     seconds = time.time() - t0
     path = os.path.join(cfg.out, "train.jsonl")
     mining.write_records(path, records)

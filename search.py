@@ -11,7 +11,8 @@
     python search.py --data=data/python-source
 
 For each query, a `# query` line, then one line per hit: rank, doc id, score (the bi-encoder's inner
-product, or the reranker's logit with --rerank) and a one-line snippet, tab-separated; progress and
+product; with --rerank, the score the reranker's fusion.json says to serve: the bi-encoder's and the
+reranker's mixed as val chose, common/fusion.py) and a one-line snippet, tab-separated; progress and
 prompts go to stderr. One process does it all: torchrun adds nothing to a search (encoding a query takes
 milliseconds, and FAISS uses every GPU it sees). Without --index the corpus is encoded at every start.
 """
@@ -30,7 +31,7 @@ DEFAULTS = dict(
     rerank="",  # a cross-encoder directory; "" = no reranking
     query="",  # one query; "" = one per line from stdin, or a prompt when stdin is a terminal
     k=10,  # hits printed per query
-    k_retrieve=100,  # with rerank: candidates the cross-encoder re-scores
+    k_retrieve=0,  # with rerank: candidates the cross-encoder re-scores; 0 = the depth chosen on val (fusion.json)
     snippet=160,  # characters of each hit's text to print; 0 = none
     batch_size=64,
     device="auto",  # auto | cpu | cuda | cuda:1
@@ -46,7 +47,7 @@ def snippet(text, width):
 def answer(retriever, queries, cfg):
     """[(doc id, score)] for each query: reranked when a reranker is loaded."""
     if retriever.reranker is not None:
-        return [retriever.retrieve_and_rerank(q, cfg.k_retrieve, cfg.k) for q in queries]
+        return [retriever.retrieve_and_rerank(q, cfg.k_retrieve or None, cfg.k) for q in queries]
     return retriever.batch_retrieve(queries, cfg.k, cfg.batch_size)
 
 
@@ -90,7 +91,7 @@ def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
     if cfg.k < 1 or cfg.batch_size < 1:
         raise ConfigError(f"k={cfg.k}, batch_size={cfg.batch_size}: both must be at least 1")
-    if cfg.rerank and cfg.k_retrieve < cfg.k:
+    if cfg.rerank and 0 < cfg.k_retrieve < cfg.k:
         raise ConfigError(f"k_retrieve={cfg.k_retrieve} < k={cfg.k}: the reranker can only return what was retrieved")
     check_choice(cfg, "backend", BACKENDS)
     model = cfg.model or ("" if cfg.index else "all-MiniLM-L6-v2")  # "" with an index: the index's encoder

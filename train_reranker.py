@@ -1,28 +1,38 @@
-"""Train a cross-encoder reranker on a mined training file (mine_negatives.py's train.jsonl).
+"""Train a cross-encoder reranker for a first stage, and choose on val how to mix the two.
 
-Each example is a query with one positive and `negatives` hard negatives drawn from its mined list
-every epoch; the model reads every (query, passage) pair together and outputs one logit. Val
-reranks the BM25 top `val_depth` of each val query, the best checkpoint is kept, and at the end
-best/ reranks the BM25 top `test_depth` of the test queries. One visible loop below: the
-once-in-a-while blocks (eval, checkpoint) at its top, then a single training step.
+The reranker learns from the candidates of the first stage it will rerank (LCE, Gao et al. 2021):
+a mined file (mine_negatives.py) of that first stage's top documents, with BM25 and random ones
+mixed in. Each example is a query with one of its positives and `negatives` of its mined
+negatives, drawn every epoch; the model reads every (query, passage) pair together and outputs
+one logit. Val reranks `first_stage`'s top `val_depth` of each val query; the best checkpoint is
+kept as best/. Then, on val, the fusion of the normalised first-stage score with the reranker's
+(weight 0 included: the first stage alone) and the rerank depth are chosen and saved as
+best/fusion.json, which evaluate.py, search.py and Retriever use. Sizes follow the data and the
+machine (`auto`), printed as a plan before the first step and saved in config.json. One visible
+loop below: the once-in-a-while blocks (eval, checkpoint) at its top, then a single training step.
 
-    # CPU: BM25 negatives for the default data, then the reranker (a fresh head on MiniLM)
+    # after `make index`: the fine-tuned encoder's own candidates, then the reranker over them
+    python mine_negatives.py --index=runs/python-source-all-MiniLM-L6-v2/index --strategy=dense,bm25,random \\
+        --num_negatives=12,4,2 --sampling=random --max_rank=50 --out=runs/python-source-all-MiniLM-L6-v2/mine-reranker
+    python train_reranker.py --train_file=runs/python-source-all-MiniLM-L6-v2/mine-reranker/train.jsonl \\
+        --first_stage=runs/python-source-all-MiniLM-L6-v2/index
+    # a reranker for BM25 (the default first stage), on BM25 negatives
     python mine_negatives.py && python train_reranker.py --train_file=runs/python-source/mine-bm25/train.jsonl
-    # one GPU (bf16 autocast picked automatically), SciFact
-    python train_reranker.py configs/reranker-scifact.yaml
     # several GPUs: each rank takes its slice of every batch
-    torchrun --standalone --nproc_per_node=4 train_reranker.py configs/reranker-scifact.yaml
+    torchrun --standalone --nproc_per_node=4 train_reranker.py --train_file=<mined> --first_stage=<index dir>
     # continue training a published cross-encoder (online users)
     python train_reranker.py --model=cross-encoder/ms-marco-MiniLM-L-6-v2 --train_file=<mined train.jsonl>
     # distil a teacher's scores (a train.jsonl mined with --teacher) beside the listwise loss
     python train_reranker.py --train_file=<mined with teacher> --distill=margin_mse
     # continue an interrupted run (Ctrl-C or SIGTERM saves last/ before exiting; after a crash or a
     # kill, from the last checkpoint, or from previous/ if last/ is damaged)
-    python train_reranker.py configs/reranker-scifact.yaml --resume
+    python train_reranker.py --train_file=<mined> --resume
 
-Run directory (default runs/<dataset>-<model>/reranker): config.json, command.txt, last/ (model,
-trainer state, checksums), previous/ (the checkpoint before it), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorBoard
-event files, test/ (bm25 and bm25+rerank run files, per-query metrics and metrics.json).
+Run directory (default runs/<dataset>-<model>/reranker): config.json (`auto` settings resolved),
+command.txt, last/ (model, trainer state, checksums), previous/ (the checkpoint before it), best/
+(model and fusion.json), metrics.json, metrics.jsonl, training_progress.json, TensorBoard event
+files, val/ and test/ (the first stage, reranked, and fused: run files, per-query metrics and
+metrics.json, as evaluate.py writes them).
 """
 import contextlib
 import json
@@ -36,26 +46,28 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from common import losses
-from common.batching import Example, make_batches, sample_negatives
-from common.config import ConfigError, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, read_training_file, splits, warn
-from common.metrics import evaluate_run, write_trec
+from common import fusion, losses, sizing
+from common.batching import Example, make_batches, sample_groups
+from common.config import Auto, ConfigError, check_choice, check_range, load_config
+from common.data import doc_text, load_beir, load_val, read_training_file, splits, warn
+from common.metrics import evaluate_run, ranked, write_trec
 from common.models import CrossEncoder, pick_device
-from common.retrievers import BM25
+from common.retrievers import BM25, first_stage_run
 from common.run import UserError, cli, start_run, write_json
 from common.training import (Health, StopSignals, all_rng_states, autocast, autocast_dtype, check_free_space,
-                             log_hparams, lr_at, param_groups, peak_memory_mb, resume_checkpoint, save_checkpoint,
-                             set_rng_state, setup_distributed, trim_log, write_progress)
+                             log_hparams, lr_at, param_groups, peak_memory_mb, resume_checkpoint, rng_state,
+                             save_checkpoint, set_rng_state, setup_distributed, trim_log, write_progress)
 
 DEFAULTS = dict(
     # data
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     train_file="",  # required: a mine_negatives.py train.jsonl (queries, positives, hard negatives)
+    first_stage="bm25",  # what the reranker reranks: bm25, a build_index.py directory (its encoder through
+    #                      its index), or a bi-encoder directory (exact search); val and test use its top docs
     negatives=7,  # per example, drawn each epoch from its mined list: groups of 1 + negatives passages
     # model
     model="all-MiniLM-L6-v2",  # an encoder gets a fresh one-logit head; a cross-encoder continues
-    max_length=256,  # query + passage tokens; the longer is cut first (the passage, unless the query is longer)
+    max_length=Auto(int),  # query + passage tokens; the longer is cut first (the passage, unless the query is longer)
     # loss
     loss="listwise",  # listwise (softmax over each group) | bce (pointwise, positives 1)
     pos_weight=0.0,  # bce: a positive's weight; 0 = negatives per positive, so the classes weigh the same
@@ -63,13 +75,15 @@ DEFAULTS = dict(
     distill_weight=1.0,
     distill_temperature=1.0,  # kl only
     # batching
-    batch_size=16,  # examples (groups) per optimiser step over all ranks
+    batch_size=Auto(int),  # examples (groups) per optimiser step over all ranks; auto = 16, or half the
+    #                        queries of a dataset too small for 16
     micro_batch_size=0,  # groups per forward pass on a rank; less than the batch = gradient accumulation
     length_bucketing=True,  # batches of similar length (less padding), in shuffled order
     # optimisation
-    epochs=1,
-    max_steps=0,  # > 0 overrides epochs
-    lr=2e-5,
+    epochs=6,  # an epoch visits every train query once, with one of its positives
+    max_steps=Auto(int),  # auto = epochs of the data, or what fits time_budget_min
+    time_budget_min=Auto(float),  # minutes for the steps and val evaluations; 0 = no limit; auto: see AUTO
+    lr=5e-5,
     head_lr=1e-3,  # the pooler and the fresh one-logit classifier: at lr they barely move in a few hundred steps
     schedule="linear",  # linear | cosine | constant, after warmup
     warmup_ratio=0.1,
@@ -78,14 +92,15 @@ DEFAULTS = dict(
     dtype="auto",  # auto | fp32 | bf16 | fp16: auto is bf16 on a GPU that has it, fp32 on CPU
     seed=42,
     device="auto",  # auto | cpu | cuda; under torchrun each rank takes its own GPU
-    # evaluation, on rank 0: rerank BM25's top documents of each query
-    eval_every=100,  # steps; 0 = only at the end. Step 0 is the model before training.
+    # evaluation, on rank 0: rerank the first stage's top documents of each query
+    eval_every=Auto(int),  # steps; 0 = only at the end. Step 0 too, unless the head is fresh (a random score).
     best_metric="ndcg@10",
-    val_queries=0,  # val queries evaluated; 0 = all
-    val_depth=30,  # BM25 candidates reranked per val query (a CPU scores ~10 pairs/s)
-    test_depth=100,  # BM25 candidates reranked per test query at the end
+    val_queries=Auto(int),  # val queries evaluated; 0 = all
+    val_depth=Auto(int),  # first-stage candidates reranked per val query: the deepest fusion depth tried
+    fusion_weights=list(fusion.WEIGHTS),  # reranker weights tried on val (0: the first stage alone)
+    fusion_depths=list(fusion.DEPTHS),  # rerank depths tried on val (those up to val_depth)
+    test_eval=True,  # the first stage, reranked and fused with the val-chosen settings, on test
     eval_batch_size=64,
-    test_eval=True,
     bm25_backend="sparse",  # sparse | rank_bm25 (the reference: the same scores, ~40x slower)
     # checkpoints and logging
     out="",  # run directory; "" = runs/<dataset>-<model>/reranker
@@ -94,6 +109,12 @@ DEFAULTS = dict(
     log_every=10,
     tensorboard=True,
 )
+# What `auto` is on each machine: sizes, not the recipe. A CPU scores ~10-30 pairs/s, so there the
+# run is cut to a time budget, pairs are shorter and val reranks a shallower top.
+AUTO = {
+    "cpu": dict(batch=16, max_length=128, time_budget_min=5.0, val_queries=100, val_depth=20, evals=2),
+    "gpu": dict(batch=16, max_length=256, time_budget_min=0.0, val_queries=1_000, val_depth=100, evals=6),
+}
 KS = (1, 3, 5, 10, 100)
 
 
@@ -104,27 +125,28 @@ def check_config(cfg, world):
     check_choice(cfg, "bm25_backend", BM25.BACKENDS)
     if cfg.distill:
         check_choice(cfg, "distill", losses.DISTILL_NAMES)
-    check_range(cfg, ["batch_size", "eval_batch_size", "log_every", "max_length", "val_depth", "test_depth"], 1)
+    check_range(cfg, ["batch_size", "eval_batch_size", "log_every", "max_length", "val_depth", "fusion_depths"], 1)
     check_range(cfg, ["micro_batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "val_queries",
-                      "head_lr", "pos_weight", "distill_weight"], 0)
+                      "head_lr", "pos_weight", "distill_weight", "time_budget_min", "eval_every"], 0)
+    check_range(cfg, "fusion_weights", 0, 1)
     check_range(cfg, ["lr", "distill_temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
-    if cfg.micro_batch_size > cfg.batch_size // world:
-        raise ConfigError(f"micro_batch_size={cfg.micro_batch_size} is more than the {cfg.batch_size // world} groups "
-                          f"each of {world} rank(s) takes per step; 0 (the default) means all of them at once")
     if not cfg.train_file:
         raise ConfigError("train_reranker.py needs --train_file=<train.jsonl from mine_negatives.py>: a reranker "
-                          "learns from hard negatives (`make mine` writes one)")
+                          "learns from hard negatives (`make mine-reranker` writes one)")
     if cfg.negatives < 1:
         raise ConfigError(f"negatives={cfg.negatives}: a group needs at least one negative")
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size={cfg.batch_size} must divide evenly over {world} ranks")
-    if cfg.max_steps <= 0 and cfg.epochs <= 0:
+    if cfg.batch_size != "auto":
+        sizing.check_batch(cfg, world, "groups")
+    if cfg.max_steps == 0 and cfg.epochs <= 0:
         raise ConfigError("set epochs or max_steps above 0")
+    if not cfg.fusion_weights or not cfg.fusion_depths:
+        raise ConfigError("fusion_weights and fusion_depths need at least one value each (0 and 10, say)")
 
 
 def load_examples(cfg, corpus):
-    """One example per (query, positive) of the mined file; queries without negatives are skipped."""
+    """One example per query of the mined file (an epoch draws one of its positives); queries without
+    negatives are skipped."""
     examples, no_negatives = [], 0
     for r in read_training_file(cfg.train_file, corpus):
         if not r["negatives"]:
@@ -135,36 +157,49 @@ def load_examples(cfg, corpus):
             if missing:
                 raise UserError(f"{cfg.train_file}:{r['line']}: distill={cfg.distill} needs a teacher score for every "
                                 f"positive and negative ({missing[0]} has none); mine again with --teacher")
-        for pos in r["positives"]:
-            examples.append(Example(r["qid"], r["query"], pos, frozenset(r["positives"]), r["negatives"],
-                                    r["teacher"], len(r["query"]) + len(doc_text(corpus[pos]))))
+        examples.append(Example(r["qid"], r["query"], tuple(r["positives"]), r["negatives"], r["teacher"],
+                                len(r["query"]) + len(doc_text(corpus[r["positives"][0]]))))
     if no_negatives:
         warn(f"{cfg.train_file}: {no_negatives} queries without negatives skipped")
-    if len(examples) < cfg.batch_size:
-        raise UserError(f"{cfg.train_file}: {len(examples)} training groups, fewer than batch_size="
-                        f"{cfg.batch_size}; lower --batch_size")
     return examples
 
 
-def bm25_candidates(bm25, queries, depth):
-    """{qid: {doc id: BM25 score}}: the first stage the reranker reorders."""
-    texts = list(queries.values())
-    return {qid: dict(hits) for qid, hits in zip(queries, bm25.search_many(texts, depth))}
-
-
-def evaluate_rerank(cross, queries, qrels, candidates, doc_texts, batch_size):
-    """(mean metrics, per-query metrics, reranked run, pairs/s) of the candidates reranked whole.
-    Every query's pairs go through one length-sorted pass: a query at a time (30 pairs) left an
-    H100 at ~600 pairs/s, and val is not where per-query latency is measured (evaluate.py is)."""
+def score_candidates(cross, queries, candidates, doc_texts, batch_size):
+    """({qid: {doc id: logit}} of every candidate, pairs/s). Every query's pairs go through one
+    length-sorted pass: a query at a time (30 pairs) left an H100 mostly idle, and val is not where
+    per-query latency is measured (evaluate.py is)."""
     pairs = [(q, d) for q, row in candidates.items() for d in row]
     t0 = time.perf_counter()
     scores = cross.score([queries[q] for q, _ in pairs], [doc_texts[d] for _, d in pairs], batch_size)
     seconds = time.perf_counter() - t0
-    run = {q: {} for q in candidates}
+    out = {q: {} for q in candidates}
     for (q, d), score in zip(pairs, scores):
-        run[q][d] = float(score)
-    mean, per_query = evaluate_run(qrels, run, KS)
-    return mean, per_query, run, len(pairs) / max(seconds, 1e-9)
+        out[q][d] = float(score)
+    return out, len(pairs) / max(seconds, 1e-9)
+
+
+def forward_backward(cfg, model, cross, examples, groups, chunk_ids, per_rank, scaler, world, device, dtype):
+    """One micro-batch's loss, scaled to its share of the rank's groups, and its gradients. Returns
+    (loss, its terms, group accuracy, score margin), each a float weighted by that share."""
+    docs = [groups[i] for i in chunk_ids]
+    size = len(docs[0])
+    batch = cross.tokenize([examples[i].query for i in chunk_ids for _ in range(size)],
+                           [d for group in docs for d in group])
+    share = len(chunk_ids) / per_rank
+    with autocast(device, dtype):
+        scores = model(**{k: v.to(device) for k, v in batch.items()}).float().view(len(chunk_ids), size)
+        parts = {cfg.loss: losses.listwise(scores) if cfg.loss == "listwise" else losses.bce(scores, cfg.pos_weight)}
+        if cfg.distill:
+            teacher = torch.tensor([[examples[i].teacher[d] for d in ds] for i, ds in zip(chunk_ids, docs)],
+                                   device=device)
+            parts[cfg.distill] = cfg.distill_weight * (
+                losses.margin_mse_scores(scores, teacher) if cfg.distill == "margin_mse"
+                else losses.kl_distill(scores, teacher, cfg.distill_temperature))
+        loss = sum(parts.values()) * share  # the mean over the rank's groups
+        scaler.scale(loss).backward()
+    scores = scores.detach()
+    return (loss.item(), {k: v.item() * share for k, v in parts.items()},
+            losses.group_accuracy(scores).item() * share, (scores[:, 0] - scores[:, 1:].mean(1)).mean().item() * share)
 
 
 def main(argv=None):
@@ -180,40 +215,57 @@ def main(argv=None):
     dtype = autocast_dtype(cfg.dtype, device)
     if dtype != torch.float32 and device.type == "cpu" and master:
         warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
+    checkpoint, state = resume_checkpoint(cfg.out) if cfg.resume else (None, None)  # last/, or previous/
+    if cfg.resume:
+        sizing.restore(cfg, state["config"], [k for k, v in vars(cfg).items() if v == "auto"])
+    table = AUTO[sizing.machine(device)]
 
-    # ---- data: train groups; val queries and their BM25 candidates
+    # ---- data: train groups; val queries and the first stage's candidates for them
     corpus, _, _ = load_beir(cfg.data, "train")
     examples = load_examples(cfg, corpus)
+    sizing.batch_size(cfg, len(examples), table["batch"], world, cfg.train_file)
+    sizing.check_batch(cfg, world, "groups")
     doc_texts = {d: doc_text(doc) for d, doc in corpus.items()}
-    has_val = "val" in splits(cfg.data)
-    bm25 = None
-    if master and (has_val or cfg.test_eval):
-        bm25 = BM25(list(corpus), list(doc_texts.values()), backend=cfg.bm25_backend)
+    val_queries, val_qrels = load_val(cfg.data, "the last step's model is kept as best/, reranking alone")
+    has_val = bool(val_queries)
+    sizing.resolve(cfg, table, val_queries=min(table["val_queries"], len(val_queries)))
     if master and has_val:
-        _, val_queries, val_qrels = load_beir(cfg.data, "val")
         if cfg.val_queries and len(val_queries) > cfg.val_queries:
             keep = sorted(val_queries)[:cfg.val_queries]
             val_queries, val_qrels = {q: val_queries[q] for q in keep}, {q: val_qrels[q] for q in keep}
-        val_candidates = bm25_candidates(bm25, val_queries, cfg.val_depth)
-    elif master:
-        warn(f"{cfg.data}: no val split; the last step's model is kept as best/")
+        val_first = first_stage_run(cfg.first_stage, corpus, val_queries, cfg.val_depth, cfg.device,
+                                    cfg.eval_batch_size, cfg.bm25_backend)
+    depths = sorted({min(d, cfg.val_depth) for d in cfg.fusion_depths})
 
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
-    last = os.path.join(cfg.out, "last")
-    checkpoint, state = resume_checkpoint(cfg.out) if cfg.resume else (None, None)  # last/, or previous/
     cross = CrossEncoder.from_pretrained(checkpoint or cfg.model, max_length=cfg.max_length).to(device)
     cross.train()
     model = DDP(cross, broadcast_buffers=False) if world > 1 else cross
     head = [(".pooler.", cfg.head_lr / cfg.lr), (".classifier.", cfg.head_lr / cfg.lr), (".score.", cfg.head_lr / cfg.lr)]
     optimizer = torch.optim.AdamW(param_groups(cross, cfg.weight_decay, head if cfg.head_lr > 0 else ()), lr=cfg.lr,
-                                  fused=device.type == "cuda")
+                                  fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     steps_per_epoch = len(examples) // cfg.batch_size
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-    warmup_steps = int(cfg.warmup_ratio * total_steps)
+    per_rank = cfg.batch_size // world
+    micro = cfg.micro_batch_size or per_rank
+    first_groups = sample_groups(examples, cfg.negatives, cfg.seed)
+    first_batch = make_batches(examples, first_groups, cfg.batch_size, cfg.seed, cfg.length_bucketing,
+                               exclusive=False)[0][rank * per_rank:(rank + 1) * per_rank]
+
+    def probe_step():  # the first batch forward and backward, its gradients dropped: what one step costs
+        for start in range(0, per_rank, micro):
+            forward_backward(cfg, model, cross, examples, first_groups, first_batch[start:start + micro], per_rank,
+                             scaler, world, device, dtype)
+        optimizer.zero_grad(set_to_none=True)
+
+    val_evals = table["evals"] + (0 if cross.fresh_head else 1)
+    plan = resolve_steps(cfg, table, steps_per_epoch, probe_step, len(val_queries) * cfg.val_depth if has_val else 0,
+                         val_evals, world)
+    warmup_steps = int(cfg.warmup_ratio * cfg.max_steps)
+    total_steps = cfg.max_steps
     step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
-    batches, negatives = None, None
+    batches, groups_of = None, None
     if cfg.resume:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -233,13 +285,20 @@ def main(argv=None):
     if master and cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(cfg.out, purge_step=step + 1 if cfg.resume else None)
-    group = 1 + cfg.negatives
     if master:
-        print(f"{dataset}: {len(examples)} groups of 1 positive + {cfg.negatives} negatives, {steps_per_epoch} "
-              f"steps/epoch of {cfg.batch_size}, {total_steps} steps on {world} x {device} "
-              f"({str(dtype).removeprefix('torch.')}), max_length {cross.max_length}")
-        if has_val:
-            print(f"val: {len(val_queries)} queries, BM25 top {cfg.val_depth} reranked")
+        sizing.print_plan("train_reranker.py", [
+            f"data: {dataset}, {len(examples):,} train queries ({sum(len(ex.positives) for ex in examples):,} "
+            f"positives, one drawn per query each epoch), groups of 1 positive + {cfg.negatives} negatives from "
+            f"{cfg.train_file}",
+            f"steps: {total_steps} at batch {cfg.batch_size} ({total_steps / max(steps_per_epoch, 1):.2f} epochs of "
+            f"{steps_per_epoch}), max_length {cross.max_length}, on {world} x {device} "
+            f"({str(dtype).removeprefix('torch.')})",
+            (f"val: {len(val_queries)} queries, {cfg.first_stage}'s top {cfg.val_depth} reranked "
+             + (f"every {cfg.eval_every} steps" if cfg.eval_every else "at the end")
+             + ("" if cross.fresh_head else " and at step 0")
+             + f"; then fusion weights {cfg.fusion_weights[0]:g}..{cfg.fusion_weights[-1]:g} x depths "
+               f"{','.join(map(str, depths))} chosen on it") if has_val else "val: none",
+            *plan["lines"]], plan["notes"])
 
     def log(record):
         with open(os.path.join(cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
@@ -247,12 +306,13 @@ def main(argv=None):
 
     stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
     health = Health()  # loss spikes, warned about as they happen
+    best_scores = None  # the best checkpoint's scores of the val candidates, for the fusion choice
 
     def save_last():
         state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
                      position=position, best=best, config=vars(cfg), rng=all_rng_states(world))
         if master:
-            save_checkpoint(last, cross, state)
+            save_checkpoint(os.path.join(cfg.out, "last"), cross, state)
 
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not master)
     t_start, step_seconds, groups_seen = time.time(), 0.0, 0
@@ -261,15 +321,15 @@ def main(argv=None):
         last_step = step == total_steps
 
         # ---- once in a while: evaluate on val, keep the best, checkpoint
-        if (master and has_val and step != resumed_at
+        if (master and has_val and step != resumed_at and not (step == 0 and cross.fresh_head)
                 and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))):
             t0 = time.time()
-            metrics, _, _, pairs_per_s = evaluate_rerank(cross, val_queries, val_qrels, val_candidates, doc_texts,
-                                                         cfg.eval_batch_size)
+            scores, pairs_per_s = score_candidates(cross, val_queries, val_first, doc_texts, cfg.eval_batch_size)
+            metrics, _ = evaluate_run(val_qrels, fusion.fuse(val_first, scores, 1.0, cfg.val_depth), KS)
             cross.train()
             improved = metrics[cfg.best_metric] > best["metric"]
             if improved:
-                best = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}
+                best, best_scores = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}, scores
                 cross.save(os.path.join(cfg.out, "best"))
             headline = {k: metrics[k] for k in ("ndcg@10", "mrr@10", "recall@10")}
             tqdm.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in headline.items())
@@ -289,11 +349,11 @@ def main(argv=None):
             break
         if last_step:
             break
-        while batches is None or position >= len(batches):  # an epoch's negatives and batch order
+        while batches is None or position >= len(batches):  # an epoch's groups and batch order
             if batches is not None:
                 epoch, position = epoch + 1, 0
-            negatives = sample_negatives(examples, cfg.negatives, cfg.seed + epoch)
-            batches = make_batches(examples, negatives, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing,
+            groups_of = sample_groups(examples, cfg.negatives, cfg.seed + epoch)
+            batches = make_batches(examples, groups_of, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing,
                                    exclusive=False)
 
         # ---- one training step: this rank's slice of the batch, accumulated over micro-batches -----
@@ -301,33 +361,17 @@ def main(argv=None):
         lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.schedule)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
-        per_rank = cfg.batch_size // world
         mine = batches[position][rank * per_rank:(rank + 1) * per_rank]
-        micro = cfg.micro_batch_size or per_rank
-        loss_sum, parts_sum, accuracy_sum, margin_sum = 0.0, {}, 0.0, 0.0
+        loss_sum, parts_sum, accuracy, margin = 0.0, {}, 0.0, 0.0
         for start in range(0, per_rank, micro):
-            chunk = mine[start:start + micro]
-            docs = [[examples[i].positive, *negatives[i]] for i in chunk]
-            batch = cross.tokenize([examples[i].query for i in chunk for _ in range(group)],
-                                   [doc_texts[d] for group_docs in docs for d in group_docs])
             sync = start + micro >= per_rank  # DDP all-reduces gradients on the last micro-batch only
-            with (model.no_sync() if world > 1 and not sync else contextlib.nullcontext()), autocast(device, dtype):
-                scores = model(**{k: v.to(device) for k, v in batch.items()}).float().view(len(chunk), group)
-                parts = {cfg.loss: losses.listwise(scores) if cfg.loss == "listwise"
-                         else losses.bce(scores, cfg.pos_weight)}
-                if cfg.distill:
-                    teacher = torch.tensor([[examples[i].teacher[d] for d in ds] for i, ds in zip(chunk, docs)],
-                                           device=device)
-                    parts[cfg.distill] = cfg.distill_weight * (
-                        losses.margin_mse_scores(scores, teacher) if cfg.distill == "margin_mse"
-                        else losses.kl_distill(scores, teacher, cfg.distill_temperature))
-                loss = sum(parts.values()) * len(chunk) / per_rank  # the mean over the rank's groups
-                scaler.scale(loss).backward()
-            loss_sum += loss.item()
+            with model.no_sync() if world > 1 and not sync else contextlib.nullcontext():
+                loss, parts, acc, marg = forward_backward(cfg, model, cross, examples, groups_of,
+                                                          mine[start:start + micro], per_rank, scaler, world, device,
+                                                          dtype)
+            loss_sum, accuracy, margin = loss_sum + loss, accuracy + acc, margin + marg
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v.item() * len(chunk) / per_rank
-            accuracy_sum += losses.group_accuracy(scores.detach()).item() * len(chunk) / per_rank
-            margin_sum += (scores[:, 0] - scores[:, 1:].mean(1)).mean().item() * len(chunk) / per_rank
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
         if not np.isfinite(loss_sum):  # checked before the optimiser step, so the weights stay good
             raise UserError(f"loss is {loss_sum} at step {step}: lower --lr, or use --dtype=fp32; "
                             f"the last good checkpoint is {cfg.out}/last")
@@ -346,12 +390,14 @@ def main(argv=None):
         run_step_seconds, run_steps = run_step_seconds + time.time() - t_step, run_steps + 1
         groups_seen += cfg.batch_size
         progress.update(1)
+        if master and run_steps == sizing.ETA_AFTER and step < total_steps:
+            tqdm.write(sizing.eta_line(run_steps, run_step_seconds, total_steps - step))
         if master and (step % cfg.log_every == 0 or step == total_steps):
             # health: a listwise model that learns ranks the positive first in more groups, by a wider margin
             record = {"step": step, "epoch": epoch, "loss": loss_sum, **{f"loss/{k}": v for k, v in parts_sum.items()},
-                      "lr": lr, "grad_norm": grad_norm.item(), "group_accuracy": accuracy_sum,
-                      "score_margin": margin_sum, "examples_per_s": groups_seen / step_seconds,
-                      "pairs_per_s": groups_seen * group / step_seconds}
+                      "lr": lr, "grad_norm": grad_norm.item(), "group_accuracy": accuracy,
+                      "score_margin": margin, "examples_per_s": groups_seen / step_seconds,
+                      "pairs_per_s": groups_seen * (1 + cfg.negatives) / step_seconds}
             progress.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
             log(record)
             if writer:
@@ -367,36 +413,49 @@ def main(argv=None):
             dist.destroy_process_group()
         return 130
 
-    # ---- the end: best/ (or the last model when there is no val) reranks BM25 on test
+    # ---- the end: the fusion chosen on val and saved with best/; the three columns on test
     if master:
         best_dir = os.path.join(cfg.out, "best")
-        if not has_val:
-            cross.save(best_dir)
         summary = {"dataset": dataset, "steps": step, "total_steps": total_steps, "best_step": best["step"],
                    "val": best.get("val"), "train_seconds": time.time() - t_start,
                    "examples_per_s": run_steps * cfg.batch_size / max(run_step_seconds, 1e-9),
-                   "pairs_per_s": run_steps * cfg.batch_size * group / max(run_step_seconds, 1e-9),
+                   "pairs_per_s": run_steps * cfg.batch_size * (1 + cfg.negatives) / max(run_step_seconds, 1e-9),
                    "peak_memory_mb": peak_memory_mb(device)}
+        if has_val:
+            final = cross if best["step"] == step else CrossEncoder.from_pretrained(best_dir).to(device)
+            if best_scores is None:  # resumed after the best step's evaluation
+                best_scores, _ = score_candidates(final, val_queries, val_first, doc_texts, cfg.eval_batch_size)
+            chosen, grid = fusion.choose(val_qrels, val_first, best_scores, depths, cfg.fusion_weights, cfg.best_metric)
+            chosen.update(first_stage=cfg.first_stage, metric=cfg.best_metric, grid=grid)
+            results = stage_results(val_qrels, val_first, best_scores, chosen, cfg, best)
+            chosen["val"] = {name: r["metrics"][cfg.best_metric] for name, r in results.items()}
+            fusion.save(best_dir, chosen)
+            write_outputs(os.path.join(cfg.out, "val"), dataset, "val", results)
+            summary["fusion"] = {k: v for k, v in chosen.items() if k != "grid"}
+            names = list(results)
+            print(f"val ({len(val_queries)} queries): {names[0]} {cfg.best_metric} {chosen['val'][names[0]]:.4f}, "
+                  f"reranked {chosen['val'][names[1]]:.4f}, fused {chosen['val'][names[2]]:.4f}: "
+                  f"{fusion.describe(chosen)}")
+        else:
+            cross.save(best_dir)
+            chosen = fusion.load(best_dir)
+            final = cross
         if cfg.test_eval and "test" in splits(cfg.data):
             _, test_queries, test_qrels = load_beir(cfg.data, "test")
-            final = CrossEncoder.from_pretrained(best_dir).to(device)
             t0 = time.time()
-            candidates = bm25_candidates(bm25, test_queries, cfg.test_depth)
-            before, before_per_query = evaluate_run(test_qrels, candidates, KS)
-            metrics, per_query, run, pairs_per_s = evaluate_rerank(final, test_queries, test_qrels, candidates,
-                                                                   doc_texts, cfg.eval_batch_size)
-            summary.update(test=metrics, test_bm25=before, test_seconds=time.time() - t0,
+            test_first = first_stage_run(cfg.first_stage, corpus, test_queries, max(KS), cfg.device,
+                                         cfg.eval_batch_size, cfg.bm25_backend)
+            top = {q: {d: row[d] for d in ranked(row, chosen["depth"])} for q, row in test_first.items()}
+            scores, pairs_per_s = score_candidates(final, test_queries, top, doc_texts, cfg.eval_batch_size)
+            results = stage_results(test_qrels, test_first, scores, chosen, cfg, best)
+            write_outputs(os.path.join(cfg.out, "test"), dataset, "test", results)
+            summary.update(test={n: r["metrics"] for n, r in results.items()}, test_seconds=time.time() - t0,
                            rerank_pairs_per_s=pairs_per_s)
-            write_test_outputs(os.path.join(cfg.out, "test"), dataset, {
-                "bm25": (before, before_per_query, candidates, {}),
-                "bm25+rerank": (metrics, per_query, run, {"model": best_dir, "depth": cfg.test_depth,
-                                                          "pairs_per_s": pairs_per_s})})
-            print(f"test ({len(test_queries)} queries), BM25 top {cfg.test_depth} reranked by best/ (step "
-                  f"{best['step']}): ndcg@10 {before['ndcg@10']:.4f} -> {metrics['ndcg@10']:.4f}, "
-                  f"{pairs_per_s:.0f} pairs/s")
+            print(f"test ({len(test_queries)} queries), {cfg.best_metric}: "
+                  + ", ".join(f"{n} {r['metrics'][cfg.best_metric]:.4f}" for n, r in results.items()))
         write_json(os.path.join(cfg.out, "metrics.json"), summary)
         if writer:
-            log_hparams(writer, cfg, summary)
+            log_hparams(writer, cfg, {**summary, "test": (summary.get("test") or {}).get("fused")})
             writer.close()
     if world > 1:
         dist.barrier()
@@ -404,14 +463,63 @@ def main(argv=None):
     return 0
 
 
-def write_test_outputs(out_dir, dataset, results):
-    """The layout evaluate.py writes ({name: (metrics, per-query, run, extra)}), so reports read both alike."""
+def resolve_steps(cfg, table, steps_per_epoch, probe_step, val_pairs, val_evals, world):
+    """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
+    (measured by timing `probe_step`). Returns {"lines": the plan's time line, "notes": what was cut}."""
+    recipe_steps = cfg.epochs * steps_per_epoch
+    notes, seconds = [], None
+    eval_seconds = 0.0
+    if cfg.max_steps == "auto":
+        cfg.max_steps = recipe_steps
+        if cfg.time_budget_min > 0:
+            rng = rng_state()
+            seconds = sizing.time_step(probe_step)
+            set_rng_state(rng)  # the probe leaves the run's random draws as they were
+            # Scoring is a forward pass: about half a training step's time per pair (measured on a CPU).
+            eval_seconds = val_pairs / (cfg.batch_size * (1 + cfg.negatives)) * seconds / 2
+            cfg.max_steps, note = sizing.steps_for_budget(cfg.time_budget_min, recipe_steps, steps_per_epoch, seconds,
+                                                          eval_seconds, val_evals if val_pairs else 0)
+            notes.append(note)
+        if world > 1:  # every rank trains the steps rank 0 measured
+            box = [cfg.max_steps]
+            dist.broadcast_object_list(box, src=0)
+            cfg.max_steps = box[0]
+    if cfg.eval_every == "auto":
+        cfg.eval_every = sizing.eval_every(cfg.max_steps, table["evals"])
+    lines = []
+    if seconds is not None:
+        lines.append(f"time: {seconds:.2f} s a step (measured on the first batch) -> "
+                     f"~{sizing.minutes(seconds * cfg.max_steps + val_evals * eval_seconds)} with {val_evals} val "
+                     f"evaluations of ~{sizing.minutes(eval_seconds)} (time_budget_min={cfg.time_budget_min:g})")
+    return {"lines": lines, "notes": notes}
+
+
+def stage_results(qrels, first, scores, chosen, cfg, best):
+    """{name: (metrics, per-query, run, info)} of the first stage, the reranker alone and the fused
+    score at the chosen depth: the three columns evaluate.py reports too."""
+    name = "bm25" if cfg.first_stage == "bm25" else "dense"
+    depth = chosen["depth"]
+    runs = {name: (first, {"first_stage": cfg.first_stage}),
+            f"{name}+rerank": (fusion.fuse(first, scores, 1.0, depth),
+                               {"rerank_depth": depth, "chosen": f"reranker step {best['step']}, depth {depth}"}),
+            f"{name}+fused": (fusion.fuse(first, scores, chosen["weight"], depth),
+                              {"fusion": {"weight": chosen["weight"], "depth": depth},
+                               "chosen": f"weight {chosen['weight']:g}, depth {depth}"})}
+    out = {}
+    for key, (run, info) in runs.items():
+        mean, per_query = evaluate_run(qrels, run, KS)
+        out[key] = {"metrics": mean, "per_query": per_query, "run": run, "queries": len(per_query), **info}
+    return out
+
+
+def write_outputs(out_dir, dataset, split, results):
+    """The layout evaluate.py writes, so reports read both alike."""
     os.makedirs(out_dir, exist_ok=True)
-    for name, (_, per_query, run, _) in results.items():
-        write_trec(os.path.join(out_dir, f"{name}.trec"), run, name)
-        write_json(os.path.join(out_dir, f"{name}.per_query.json"), per_query)
-    write_json(os.path.join(out_dir, "metrics.json"), {"dataset": dataset, "split": "test", "results": {
-        name: {"metrics": m, "queries": len(pq), **extra} for name, (m, pq, _, extra) in results.items()}})
+    for name, r in results.items():
+        write_trec(os.path.join(out_dir, f"{name}.trec"), r["run"], name)
+        write_json(os.path.join(out_dir, f"{name}.per_query.json"), r["per_query"])
+    write_json(os.path.join(out_dir, "metrics.json"), {"dataset": dataset, "split": split, "results": {
+        name: {k: v for k, v in r.items() if k not in ("per_query", "run")} for name, r in results.items()}})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Training examples and the batches they are grouped into.
 
+One example per query: an epoch visits each training query once, its positive drawn among its
+labelled positives, so a query with forty positives weighs what a query with one does.
+
 An in-batch negative is another example's document. If that document is in fact relevant to the
 query (two examples sharing a positive, or one query appearing twice), the loss pushes a right
 answer away, so batches are built to never hold such a pair.
@@ -12,39 +15,42 @@ from dataclasses import dataclass, field
 class Example:
     qid: str
     query: str
-    positive: str  # doc id
-    positives: frozenset  # every doc id labelled relevant to the query
+    positives: tuple  # doc ids labelled relevant to the query, in file order; one is drawn per epoch
     negatives: list = field(default_factory=list)  # mined hard-negative doc ids, best first
     teacher: dict = field(default_factory=dict)  # doc id -> teacher score, for margin_mse
-    length: int = 0  # characters of query + positive, for length bucketing
+    length: int = 0  # characters of query + first positive, for length bucketing
 
 
-def sample_negatives(examples, k, seed):
-    """Each example's k hard negatives for one epoch, drawn from its mined list (fewer when the
-    list is short, then topped up by repeating it, so every group has the same size)."""
+def sample_groups(examples, k, seed):
+    """Each example's group for one epoch: [positive, k hard negatives]. The positive is drawn among
+    the example's positives; the negatives from its mined list (fewer when the list is short, then
+    topped up by repeating it, so every group has the same size)."""
     rng = random.Random(seed)
     out = []
     for ex in examples:
+        positive = ex.positives[0] if len(ex.positives) == 1 else rng.choice(ex.positives)
         pool = ex.negatives
         if k == 0:
-            out.append([])
+            out.append([positive])
         elif not pool:
             raise ValueError(f"query {ex.qid} has no negatives to draw {k} from; drop it, or train with k=0")
         elif len(pool) >= k:
-            out.append(rng.sample(pool, k))
+            out.append([positive, *rng.sample(pool, k)])
         else:
-            out.append([pool[i % len(pool)] for i in range(k)])
+            out.append([positive, *(pool[i % len(pool)] for i in range(k))])
     return out
 
 
-def make_batches(examples, negatives, batch_size, seed, bucket=True, bucket_batches=50, exclusive=True):
-    """Indices of `examples` in batches of `batch_size`, in training order.
+def make_batches(examples, groups, batch_size, seed, bucket=True, bucket_batches=50, exclusive=True):
+    """Indices of `examples` in batches of `batch_size`, in training order; groups[i] is example i's
+    [positive, negatives...] of this epoch (sample_groups).
 
     With `exclusive` (the bi-encoder's case) no batch holds the same query text twice, or a
     document that is labelled relevant to another query of the batch; a cross-encoder scores each
-    pair on its own, has no in-batch negatives, and passes exclusive=False. With `bucket`, examples are sorted by length within windows of
-    `bucket_batches` batches, so a batch pads to texts of similar length, and the batches are
-    then shuffled. Examples left over in incomplete batches wait for the next epoch's draw.
+    pair on its own, has no in-batch negatives, and passes exclusive=False. With `bucket`, examples
+    are sorted by length within windows of `bucket_batches` batches, so a batch pads to texts of
+    similar length, and the batches are then shuffled. Examples left over in incomplete batches
+    wait for the next epoch's draw.
     """
     rng = random.Random(seed)
     order = list(range(len(examples)))
@@ -56,20 +62,20 @@ def make_batches(examples, negatives, batch_size, seed, bucket=True, bucket_batc
     batches, open_batches = [], []
     for i in order:
         ex = examples[i]
-        docs = {ex.positive, *negatives[i]}
+        docs, relevant = set(groups[i]), set(ex.positives)
         for b in open_batches:
-            if exclusive and (ex.query in b["queries"] or docs & b["relevant"] or ex.positives & b["docs"]):
+            if exclusive and (ex.query in b["queries"] or docs & b["relevant"] or relevant & b["docs"]):
                 continue
             b["items"].append(i)
             b["queries"].add(ex.query)
             b["docs"] |= docs
-            b["relevant"] |= ex.positives
+            b["relevant"] |= relevant
             if len(b["items"]) == batch_size:
                 open_batches.remove(b)
                 batches.append(b["items"])
             break
         else:
-            b = {"items": [i], "queries": {ex.query}, "docs": docs, "relevant": set(ex.positives)}
+            b = {"items": [i], "queries": {ex.query}, "docs": docs, "relevant": relevant}
             if batch_size == 1:
                 batches.append(b["items"])
             else:

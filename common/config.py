@@ -3,7 +3,9 @@
     python evaluate.py configs/scifact.yaml --split=val --retrievers=bm25
 
 Every key must exist in DEFAULTS and keeps its default's type; anything else, a key given twice
-included, is an error naming the file and line, raised before the script does any work.
+included, is an error naming the file and line, raised before the script does any work. A default
+of Auto(kind) is "auto" until the script resolves it from the data and the machine (before any
+work, into the config.json it saves); a value given instead must be of that kind.
 `--key value` and dashes (`--rerank-depth`) are accepted too, because that is what people type.
 """
 import difflib
@@ -15,6 +17,20 @@ import yaml
 
 class ConfigError(ValueError):
     pass
+
+
+class Auto:
+    """A default the script sizes itself ("auto"); given a value, it must be a `kind` (int, float, bool)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        return "auto"
+
+
+def is_auto(value):
+    return value == "auto"
 
 
 class _Loader(yaml.SafeLoader):
@@ -70,6 +86,13 @@ def read_yaml(path):
 
 
 def _cast(key, value, default, where):
+    if isinstance(default, Auto):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return _cast(key, value, default.kind(), where)
+        except ConfigError:
+            raise ConfigError(f"{where}: {key}={value!r} is neither auto nor a {default.kind.__name__}") from None
     kind = type(default)
     try:
         if isinstance(default, bool):
@@ -117,7 +140,7 @@ def _check_key(key, defaults, where):
 
 def load_config(defaults, argv):
     """Resolve DEFAULTS + yaml files + --key=value overrides into a namespace."""
-    cfg = dict(defaults)
+    cfg = {k: "auto" if isinstance(v, Auto) else v for k, v in defaults.items()}
     args = list(argv)
     i = 0
     while i < len(args):
@@ -142,7 +165,8 @@ def load_config(defaults, argv):
         _check_key(key, defaults, "command line")
         if not eq:
             # `--flag` alone sets a bool; otherwise the value is the next argument.
-            if isinstance(defaults[key], bool) and (i >= len(args) or args[i].startswith("--")):
+            flag = isinstance(defaults[key], bool) or getattr(defaults[key], "kind", None) is bool
+            if flag and (i >= len(args) or args[i].startswith("--")):
                 value = "true"
             elif i < len(args):
                 value = args[i]
@@ -166,6 +190,8 @@ def check_range(cfg, keys, low, high=math.inf, above=False):
     with above=True: a value no run can use is an error before any work, not a crash an hour in."""
     for key in [keys] if isinstance(keys, str) else keys:
         value = getattr(cfg, key)
+        if is_auto(value):  # checked once resolved
+            continue
         for v in value if isinstance(value, list) else [value]:
             if v < low or v > high or (above and v == low):
                 bound = f"{'above' if above else 'at least'} {low}" + (f" and at most {high}" if high < math.inf else "")

@@ -22,6 +22,10 @@ class DataError(ValueError):
     pass
 
 
+class EmptySplit(DataError):
+    """A split whose qrels hold no relevant row: nothing to train on or evaluate."""
+
+
 def warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
@@ -196,6 +200,19 @@ def splits(data_dir):
     return sorted(f[:-4] for f in os.listdir(qdir) if f.endswith(".tsv"))
 
 
+def load_val(data_dir, without):
+    """(queries, qrels) of the val split, or ({}, {}) when there is none or it is empty, with one
+    warning saying so and what the caller does `without` it."""
+    if "val" in splits(data_dir):
+        try:
+            return load_beir(data_dir, "val")[1:]
+        except EmptySplit as e:
+            warn(f"{e}: {without}")
+            return {}, {}
+    warn(f"{data_dir}: no val split: {without}")
+    return {}, {}
+
+
 def load_beir(data_dir, split):
     """(corpus, queries of the split, qrels of the split) from a BEIR directory."""
     qrels_path = os.path.join(data_dir, "qrels", f"{split}.tsv")
@@ -211,7 +228,8 @@ def load_beir(data_dir, split):
     queries = read_queries(os.path.join(data_dir, "queries.jsonl"), skipped)
     qrels = read_qrels(qrels_path, queries, corpus, skipped)
     if not any(g > 0 for row in qrels.values() for g in row.values()):
-        raise DataError(f"{qrels_path}: split '{split}' has no relevant (score > 0) rows; nothing to evaluate")
+        raise EmptySplit(f"{qrels_path}: split '{split}' has no relevant (score > 0) rows; nothing to "
+                         f"{'train on' if split == 'train' else 'evaluate'}")
     return corpus, {q: queries[q] for q in qrels}, qrels
 
 

@@ -214,6 +214,16 @@ def built_with(path):
                         "or rebuild the index with build_index.py") from None
 
 
+def stored_embeddings(path, n, encoder):
+    """The corpus vectors build_index.py kept beside its index (embeddings.npy, memory-mapped), or
+    None when it kept none or they do not fit this corpus and encoder (load() has checked the probe)."""
+    file = os.path.join(path, "embeddings.npy")
+    if not os.path.isfile(file):
+        return None
+    emb = np.load(file, mmap_mode="r")
+    return emb if emb.shape == (n, encoder.dim) else None
+
+
 def load(path, doc_ids, encoder=None, use_gpu=None):
     """A build_index.py directory (or any index.faiss + doc_ids.txt), checked to cover exactly this
     corpus in this order and, when index.json names its encoder, to have been built by `encoder`;

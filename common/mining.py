@@ -66,14 +66,16 @@ class Sources:
                 bar.update(len(ranked))
         return out
 
-    def dense_lists(self, encoder, texts, positives, batch_size, index=None, emb_path=None):
+    def dense_lists(self, encoder, texts, positives, batch_size, index=None, emb_path=None, doc_emb=None):
         """Per query: (ranked doc rows, their scores, best positive score) from `encoder`, searched
-        in `index` (a FAISS index over this corpus, in corpus order) or in a fresh exact index."""
+        in `index` (a FAISS index over this corpus, in corpus order) or in a fresh exact index over
+        `doc_emb` (the corpus's embeddings by this encoder, encoded here when None)."""
         pos_ids = sorted({p for pos in positives for p in pos})
-        if index is None:
-            doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size,
-                                    emb_path)
-            index = faiss_index.flat_ip(doc_emb)
+        if index is None or doc_emb is not None:
+            if doc_emb is None:
+                doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size,
+                                        emb_path)
+            index = faiss_index.flat_ip(doc_emb) if index is None else index
             pos_emb = {p: doc_emb[self.row[p]] for p in pos_ids}
         else:  # a given index may be approximate: the positives' own scores come from encoding them
             pos_emb = dict(zip(pos_ids, encoder.encode([doc_text(self.corpus[p]) for p in pos_ids], "passage",
@@ -90,7 +92,7 @@ TEACHER_CHUNK = 512
 
 
 def mine(cfg, corpus, queries, positives, sources, encoder=None, teacher=None, index=None, emb_path=None,
-         batch_size=64):
+         batch_size=64, doc_emb=None):
     """(records, stats) for every query in `queries` {qid: text} with `positives` {qid: set of ids}.
 
     Each strategy contributes its own count of negatives (cfg.strategy[i] -> cfg.num_negatives[i]);
@@ -109,7 +111,7 @@ def mine(cfg, corpus, queries, positives, sources, encoder=None, teacher=None, i
         lists["bm25"] = sources.bm25_lists(texts, pos_sets)
     if {"dense", "semi-hard"} & set(cfg.strategy):
         lists["dense"] = lists["semi-hard"] = sources.dense_lists(encoder, texts, pos_sets, batch_size, index,
-                                                                  emb_path)
+                                                                  emb_path, doc_emb)
     rng = random.Random(cfg.seed)
     stats = dict(queries=len(qids), skipped_no_positive=len(queries) - len(qids), negatives=0,
                  short_queries=0, dropped_over_ratio=0, dropped_outside_semi_hard=0, dropped_by_teacher=0)

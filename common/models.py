@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
 
+from common import fusion
 from common.data import atomic_dir
 from common.metrics import rerank_run
 from common.run import UserError
@@ -313,6 +314,8 @@ class CrossEncoder(torch.nn.Module):
     def __init__(self, model, tokenizer, max_length=512):
         super().__init__()
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.fresh_head = False  # from_pretrained: True when the one-logit head was just initialised
+        self.fusion = dict(fusion.RERANK_ONLY)  # how its scores mix with a first stage's (common/fusion.py)
 
     @classmethod
     def from_pretrained(cls, name, max_length=None):
@@ -332,7 +335,11 @@ class CrossEncoder(torch.nn.Module):
         tokenizer = load_pretrained(name, AutoTokenizer, path)
         limit = min(512, getattr(config, "max_position_embeddings", 512))
         saved = _metadata_reader(path)("crossencoder.json") or {}  # the length it was trained at
-        return cls(model, tokenizer, min(max_length or saved.get("max_length") or limit, limit))
+        cross = cls(model, tokenizer, min(max_length or saved.get("max_length") or limit, limit))
+        # A plain encoder's head is new and random: its scores mean nothing until trained.
+        cross.fresh_head = not any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+        cross.fusion = fusion.load(path)
+        return cross
 
     @property
     def device(self):

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
+from common import fusion
 from common.metrics import rerank_run
 from common.run import UserError
 
@@ -205,6 +206,7 @@ class OnnxCrossEncoder(_OnnxModel):
             raise UserError(f"{path}: crossencoder.json not found; {REEXPORT}")
         limit = self.meta["max_positions"]
         self.max_length = min(max_length or saved["max_length"], limit)
+        self.fusion = fusion.load(path)  # how its scores mix with a first stage's, chosen on val
         if len(self.output_shape) != 1:
             raise UserError(f"{self.file}: the graph outputs shape {self.output_shape}, not one logit per pair; "
                             f"{REEXPORT}")

@@ -11,6 +11,8 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from common import index as faiss_index
+from common.data import doc_text
+from common.metrics import cut_run
 
 # NLTK's English stopword list (179 words), chosen with k1/b on SciFact *train* over 32 settings
 # (Lucene's 33-word list, Porter stemming included; all within 0.006 nDCG@10), never on test.
@@ -225,6 +227,30 @@ def load_reranker(model, backend="torch", device="auto", max_length=None):
     return CrossEncoder.from_pretrained(model, max_length=max_length).to(pick_device(device)).eval()
 
 
+def first_stage_run(spec, corpus, queries, depth, device="auto", batch_size=64, bm25_backend="sparse"):
+    """{qid: {doc id: score}}: each query's top `depth` documents by the first stage `spec`: "bm25", a
+    build_index.py directory (its encoder through its index, as evaluate.py --index searches), or a
+    bi-encoder (exact search over the corpus, encoded here). A query's own id is never retrieved (the
+    BEIR convention evaluate.py follows)."""
+    doc_ids, qids = list(corpus), list(queries)
+    texts = [queries[q] for q in qids]
+    if spec == "bm25":
+        bm25 = BM25(doc_ids, [doc_text(corpus[d]) for d in doc_ids], backend=bm25_backend)
+        run = {q: dict(hits) for q, hits in zip(qids, bm25.search_many(texts, depth + 1))}
+        return cut_run(run, depth)
+    if os.path.isfile(os.path.join(spec, "index.json")):
+        model, backend = faiss_index.built_with(spec)
+        encoder = load_encoder(model, backend, device)
+        index = faiss_index.load(spec, doc_ids, encoder)
+        scores, rows = faiss_index.search(index, encoder.encode(texts, "query", batch_size), depth + 1)
+    else:
+        encoder = load_encoder(spec, "torch", device)
+        doc_emb = encode_corpus(encoder, [doc_text(corpus[d]) for d in doc_ids], batch_size)
+        scores, rows = dense_search(encoder.encode(texts, "query", batch_size), doc_emb, depth + 1)
+    run = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, rows, scores)}
+    return cut_run(run, depth)
+
+
 class Retriever:
     """Two-stage retrieval for a RAG system: a bi-encoder searched through FAISS, then, optionally, a
     cross-encoder re-scoring the top candidates. Scores are inner products (cosine similarity when the
@@ -260,7 +286,7 @@ class Retriever:
         directory ("" = encode the corpus and search exactly) and a cross-encoder ("" = none), run by
         torch or, with backend onnx / onnx-int8, from export_onnx.py directories by onnxruntime. Bad
         paths raise UserError naming the path and the fix."""
-        from common.data import doc_text, read_corpus
+        from common.data import read_corpus
         from common.run import UserError
 
         path = corpus_path_or_beir_dir
@@ -302,11 +328,22 @@ class Retriever:
         # An approximate index may return fewer than k hits, padded with row -1.
         return [[(self.doc_ids[r], float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
 
-    def retrieve_and_rerank(self, query, k_retrieve=100, k_rerank=10):
-        """The top k_retrieve by the bi-encoder, re-scored by the cross-encoder: [(doc id, reranker
-        logit)] of the best k_rerank, best first (ties keep the bi-encoder's order)."""
+    def retrieve_and_rerank(self, query, k_retrieve=None, k_rerank=10):
+        """The bi-encoder's top k_retrieve (None: the depth chosen on val, saved with the reranker in
+        fusion.json) re-scored by the cross-encoder and mixed with the bi-encoder's score as that
+        fusion says (common/fusion.py): [(doc id, score)] of the best k_rerank, best first. With a
+        fusion weight of 0 the reranker is not run and these are the bi-encoder's own hits."""
         if self.reranker is None:
             raise ValueError("retrieve_and_rerank needs a reranker: pass reranker= to Retriever or Retriever.load")
-        hits = self.retrieve(query, k_retrieve)
-        scores = self.reranker.score([query] * len(hits), [self.text(d) for d, _ in hits], self.batch_size)
-        return [(hits[i][0], float(scores[i])) for i in top_k(scores, k_rerank)]
+        from common import fusion
+
+        mix = getattr(self.reranker, "fusion", fusion.RERANK_ONLY)
+        depth = k_retrieve or mix["depth"]
+        if mix["weight"] == 0:
+            return self.retrieve(query, k_rerank)
+        hits = self.retrieve(query, max(depth, k_rerank))
+        top = hits[:depth]
+        scores = self.reranker.score([query] * len(top), [self.text(d) for d, _ in top], self.batch_size)
+        fused = fusion.fuse({"q": dict(hits)}, {"q": {d: float(s) for (d, _), s in zip(top, scores)}},
+                            mix["weight"], depth)["q"]
+        return sorted(fused.items(), key=lambda item: -item[1])[:k_rerank]

@@ -63,8 +63,7 @@ def test_shipped_configs_load_with_their_script():
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     scripts = {"encoder-": train_encoder, "reranker-": train_reranker, "mine-": mine_negatives,
-               "teacher-": mine_negatives, "bm25-": evaluate, "eval-": evaluate, "index-": build_index,
-               "prepare-": prepare_data}
+               "bm25-": evaluate, "eval-": evaluate, "index-": build_index, "prepare-": prepare_data}
     paths = sorted(glob.glob(os.path.join(root, "configs", "*.yaml")))
     assert paths
     for path in paths:
@@ -100,39 +99,65 @@ def test_make_reruns_a_stage_when_only_its_args_change(tmp_path, dir_var, args_v
     assert changed[0] != first[0] and changed[1] > 1
 
 
-def test_config_picks_each_stages_yaml(tmp_path):
-    """CONFIG=<name> hands every stage its configs/<stage>-<name>.yaml (dry run: nothing executes)."""
+def make_dry_run(*args):
+    """The commands `make -n` would run (PY=true: nothing executes), one string each, continuation lines joined."""
     import os
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(["make", "-n", "-C", root, "pipeline", "CONFIG=smoke", "DATA=smoke", "DATASET=smoke",
-                          f"MODEL={tmp_path}/m", "PY=true"], capture_output=True, text=True, check=True).stdout
-    for stage, script in [("eval", "evaluate.py"), ("mine", "mine_negatives.py"), ("reranker", "train_reranker.py"),
-                          ("teacher", "mine_negatives.py"), ("encoder", "train_encoder.py")]:
+    out = subprocess.run(["make", "-n", "-C", root, *args, "PY=true"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.replace("\\\n", " ").splitlines() if line.startswith("true ")]
+
+
+def test_config_picks_each_stages_yaml(tmp_path):
+    """CONFIG=<name> hands every stage its configs/<stage>-<name>.yaml (dry run: nothing executes)."""
+    lines = make_dry_run("pipeline", "CONFIG=smoke", "DATA=smoke", "DATASET=smoke", f"MODEL={tmp_path}/m")
+    for stage, script in [("mine", "mine_negatives.py"), ("reranker", "train_reranker.py"),
+                          ("encoder", "train_encoder.py")]:
         assert any(line.startswith(f"true {script} ") and f"configs/{stage}-smoke.yaml" in line
-                   for line in out.splitlines()), f"{stage}: {out}"
-    assert "--teacher=runs/smoke-m/reranker/best" in out and "--results_csv=runs/results.csv" in out
+                   for line in lines), f"{stage}: {lines}"
+    assert any("--results_csv=runs/results.csv" in line for line in lines)
+
+
+def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
+    """make pipeline on a dataset with no config of its own: each stage's output is an input of a later
+    stage, and the trainers' defaults use it (the encoder draws hard negatives from the mined file)."""
+    import train_encoder
+    from common.config import load_config
+
+    run = "runs/fresh-m"
+    lines = make_dry_run("pipeline", f"DATA={tmp_path}/fresh", f"MODEL={tmp_path}/m")
+    assert not any("configs/" in line for line in lines), lines  # the defaults, no config file
+    step = {name: next(line for line in lines if line.startswith(f"true {script}") and all(w in line for w in words))
+            for name, script, words in [
+                ("mine", "mine_negatives.py", [f"--out={run}/mine"]),
+                ("encoder", "train_encoder.py", []), ("index", "build_index.py", []),
+                ("mine-reranker", "mine_negatives.py", [f"--out={run}/mine-reranker"]),
+                ("reranker", "train_reranker.py", []), ("final", "evaluate.py", ["--split=test", "--index="]),
+                ("compare", "evaluate.py", ["--compare="])]}
+    assert f"--train_file={run}/mine/train.jsonl" in step["encoder"]
+    assert f"--model={run}/encoder/best" in step["index"]
+    assert f"--index={run}/index" in step["mine-reranker"]
+    assert f"--train_file={run}/mine-reranker/train.jsonl" in step["reranker"]
+    assert f"--first_stage={run}/index" in step["reranker"]  # val reranks the encoder's candidates
+    assert f"--index={run}/index" in step["final"] and f"--rerank={run}/reranker/best" in step["final"]
+    assert f"{run}/final-test/metrics.json" in step["compare"] and f"{run}/reranker/val/metrics.json" in step["compare"]
+    assert not any("--teacher" in line for line in lines)  # nothing in the pipeline would read its scores
+    cfg = load_config(train_encoder.DEFAULTS, [f"--train_file={run}/mine/train.jsonl"])
+    assert cfg.hard_negatives == "auto" and train_encoder.AUTO["cpu"]["hard_negatives"] > 0
 
 
 def test_adapt_trains_on_pseudo_queries_and_tests_on_the_labelled_split(tmp_path):
     """make adapt (dry run, on a dataset name no run has made): every training stage reads data/<dataset>-pseudo, each with its
     <stage>-<CONFIG>-pseudo.yaml or else <stage>-<CONFIG>.yaml; only the last evaluation reads the
     labelled directory, on its test split."""
-    import os
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(["make", "-n", "-C", root, "adapt", "CONFIG=smoke", "DATA=smoke", "DATASET=dry-adapt",
-                          f"MODEL={tmp_path}/m", "PY=true"], capture_output=True, text=True, check=True).stdout
-    lines = [line for line in out.splitlines() if line.startswith("true ")]
+    lines = make_dry_run("adapt", "CONFIG=smoke", "DATA=smoke", "DATASET=dry-adapt", f"MODEL={tmp_path}/m")
     prepare = [line for line in lines if "--out=data/dry-adapt-pseudo" in line]
     assert len(prepare) == 1 and "--source=data/dry-adapt " in prepare[0] and "--pseudo_queries=ict,crop" in prepare[0]
-    for stage, script in [("mine", "mine_negatives.py"), ("reranker", "train_reranker.py"),
-                          ("teacher", "mine_negatives.py"), ("encoder", "train_encoder.py")]:
+    for stage, script in [("mine", "mine_negatives.py"), ("encoder", "train_encoder.py")]:
         assert any(line.startswith(f"true {script} ") and f"configs/{stage}-smoke.yaml" in line
-                   and "--data=data/dry-adapt-pseudo " in line for line in lines), f"{stage}: {out}"
+                   and "--data=data/dry-adapt-pseudo " in line for line in lines), f"{stage}: {lines}"
     labelled = [line for line in lines if "--data=data/dry-adapt " in line]
     assert any("evaluate.py" in line and "--split=test" in line and "--model=runs/dry-adapt-pseudo-m/encoder/best" in line
-               for line in labelled), out
+               for line in labelled), lines
     assert all("evaluate.py" in line and "--split=test" in line for line in labelled), labelled

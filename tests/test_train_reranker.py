@@ -18,7 +18,7 @@ from conftest import build_tiny_model, grads_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--max_length=48", "--log_every=1", "--tensorboard=false", "--test_eval=false", "--eval_every=0",
-        "--val_depth=8", "--test_depth=10"]
+        "--val_depth=8"]
 
 
 def mined_file(path, data, teacher=False, n=48):
@@ -58,22 +58,31 @@ def weights(run_dir, sub="last"):
 def test_full_run_writes_a_complete_run_directory(train_beir, tiny_model, mined, tmp_path):
     out = tmp_path / "run"
     assert train(train_beir, tiny_model, out, mined, "--batch_size=8", "--negatives=3", "--max_steps=4",
-                 "--eval_every=2", "--test_eval=true", "--tensorboard=true") == 0
+                 "--eval_every=2", "--test_eval=true", "--tensorboard=true", "--fusion_depths=4,8") == 0
     for name in ("config.json", "command.txt", "metrics.json", "metrics.jsonl", "training_progress.json",
-                 "best/model.safetensors", "best/crossencoder.json", "last/trainer_state.pt", "test/metrics.json",
-                 "test/bm25.trec", "test/bm25+rerank.trec", "test/bm25+rerank.per_query.json"):
+                 "best/model.safetensors", "best/crossencoder.json", "best/fusion.json", "last/trainer_state.pt",
+                 "val/metrics.json", "test/metrics.json", "test/bm25.trec", "test/bm25+rerank.trec",
+                 "test/bm25+fused.trec", "test/bm25+rerank.per_query.json"):
         assert (out / name).exists(), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["steps"] == 4 and summary["best_step"] in (0, 2, 4)
+    assert summary["steps"] == 4 and summary["best_step"] in (2, 4)
     results = json.loads((out / "test" / "metrics.json").read_text())["results"]
-    assert set(results) == {"bm25", "bm25+rerank"} and results["bm25+rerank"]["pairs_per_s"] > 0
+    assert set(results) == {"bm25", "bm25+rerank", "bm25+fused"} and summary["rerank_pairs_per_s"] > 0
     # reranking reorders BM25's candidates, it does not find new ones
     assert results["bm25+rerank"]["metrics"]["recall@10"] == pytest.approx(results["bm25"]["metrics"]["recall@10"])
+    # the fresh head's step 0 is not evaluated (its scores are random); the run's end is
     val_steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl") if '"split": "val"' in line]
-    assert val_steps == [0, 2, 4]
+    assert val_steps == [2, 4]
     assert json.loads((out / "best" / "crossencoder.json").read_text()) == {"max_length": 48}
     assert CrossEncoder.from_pretrained(str(out / "best")).max_length == 48
+    # the fusion chosen on val is the best of its grid there, and what test and the saved model use
+    chosen = json.loads((out / "best" / "fusion.json").read_text())
+    assert chosen["depth"] in (4, 8) and 0 <= chosen["weight"] <= 1
+    assert chosen["val"]["bm25+fused"] == pytest.approx(max(chosen["grid"].values()))
+    assert chosen["val"]["bm25+fused"] >= chosen["val"]["bm25"]  # val never gets worse than the first stage
+    assert results["bm25+fused"]["fusion"] == {"weight": chosen["weight"], "depth": chosen["depth"]}
+    assert CrossEncoder.from_pretrained(str(out / "best")).fusion["weight"] == chosen["weight"]
 
 
 def test_listwise_training_fits_a_small_set(train_beir, tiny_model, tmp_path):

@@ -1,0 +1,125 @@
+"""Sizes that follow the data and the machine.
+
+A script's `auto` settings (common.config.Auto) resolve here, before any training step: from a
+table of what suits each kind of machine (a CPU trains a MiniLM two orders of magnitude slower
+than a GPU), from the data (how many queries, how large a corpus), and from a measured step time
+when a time budget has to be met. The script prints the result as its plan and saves it in the
+run's config.json, so a rerun with those values repeats the run.
+"""
+import math
+import time
+
+from common.config import is_auto
+from common.data import warn
+
+
+def machine(device):
+    """"cpu" or "gpu": the key of a script's AUTO table."""
+    return "gpu" if device.type == "cuda" else "cpu"
+
+
+def resolve(cfg, table, **derived):
+    """Set each setting of cfg that is still "auto" and has a value in `derived` (worked out by the
+    script from the data) or else in `table` (the machine's row). Returns the names resolved; the
+    others stay "auto" for a later step (the step count waits for a measured step)."""
+    done = []
+    for key, value in vars(cfg).items():
+        if is_auto(value) and (key in derived or key in table):
+            setattr(cfg, key, derived[key] if key in derived else table[key])
+            done.append(key)
+    return done
+
+
+def restore(cfg, saved, keys):
+    """On --resume: the values `auto` resolved to in the run being continued (its config.json), so the
+    schedule and the sizes stay what they were, whatever this machine would pick today."""
+    for key in keys:
+        if key in saved:
+            setattr(cfg, key, saved[key])
+
+
+def batch_size(cfg, n, default, world, where):
+    """Resolve batch_size when auto: `default`, or for a dataset too small for it half the queries (so
+    an epoch has two steps), rounded down to a multiple of the ranks. A batch set by hand that the
+    data cannot fill is an error naming the fix."""
+    if is_auto(cfg.batch_size):
+        cfg.batch_size = default
+        if n < 2 * default:
+            cfg.batch_size = max(world, n // 2 // world * world)
+            warn(f"{where}: {n} training queries, too few for batches of {default}: training at "
+                 f"batch_size={cfg.batch_size}")
+    if n < cfg.batch_size:
+        from common.run import UserError
+
+        raise UserError(f"{where}: {n} training queries, fewer than batch_size={cfg.batch_size}; lower --batch_size "
+                        f"(to {max(1, n // 2)}, say)")
+
+
+def check_batch(cfg, world, unit):
+    """The batch against the ranks and the micro-batch, once it is resolved."""
+    from common.config import ConfigError
+
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} must divide evenly over {world} ranks")
+    if cfg.micro_batch_size > cfg.batch_size // world:
+        raise ConfigError(f"micro_batch_size={cfg.micro_batch_size} is more than the {cfg.batch_size // world} {unit} "
+                          f"each of {world} rank(s) takes per step; 0 (the default) means all of them at once")
+
+
+def time_step(step, repeats=2):
+    """Seconds one call of `step()` takes: the last of `repeats` calls (the first pays for warm-up:
+    allocations, kernel choice)."""
+    seconds = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        seconds = time.perf_counter() - t0
+    return seconds
+
+
+def steps_for_budget(budget_min, recipe_steps, steps_per_epoch, seconds_per_step, eval_seconds, evals):
+    """(steps, note): the recipe's steps, or as many as fit `budget_min` minutes beside `evals` val
+    evaluations of `eval_seconds` each. Never fewer than one step; the note says what was cut."""
+    if budget_min <= 0:
+        return recipe_steps, ""
+    room = budget_min * 60 - evals * eval_seconds
+    fit = max(1, int(room / max(seconds_per_step, 1e-9)))
+    if fit >= recipe_steps:
+        return recipe_steps, ""
+    epochs = fit / max(steps_per_epoch, 1)
+    if epochs < 1:
+        note = (f"time_budget_min={budget_min:g} fits {fit} steps, less than one epoch ({steps_per_epoch} steps): "
+                f"training {fit}; raise time_budget_min (or set max_steps) for the full recipe")
+    else:
+        note = (f"time_budget_min={budget_min:g} fits {fit} of the recipe's {recipe_steps} steps "
+                f"({epochs:.1f} epochs)")
+    return fit, note
+
+
+def eval_every(total_steps, evals):
+    """Steps between val evaluations so that about `evals` fall in the run (besides step 0)."""
+    return max(1, math.ceil(total_steps / max(evals, 1)))
+
+
+def eta_line(steps, seconds, remaining):
+    """The estimate a run prints after its first steps: measured, not probed."""
+    per_step = seconds / max(steps, 1)
+    return (f"time: {per_step:.2f} s a step over this run's first {steps} steps -> ~{minutes(per_step * remaining)} "
+            f"for the {remaining} steps left, besides val")
+
+
+ETA_AFTER = 10  # steps into a run when it prints eta_line
+
+
+def minutes(seconds):
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def print_plan(name, lines, notes=()):
+    """The plan, before the first step: one line per fact, then what sizing had to cut."""
+    print(f"plan ({name}):")
+    for line in lines:
+        print(f"  {line}")
+    for note in notes:
+        if note:
+            warn(note)
