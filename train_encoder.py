@@ -63,7 +63,7 @@ DEFAULTS = dict(
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     train_file="",  # a mined JSONL (mine_negatives.py) with negatives; "" = the train split's qrels, in-batch only
     hard_negatives=Auto(int),  # per query, drawn each epoch from the train_file's negatives; auto = 3 with a
-    #                            train_file (BM25's: +0.05 val nDCG@10 over in-batch on SciFact), else 0
+    #                            train_file (BM25's: +0.05 val nDCG@10 over in-batch on SciFact; 1 on a CPU), else 0
     remine_every=0,  # steps; > 0 re-mines train_file's queries with the model being trained (ANCE),
     # with the strategy and filters of the mine_negatives.py run that wrote it (its config.json)
     # model
@@ -74,7 +74,7 @@ DEFAULTS = dict(
     scratch_heads=0,
     pooling="",  # mean | cls | max; "" or 0 keeps what was saved with the model
     max_query_length=0,
-    max_passage_length=0,
+    max_passage_length=Auto(int),  # 0 = what was saved with the model; auto = that on a GPU, 128 on a CPU
     query_prefix="",
     passage_prefix="",
     gradient_checkpointing=False,  # recompute activations in backward: less memory, ~30% more time
@@ -122,13 +122,15 @@ DEFAULTS = dict(
     log_every=10,
     tensorboard=True,
 )
-# What `auto` is on each machine: sizes, not the recipe. A CPU trains MiniLM ~100x slower than a GPU,
-# so there the run is cut to a time budget and val is a sub-corpus; a GPU runs the recipe whole.
+# What `auto` is on each machine. A CPU trains MiniLM ~100x slower than a GPU, so there the run is cut
+# to a time budget, passages to 128 tokens and the hard negatives to one a query (within 12 minutes on
+# the default data these did as well as 256 tokens in-batch, bench/results/encoder-cpu.md), and val is
+# a sub-corpus; a GPU runs the recipe whole.
 AUTO = {
-    "cpu": dict(batch=32, hard_negatives=3, time_budget_min=12.0, val_queries=200, val_docs_bm25=10, val_docs_random=500,
-                full_corpus_docs=2_000, evals=3),
-    "gpu": dict(batch=32, hard_negatives=3, time_budget_min=0.0, val_queries=2_000, val_docs_bm25=30, val_docs_random=10_000,
-                full_corpus_docs=200_000, evals=10),
+    "cpu": dict(batch=32, hard_negatives=1, max_passage_length=128, time_budget_min=12.0, val_queries=200,
+                val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=3),
+    "gpu": dict(batch=32, hard_negatives=3, max_passage_length=0, time_budget_min=0.0, val_queries=2_000,
+                val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=10),
 }
 VAL_KS = (1, 3, 5, 10, 100)
 

@@ -32,7 +32,7 @@ def test_cpu_and_gpu_plans_differ_as_designed():
     assert cpu.time_budget_min > 0 and gpu.time_budget_min == 0  # a CPU run is cut to a budget, a GPU's is not
     assert not cpu.val_full_corpus and gpu.val_full_corpus  # 5,000 docs: a sub-corpus on a CPU, all of them on a GPU
     assert cpu.val_queries < gpu.val_queries <= len(val)
-    assert cpu.hard_negatives == gpu.hard_negatives > 0  # the recipe does not change with the machine
+    assert gpu.hard_negatives >= cpu.hard_negatives > 0 and cpu.max_passage_length < 256  # a CPU step costs less
     # a small val split is used whole, and a mined file without negatives trains in-batch only
     cfg = encoder_cfg()
     train_encoder.resolve_sizes(cfg, train_encoder.AUTO["gpu"], records(100, negatives=False), corpus,
