@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from common import losses, mining, sizing
 from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val, read_training_file, splits, warn
+from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits, warn
 from common.metrics import cut_run, evaluate_run, write_trec
 from common.models import BiEncoder, CrossEncoder, pick_device
 from common.retrievers import BM25, dense_run
@@ -127,7 +127,7 @@ DEFAULTS = dict(
 # the default data these did as well as 256 tokens in-batch, bench/results/encoder-cpu.md), and val is
 # a sub-corpus; a GPU runs the recipe whole.
 AUTO = {
-    "cpu": dict(batch=32, hard_negatives=1, max_passage_length=128, time_budget_min=12.0, val_queries=200,
+    "cpu": dict(batch=32, hard_negatives=1, max_passage_length=128, time_budget_min=13.0, val_queries=200,
                 val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=3),
     "gpu": dict(batch=32, hard_negatives=3, max_passage_length=0, time_budget_min=0.0, val_queries=2_000,
                 val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=10),
@@ -388,9 +388,7 @@ def main(argv=None):
     sizing.batch_size(cfg, len(examples), table["batch"], world, cfg.train_file or cfg.data)
     sizing.check_batch(cfg, world, "examples")
     if has_val and master:
-        if cfg.val_queries and len(val_queries) > cfg.val_queries:
-            keep = sorted(val_queries)[:cfg.val_queries]
-            val_queries, val_qrels = {q: val_queries[q] for q in keep}, {q: val_qrels[q] for q in keep}
+        val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
     if cfg.remine_every > 0:
         remine_cfg, teacher_dir = remine_settings(cfg)
@@ -427,9 +425,10 @@ def main(argv=None):
         forward_backward(cfg, model, encoder, chunks, batch, groups, scaler, rank, world, device, dtype)
         optimizer.zero_grad(set_to_none=True)
 
-    plan = resolve_steps(cfg, table, steps_per_epoch, probe_step, encoder,
-                         [doc_text(corpus[d]) for d in val_doc_ids] if has_val and master else [],
-                         list(val_queries.values()) if has_val and master else [], world)
+    val_texts = ([doc_text(corpus[d]) for d in val_doc_ids], list(val_queries.values())) if has_val and master else ([], [])
+    plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
+                                lambda seconds: estimate_eval_seconds(encoder, *val_texts, seconds, cfg, world),
+                                table["evals"] + 1 if has_val else 0, world)
     warmup_steps = int(cfg.warmup_ratio * cfg.max_steps)
     step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
     batches, groups_of = None, None  # this epoch's batch order, and every example's group of documents
@@ -463,7 +462,8 @@ def main(argv=None):
     if master:
         sizing.print_plan("train_encoder.py", [
             f"data: {dataset}, {len(examples):,} train queries ({sum(len(ex.positives) for ex in examples):,} "
-            f"positives, one drawn per query each epoch), {cfg.hard_negatives} hard negatives each"
+            f"positives, one drawn per query each epoch), {cfg.hard_negatives} hard negative"
+            f"{'' if cfg.hard_negatives == 1 else 's'} each"
             + (f" from {cfg.train_file}" if cfg.hard_negatives else " (in-batch negatives only)"),
             f"steps: {total_steps} at batch {cfg.batch_size} ({total_steps / steps_per_epoch:.2f} epochs of "
             f"{steps_per_epoch}), on {world} x {device} ({str(dtype).removeprefix('torch.')})",
@@ -649,37 +649,6 @@ def main(argv=None):
         dist.barrier()
         dist.destroy_process_group()
     return 0
-
-
-def resolve_steps(cfg, table, steps_per_epoch, probe_step, encoder, val_docs, val_queries, world):
-    """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
-    (measured by timing `probe_step`). Returns {"lines": the plan's time line, "notes": what was cut}."""
-    recipe_steps = cfg.epochs * steps_per_epoch
-    notes, seconds, eval_seconds = [], None, 0.0
-    if cfg.max_steps == "auto":
-        cfg.max_steps = recipe_steps
-        if cfg.time_budget_min > 0:
-            rng = rng_state()
-            seconds = sizing.time_step(probe_step)
-            set_rng_state(rng)  # the probe leaves the run's random draws as they were
-            eval_seconds = estimate_eval_seconds(encoder, val_docs, val_queries, seconds, cfg, world)
-            cfg.max_steps, note = sizing.steps_for_budget(cfg.time_budget_min, recipe_steps, steps_per_epoch, seconds,
-                                                          eval_seconds, table["evals"] + 1 if val_docs else 0)
-            notes.append(note)
-        if world > 1:  # every rank trains the steps rank 0 measured
-            box = [cfg.max_steps]
-            dist.broadcast_object_list(box, src=0)
-            cfg.max_steps = box[0]
-    if cfg.eval_every == "auto":
-        cfg.eval_every = sizing.eval_every(cfg.max_steps, table["evals"])
-    lines = []
-    if seconds is not None:
-        evals = (cfg.max_steps // cfg.eval_every + 1) if cfg.eval_every else 2
-        evals = evals if val_docs else 0
-        lines.append(f"time: {seconds:.2f} s a step (measured on the first batch) -> "
-                     f"~{sizing.minutes(seconds * cfg.max_steps + evals * eval_seconds)} with {evals} val "
-                     f"evaluations of ~{sizing.minutes(eval_seconds)} (time_budget_min={cfg.time_budget_min:g})")
-    return {"lines": lines, "notes": notes}
 
 
 def estimate_eval_seconds(encoder, val_docs, val_queries, step_seconds, cfg, world):

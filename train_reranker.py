@@ -49,14 +49,14 @@ from tqdm.auto import tqdm
 from common import fusion, losses, sizing
 from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val, read_training_file, splits, warn
+from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits, warn
 from common.metrics import evaluate_run, ranked, write_trec
 from common.models import CrossEncoder, pick_device
 from common.retrievers import BM25, first_stage_run
 from common.run import UserError, cli, start_run, write_json
 from common.training import (Health, StopSignals, all_rng_states, autocast, autocast_dtype, check_free_space,
-                             log_hparams, lr_at, param_groups, peak_memory_mb, resume_checkpoint, rng_state,
-                             save_checkpoint, set_rng_state, setup_distributed, trim_log, write_progress)
+                             log_hparams, lr_at, param_groups, peak_memory_mb, resume_checkpoint, save_checkpoint,
+                             set_rng_state, setup_distributed, trim_log, write_progress)
 
 DEFAULTS = dict(
     # data
@@ -112,7 +112,7 @@ DEFAULTS = dict(
 # What `auto` is on each machine: sizes, not the recipe. A CPU scores ~10-30 pairs/s, so there the
 # run is cut to a time budget, pairs are shorter and val reranks a shallower top.
 AUTO = {
-    "cpu": dict(batch=16, max_length=128, time_budget_min=5.0, val_queries=100, val_depth=20, evals=2),
+    "cpu": dict(batch=16, max_length=128, time_budget_min=6.0, val_queries=200, val_depth=20, evals=2),
     "gpu": dict(batch=16, max_length=256, time_budget_min=0.0, val_queries=1_000, val_depth=100, evals=6),
 }
 KS = (1, 3, 5, 10, 100)
@@ -178,13 +178,14 @@ def score_candidates(cross, queries, candidates, doc_texts, batch_size):
     return out, len(pairs) / max(seconds, 1e-9)
 
 
-def forward_backward(cfg, model, cross, examples, groups, chunk_ids, per_rank, scaler, world, device, dtype):
+def forward_backward(cfg, model, cross, examples, groups, doc_texts, chunk_ids, per_rank, scaler, world, device,
+                     dtype):
     """One micro-batch's loss, scaled to its share of the rank's groups, and its gradients. Returns
     (loss, its terms, group accuracy, score margin), each a float weighted by that share."""
     docs = [groups[i] for i in chunk_ids]
     size = len(docs[0])
     batch = cross.tokenize([examples[i].query for i in chunk_ids for _ in range(size)],
-                           [d for group in docs for d in group])
+                           [doc_texts[d] for group in docs for d in group])
     share = len(chunk_ids) / per_rank
     with autocast(device, dtype):
         scores = model(**{k: v.to(device) for k, v in batch.items()}).float().view(len(chunk_ids), size)
@@ -230,9 +231,7 @@ def main(argv=None):
     has_val = bool(val_queries)
     sizing.resolve(cfg, table, val_queries=min(table["val_queries"], len(val_queries)))
     if master and has_val:
-        if cfg.val_queries and len(val_queries) > cfg.val_queries:
-            keep = sorted(val_queries)[:cfg.val_queries]
-            val_queries, val_qrels = {q: val_queries[q] for q in keep}, {q: val_qrels[q] for q in keep}
+        val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
         val_first = first_stage_run(cfg.first_stage, corpus, val_queries, cfg.val_depth, cfg.device,
                                     cfg.eval_batch_size, cfg.bm25_backend)
     depths = sorted({min(d, cfg.val_depth) for d in cfg.fusion_depths})
@@ -255,13 +254,16 @@ def main(argv=None):
 
     def probe_step():  # the first batch forward and backward, its gradients dropped: what one step costs
         for start in range(0, per_rank, micro):
-            forward_backward(cfg, model, cross, examples, first_groups, first_batch[start:start + micro], per_rank,
-                             scaler, world, device, dtype)
+            forward_backward(cfg, model, cross, examples, first_groups, doc_texts, first_batch[start:start + micro],
+                             per_rank, scaler, world, device, dtype)
         optimizer.zero_grad(set_to_none=True)
 
     val_evals = table["evals"] + (0 if cross.fresh_head else 1)
-    plan = resolve_steps(cfg, table, steps_per_epoch, probe_step, len(val_queries) * cfg.val_depth if has_val else 0,
-                         val_evals, world)
+    # Scoring is a forward pass: about half a training step's time per pair (measured on a CPU).
+    val_pairs = len(val_queries) * cfg.val_depth if has_val else 0
+    plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
+                                lambda seconds: val_pairs / (cfg.batch_size * (1 + cfg.negatives)) * seconds / 2,
+                                val_evals if has_val else 0, world)
     warmup_steps = int(cfg.warmup_ratio * cfg.max_steps)
     total_steps = cfg.max_steps
     step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
@@ -366,7 +368,7 @@ def main(argv=None):
         for start in range(0, per_rank, micro):
             sync = start + micro >= per_rank  # DDP all-reduces gradients on the last micro-batch only
             with model.no_sync() if world > 1 and not sync else contextlib.nullcontext():
-                loss, parts, acc, marg = forward_backward(cfg, model, cross, examples, groups_of,
+                loss, parts, acc, marg = forward_backward(cfg, model, cross, examples, groups_of, doc_texts,
                                                           mine[start:start + micro], per_rank, scaler, world, device,
                                                           dtype)
             loss_sum, accuracy, margin = loss_sum + loss, accuracy + acc, margin + marg
@@ -461,37 +463,6 @@ def main(argv=None):
         dist.barrier()
         dist.destroy_process_group()
     return 0
-
-
-def resolve_steps(cfg, table, steps_per_epoch, probe_step, val_pairs, val_evals, world):
-    """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
-    (measured by timing `probe_step`). Returns {"lines": the plan's time line, "notes": what was cut}."""
-    recipe_steps = cfg.epochs * steps_per_epoch
-    notes, seconds = [], None
-    eval_seconds = 0.0
-    if cfg.max_steps == "auto":
-        cfg.max_steps = recipe_steps
-        if cfg.time_budget_min > 0:
-            rng = rng_state()
-            seconds = sizing.time_step(probe_step)
-            set_rng_state(rng)  # the probe leaves the run's random draws as they were
-            # Scoring is a forward pass: about half a training step's time per pair (measured on a CPU).
-            eval_seconds = val_pairs / (cfg.batch_size * (1 + cfg.negatives)) * seconds / 2
-            cfg.max_steps, note = sizing.steps_for_budget(cfg.time_budget_min, recipe_steps, steps_per_epoch, seconds,
-                                                          eval_seconds, val_evals if val_pairs else 0)
-            notes.append(note)
-        if world > 1:  # every rank trains the steps rank 0 measured
-            box = [cfg.max_steps]
-            dist.broadcast_object_list(box, src=0)
-            cfg.max_steps = box[0]
-    if cfg.eval_every == "auto":
-        cfg.eval_every = sizing.eval_every(cfg.max_steps, table["evals"])
-    lines = []
-    if seconds is not None:
-        lines.append(f"time: {seconds:.2f} s a step (measured on the first batch) -> "
-                     f"~{sizing.minutes(seconds * cfg.max_steps + val_evals * eval_seconds)} with {val_evals} val "
-                     f"evaluations of ~{sizing.minutes(eval_seconds)} (time_budget_min={cfg.time_budget_min:g})")
-    return {"lines": lines, "notes": notes}
 
 
 def stage_results(qrels, first, scores, chosen, cfg, best):

@@ -90,19 +90,19 @@ def train_batches(cfg, tokenizer=None):
     """(texts per step as [(query, positive text)], real tokens per step): the batches train_encoder.py
     draws for `steps` steps with these settings, epoch after epoch; `unbucketed` draws random ones."""
     import train_encoder
-    from common.batching import make_batches, sample_negatives
+    from common.batching import make_batches, sample_groups
     from common.data import doc_text, load_beir
 
     te_cfg = load_config(train_encoder.DEFAULTS, [f"--data={cfg.data}", f"--batch_size={cfg.batch_size}",
-                                                  f"--seed={cfg.seed}", *cfg.train_args])
+                                                  f"--seed={cfg.seed}", "--hard_negatives=0", *cfg.train_args])
     corpus, queries, qrels = load_beir(cfg.data, "train")
-    examples = train_encoder.load_examples(te_cfg, corpus, queries, qrels)
+    examples = train_encoder.load_examples(te_cfg, corpus, train_encoder.read_records(te_cfg, corpus, queries, qrels))
     bucket = te_cfg.length_bucketing and cfg.st_batches == "ours"
     steps, epoch = [], 0
     while len(steps) < cfg.steps:
-        negatives = sample_negatives(examples, 0, te_cfg.seed + epoch)
-        for b in make_batches(examples, negatives, cfg.batch_size, te_cfg.seed + epoch, bucket):
-            steps.append([(examples[i].query, doc_text(corpus[examples[i].positive])) for i in b])
+        groups = sample_groups(examples, 0, te_cfg.seed + epoch)
+        for b in make_batches(examples, groups, cfg.batch_size, te_cfg.seed + epoch, bucket):
+            steps.append([(examples[i].query, doc_text(corpus[groups[i][0]])) for i in b])
         epoch += 1
     steps = steps[:cfg.steps]
     tokens = None

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -198,6 +199,16 @@ def splits(data_dir):
     if not os.path.isdir(qdir):
         return []
     return sorted(f[:-4] for f in os.listdir(qdir) if f.endswith(".tsv"))
+
+
+def sample_queries(queries, qrels, n, seed=0):
+    """(queries, qrels) of a seeded sample of n queries (all of them when n is 0 or covers them). Ids
+    follow the corpus's order (a BEIR file, or prepare_data.py's), so the first n would come from a
+    few documents or modules, not from the whole split."""
+    if not n or len(queries) <= n:
+        return queries, qrels
+    keep = sorted(random.Random(seed).sample(sorted(queries), n))
+    return {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
 
 
 def load_val(data_dir, without):

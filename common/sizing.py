@@ -96,6 +96,40 @@ def steps_for_budget(budget_min, recipe_steps, steps_per_epoch, seconds_per_step
     return fit, note
 
 
+def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, world):
+    """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
+    beside `evals` val evaluations, timed by running `probe_step` (the first batch forward and
+    backward); eval_seconds(step seconds) estimates one evaluation. Rank 0's count is every rank's.
+    Returns {"lines": the plan's time line, "notes": what the budget cut}."""
+    import torch.distributed as dist
+
+    from common.training import rng_state, set_rng_state
+
+    recipe_steps = cfg.epochs * steps_per_epoch
+    lines, notes, seconds, per_eval = [], [], None, 0.0
+    if cfg.max_steps == "auto":
+        cfg.max_steps = recipe_steps
+        if cfg.time_budget_min > 0:
+            rng = rng_state()
+            seconds = time_step(probe_step)
+            set_rng_state(rng)  # the probe leaves the run's random draws as they were
+            per_eval = eval_seconds(seconds)
+            cfg.max_steps, note = steps_for_budget(cfg.time_budget_min, recipe_steps, steps_per_epoch, seconds,
+                                                   per_eval, evals)
+            notes.append(note)
+        if world > 1:
+            box = [cfg.max_steps]
+            dist.broadcast_object_list(box, src=0)
+            cfg.max_steps = box[0]
+    if cfg.eval_every == "auto":
+        cfg.eval_every = eval_every(cfg.max_steps, table["evals"])
+    if seconds is not None:
+        lines.append(f"time: {seconds:.2f} s a step (measured on the first batch) -> "
+                     f"~{minutes(seconds * cfg.max_steps + evals * per_eval)} with {evals} val evaluations of "
+                     f"~{minutes(per_eval)} (time_budget_min={cfg.time_budget_min:g})")
+    return {"lines": lines, "notes": notes}
+
+
 def eval_every(total_steps, evals):
     """Steps between val evaluations so that about `evals` fall in the run (besides step 0)."""
     return max(1, math.ceil(total_steps / max(evals, 1)))

@@ -48,19 +48,19 @@ def test_cpu_and_gpu_plans_differ_as_designed():
 
 def test_steps_follow_the_epochs_or_the_budget():
     slow = lambda: time.sleep(0.05)  # noqa: E731
+    no_val = lambda seconds: 0.0  # noqa: E731
     # no budget (a GPU): the recipe's epochs, no probe
     cfg = encoder_cfg("--time_budget_min=0", "--epochs=3")
-    plan = train_encoder.resolve_steps(cfg, train_encoder.AUTO["gpu"], 40, lambda: pytest.fail("no probe"), None,
-                                       [], [], world=1)
+    plan = sizing.resolve_steps(cfg, train_encoder.AUTO["gpu"], 40, lambda: pytest.fail("no probe"), no_val, 0, 1)
     assert cfg.max_steps == 120 and plan["notes"] == [] and cfg.eval_every == 12
     # a budget smaller than one epoch: as many steps as fit, and a line saying so
     cfg = encoder_cfg("--time_budget_min=0.01", "--epochs=3")  # 0.6 s at ~0.05 s a step
-    plan = train_encoder.resolve_steps(cfg, train_encoder.AUTO["cpu"], 40, slow, None, [], [], world=1)
+    plan = sizing.resolve_steps(cfg, train_encoder.AUTO["cpu"], 40, slow, no_val, 0, 1)
     assert 5 <= cfg.max_steps <= 12
     assert "less than one epoch (40 steps)" in plan["notes"][0] and "s a step" in plan["lines"][0]
     # an explicit max_steps is kept, whatever the budget
     cfg = encoder_cfg("--time_budget_min=0.01", "--max_steps=500")
-    train_encoder.resolve_steps(cfg, train_encoder.AUTO["cpu"], 40, lambda: pytest.fail("no probe"), None, [], [], 1)
+    sizing.resolve_steps(cfg, train_encoder.AUTO["cpu"], 40, lambda: pytest.fail("no probe"), no_val, 0, 1)
     assert cfg.max_steps == 500
 
 

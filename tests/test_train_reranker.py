@@ -199,3 +199,21 @@ def test_distillation_without_teacher_scores_names_the_line(train_beir, tiny_mod
     with pytest.raises(UserError, match=r"plain.jsonl:1: distill=kl needs a teacher score"):
         train(train_beir, tiny_model, tmp_path / "bad", plain, "--distill=kl")
     assert not (tmp_path / "bad").exists()
+
+
+def test_training_reads_each_query_with_its_documents_texts(train_beir, tiny_model, mined, tmp_path, monkeypatch):
+    """What the cross-encoder is fed while training: the query and the text of its positive and negatives
+    (an earlier version fed the doc ids, and the tests above could not tell)."""
+    from common.data import doc_text, load_beir
+
+    corpus = {d: doc_text(doc) for d, doc in load_beir(train_beir, "train")[0].items()}
+    queries = {json.loads(line)["query"]: json.loads(line) for line in open(mined)}
+    seen, tokenize = [], CrossEncoder.tokenize
+    monkeypatch.setattr(CrossEncoder, "tokenize", lambda self, q, p: seen.append((list(q), list(p))) or tokenize(self, q, p))
+    assert train(train_beir, tiny_model, tmp_path / "run", mined, "--batch_size=8", "--negatives=3", "--max_steps=1") == 0
+    qs, ps = seen[0]
+    assert len(qs) == len(ps) == 8 * 4
+    for start in range(0, len(qs), 4):
+        record = queries[qs[start]]
+        assert ps[start] == corpus[record["positives"][0]]  # the positive first, as text
+        assert set(ps[start + 1:start + 4]) <= {corpus[d] for d in record["negatives"]}

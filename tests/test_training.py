@@ -54,8 +54,9 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocating(tmp_path):
     if out[0] != "True":
         pytest.skip("not Linux with glibc")
     plain, kept = int(out[1]), int(out[2])
-    # 64 MB is 16k pages of 4 KiB: faulted in on every allocation, or at most once when kept
-    assert plain > 5 * 10_000 and kept < plain / 4
+    # 64 MB is 16k pages of 4 KiB: faulted in on every one of the 5 allocations, or once or twice when kept
+    # (twice seen with the full test suite running: the heap trimmed once between the two calls)
+    assert plain > 5 * 10_000 and kept <= 2 * 16_384 < plain / 2
 
 
 def test_cpu_trains_in_fp32_unless_asked():
