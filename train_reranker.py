@@ -37,6 +37,7 @@ metrics.json, as evaluate.py writes them).
 import contextlib
 import json
 import os
+import random
 import sys
 import time
 
@@ -112,7 +113,7 @@ DEFAULTS = dict(
 # What `auto` is on each machine: sizes, not the recipe. A CPU scores ~10-30 pairs/s, so there the
 # run is cut to a time budget, pairs are shorter and val reranks a shallower top.
 AUTO = {
-    "cpu": dict(batch=16, max_length=128, time_budget_min=6.0, val_queries=200, val_depth=20, evals=2),
+    "cpu": dict(batch=16, max_length=128, time_budget_min=4.0, val_queries=200, val_depth=20, evals=2),
     "gpu": dict(batch=16, max_length=256, time_budget_min=0.0, val_queries=1_000, val_depth=100, evals=6),
 }
 KS = (1, 3, 5, 10, 100)
@@ -178,6 +179,17 @@ def score_candidates(cross, queries, candidates, doc_texts, batch_size):
     return out, len(pairs) / max(seconds, 1e-9)
 
 
+def estimate_eval_seconds(cross, queries, candidates, doc_texts, batch_size):
+    """Seconds a val evaluation should take: a sample of its pairs scored, timed, scaled to all of them."""
+    pairs = [(q, d) for q, row in candidates.items() for d in row]
+    if not pairs:
+        return 0.0
+    sample = random.Random(0).sample(pairs, min(len(pairs), 2 * batch_size))
+    t0 = time.perf_counter()
+    cross.score([queries[q] for q, _ in sample], [doc_texts[d] for _, d in sample], batch_size)
+    return (time.perf_counter() - t0) * len(pairs) / len(sample)
+
+
 def forward_backward(cfg, model, cross, examples, groups, doc_texts, chunk_ids, per_rank, scaler, world, device,
                      dtype):
     """One micro-batch's loss, scaled to its share of the rank's groups, and its gradients. Returns
@@ -230,6 +242,7 @@ def main(argv=None):
     val_queries, val_qrels = load_val(cfg.data, "the last step's model is kept as best/, reranking alone")
     has_val = bool(val_queries)
     sizing.resolve(cfg, table, val_queries=min(table["val_queries"], len(val_queries)))
+    val_first = {}  # the first stage's top val_depth of each val query (rank 0's)
     if master and has_val:
         val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
         val_first = first_stage_run(cfg.first_stage, corpus, val_queries, cfg.val_depth, cfg.device,
@@ -259,10 +272,9 @@ def main(argv=None):
         optimizer.zero_grad(set_to_none=True)
 
     val_evals = table["evals"] + (0 if cross.fresh_head else 1)
-    # Scoring is a forward pass: about half a training step's time per pair (measured on a CPU).
-    val_pairs = len(val_queries) * cfg.val_depth if has_val else 0
     plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
-                                lambda seconds: val_pairs / (cfg.batch_size * (1 + cfg.negatives)) * seconds / 2,
+                                lambda: estimate_eval_seconds(cross, val_queries, val_first, doc_texts,
+                                                              cfg.eval_batch_size),
                                 val_evals if has_val else 0, world)
     warmup_steps = int(cfg.warmup_ratio * cfg.max_steps)
     total_steps = cfg.max_steps

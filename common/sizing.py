@@ -99,7 +99,8 @@ def steps_for_budget(budget_min, recipe_steps, steps_per_epoch, seconds_per_step
 def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, world):
     """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
     beside `evals` val evaluations, timed by running `probe_step` (the first batch forward and
-    backward); eval_seconds(step seconds) estimates one evaluation. Rank 0's count is every rank's.
+    backward) and `eval_seconds()` (which times a sample of an evaluation and returns what the whole
+    one should take). Rank 0's count is every rank's.
     Returns {"lines": the plan's time line, "notes": what the budget cut}."""
     import torch.distributed as dist
 
@@ -113,7 +114,7 @@ def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, 
             rng = rng_state()
             seconds = time_step(probe_step)
             set_rng_state(rng)  # the probe leaves the run's random draws as they were
-            per_eval = eval_seconds(seconds)
+            per_eval = eval_seconds()
             cfg.max_steps, note = steps_for_budget(cfg.time_budget_min, recipe_steps, steps_per_epoch, seconds,
                                                    per_eval, evals)
             notes.append(note)

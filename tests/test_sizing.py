@@ -48,7 +48,7 @@ def test_cpu_and_gpu_plans_differ_as_designed():
 
 def test_steps_follow_the_epochs_or_the_budget():
     slow = lambda: time.sleep(0.05)  # noqa: E731
-    no_val = lambda seconds: 0.0  # noqa: E731
+    no_val = lambda: 0.0  # noqa: E731
     # no budget (a GPU): the recipe's epochs, no probe
     cfg = encoder_cfg("--time_budget_min=0", "--epochs=3")
     plan = sizing.resolve_steps(cfg, train_encoder.AUTO["gpu"], 40, lambda: pytest.fail("no probe"), no_val, 0, 1)
