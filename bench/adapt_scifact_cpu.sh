@@ -1,8 +1,8 @@
 #!/bin/bash
 # Label-free adaptation on SciFact sized for 2 CPU cores (bench/results/adapt-scifact-cpu.md): ICT
 # pseudo-queries from the corpus alone, in-batch symmetric infonce, 120 steps of 32, then the labelled
-# test split. No teacher: training the pseudo-query reranker (`make adapt`) takes hours on a CPU, so the
-# full recipe is bench/device_adapt.sh on a GPU. No SciFact train query or qrel is read.
+# test split (what `make adapt DATA=../shared/data/scifact PSEUDO_ARGS=--pseudo_queries=ict` does, with these
+# sizes fixed). No SciFact train query or qrel is read.
 #     bash bench/adapt_scifact_cpu.sh          # ~1 h uncontended; needs data/scifact (make data DATA=../shared/data/scifact)
 set -ex
 PY=${PY:-.venv/bin/python}; R=${R:-runs/scifact-adapt-cpu}; start=$(date +%s)
