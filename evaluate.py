@@ -3,7 +3,9 @@
 Writes metrics.json, one TREC run file per retriever (`qid Q0 docid rank score tag`) and the
 per-query latency p50/p95 into the run directory, and prints the retrievers side by side. With
 `rerank` set, each first stage R is also reported as `R+rerank`: its top rerank_depth re-scored by a
-cross-encoder (latency = reranking time per query), next to R in the table and metrics.json.
+cross-encoder (latency = reranking time per query), and as `R+fused`: the two scores mixed with the
+weight and depth chosen on val and saved with the reranker (fusion.json; common/fusion.py), next to R
+in the table and metrics.json. `--compare` with `--compare_val` makes the pipeline's comparison.md.
 
     # CPU (or one GPU, picked automatically): BM25 and zero-shot MiniLM on the default data
     python evaluate.py --data=data/python-source --retrievers=bm25,dense

@@ -254,11 +254,12 @@ def first_stage_run(spec, corpus, queries, depth, device="auto", batch_size=64, 
 class Retriever:
     """Two-stage retrieval for a RAG system: a bi-encoder searched through FAISS, then, optionally, a
     cross-encoder re-scoring the top candidates. Scores are inner products (cosine similarity when the
-    model normalises) for retrieve(), the reranker's logits for retrieve_and_rerank().
+    model normalises) for retrieve(), the fused score its reranker's fusion.json says to serve for
+    retrieve_and_rerank() (the reranker's logits when it has none).
 
         r = Retriever.load("runs/scifact/encoder/best", "data/scifact", reranker="runs/scifact/reranker/best")
         r.retrieve("statins and dementia", k=5)     # [(doc id, score)], best first
-        r.retrieve_and_rerank("statins and dementia", k_retrieve=100, k_rerank=5)
+        r.retrieve_and_rerank("statins and dementia", k_rerank=5)   # depth and mix as chosen on val
     """
 
     def __init__(self, encoder, doc_ids, texts, doc_emb=None, index=None, reranker=None, batch_size=64):
