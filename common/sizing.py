@@ -9,8 +9,12 @@ run's config.json, so a rerun with those values repeats the run.
 import math
 import time
 
-from common.config import is_auto
+import torch.distributed as dist
+
+from common.config import ConfigError, is_auto
 from common.data import warn
+from common.run import UserError
+from common.training import rng_state, set_rng_state
 
 
 def machine(device):
@@ -49,16 +53,12 @@ def batch_size(cfg, n, default, world, where):
             warn(f"{where}: {n} training queries, too few for batches of {default}: training at "
                  f"batch_size={cfg.batch_size}")
     if n < cfg.batch_size:
-        from common.run import UserError
-
         raise UserError(f"{where}: {n} training queries, fewer than batch_size={cfg.batch_size}; lower --batch_size "
                         f"(to {max(1, n // 2)}, say)")
 
 
 def check_batch(cfg, world, unit):
     """The batch against the ranks and the micro-batch, once it is resolved."""
-    from common.config import ConfigError
-
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} must divide evenly over {world} ranks")
     if cfg.micro_batch_size > cfg.batch_size // world:
@@ -102,10 +102,6 @@ def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, 
     backward) and `eval_seconds()` (which times a sample of an evaluation and returns what the whole
     one should take). Rank 0's count is every rank's.
     Returns {"lines": the plan's time line, "notes": what the budget cut}."""
-    import torch.distributed as dist
-
-    from common.training import rng_state, set_rng_state
-
     recipe_steps = cfg.epochs * steps_per_epoch
     lines, notes, seconds, per_eval = [], [], None, 0.0
     if cfg.max_steps == "auto":
