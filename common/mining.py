@@ -71,11 +71,11 @@ class Sources:
         in `index` (a FAISS index over this corpus, in corpus order) or in a fresh exact index over
         `doc_emb` (the corpus's embeddings by this encoder, encoded here when None)."""
         pos_ids = sorted({p for pos in positives for p in pos})
-        if index is None or doc_emb is not None:
-            if doc_emb is None:
-                doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size,
-                                        emb_path)
-            index = faiss_index.flat_ip(doc_emb) if index is None else index
+        if index is None and doc_emb is None:
+            doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size, emb_path)
+        if index is None:
+            index = faiss_index.flat_ip(doc_emb)
+        if doc_emb is not None:
             pos_emb = {p: doc_emb[self.row[p]] for p in pos_ids}
         else:  # a given index may be approximate: the positives' own scores come from encoding them
             pos_emb = dict(zip(pos_ids, encoder.encode([doc_text(self.corpus[p]) for p in pos_ids], "passage",
