@@ -28,10 +28,12 @@ import time
 import numpy as np
 
 from common import index as faiss_index
+from common.backends import BACKENDS, load_encoder
 from common.config import ConfigError, check_choice, load_config
-from common.data import atomic_dir, doc_text, read_corpus, read_queries, read_qrels, splits, warn
-from common.retrievers import BACKENDS, encode_corpus, load_encoder
-from common.run import UserError, cli, start_run, write_json
+from common.data import doc_text, read_corpus, read_qrels, read_queries, splits
+from common.files import atomic_dir, write_json
+from common.retrievers import encode_corpus
+from common.run import UserError, cli, start_run, warn
 
 DEFAULTS = dict(
     # data

@@ -36,14 +36,14 @@ import time
 
 import numpy as np
 
+from common import backends, fusion, report
 from common import index as faiss_index
-from common import retrievers
-from common import fusion
 from common.config import Auto, check_choice, check_range, load_config
-from common.data import atomic_open, doc_text, load_beir
-from common.metrics import cut_run, evaluate_run, fuse_rrf, write_trec
+from common.data import doc_text, load_beir
+from common.files import append_csv_row, atomic_open
+from common.metrics import cut_run, evaluate_run, fuse_rrf
 from common.retrievers import BM25, dense_search
-from common.run import UserError, append_csv_row, cli, git_commit, start_run, write_json
+from common.run import UserError, cli, start_run
 
 DEFAULTS = dict(
     # data
@@ -68,7 +68,7 @@ DEFAULTS = dict(
     bm25_k1=1.2,
     bm25_b=0.4,
     # rank_bm25 scores every doc in Python per query: fine for small corpora; "sparse" for large ones
-    bm25_backend="sparse",  # sparse | rank_bm25 (the reference: the same scores, ~40x slower)
+    bm25_backend="sparse",  # sparse | rank_bm25 (the reference: the same scores, far slower)
     # hybrid: RRF of the bm25 and dense runs; 60 is the paper's constant (it damps the top ranks' lead)
     rrf_k=60,
     # reranking: a second stage over each first stage's top rerank_depth, reported as <retriever>+rerank
@@ -91,7 +91,6 @@ DEFAULTS = dict(
     results_csv="",  # compare only: append one row (time, commit, data, hparams, metrics) to this CSV
     hparams=[],  # compare only: config.json files of the runs compared, whose settings go in that row
 )
-HEADLINE = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@10", "precision@10", "success@10")
 
 
 def percentiles_ms(seconds):
@@ -163,7 +162,7 @@ def corpus_embeddings(cfg, encoder, doc_ids, texts):
 
 
 def load_encoder(cfg):
-    return retrievers.load_encoder(cfg.model, cfg.backend, cfg.device, pooling=cfg.pooling or None,
+    return backends.load_encoder(cfg.model, cfg.backend, cfg.device, pooling=cfg.pooling or None,
                                    max_query_length=cfg.max_query_length or None,
                                    max_passage_length=cfg.max_passage_length or None,
                                    query_prefix=cfg.query_prefix or None, passage_prefix=cfg.passage_prefix or None)
@@ -171,11 +170,11 @@ def load_encoder(cfg):
 
 def load_reranker(cfg, backend):
     if backend != "torch":  # before importing models.py, which imports torch
-        return retrievers.load_reranker(cfg.rerank, backend, max_length=cfg.rerank_max_length or None)
+        return backends.load_reranker(cfg.rerank, backend, max_length=cfg.rerank_max_length or None)
     from common.models import ModelNotFound
 
     try:
-        return retrievers.load_reranker(cfg.rerank, backend, cfg.device, cfg.rerank_max_length or None)
+        return backends.load_reranker(cfg.rerank, backend, cfg.device, cfg.rerank_max_length or None)
     except ModelNotFound as e:
         # Not models.py's hint: the packaged bi-encoder it names would load here with an untrained head.
         raise ModelNotFound(f"rerank={cfg.rerank}: {e.reason}", "pass a trained cross-encoder directory (e.g. "
@@ -226,88 +225,18 @@ def run_dense(cfg, corpus, queries, depth, encoder):
     return run, latencies, info
 
 
-def table(results):
-    """Markdown table of the headline metrics, one column per retriever."""
-    names = list(results)
-    rows = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for metric in HEADLINE:
-        if all(metric in r["metrics"] for r in results.values()):
-            rows.append(f"| {metric} | " + " | ".join(f"{r['metrics'][metric]:.4f}" for r in results.values()) + " |")
-    for p in ("p50", "p95"):
-        if all("latency_ms" in r for r in results.values()):
-            rows.append(f"| latency {p} ms | " + " | ".join(f"{r['latency_ms'][p]:.1f}" for r in results.values()) + " |")
-    return "\n".join(rows) + "\n"
-
-
-def results_row(cfg, results):
-    """One row of results.csv: when, which commit and run, each compared run's headline metrics, and
-    the scalar settings of the config.json files in cfg.hparams (prefixed with their run's name)."""
-    row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "run": cfg.out}
-    for path in cfg.hparams:
-        try:
-            with open(path, encoding="utf-8") as f:
-                settings = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: not a run's config.json ({e}); fix or drop it from --hparams") from None
-        stage = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        row.update({f"{stage}.{k}": v if not isinstance(v, list) else ",".join(map(str, v))
-                    for k, v in settings.items() if isinstance(v, (str, int, float, bool, list))})
-    for name, result in results.items():
-        row.update({f"{name} {m}": round(result["metrics"][m], 4) for m in ("ndcg@10", "recall@100")
-                    if m in result["metrics"]})
-    return row
-
-
-def read_results(items, what, per_query=False):
-    """{"label name": result} from `label=path/metrics.json` items, in order; with per_query, each
-    result's per-query metrics (the <name>.per_query.json beside it) under "per_query"."""
-    results = {}
-    for item in items:
-        label, _, path = item.rpartition("=")
-        label = label or os.path.basename(os.path.dirname(os.path.abspath(path)))
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)["results"]
-            for name, result in saved.items():
-                if per_query:
-                    with open(os.path.join(os.path.dirname(path), f"{name}.per_query.json"), encoding="utf-8") as f:
-                        result["per_query"] = json.load(f)
-                results[f"{label} {name}"] = result
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{path}: not a metrics.json written by evaluate.py or a training script ({e}); "
-                            f"fix or drop it from --{what}") from None
-    return results
-
-
-def summary_table(results, val, metric="ndcg@10"):
-    """Markdown: one row per column, with its val score, what val chose for it and its test scores.
-    Val scores are means over the val queries every column was scored on (a trainer may evaluate a
-    subset). A reranker's scores alone, when a fused column serves instead, come last as a diagnostic."""
-    common = set.intersection(*(set(v["per_query"]) for v in val.values())) if val else set()
-    served = [n for n in results if not (n.endswith("+rerank") and n.removesuffix("+rerank") + "+fused" in results)]
-    rows = [f"| column | val {metric} ({len(common)} queries) | chosen on val | test {metric} | test recall@100 |",
-            "|---|---|---|---|---|"]
-    for name in served + [n for n in results if n not in served]:
-        r, v = results[name], val.get(name, {})
-        shown = name if name in served else f"{name} (the reranker alone; not served)"
-        val_score = f"{np.mean([v['per_query'][q][metric] for q in common]):.4f}" if v and common else ""
-        rows.append(f"| {shown} | {val_score} | {v.get('chosen') or r.get('chosen') or ''} | "
-                    f"{r['metrics'][metric]:.4f} | {r['metrics'].get('recall@100', float('nan')):.4f} |")
-    return "\n".join(rows) + "\n"
-
-
 def compare(cfg):
     """Earlier runs side by side: `label=path/metrics.json`, one column per label and retriever; with
     compare_val, the same labels' val metrics.json files, for the val scores and what val chose."""
-    results = read_results(cfg.compare, "compare")
-    val = read_results(cfg.compare_val, "compare_val", per_query=True)
-    text = (summary_table(results, val) + "\n" if val else "") + table(results)
+    results = report.read_results(cfg.compare, "compare")
+    val = report.read_results(cfg.compare_val, "compare_val", per_query=True)
+    text = (report.summary_table(results, val) + "\n" if val else "") + report.table(results)
     print(text, end="")
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
             f.write(text)
     if cfg.results_csv:
-        append_csv_row(cfg.results_csv, results_row(cfg, results))
+        append_csv_row(cfg.results_csv, report.results_row(cfg.out, cfg.hparams, results))
         print(f"appended a row to {cfg.results_csv}")
     return 0
 
@@ -316,7 +245,7 @@ def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
     check_choice(cfg, "retrievers", ("bm25", "dense", "hybrid"))
     check_choice(cfg, "bm25_backend", BM25.BACKENDS)
-    check_choice(cfg, "backend", retrievers.BACKENDS)
+    check_choice(cfg, "backend", backends.BACKENDS)
     if cfg.compare:
         return compare(cfg)
     if cfg.rerank and cfg.rerank_depth != "auto" and cfg.rerank_depth < 1:
@@ -354,12 +283,10 @@ def main(argv=None):
                                 "note": fusion.describe(mix)}))
         for name, run, latencies, info in stages:
             mean, per_query = evaluate_run(qrels, run, cfg.ks)
-            write_trec(os.path.join(cfg.out, f"{name}.trec"), run, name)
-            write_json(os.path.join(cfg.out, f"{name}.per_query.json"), per_query)
             results[name] = {"metrics": mean, "latency_ms": percentiles_ms(latencies), "queries": len(per_query),
-                             **info}
-    write_json(os.path.join(cfg.out, "metrics.json"), {"dataset": dataset, "split": cfg.split, "results": results})
-    print(table(results), end="")
+                             **info, "per_query": per_query, "run": run}
+    report.write_results(cfg.out, dataset, cfg.split, results)
+    print(report.table(results), end="")
     return 0
 
 

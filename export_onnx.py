@@ -35,11 +35,12 @@ import transformers
 
 from common import fusion
 from common.config import ConfigError, check_choice, load_config
-from common.data import atomic_dir, doc_text, field, read_jsonl, warn
+from common.data import doc_text, field, read_jsonl
+from common.files import atomic_dir, write_json
 from common.models import BiEncoder, CrossEncoder, ModelNotFound, pick_device, resolve_model
-from common.onnx_models import (FP32_FILE, INT8_FILE, META_FILE, TOKENIZER_FILE, TOKENIZER_OUTPUTS, OnnxBiEncoder,
-                                OnnxCrossEncoder, vocab_digest)
-from common.run import UserError, cli, start_run, write_json
+from common.onnx_models import (FP32_FILE, INT8_FILE, META_FILE, OnnxBiEncoder, OnnxCrossEncoder, TOKENIZER_FILE,
+                                TOKENIZER_OUTPUTS, vocab_digest)
+from common.run import UserError, cli, start_run, warn
 
 DEFAULTS = dict(
     # model
@@ -48,7 +49,7 @@ DEFAULTS = dict(
     # export
     out="",  # export directory; "" = runs/onnx/<model name>-<kind>
     opset=17,  # 14-20; 17 is the first with LayerNormalization as one op
-    quantize=False,  # also write model.int8.onnx: int8 weights, activations quantised on the fly; ~4x smaller
+    quantize=False,  # also write model.int8.onnx: int8 weights, activations quantised on the fly; a quarter the size
     # parity with PyTorch, on real text
     data="data/python-source",  # a BEIR directory: its first queries and passages; built-in sentences if absent
     parity_texts=64,  # queries and as many passages, embedded (encoder) or each paired with two queries (reranker)
@@ -93,8 +94,8 @@ def check_config(cfg):
 
 def load_model(cfg):
     """The PyTorch model on the CPU in fp32 (a checkpoint saved in bf16 loads as bf16), with plain
-    attention: traced SDPA brings masking ops (Where, IsNaN) that took 12% of onnxruntime's time on
-    SciFact passages; all-MiniLM-L6-v2 encoded 8.9 passages/s with plain attention, 7.7 with SDPA."""
+    attention: traced SDPA brings masking ops (Where, IsNaN) that cost onnxruntime more than they
+    save (bench/results/onnx_speed-cpu.md)."""
     if cfg.kind == "encoder":
         model = BiEncoder.from_pretrained(cfg.model).float().eval()
     else:

@@ -32,9 +32,10 @@ import torch
 from common import index as faiss_index
 from common import mining
 from common.config import Auto, ConfigError, check_choice, load_config
-from common.data import load_beir, warn
+from common.data import load_beir
+from common.files import write_json
 from common.models import BiEncoder, CrossEncoder, pick_device
-from common.run import cli, start_run, write_json
+from common.run import cli, start_run, warn
 from common.training import autocast, autocast_dtype
 
 DEFAULTS = dict(
@@ -42,7 +43,7 @@ DEFAULTS = dict(
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     split="train",  # whose queries get negatives; never mine test
     max_queries=Auto(int),  # > 0: a seeded sample of this many queries; 0 = all; auto = all, but with a
-    #                        teacher on a CPU (~10 pairs/s) as many as it scores in about 10 minutes
+    #                        teacher on a CPU (slow: a cross-encoder per pair) as many as it scores in about 10 minutes
     out="",  # run directory; "" = runs/<dataset>/mine-<strategies>
     # what to mine: one count per strategy, e.g. strategy=bm25,dense,random num_negatives=10,10,5
     strategy=["bm25"],  # bm25 | dense | random | semi-hard (dense candidates just below the positive)
@@ -65,7 +66,7 @@ DEFAULTS = dict(
     # bm25
     bm25_k1=1.2,
     bm25_b=0.4,
-    bm25_backend="sparse",  # sparse (scipy: 2,600 queries/s over 5k docs) | rank_bm25 (the reference, 63/s)
+    bm25_backend="sparse",  # sparse (scipy, one sparse product a batch) | rank_bm25 (the reference: the same scores, far slower)
     seed=42,
 )
 CPU_TEACHER_PAIRS = 6_000  # what a CPU teacher scores in about 10 minutes (max_queries=auto)

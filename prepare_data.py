@@ -45,9 +45,10 @@ import zipfile
 
 from common.config import ConfigError, check_choice, load_config
 from common.data import (DataError, doc_text, field, read_corpus, read_jsonl, read_qrels, read_queries, splits,
-                         warn, write_beir)
+                         write_beir)
+from common.files import write_json
 from common.pseudo_queries import METHODS, QueryGenerator, crop, ict, title_query
-from common.run import UserError, cli, git_commit, write_json
+from common.run import UserError, cli, git_commit, warn
 
 DEFAULTS = dict(
     # what to read

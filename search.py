@@ -18,8 +18,9 @@ milliseconds, and FAISS uses every GPU it sees). Without --index the corpus is e
 """
 import sys
 
+from common.backends import BACKENDS
 from common.config import ConfigError, check_choice, load_config
-from common.retrievers import BACKENDS, Retriever
+from common.retrievers import Retriever
 from common.run import cli
 
 DEFAULTS = dict(

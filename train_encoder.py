@@ -33,7 +33,6 @@ it), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorB
 """
 import dataclasses
 import json
-import math
 import os
 import random
 import sys
@@ -48,39 +47,35 @@ from tqdm.auto import tqdm
 from common import losses, mining, sizing
 from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits, warn
-from common.metrics import cut_run, evaluate_run, write_trec
-from common.models import BiEncoder, CrossEncoder, pick_device
+from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
+from common.metrics import cut_run, evaluate_run
+from common.models import BiEncoder, CrossEncoder
+from common.report import write_results
 from common.retrievers import BM25, dense_run
-from common.run import UserError, cli, start_run, write_json
-from common.training import (Health, StopSignals, all_rng_states, autocast, autocast_dtype, check_free_space,
-                             gather_with_grad, keep_freed_memory, log_hparams, lr_at, param_groups, peak_memory_mb,
-                             resume_checkpoint, rng_state, save_checkpoint, set_rng_state, setup_distributed,
-                             trim_log, write_progress)
+from common.run import UserError, cli, warn
+from common.training import (Health, StopSignals, Throughput, autocast, check_finite, finish, gather_with_grad,
+                             keep_freed_memory, log, log_train, log_val, lr_at, open_run, optimizer_and_scaler,
+                             optimizer_step, resume, restore, rng_state, save_last, set_lr, set_rng_state, setup,
+                             summary)
 
 DEFAULTS = dict(
     # data
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     train_file="",  # a mined JSONL (mine_negatives.py) with negatives; "" = the train split's qrels, in-batch only
     hard_negatives=Auto(int),  # per query, drawn each epoch from the train_file's negatives; auto = 3 with a
-    #                            train_file (BM25's: +0.05 val nDCG@10 over in-batch on SciFact; 1 on a CPU), else 0
+    #                            train_file (BM25's beat in-batch alone on val, bench/results/negatives_sweep-h100.md; 1 on a CPU), else 0
     remine_every=0,  # steps; > 0 re-mines train_file's queries with the model being trained (ANCE),
     # with the strategy and filters of the mine_negatives.py run that wrote it (its config.json)
     # model
     model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
-    init="pretrained",  # pretrained | scratch: the architecture and tokenizer of `model`, random weights
-    scratch_layers=0,  # scratch only; 0 keeps the value of `model`
-    scratch_hidden_size=0,
-    scratch_heads=0,
     pooling="",  # mean | cls | max; "" or 0 keeps what was saved with the model
     max_query_length=0,
     max_passage_length=Auto(int),  # 0 = what was saved with the model; auto = that on a GPU, 128 on a CPU
     query_prefix="",
     passage_prefix="",
-    gradient_checkpointing=False,  # recompute activations in backward: less memory, ~30% more time
-    compile=False,  # torch.compile the transformer (dynamic shapes). CPU: minutes to compile, no faster here
+    gradient_checkpointing=False,  # recompute activations in backward: less memory, more time
     keep_freed_memory=True,  # CPU, Linux: malloc reuses freed activations instead of page-faulting them in
-    #                         again every step (common.training.keep_freed_memory); peak RSS +5%
+    #                         again every step (common.training.keep_freed_memory); a little more peak RSS
     # loss: several are summed with their weights, e.g. loss=[infonce, margin_mse] loss_weights=[1, 0.5]
     loss=["infonce"],  # infonce | margin_mse | contrastive | cosine
     loss_weights=[1.0],
@@ -93,7 +88,7 @@ DEFAULTS = dict(
     #                        query. auto = 32, or half the queries of a dataset too small for 32
     micro_batch_size=0,  # examples per forward pass on a rank; 0 = all at once; less = GradCache
     length_bucketing=True,  # batches of similar length (less padding), in shuffled order
-    token_cache=True,  # tokenise each text once per run, not once per epoch (memory: <= 2 KB per text)
+    token_cache=True,  # tokenise each text once per run, not once per epoch (memory: a few KB per text)
     # optimisation
     epochs=3,  # an epoch visits every train query once, with one of its positives
     max_steps=Auto(int),  # auto = epochs of the data, or what fits time_budget_min
@@ -122,10 +117,10 @@ DEFAULTS = dict(
     log_every=10,
     tensorboard=True,
 )
-# What `auto` is on each machine. A CPU trains MiniLM ~100x slower than a GPU, so there the run is cut
-# to a time budget, passages to 128 tokens and the hard negatives to one a query (within 12 minutes on
-# the default data these did as well as 256 tokens in-batch, bench/results/encoder-cpu.md), and val is
-# a sub-corpus; a GPU runs the recipe whole.
+# What `auto` is on each machine. A CPU trains MiniLM two orders of magnitude slower than a GPU, so
+# there the run is cut to a time budget, passages to 128 tokens and the hard negatives to one a query
+# (within a CPU's budget these did as well as longer passages in-batch, bench/results/encoder-cpu.md),
+# and val is a sub-corpus; a GPU runs the recipe whole.
 AUTO = {
     "cpu": dict(batch=32, hard_negatives=1, max_passage_length=128, time_budget_min=14.0, val_queries=200,
                 val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=3),
@@ -136,15 +131,13 @@ VAL_KS = (1, 3, 5, 10, 100)
 
 
 def check_config(cfg, world):
-    check_choice(cfg, "init", ("pretrained", "scratch"))
     check_choice(cfg, "loss", losses.NAMES)
     check_choice(cfg, "schedule", ("linear", "cosine", "constant"))
     check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
     check_range(cfg, ["batch_size", "eval_batch_size", "log_every"], 1)
     check_range(cfg, ["micro_batch_size", "hard_negatives", "epochs", "max_steps", "weight_decay", "max_grad_norm",
                       "val_queries", "val_docs_bm25", "val_docs_random", "max_query_length", "max_passage_length",
-                      "scratch_layers", "scratch_hidden_size", "scratch_heads", "loss_weights", "time_budget_min",
-                      "eval_every"], 0)
+                      "loss_weights", "time_budget_min", "eval_every"], 0)
     check_range(cfg, ["lr", "temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
     if len(cfg.loss_weights) != len(cfg.loss):
@@ -251,9 +244,6 @@ def build_encoder(cfg, checkpoint=None):
                      passage_prefix=cfg.passage_prefix or None)
     if checkpoint:
         return BiEncoder.from_pretrained(checkpoint)
-    if cfg.init == "scratch":
-        return BiEncoder.from_scratch(cfg.model, cfg.scratch_layers, cfg.scratch_hidden_size, cfg.scratch_heads,
-                                      **overrides)
     return BiEncoder.from_pretrained(cfg.model, **overrides)
 
 
@@ -357,25 +347,44 @@ def forward_backward(cfg, model, encoder, chunks, batch, groups, scaler, rank, w
     return loss, parts, q_all, d_all
 
 
+def remine(cfg, step, epoch, position, encoder, examples, batches, groups_of, miner, master, world, device, dtype,
+           writer):
+    """ANCE: the negatives that were hard for the model at step 0 are easy now; mine the ones that
+    are hard for this model, and rebuild the rest of the epoch around them. Rank 0 mines and writes
+    the file every rank reads. Returns (the re-mine's record, examples, batches, groups)."""
+    t0 = time.time()
+    remined = {"step": step, "epoch": epoch, "file": os.path.join(cfg.out, "negatives", f"step-{step}.jsonl")}
+    remine_cfg, corpus, queries, positives, sources, teacher = miner
+    if master:
+        with autocast(device, dtype):
+            records, stats = mining.mine(remine_cfg, corpus, queries, positives, sources, encoder, teacher,
+                                         batch_size=cfg.eval_batch_size)
+        mining.write_records(remined["file"], records)
+        encoder.train()
+    if world > 1:
+        dist.barrier()
+    old = {ex.qid: ex.negatives for ex in examples}
+    examples = with_negatives(examples, read_training_file(remined["file"], corpus))
+    batches, groups_of = rebatch_rest(examples, batches, groups_of, position, cfg, cfg.seed + step)
+    if master:
+        changed = np.mean([len(set(ex.negatives) - set(old[ex.qid])) / max(1, len(ex.negatives)) for ex in examples])
+        tqdm.write(f"step {step}: re-mined {len(records)} queries, {changed:.0%} of negatives new "
+                   f"[{time.time() - t0:.0f}s]")
+        log(cfg.out, {"step": step, "remine_seconds": time.time() - t0, "negatives_changed": changed, **stats})
+        if writer:
+            writer.add_scalar("time/remine_seconds", time.time() - t0, step)
+            writer.add_scalar("remine/negatives_changed", changed, step)
+    return remined, examples, batches, groups_of
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
-    rank, world, ddp_device = setup_distributed()
-    check_config(cfg, world)
-    master = rank == 0
-    dataset = os.path.basename(os.path.normpath(cfg.data))
-    cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}",
-                                      "encoder")
-    device = ddp_device or pick_device(cfg.device)
-    dtype = autocast_dtype(cfg.dtype, device)
+    rank, world, device, dtype = setup(cfg, check_config, "encoder")
+    master, dataset = rank == 0, os.path.basename(os.path.normpath(cfg.data))
     if cfg.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
-    if dtype != torch.float32 and device.type == "cpu" and master:
-        warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
-    checkpoint, state = resume_checkpoint(cfg.out) if cfg.resume else (None, None)  # last/, or previous/
-    auto_keys = [k for k, v in vars(cfg).items() if v == "auto"]
-    if cfg.resume:
-        sizing.restore(cfg, state["config"], auto_keys)  # the sizes the run was started with
+    checkpoint, state = resume(cfg)  # last/ (or previous/) with --resume, and the sizes the run started with
 
     # ---- data: train examples, val queries and the docs val is scored against; their sizes
     corpus, queries, qrels = load_beir(cfg.data, "train")
@@ -392,10 +401,9 @@ def main(argv=None):
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
     if cfg.remine_every > 0:
         remine_cfg, teacher_dir = remine_settings(cfg)
-        train_queries = {ex.qid: ex.query for ex in examples}
-        train_positives = {ex.qid: set(ex.positives) for ex in examples}
-        sources = mining.Sources(remine_cfg, corpus) if master else None  # the BM25 index, built once
-        teacher = CrossEncoder.from_pretrained(teacher_dir).to(device) if master and teacher_dir else None
+        miner = (remine_cfg, corpus, {ex.qid: ex.query for ex in examples}, {ex.qid: set(ex.positives) for ex in examples},
+                 mining.Sources(remine_cfg, corpus) if master else None,  # the BM25 index, built once
+                 CrossEncoder.from_pretrained(teacher_dir).to(device) if master and teacher_dir else None)
 
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
@@ -406,14 +414,9 @@ def main(argv=None):
         pooler.requires_grad_(False)
     if cfg.gradient_checkpointing:
         encoder.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.compile:
-        encoder.model.compile(dynamic=True)  # in place: parameter names and saved weights stay as they were
     encoder.train()
     model = DDP(encoder, broadcast_buffers=False) if world > 1 else encoder
-    # Fused: one kernel for all parameters, on CUDA and on the CPU (4x faster than the for-loop there)
-    optimizer = torch.optim.AdamW(param_groups(encoder, cfg.weight_decay), lr=cfg.lr,
-                                  fused=device.type in ("cuda", "cpu"))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    optimizer, scaler = optimizer_and_scaler(encoder, cfg, device, dtype)
     first_groups = sample_groups(examples, cfg.hard_negatives, cfg.seed)
     first_batches = make_batches(examples, first_groups, cfg.batch_size, cfg.seed, cfg.length_bucketing)
     steps_per_epoch = len(first_batches)
@@ -429,36 +432,18 @@ def main(argv=None):
     plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
                                 lambda: estimate_eval_seconds(encoder, *val_texts, cfg.eval_batch_size),
                                 table["evals"] + 1 if has_val else 0, world)
-    warmup_steps = int(cfg.warmup_ratio * cfg.max_steps)
-    step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
+    total_steps, warmup_steps = cfg.max_steps, int(cfg.warmup_ratio * cfg.max_steps)
+    step, epoch, position, best = restore(state, optimizer, scaler, rank, checkpoint)
     batches, groups_of = None, None  # this epoch's batch order, and every example's group of documents
     remined = {"step": -1, "epoch": -1, "file": ""}  # the last re-mine: its step, epoch and negatives file
-    if cfg.resume:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-        step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
+    if state is not None:
         remined = state.get("remined", remined)
         if remined["file"]:
             examples = with_negatives(examples, read_training_file(remined["file"], corpus))
         if remined["epoch"] == epoch:  # a re-mine rebuilt this epoch's batches: they cannot be redrawn
             batches, groups_of = state["epoch_batches"]
-        if master:
-            print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {position})")
-        state = None  # on a GPU the optimiser copied its moments there: free the CPU copy for the run
     resumed_at = step if cfg.resume else -1  # that step's eval ran before its checkpoint was saved
-    total_steps = cfg.max_steps
-    if master:
-        start_run(cfg.out, cfg, argv)
-        check_free_space(cfg.out, encoder)
-        if not cfg.resume and os.path.exists(os.path.join(cfg.out, "metrics.jsonl")):
-            os.remove(os.path.join(cfg.out, "metrics.jsonl"))  # a fresh run's log starts empty
-        trim_log(os.path.join(cfg.out, "metrics.jsonl"), step)  # what a killed run logged after its checkpoint
-    if master and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(cfg.out, purge_step=step + 1 if cfg.resume else None)
-    else:
-        writer = None
+    writer = open_run(cfg, argv, encoder, step) if master else None
     if master:
         sizing.print_plan("train_encoder.py", [
             f"data: {dataset}, {len(examples):,} train queries ({sum(len(ex.positives) for ex in examples):,} "
@@ -471,24 +456,11 @@ def main(argv=None):
              + (f"every {cfg.eval_every} steps" if cfg.eval_every else "the end")) if has_val else "val: none",
             *plan["lines"]], plan["notes"])
 
-    def log(record):
-        with open(os.path.join(cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
     stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
     health = Health()  # loss spikes and embedding collapse, warned about as they happen
-
-    def save_last():
-        state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
-                     position=position, best=best, config=vars(cfg), rng=all_rng_states(world), remined=remined,
-                     epoch_batches=(batches, groups_of) if remined["epoch"] == epoch else None)
-        if master:
-            save_checkpoint(os.path.join(cfg.out, "last"), encoder, state)
-
+    throughput = Throughput()
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not master)
-    t_start, step_seconds, examples_seen, tokens_seen = time.time(), 0.0, 0, 0
-    run_step_seconds, run_steps, run_tokens = 0.0, 0, 0  # this process's steps, for the summary's examples/s
-    first_step = (0.0, 0)  # (seconds, tokens) of this run's first step: warm-up, left out of warm_examples_per_s
+    t_start = time.time()
     while True:
         last_step = step == total_steps
 
@@ -496,49 +468,19 @@ def main(argv=None):
         if (master and has_val and step != resumed_at
                 and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))):
             t0 = time.time()
-            metrics, _, _ = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels,
-                                           cfg.eval_batch_size)
+            metrics, _, _ = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels, cfg.eval_batch_size)
             encoder.train()
             improved = metrics[cfg.best_metric] > best["metric"]
             if improved:
                 best = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}
                 encoder.save(os.path.join(cfg.out, "best"))
-            headline = {k: metrics[k] for k in ("ndcg@10", "mrr@10", "recall@100")}
-            tqdm.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in headline.items())
-                       + (" (best)" if improved else "") + f" [{time.time() - t0:.0f}s]")
-            log({"step": step, "split": "val", **metrics, "eval_seconds": time.time() - t0})
-            if writer:
-                for k, v in headline.items():
-                    writer.add_scalar(f"val/{k}", v, step)
-                writer.add_scalar("time/eval_seconds", time.time() - t0, step)
+            log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@100"), improved, time.time() - t0)
         if (cfg.remine_every > 0 and step > 0 and step % cfg.remine_every == 0 and step != remined["step"]
                 and not last_step):
-            # ANCE: the negatives that were hard for the model at step 0 are easy now; mine the ones
-            # that are hard for this model. Rank 0 mines and writes the file every rank reads.
-            t0 = time.time()
-            remined = {"step": step, "epoch": epoch,
-                       "file": os.path.join(cfg.out, "negatives", f"step-{step}.jsonl")}
-            if master:
-                with autocast(device, dtype):
-                    records, mined_stats = mining.mine(remine_cfg, corpus, train_queries, train_positives, sources,
-                                                       encoder, teacher, batch_size=cfg.eval_batch_size)
-                mining.write_records(remined["file"], records)
-                encoder.train()
-            if world > 1:
-                dist.barrier()
-            old = {ex.qid: ex.negatives for ex in examples}
-            examples = with_negatives(examples, read_training_file(remined["file"], corpus))
-            batches, groups_of = rebatch_rest(examples, batches, groups_of, position, cfg, cfg.seed + step)
-            if master:
-                changed = np.mean([len(set(ex.negatives) - set(old[ex.qid])) / max(1, len(ex.negatives))
-                                   for ex in examples])
-                tqdm.write(f"step {step}: re-mined {len(records)} queries, {changed:.0%} of negatives new "
-                           f"[{time.time() - t0:.0f}s]")
-                log({"step": step, "remine_seconds": time.time() - t0, "negatives_changed": changed, **mined_stats})
-                if writer:
-                    writer.add_scalar("time/remine_seconds", time.time() - t0, step)
-                    writer.add_scalar("remine/negatives_changed", changed, step)
-        # After the re-mine: a rebuilt rest of the epoch can hold fewer full batches than it replaced.
+            remined, examples, batches, groups_of = remine(cfg, step, epoch, position, encoder, examples, batches,
+                                                           groups_of, miner, master, world, device, dtype,
+                                                           writer)
+        # After a re-mine: a rebuilt rest of the epoch can hold fewer full batches than it replaced.
         while batches is None or position >= len(batches):  # the next epoch's groups and batch order
             if batches is not None:
                 epoch, position = epoch + 1, 0
@@ -546,74 +488,46 @@ def main(argv=None):
             batches = make_batches(examples, groups_of, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing)
         stop.agree(world, device)
         if step > 0 and (last_step or stop.requested or (cfg.save_every > 0 and step % cfg.save_every == 0)):
-            save_last()
-        if stop.requested:
-            if master:
-                tqdm.write(f"stopped by signal at step {step}; `--resume` continues from {cfg.out}/last")
-            break
-        if last_step:
+            save_last(cfg, encoder, optimizer, scaler, world, step=step, epoch=epoch, position=position, best=best,
+                      remined=remined, epoch_batches=(batches, groups_of) if remined["epoch"] == epoch else None)
+        if last_step or stop.requested:
             break
 
         # ---- one training step: the whole batch in one loss, over micro-batches and ranks ----------
-        t_step = time.time()
+        t0 = time.time()
         lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         batch = [examples[i] for i in batches[position]]
         groups = [groups_of[i] for i in batches[position]]  # [positive, hard negatives...] per example
-        chunks, step_tokens = tokenize_batch(cfg, encoder, corpus, batch, groups, rank, world, token_cache, device)
+        chunks, tokens = tokenize_batch(cfg, encoder, corpus, batch, groups, rank, world, token_cache, device)
         loss, parts, q_all, d_all = forward_backward(cfg, model, encoder, chunks, batch, groups, scaler, rank, world,
                                                      device, dtype)
-        loss_value = loss.item()  # a sync, but the finiteness check below needs one anyway
-        if not math.isfinite(loss_value):  # checked before the optimiser step, so the weights stay good
-            raise UserError(f"loss is {loss_value} at step {step}: lower --lr, or use --dtype=fp32; "
-                            f"the last good checkpoint is {cfg.out}/last")
+        loss = check_finite(loss.item(), step, cfg.out)  # a sync, which the check needs anyway
         if master:
-            health.check(step, loss_value, q_all.std(0).mean().item() if step % cfg.log_every == 0 else None)
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(encoder.parameters(),
-                                                   cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            health.check(step, loss, q_all.std(0).mean().item() if step % cfg.log_every == 0 else None)
+        grad_norm = optimizer_step(optimizer, scaler, encoder.parameters(), cfg.max_grad_norm)
         step, position = step + 1, position + 1
+        dt = time.time() - t0
+        throughput.update(dt, cfg.batch_size, world * tokens)
         # -----------------------------------------------------------------------------------------
 
-        if device.type == "cuda" and (run_steps == 0 or step % cfg.log_every == 0 or step == total_steps):
-            torch.cuda.synchronize(device)  # the timings below then count the queued GPU work; logging syncs anyway
-        seconds = time.time() - t_step  # throughput counts training only, not eval or saving
-        step_seconds += seconds
-        run_step_seconds, run_steps = run_step_seconds + seconds, run_steps + 1
-        run_tokens += world * step_tokens
-        if run_steps == 1:
-            first_step = (seconds, world * step_tokens)
-        examples_seen += cfg.batch_size
-        tokens_seen += world * step_tokens
         progress.update(1)
-        if master and run_steps == sizing.ETA_AFTER and step < total_steps:
-            tqdm.write(sizing.eta_line(run_steps, run_step_seconds, total_steps - step))
+        if master and throughput.steps == sizing.ETA_AFTER and step < total_steps:
+            tqdm.write(sizing.eta_line(throughput.steps, throughput.seconds, total_steps - step))
         if master and (step % cfg.log_every == 0 or step == total_steps):
-            record = {"step": step, "epoch": epoch, "loss": loss.item(), **{f"loss/{k}": v.item() for k, v in parts.items()},
-                      "lr": lr, "grad_norm": grad_norm.item(),
-                      "in_batch_accuracy": losses.in_batch_accuracy(q_all, d_all).item(),
-                      "embedding_std": q_all.std(0).mean().item(),
-                      "examples_per_s": examples_seen / step_seconds, "tokens_per_s": tokens_seen / step_seconds}
-            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-            log(record)
-            if writer:
-                for k, v in record.items():
-                    if k not in ("step", "epoch"):
-                        writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
-            write_progress(cfg.out, step, total_steps, epoch, t_start, record, best)
-            step_seconds, examples_seen, tokens_seen = 0.0, 0, 0
+            log_train(cfg, writer, progress, {
+                "step": step, "epoch": epoch, "loss": loss, **{f"loss/{k}": v.item() for k, v in parts.items()},
+                "lr": lr, "grad_norm": grad_norm.item(), "step_seconds": dt,
+                "in_batch_accuracy": losses.in_batch_accuracy(q_all, d_all).item(),
+                "embedding_std": q_all.std(0).mean().item(),
+                "examples_per_s": throughput.examples_per_s, "tokens_per_s": throughput.tokens_per_s},
+                total_steps, t_start, best)
     progress.close()
-    stop.restore()
-    if stop.requested:
-        if world > 1:
-            dist.destroy_process_group()
+    if stop.stopped(step, cfg.out, world):
         return 130
 
     # ---- the end: best/ (or the last model when there is no val) on test, over the full corpus
+    result = None
     if master:
         best_dir = os.path.join(cfg.out, "best")
         if not has_val:
@@ -621,33 +535,20 @@ def main(argv=None):
         elif best["step"] == 0:
             warn(f"val: no step beat the model training started from (step 0, {cfg.best_metric} "
                  f"{best['metric']:.4f}); best/ is that model")
-        summary = {"dataset": dataset, "steps": step, "total_steps": total_steps, "best_step": best["step"],
-                   "val": best.get("val"), "val_docs": len(val_doc_ids) if has_val else 0,
-                   "train_seconds": time.time() - t_start,
-                   "examples_per_s": run_steps * cfg.batch_size / max(run_step_seconds, 1e-9),
-                   # without the first step (warm-up: allocator, kernel choice, compilation)
-                   "warm_examples_per_s": (run_steps - 1) * cfg.batch_size / max(run_step_seconds - first_step[0], 1e-9),
-                   "warm_tokens_per_s": (run_tokens - first_step[1]) / max(run_step_seconds - first_step[0], 1e-9),
-                   "first_step_seconds": first_step[0],
-                   "peak_memory_mb": peak_memory_mb(device)}
+        result = summary(dataset, step, total_steps, best, t_start, throughput, device)
+        result["val_docs"] = len(val_doc_ids) if has_val else 0
         if cfg.test_eval and "test" in splits(cfg.data):
             _, test_queries, test_qrels = load_beir(cfg.data, "test")
             final = BiEncoder.from_pretrained(best_dir).to(device)
             t0 = time.time()
             metrics, per_query, run = evaluate_dense(final, corpus, list(corpus), test_queries, test_qrels,
                                                      cfg.eval_batch_size)
-            summary["test"] = metrics
-            summary["test_seconds"] = time.time() - t0
-            write_test_outputs(os.path.join(cfg.out, "test"), dataset, metrics, per_query, run, best_dir)
+            result.update(test=metrics, test_seconds=time.time() - t0)
+            write_results(os.path.join(cfg.out, "test"), dataset, "test", {"dense": {
+                "metrics": metrics, "per_query": per_query, "run": run, "queries": len(per_query), "model": best_dir}})
             print(f"test ({len(test_queries)} queries, {len(corpus)} docs), best/ from step {best['step']}: "
                   + " ".join(f"{k} {metrics[k]:.4f}" for k in ("ndcg@10", "mrr@10", "recall@100")))
-        write_json(os.path.join(cfg.out, "metrics.json"), summary)
-        if writer:
-            log_hparams(writer, cfg, summary)
-            writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    finish(cfg, result, writer, world)
     return 0
 
 
@@ -662,15 +563,6 @@ def estimate_eval_seconds(encoder, val_docs, val_queries, batch_size):
         encoder.encode(sample, kind, batch_size)
         seconds += (time.perf_counter() - t0) * len(texts) / max(1, len(sample))
     return seconds
-
-
-def write_test_outputs(out_dir, dataset, metrics, per_query, run, model_dir):
-    """The layout evaluate.py writes, so reports read both alike."""
-    os.makedirs(out_dir, exist_ok=True)
-    write_trec(os.path.join(out_dir, "dense.trec"), run, "dense")
-    write_json(os.path.join(out_dir, "dense.per_query.json"), per_query)
-    write_json(os.path.join(out_dir, "metrics.json"), {"dataset": dataset, "split": "test", "results": {
-        "dense": {"metrics": metrics, "queries": len(per_query), "model": model_dir}}})
 
 
 if __name__ == "__main__":

@@ -35,29 +35,27 @@ files, val/ and test/ (the first stage, reranked, and fused: run files, per-quer
 metrics.json, as evaluate.py writes them).
 """
 import contextlib
-import json
 import os
 import random
 import sys
 import time
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from common import fusion, losses, sizing
 from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits, warn
-from common.metrics import evaluate_run, ranked, write_trec
-from common.models import CrossEncoder, pick_device
+from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
+from common.metrics import evaluate_run, ranked
+from common.models import CrossEncoder
+from common.report import write_results
 from common.retrievers import BM25, first_stage_run
-from common.run import UserError, cli, start_run, write_json
-from common.training import (Health, StopSignals, all_rng_states, autocast, autocast_dtype, check_free_space,
-                             log_hparams, lr_at, param_groups, peak_memory_mb, resume_checkpoint, save_checkpoint,
-                             set_rng_state, setup_distributed, trim_log, write_progress)
+from common.run import UserError, cli, warn
+from common.training import (Health, StopSignals, Throughput, autocast, check_finite, finish, log_train, log_val,
+                             lr_at, open_run, optimizer_and_scaler, optimizer_step, restore, resume, save_last, set_lr,
+                             setup, summary)
 
 DEFAULTS = dict(
     # data
@@ -102,7 +100,7 @@ DEFAULTS = dict(
     fusion_depths=list(fusion.DEPTHS),  # rerank depths tried on val (those up to val_depth)
     test_eval=True,  # the first stage, reranked and fused with the val-chosen settings, on test
     eval_batch_size=64,
-    bm25_backend="sparse",  # sparse | rank_bm25 (the reference: the same scores, ~40x slower)
+    bm25_backend="sparse",  # sparse | rank_bm25 (the reference: the same scores, far slower)
     # checkpoints and logging
     out="",  # run directory; "" = runs/<dataset>-<model>/reranker
     save_every=500,  # steps; 0 = only at the end and on Ctrl-C
@@ -110,8 +108,9 @@ DEFAULTS = dict(
     log_every=10,
     tensorboard=True,
 )
-# What `auto` is on each machine: sizes, not the recipe. A CPU scores ~10-30 pairs/s, so there the
-# run is cut to a time budget, pairs are shorter and val reranks a shallower top.
+# What `auto` is on each machine: sizes, not the recipe. A CPU scores pairs two orders of magnitude
+# slower than a GPU, so there the run is cut to a time budget, pairs are shorter and val reranks a
+# shallower top.
 AUTO = {
     "cpu": dict(batch=16, max_length=128, time_budget_min=4.0, val_queries=200, val_depth=20, evals=2),
     "gpu": dict(batch=16, max_length=256, time_budget_min=0.0, val_queries=1_000, val_depth=100, evals=6),
@@ -167,7 +166,7 @@ def load_examples(cfg, corpus):
 
 def score_candidates(cross, queries, candidates, doc_texts, batch_size):
     """({qid: {doc id: logit}} of every candidate, pairs/s). Every query's pairs go through one
-    length-sorted pass: a query at a time (30 pairs) left an H100 mostly idle, and val is not where
+    length-sorted pass: a query's few pairs at a time leave a GPU mostly idle, and val is not where
     per-query latency is measured (evaluate.py is)."""
     pairs = [(q, d) for q, row in candidates.items() for d in row]
     t0 = time.perf_counter()
@@ -218,19 +217,9 @@ def forward_backward(cfg, model, cross, examples, groups, doc_texts, chunk_ids, 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
-    rank, world, ddp_device = setup_distributed()
-    check_config(cfg, world)
-    master = rank == 0
-    dataset = os.path.basename(os.path.normpath(cfg.data))
-    cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}",
-                                      "reranker")
-    device = ddp_device or pick_device(cfg.device)
-    dtype = autocast_dtype(cfg.dtype, device)
-    if dtype != torch.float32 and device.type == "cpu" and master:
-        warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
-    checkpoint, state = resume_checkpoint(cfg.out) if cfg.resume else (None, None)  # last/, or previous/
-    if cfg.resume:
-        sizing.restore(cfg, state["config"], [k for k, v in vars(cfg).items() if v == "auto"])
+    rank, world, device, dtype = setup(cfg, check_config, "reranker")
+    master, dataset = rank == 0, os.path.basename(os.path.normpath(cfg.data))
+    checkpoint, state = resume(cfg)  # last/ (or previous/) with --resume, and the sizes the run started with
     table = AUTO[sizing.machine(device)]
 
     # ---- data: train groups; val queries and the first stage's candidates for them
@@ -254,10 +243,8 @@ def main(argv=None):
     cross = CrossEncoder.from_pretrained(checkpoint or cfg.model, max_length=cfg.max_length).to(device)
     cross.train()
     model = DDP(cross, broadcast_buffers=False) if world > 1 else cross
-    head = [(".pooler.", cfg.head_lr / cfg.lr), (".classifier.", cfg.head_lr / cfg.lr), (".score.", cfg.head_lr / cfg.lr)]
-    optimizer = torch.optim.AdamW(param_groups(cross, cfg.weight_decay, head if cfg.head_lr > 0 else ()), lr=cfg.lr,
-                                  fused=device.type in ("cuda", "cpu"))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    head = [(part, cfg.head_lr / cfg.lr) for part in (".pooler.", ".classifier.", ".score.")] if cfg.head_lr > 0 else []
+    optimizer, scaler = optimizer_and_scaler(cross, cfg, device, dtype, head)
     steps_per_epoch = len(examples) // cfg.batch_size
     per_rank = cfg.batch_size // world
     micro = cfg.micro_batch_size or per_rank
@@ -276,29 +263,11 @@ def main(argv=None):
                                 lambda: estimate_eval_seconds(cross, val_queries, val_first, doc_texts,
                                                               cfg.eval_batch_size),
                                 val_evals if has_val else 0, world)
-    warmup_steps = int(cfg.warmup_ratio * cfg.max_steps)
-    total_steps = cfg.max_steps
-    step, epoch, position, best = 0, 0, 0, {"metric": -1.0, "step": -1}
-    batches, groups_of = None, None
-    if cfg.resume:
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-        step, epoch, position, best = state["step"], state["epoch"], state["position"], state["best"]
-        if master:
-            print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {position})")
-        state = None  # on a GPU the optimiser copied its moments there: free the CPU copy for the run
+    total_steps, warmup_steps = cfg.max_steps, int(cfg.warmup_ratio * cfg.max_steps)
+    step, epoch, position, best = restore(state, optimizer, scaler, rank, checkpoint)
+    batches, groups_of = None, None  # this epoch's batch order, and every example's group of documents
     resumed_at = step if cfg.resume else -1  # that step's eval ran before its checkpoint was saved
-    if master:
-        start_run(cfg.out, cfg, argv)
-        check_free_space(cfg.out, cross)
-        if not cfg.resume and os.path.exists(os.path.join(cfg.out, "metrics.jsonl")):
-            os.remove(os.path.join(cfg.out, "metrics.jsonl"))  # a fresh run's log starts empty
-        trim_log(os.path.join(cfg.out, "metrics.jsonl"), step)  # what a killed run logged after its checkpoint
-    writer = None
-    if master and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(cfg.out, purge_step=step + 1 if cfg.resume else None)
+    writer = open_run(cfg, argv, cross, step) if master else None
     if master:
         sizing.print_plan("train_reranker.py", [
             f"data: {dataset}, {len(examples):,} train queries ({sum(len(ex.positives) for ex in examples):,} "
@@ -314,23 +283,12 @@ def main(argv=None):
                f"{','.join(map(str, depths))} chosen on it") if has_val else "val: none",
             *plan["lines"]], plan["notes"])
 
-    def log(record):
-        with open(os.path.join(cfg.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
     stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
     health = Health()  # loss spikes, warned about as they happen
+    throughput = Throughput()
     best_scores = None  # the best checkpoint's scores of the val candidates, for the fusion choice
-
-    def save_last():
-        state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step, epoch=epoch,
-                     position=position, best=best, config=vars(cfg), rng=all_rng_states(world))
-        if master:
-            save_checkpoint(os.path.join(cfg.out, "last"), cross, state)
-
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not master)
-    t_start, step_seconds, groups_seen = time.time(), 0.0, 0
-    run_step_seconds, run_steps = 0.0, 0
+    t_start = time.time()
     while True:
         last_step = step == total_steps
 
@@ -345,96 +303,63 @@ def main(argv=None):
             if improved:
                 best, best_scores = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}, scores
                 cross.save(os.path.join(cfg.out, "best"))
-            headline = {k: metrics[k] for k in ("ndcg@10", "mrr@10", "recall@10")}
-            tqdm.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in headline.items())
-                       + (" (best)" if improved else "") + f" [{time.time() - t0:.0f}s, {pairs_per_s:.0f} pairs/s]")
-            log({"step": step, "split": "val", **metrics, "eval_seconds": time.time() - t0,
-                 "rerank_pairs_per_s": pairs_per_s})
-            if writer:
-                for k, v in headline.items():
-                    writer.add_scalar(f"val/{k}", v, step)
-                writer.add_scalar("time/eval_seconds", time.time() - t0, step)
-        stop.agree(world, device)
-        if step > 0 and (last_step or stop.requested or (cfg.save_every > 0 and step % cfg.save_every == 0)):
-            save_last()
-        if stop.requested:
-            if master:
-                tqdm.write(f"stopped by signal at step {step}; `--resume` continues from {cfg.out}/last")
-            break
-        if last_step:
-            break
+            log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@10"), improved, time.time() - t0,
+                    f", {pairs_per_s:.0f} pairs/s", rerank_pairs_per_s=pairs_per_s)
         while batches is None or position >= len(batches):  # an epoch's groups and batch order
             if batches is not None:
                 epoch, position = epoch + 1, 0
             groups_of = sample_groups(examples, cfg.negatives, cfg.seed + epoch)
             batches = make_batches(examples, groups_of, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing,
                                    exclusive=False)
+        stop.agree(world, device)
+        if step > 0 and (last_step or stop.requested or (cfg.save_every > 0 and step % cfg.save_every == 0)):
+            save_last(cfg, cross, optimizer, scaler, world, step=step, epoch=epoch, position=position, best=best)
+        if last_step or stop.requested:
+            break
 
         # ---- one training step: this rank's slice of the batch, accumulated over micro-batches -----
-        t_step = time.time()
+        t0 = time.time()
         lr = lr_at(step, cfg.lr, warmup_steps, total_steps, cfg.schedule)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
+        set_lr(optimizer, lr)
         mine = batches[position][rank * per_rank:(rank + 1) * per_rank]
-        loss_sum, parts_sum, accuracy, margin = 0.0, {}, 0.0, 0.0
+        loss, parts, accuracy, margin = 0.0, {}, 0.0, 0.0
         for start in range(0, per_rank, micro):
             sync = start + micro >= per_rank  # DDP all-reduces gradients on the last micro-batch only
             with model.no_sync() if world > 1 and not sync else contextlib.nullcontext():
-                loss, parts, acc, marg = forward_backward(cfg, model, cross, examples, groups_of, doc_texts,
-                                                          mine[start:start + micro], per_rank, scaler, world, device,
-                                                          dtype)
-            loss_sum, accuracy, margin = loss_sum + loss, accuracy + acc, margin + marg
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v
-        if not np.isfinite(loss_sum):  # checked before the optimiser step, so the weights stay good
-            raise UserError(f"loss is {loss_sum} at step {step}: lower --lr, or use --dtype=fp32; "
-                            f"the last good checkpoint is {cfg.out}/last")
+                m_loss, m_parts, m_accuracy, m_margin = forward_backward(
+                    cfg, model, cross, examples, groups_of, doc_texts, mine[start:start + micro], per_rank, scaler,
+                    world, device, dtype)
+            loss, accuracy, margin = loss + m_loss, accuracy + m_accuracy, margin + m_margin
+            parts = {k: parts.get(k, 0.0) + v for k, v in m_parts.items()}
+        check_finite(loss, step, cfg.out)
         if master:
-            health.check(step, loss_sum)
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(cross.parameters(),
-                                                   cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+            health.check(step, loss)
+        grad_norm = optimizer_step(optimizer, scaler, cross.parameters(), cfg.max_grad_norm)
         step, position = step + 1, position + 1
+        dt = time.time() - t0
+        throughput.update(dt, cfg.batch_size, cfg.batch_size * (1 + cfg.negatives))  # "tokens": pairs scored
         # -----------------------------------------------------------------------------------------
 
-        step_seconds += time.time() - t_step  # throughput counts training only, not eval or saving
-        run_step_seconds, run_steps = run_step_seconds + time.time() - t_step, run_steps + 1
-        groups_seen += cfg.batch_size
         progress.update(1)
-        if master and run_steps == sizing.ETA_AFTER and step < total_steps:
-            tqdm.write(sizing.eta_line(run_steps, run_step_seconds, total_steps - step))
+        if master and throughput.steps == sizing.ETA_AFTER and step < total_steps:
+            tqdm.write(sizing.eta_line(throughput.steps, throughput.seconds, total_steps - step))
         if master and (step % cfg.log_every == 0 or step == total_steps):
             # health: a listwise model that learns ranks the positive first in more groups, by a wider margin
-            record = {"step": step, "epoch": epoch, "loss": loss_sum, **{f"loss/{k}": v for k, v in parts_sum.items()},
-                      "lr": lr, "grad_norm": grad_norm.item(), "group_accuracy": accuracy,
-                      "score_margin": margin, "examples_per_s": groups_seen / step_seconds,
-                      "pairs_per_s": groups_seen * (1 + cfg.negatives) / step_seconds}
-            progress.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
-            log(record)
-            if writer:
-                for k, v in record.items():
-                    if k not in ("step", "epoch"):
-                        writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
-            write_progress(cfg.out, step, total_steps, epoch, t_start, record, best)
-            step_seconds, groups_seen = 0.0, 0
+            log_train(cfg, writer, progress, {
+                "step": step, "epoch": epoch, "loss": loss, **{f"loss/{k}": v for k, v in parts.items()},
+                "lr": lr, "grad_norm": grad_norm.item(), "step_seconds": dt, "group_accuracy": accuracy,
+                "score_margin": margin, "examples_per_s": throughput.examples_per_s,
+                "pairs_per_s": throughput.tokens_per_s}, total_steps, t_start, best)
     progress.close()
-    stop.restore()
-    if stop.requested:
-        if world > 1:
-            dist.destroy_process_group()
+    if stop.stopped(step, cfg.out, world):
         return 130
 
     # ---- the end: the fusion chosen on val and saved with best/; the three columns on test
+    result = None
     if master:
         best_dir = os.path.join(cfg.out, "best")
-        summary = {"dataset": dataset, "steps": step, "total_steps": total_steps, "best_step": best["step"],
-                   "val": best.get("val"), "train_seconds": time.time() - t_start,
-                   "examples_per_s": run_steps * cfg.batch_size / max(run_step_seconds, 1e-9),
-                   "pairs_per_s": run_steps * cfg.batch_size * (1 + cfg.negatives) / max(run_step_seconds, 1e-9),
-                   "peak_memory_mb": peak_memory_mb(device)}
+        result = summary(dataset, step, total_steps, best, t_start, throughput, device)
+        result["pairs_per_s"] = result.pop("tokens_per_s")
         if has_val:
             final = cross if best["step"] == step else CrossEncoder.from_pretrained(best_dir).to(device)
             if best_scores is None:  # resumed after the best step's evaluation
@@ -444,8 +369,8 @@ def main(argv=None):
             results = stage_results(val_qrels, val_first, best_scores, chosen, cfg, best)
             chosen["val"] = {name: r["metrics"][cfg.best_metric] for name, r in results.items()}
             fusion.save(best_dir, chosen)
-            write_outputs(os.path.join(cfg.out, "val"), dataset, "val", results)
-            summary["fusion"] = {k: v for k, v in chosen.items() if k != "grid"}
+            write_results(os.path.join(cfg.out, "val"), dataset, "val", results)
+            result["fusion"] = {k: v for k, v in chosen.items() if k != "grid"}
             names = list(results)
             print(f"val ({len(val_queries)} queries): {names[0]} {cfg.best_metric} {chosen['val'][names[0]]:.4f}, "
                   f"reranked {chosen['val'][names[1]]:.4f}, fused {chosen['val'][names[2]]:.4f}: "
@@ -462,18 +387,13 @@ def main(argv=None):
             top = {q: {d: row[d] for d in ranked(row, chosen["depth"])} for q, row in test_first.items()}
             scores, pairs_per_s = score_candidates(final, test_queries, top, doc_texts, cfg.eval_batch_size)
             results = stage_results(test_qrels, test_first, scores, chosen, cfg, best)
-            write_outputs(os.path.join(cfg.out, "test"), dataset, "test", results)
-            summary.update(test={n: r["metrics"] for n, r in results.items()}, test_seconds=time.time() - t0,
-                           rerank_pairs_per_s=pairs_per_s)
+            write_results(os.path.join(cfg.out, "test"), dataset, "test", results)
+            result.update(test={n: r["metrics"] for n, r in results.items()}, test_seconds=time.time() - t0,
+                          rerank_pairs_per_s=pairs_per_s)
             print(f"test ({len(test_queries)} queries), {cfg.best_metric}: "
                   + ", ".join(f"{n} {r['metrics'][cfg.best_metric]:.4f}" for n, r in results.items()))
-        write_json(os.path.join(cfg.out, "metrics.json"), summary)
-        if writer:
-            log_hparams(writer, cfg, {**summary, "test": (summary.get("test") or {}).get("fused")})
-            writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    served = next((v for k, v in (result or {}).get("test", {}).items() if k.endswith("+fused")), None)
+    finish(cfg, result, writer, world, hparams_test=served)  # TensorBoard's hparams: the served column
     return 0
 
 
@@ -493,16 +413,6 @@ def stage_results(qrels, first, scores, chosen, cfg, best):
         mean, per_query = evaluate_run(qrels, run, KS)
         out[key] = {"metrics": mean, "per_query": per_query, "run": run, "queries": len(per_query), **info}
     return out
-
-
-def write_outputs(out_dir, dataset, split, results):
-    """The layout evaluate.py writes, so reports read both alike."""
-    os.makedirs(out_dir, exist_ok=True)
-    for name, r in results.items():
-        write_trec(os.path.join(out_dir, f"{name}.trec"), r["run"], name)
-        write_json(os.path.join(out_dir, f"{name}.per_query.json"), r["per_query"])
-    write_json(os.path.join(out_dir, "metrics.json"), {"dataset": dataset, "split": split, "results": {
-        name: {k: v for k, v in r.items() if k not in ("per_query", "run")} for name, r in results.items()}})
 
 
 if __name__ == "__main__":

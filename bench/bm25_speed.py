@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 
 from common.config import check_choice, load_config  # noqa: E402
 from common.data import doc_text, load_beir  # noqa: E402
+from common.files import write_json  # noqa: E402
 from common.retrievers import BM25  # noqa: E402
-from common.run import cli, write_json  # noqa: E402
+from common.run import cli  # noqa: E402
 
 DEFAULTS = dict(data="data/scifact", split="test", queries=300, repeat_corpus=1, drop=0.1,
                 backends=["rank_bm25", "sparse"], max_rank_bm25_docs=200000, k=100, batch_size=256,

@@ -27,10 +27,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import index as faiss_index  # noqa: E402
+from common.backends import load_encoder  # noqa: E402
 from common.config import load_config  # noqa: E402
-from common.data import atomic_open, read_queries, read_qrels  # noqa: E402
-from common.retrievers import load_encoder  # noqa: E402
-from common.run import cli, write_json  # noqa: E402
+from common.data import read_qrels, read_queries  # noqa: E402
+from common.files import atomic_open, write_json  # noqa: E402
+from common.run import cli  # noqa: E402
 
 DEFAULTS = dict(
     index="runs/bench/index/scifact",  # a build_index.py directory with embeddings.npy

@@ -26,8 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bm25_speed import synthetic_corpus  # noqa: E402  (a sibling bench script)
 
 from common.config import load_config  # noqa: E402
-from common.data import atomic_open, load_beir, write_queries  # noqa: E402
-from common.run import cli, write_json  # noqa: E402
+from common.data import load_beir, write_queries  # noqa: E402
+from common.files import atomic_open, write_json  # noqa: E402
+from common.run import cli  # noqa: E402
 
 DEFAULTS = dict(data="data/scifact", split="train", repeat_corpus=193, drop=0.1, seed=0,
                 out="runs/bench/mining_scale")

@@ -21,11 +21,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common.backends import load_encoder  # noqa: E402
 from common.config import load_config  # noqa: E402
-from common.data import atomic_open, doc_text, load_beir  # noqa: E402
+from common.data import doc_text, load_beir  # noqa: E402
+from common.files import atomic_open, write_json  # noqa: E402
 from common.metrics import cut_run, evaluate_run  # noqa: E402
-from common.retrievers import dense_run, load_encoder  # noqa: E402
-from common.run import cli, write_json  # noqa: E402
+from common.retrievers import dense_run  # noqa: E402
+from common.run import cli  # noqa: E402
 
 DEFAULTS = dict(
     onnx="runs/bench/onnx/minilm",  # an export_onnx.py directory with model.onnx and model.int8.onnx

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.jobs import ROOT, read_json, run_all, thread_env  # noqa: E402
 from common.config import load_config  # noqa: E402
-from common.run import cli, write_json  # noqa: E402
+from common.files import write_json  # noqa: E402
+from common.run import cli  # noqa: E402
 
 DEFAULTS = dict(
     data="data/scifact",

@@ -43,7 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.jobs import ROOT, read_json  # noqa: E402
 from common.config import check_choice, load_config  # noqa: E402
-from common.run import UserError, cli, write_json  # noqa: E402
+from common.files import write_json  # noqa: E402
+from common.run import UserError, cli  # noqa: E402
 
 DEFAULTS = dict(
     data="data/scifact",

@@ -9,14 +9,13 @@ the line and the fix (a last line cut short says the file looks truncated); empt
 skipped with one counted warning, as BEIR users expect. Unknown fields ("metadata") are ignored.
 Writers go through a temporary name and a rename, so a failure never leaves a half-written file.
 """
-import contextlib
 import json
 import math
 import os
 import random
-import shutil
-import sys
-import tempfile
+
+from common.files import atomic_dir, atomic_open
+from common.run import warn
 
 
 class DataError(ValueError):
@@ -25,10 +24,6 @@ class DataError(ValueError):
 
 class EmptySplit(DataError):
     """A split whose qrels hold no relevant row: nothing to train on or evaluate."""
-
-
-def warn(msg):
-    print(f"warning: {msg}", file=sys.stderr)
 
 
 # Appended to an error on the last line when the file does not end with a newline.
@@ -308,52 +303,6 @@ def doc_text(doc):
 
 
 # ---------------------------------------------------------------------------- writing
-
-@contextlib.contextmanager
-def atomic_open(path, mode="w"):
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(path):
-    """Build a directory under a temporary name; swap it into place only if the block succeeds."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
-    try:
-        yield tmp
-        for directory, _, names in os.walk(tmp):  # contents on disk before the rename that publishes them
-            for name in names:
-                fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        old = None
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.old.")
-            os.rmdir(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
 
 def write_jsonl(path, records):
     with atomic_open(path) as f:

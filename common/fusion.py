@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from common.data import atomic_open
+from common.files import atomic_open
 from common.metrics import evaluate_run, ranked
 
 FILE = "fusion.json"

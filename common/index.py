@@ -187,7 +187,7 @@ def timed_search(index, query_emb, k, min_seconds=1.0):
 
 def save(out_dir, index, doc_ids, settings):
     """index.faiss, doc_ids.txt and index.json (settings, plus the index's own search parameters)
-    into out_dir, which the caller creates (atomically: common.data.atomic_dir)."""
+    into out_dir, which the caller creates (atomically: common.files.atomic_dir)."""
     faiss_module().write_index(index, os.path.join(out_dir, "index.faiss"))
     with open(os.path.join(out_dir, "doc_ids.txt"), "w", encoding="utf-8") as f:
         f.writelines(f"{d}\n" for d in doc_ids)

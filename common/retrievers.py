@@ -11,6 +11,7 @@ from scipy import sparse
 from tqdm.auto import tqdm
 
 from common import index as faiss_index
+from common.backends import load_encoder, load_reranker
 from common.data import doc_text
 from common.metrics import cut_run
 
@@ -47,7 +48,7 @@ class BM25:
 
     Both backends give rank_bm25.BM25Okapi's scores (to float rounding) and the same rankings,
     ties broken by document order. "sparse" (the default) precomputes every term's per-document
-    weight, so a batch of queries is one sparse product: ~40x faster already at 5k documents.
+    weight, so a batch of queries is one sparse product: far faster, already at a few thousand documents.
     "rank_bm25" scores every document in Python per query: the reference the tests hold it to.
     """
 
@@ -193,38 +194,6 @@ def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
                                                       show_progress=len(texts) <= chunk and len(texts) >= 2000)
             bar.update(min(chunk, len(texts) - start))
     return out
-
-
-BACKENDS = ("torch", "onnx", "onnx-int8")
-
-
-def load_encoder(model, backend="torch", device="auto", **overrides):
-    """A bi-encoder ready to encode: a BiEncoder in eval mode on `device`, or for backend onnx /
-    onnx-int8 an export_onnx.py directory run by onnxruntime (torch is then never imported).
-    overrides: max lengths, prefixes and (torch only: it is inside an ONNX graph) pooling; None keeps
-    the saved value."""
-    if backend != "torch":
-        from common.onnx_models import OnnxBiEncoder
-        from common.run import UserError
-
-        if overrides.pop("pooling", None) is not None:
-            raise UserError(f"{model}: an ONNX export pools inside its graph; drop the pooling setting, or "
-                            "re-export a model saved with the pooling you want")
-        return OnnxBiEncoder.from_dir(model, quantized=backend == "onnx-int8", **overrides)
-    from common.models import BiEncoder, pick_device
-
-    return BiEncoder.from_pretrained(model, **overrides).to(pick_device(device)).eval()
-
-
-def load_reranker(model, backend="torch", device="auto", max_length=None):
-    """A cross-encoder ready to score: CrossEncoder, or OnnxCrossEncoder for the onnx backends."""
-    if backend != "torch":
-        from common.onnx_models import OnnxCrossEncoder
-
-        return OnnxCrossEncoder.from_dir(model, quantized=backend == "onnx-int8", max_length=max_length)
-    from common.models import CrossEncoder, pick_device
-
-    return CrossEncoder.from_pretrained(model, max_length=max_length).to(pick_device(device)).eval()
 
 
 def first_stage_run(spec, corpus, queries, depth, device="auto", batch_size=64, bm25_backend="sparse"):

@@ -1,16 +1,18 @@
 """Run directories and their provenance, and the one-line error exit every script shares."""
-import csv
-import json
 import os
 import shlex
 import subprocess
 import sys
 
-from common.data import atomic_open
+from common.files import atomic_open, write_json
 
 
 class UserError(Exception):
     """Bad input a user can fix; scripts print it as one line instead of a stack trace."""
+
+
+def warn(msg):
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 def git_commit():
@@ -24,12 +26,6 @@ def git_commit():
     if out.returncode != 0:
         return "unknown"
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def write_json(path, obj):
-    with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
 
 
 def start_run(out_dir, cfg, argv):
@@ -62,18 +58,3 @@ def cli(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-def append_csv_row(path, row):
-    """Add `row` (a dict) to the CSV at path. A row with new columns rewrites the file with the union
-    of the columns (older rows blank there), atomically, so earlier rows are never lost."""
-    rows, columns = [], []
-    if os.path.isfile(path):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns, rows = list(reader.fieldnames or []), list(reader)
-    columns += [c for c in row if c not in columns]
-    with atomic_open(path) as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows + [row])

@@ -12,8 +12,7 @@ import time
 import torch.distributed as dist
 
 from common.config import ConfigError, is_auto
-from common.data import warn
-from common.run import UserError
+from common.run import UserError, warn
 from common.training import rng_state, set_rng_state
 
 
@@ -32,14 +31,6 @@ def resolve(cfg, table, **derived):
             setattr(cfg, key, derived[key] if key in derived else table[key])
             done.append(key)
     return done
-
-
-def restore(cfg, saved, keys):
-    """On --resume: the values `auto` resolved to in the run being continued (its config.json), so the
-    schedule and the sizes stay what they were, whatever this machine would pick today."""
-    for key in keys:
-        if key in saved:
-            setattr(cfg, key, saved[key])
 
 
 def batch_size(cfg, n, default, world, where):

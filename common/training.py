@@ -1,6 +1,8 @@
 """What a training loop needs besides the model: the optimiser's parameter groups, the learning
-rate schedule, mixed precision, checkpoints that resume exactly, and the distributed set-up.
-The loop itself lives in each training script."""
+rate schedule, mixed precision, checkpoints that resume exactly, the distributed set-up, and the
+scaffolding both trainers' main() share around their loops (set-up, resume, the run directory and
+its logs, the optimiser step, throughput, the end). The loop itself lives in each training script,
+where the two differ: what a batch is and what its loss is."""
 import contextlib
 import datetime
 import hashlib
@@ -11,13 +13,15 @@ import random
 import shutil
 import signal
 import tempfile
+import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from common.data import atomic_open, warn
-from common.run import UserError
+from common.files import atomic_open, write_json
+from common.models import pick_device
+from common.run import UserError, start_run, warn
 
 STATE_FILE = "trainer_state.pt"
 
@@ -68,10 +72,10 @@ def keep_freed_memory():
     """Have glibc's malloc keep freed memory for reuse instead of handing it back to the OS.
 
     A training step on a CPU allocates and frees gigabytes of activations. By default each large
-    tensor is a fresh mmap, so every step page-faults all of it in again and the kernel zeroes it:
-    about 1.2M minor faults and 2-3 s of system time per step of MiniLM at batch 32 on 2 cores
-    (user time ~34 s). With mmap off and a 1 GiB trim threshold the heap keeps those pages (faults
-    ~0; peak RSS +5%). Linux with glibc only: returns whether it took effect."""
+    tensor is a fresh mmap, so every step page-faults all of it in again and the kernel zeroes it,
+    seconds of system time a step (bench/results/st_compare-cpu.md). With mmap off and a 1 GiB trim
+    threshold the heap keeps those pages: next to no faults, for a little more peak RSS. Linux with
+    glibc only: returns whether it took effect."""
     import ctypes
     import sys
 
@@ -314,6 +318,18 @@ class StopSignals:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 
+    def stopped(self, step, out_dir, world):
+        """After the loop: the old handlers back; when a signal ended the run, say where it stopped
+        (rank 0), end the process group and return True."""
+        self.restore()
+        if not self.requested:
+            return False
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"stopped by signal at step {step}; `--resume` continues from {out_dir}/last")
+        if world > 1:
+            dist.destroy_process_group()
+        return True
+
 
 def all_rng_states(world):
     """This process's RNG states, or under torchrun every rank's (each resumes its own dropout stream)."""
@@ -336,7 +352,7 @@ def write_progress(out_dir, step, total_steps, epoch, t_start, record, best):
     """training_progress.json: where a run is, for scripts and for a glance from another terminal."""
     import time
 
-    from common.run import write_json
+    from common.files import write_json
 
     write_json(os.path.join(out_dir, "training_progress.json"), {
         "step": step, "total_steps": total_steps, "epoch": epoch, "elapsed_s": time.time() - t_start,
@@ -350,3 +366,184 @@ def log_hparams(writer, cfg, summary, metrics=("ndcg@10", "recall@100")):
     final = {f"hparam/{split}_{k}": summary[split][k] for split in ("val", "test") if summary.get(split)
              for k in metrics if k in summary[split]}
     writer.add_hparams(hparams, final, run_name="hparams")
+
+
+# ---- a run's scaffolding: what both trainers' main() does around its loop, in the order it does it
+
+def setup(cfg, check_config, stage):
+    """This process's place in the run, once the settings are checked: (rank, world, device, dtype).
+    cfg.out defaults to runs/<dataset>-<model>/<stage>."""
+    rank, world, ddp_device = setup_distributed()
+    check_config(cfg, world)
+    dataset = os.path.basename(os.path.normpath(cfg.data))
+    cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}", stage)
+    device = ddp_device or pick_device(cfg.device)
+    dtype = autocast_dtype(cfg.dtype, device)
+    if dtype != torch.float32 and device.type == "cpu" and rank == 0:
+        warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
+    return rank, world, device, dtype
+
+
+def resume(cfg):
+    """(checkpoint directory, trainer state) to continue from with --resume (last/, or previous/ if
+    last/ is damaged), else (None, None). The `auto` settings take the values the run resolved when
+    it started (its saved config), so the schedule and sizes stay what they were."""
+    if not cfg.resume:
+        return None, None
+    checkpoint, state = resume_checkpoint(cfg.out)
+    for key, value in vars(cfg).items():
+        if value == "auto" and key in state["config"]:
+            setattr(cfg, key, state["config"][key])
+    return checkpoint, state
+
+
+def optimizer_and_scaler(model, cfg, device, dtype, lr_scales=()):
+    """AdamW over param_groups (fused: one kernel for all parameters, on CUDA and on the CPU) and the
+    loss scaler fp16 needs (a no-op otherwise)."""
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr_scales), lr=cfg.lr,
+                                  fused=device.type in ("cuda", "cpu"))
+    return optimizer, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def restore(state, optimizer, scaler, rank, checkpoint):
+    """(step, epoch, position in the epoch, best so far): a fresh run's, or a resumed one's with the
+    optimiser, the scaler and this rank's RNG streams put back. The optimiser's moments leave `state`
+    (on a GPU they were copied there; the CPU copy would sit in memory for the whole run)."""
+    if state is None:
+        return 0, 0, 0, {"metric": -1.0, "step": -1}
+    optimizer.load_state_dict(state.pop("optimizer"))
+    scaler.load_state_dict(state.pop("scaler"))
+    set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+    if rank == 0:
+        print(f"resumed from {checkpoint} at step {state['step']} (epoch {state['epoch']}, batch {state['position']})")
+    return state["step"], state["epoch"], state["position"], state["best"]
+
+
+def open_run(cfg, argv, model, step):
+    """Rank 0's run directory: its provenance (config.json, command.txt), a disk-space check,
+    metrics.jsonl (emptied for a fresh run, cut back to `step` for a resumed one) and the TensorBoard
+    writer, or None with tensorboard off."""
+    start_run(cfg.out, cfg, argv)
+    check_free_space(cfg.out, model)
+    log_file = os.path.join(cfg.out, "metrics.jsonl")
+    if not cfg.resume and os.path.exists(log_file):
+        os.remove(log_file)
+    trim_log(log_file, step)  # what a killed run logged after its checkpoint
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(cfg.out, purge_step=step + 1 if cfg.resume else None)
+
+
+def log(out_dir, record):
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def log_val(cfg, writer, step, metrics, headline, improved, seconds, note="", **extra):
+    """A val evaluation: one line on the terminal, a record in metrics.jsonl, scalars in TensorBoard."""
+    from tqdm.auto import tqdm
+
+    shown = {k: metrics[k] for k in headline}
+    tqdm.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+               + (" (best)" if improved else "") + f" [{seconds:.0f}s{note}]")
+    log(cfg.out, {"step": step, "split": "val", **metrics, "eval_seconds": seconds, **extra})
+    if writer:
+        for k, v in shown.items():
+            writer.add_scalar(f"val/{k}", v, step)
+        writer.add_scalar("time/eval_seconds", seconds, step)
+
+
+def log_train(cfg, writer, progress, record, total_steps, t_start, best):
+    """A training record: metrics.jsonl, TensorBoard (train/<name>, or the name itself when it has a
+    group, as loss/<term> does), the progress bar and training_progress.json."""
+    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+    log(cfg.out, record)
+    if writer:
+        for k, v in record.items():
+            if k not in ("step", "epoch"):
+                writer.add_scalar(k if "/" in k else f"train/{k}", v, record["step"])
+    write_progress(cfg.out, record["step"], total_steps, record["epoch"], t_start, record, best)
+
+
+class Throughput:
+    """Examples (and tokens) per second of the training steps alone, not evaluation or saving:
+    `examples_per_s` and `tokens_per_s` smoothed over recent steps for the log; summary() for the
+    whole run, without its first step (warm-up: allocator, kernel choice) when there are more."""
+
+    def __init__(self, smoothing=0.9):
+        self.smoothing = smoothing
+        self.steps = 0
+        self.total, self.warm = [0.0, 0, 0], [0.0, 0, 0]  # seconds, examples, tokens: all steps, all but the first
+        self.examples_per_s = self.tokens_per_s = 0.0
+
+    @property
+    def seconds(self):
+        return self.total[0]
+
+    def update(self, dt, examples, tokens=0):
+        self.steps += 1
+        for totals in (self.total, self.warm) if self.steps > 1 else (self.total,):
+            totals[:] = [totals[0] + dt, totals[1] + examples, totals[2] + tokens]
+        keep = self.smoothing if self.steps > 2 else 0.0  # the first step's rate is warm-up: not averaged in
+        self.examples_per_s = keep * self.examples_per_s + (1 - keep) * examples / max(dt, 1e-9)
+        self.tokens_per_s = keep * self.tokens_per_s + (1 - keep) * tokens / max(dt, 1e-9)
+
+    def summary(self):
+        seconds, examples, tokens = self.warm if self.steps > 1 else self.total
+        return {"examples_per_s": examples / max(seconds, 1e-9), "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def check_finite(loss, step, out_dir):
+    """Stop before the optimiser step, so the weights (and last/) stay good."""
+    if not math.isfinite(loss):
+        raise UserError(f"loss is {loss} at step {step}: lower --lr, or use --dtype=fp32; the last good checkpoint "
+                        f"is {out_dir}/last")
+    return loss
+
+
+def optimizer_step(optimizer, scaler, parameters, max_grad_norm):
+    """Unscale (fp16), clip to max_grad_norm (0: no clipping), step, zero the gradients. Returns the
+    gradient norm before clipping."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def save_last(cfg, model, optimizer, scaler, world, **position):
+    """last/: the model and everything --resume needs: optimiser, scaler, every rank's RNG streams,
+    the config and `position` (step, epoch, batch, best, and what the script adds). Every rank calls
+    it (the RNG states are gathered); rank 0 writes."""
+    state = dict(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), config=vars(cfg),
+                 rng=all_rng_states(world), **position)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_checkpoint(os.path.join(cfg.out, "last"), model, state)
+
+
+def summary(dataset, step, total_steps, best, t_start, throughput, device):
+    """The start of metrics.json: how far the run went, what val kept, how fast it trained."""
+    return {"dataset": dataset, "steps": step, "total_steps": total_steps, "best_step": best["step"],
+            "val": best.get("val"), "train_seconds": time.time() - t_start, **throughput.summary(),
+            "peak_memory_mb": peak_memory_mb(device)}
+
+
+def finish(cfg, summary, writer, world, hparams_test=None):
+    """metrics.json and the TensorBoard hparams table (rank 0: `summary` is None on the others), then
+    the process group's end."""
+    if summary is not None:
+        write_json(os.path.join(cfg.out, "metrics.json"), summary)
+        if writer:
+            log_hparams(writer, cfg, {**summary, "test": hparams_test or summary.get("test")})
+            writer.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()

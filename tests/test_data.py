@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from common.data import (DataError, atomic_open, doc_text, load_beir, read_corpus, read_qrels, read_queries,
-                         write_beir)
+from common.data import DataError, doc_text, load_beir, read_corpus, read_qrels, read_queries, write_beir
+from common.files import atomic_open
 
 
 def test_crlf_bom_and_optional_titles(tmp_path):

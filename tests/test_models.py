@@ -177,3 +177,14 @@ def test_packaged_minilm_reproduces_its_published_similarity():
     # sentence-transformers' documentation shows 0.7553 for this pair with this model.
     assert sims[0, 1] == pytest.approx(0.7553, abs=2e-3)
     assert sims[0, 2] < 0.1
+
+
+def test_a_fresh_reranker_head_is_said_in_one_line_and_a_trained_one_loads_quietly(tiny_model, tmp_path, capfd):
+    cross = CrossEncoder.from_pretrained(tiny_model)
+    err = capfd.readouterr().err
+    assert cross.fresh_head and "LOAD REPORT" not in err
+    assert [line for line in err.splitlines() if "fresh one-logit head" in line and "classifier.weight" in line]
+    cross.save(str(tmp_path / "reranker"))
+    capfd.readouterr()
+    assert not CrossEncoder.from_pretrained(str(tmp_path / "reranker")).fresh_head
+    assert "head" not in capfd.readouterr().err

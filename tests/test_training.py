@@ -160,3 +160,17 @@ def test_param_groups_scale_the_named_parts():
     by_key = {(g["weight_decay"], g["lr_scale"]): [p.shape for p in g["params"]] for g in groups}
     assert by_key == {(0.01, 1.0): [(4, 4)], (0.0, 1.0): [(4,)], (0.01, 50.0): [(1, 4)], (0.0, 50.0): [(1,)]}
     assert {g["lr_scale"] for g in param_groups(model, 0.01)} == {1.0}
+
+
+def test_throughput_leaves_the_first_step_out_and_smooths_the_rest():
+    from common.training import Throughput
+
+    meter = Throughput(smoothing=0.5)
+    meter.update(10.0, 32, 3200)  # warm-up: ten times slower
+    assert meter.summary() == {"examples_per_s": 3.2, "tokens_per_s": 320.0}  # one step: all there is
+    meter.update(1.0, 32, 3200)
+    assert meter.examples_per_s == 32.0  # the warm-up rate is not averaged in
+    meter.update(2.0, 32, 3200)
+    assert meter.examples_per_s == 0.5 * 32 + 0.5 * 16
+    assert meter.summary() == {"examples_per_s": 64 / 3.0, "tokens_per_s": 6400 / 3.0}
+    assert (meter.steps, meter.seconds) == (3, 13.0)
