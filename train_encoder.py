@@ -477,9 +477,9 @@ def main(argv=None):
             log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@100"), improved, time.time() - t0)
         if (cfg.remine_every > 0 and step > 0 and step % cfg.remine_every == 0 and step != remined["step"]
                 and not last_step):
-            remined, examples, batches, groups_of = remine(cfg, step, epoch, position, encoder, examples, batches,
-                                                           groups_of, miner, master, world, device, dtype,
-                                                           writer)
+            remined, examples, batches, groups_of = remine(
+                cfg, step, epoch, position, encoder, examples, batches, groups_of, miner, master, world, device, dtype,
+                writer)
         # After a re-mine: a rebuilt rest of the epoch can hold fewer full batches than it replaced.
         while batches is None or position >= len(batches):  # the next epoch's groups and batch order
             if batches is not None:

@@ -23,7 +23,7 @@ BiEncoder.encode vs SentenceTransformer.encode, on the same seeded sample of `en
 
 Training throughput is measured alike on both sides: the wall time from the end of the first
 (warm-up) step to the end of the last, synchronised on a GPU, over the examples of those steps;
-model load, set-up and the first step are left out (train_encoder.py's `warm_examples_per_s`; a
+model load, set-up and the first step are left out (train_encoder.py's summary `examples_per_s`; a
 TrainerCallback's on_step_end clock for sentence-transformers). Model FLOP/s = 6 x non-embedding
 parameters x real (unpadded) tokens per second: no attention term, no padding, no recomputation;
 reported as a fraction of `peak_tflops` (0 = 0.07 TFLOP/s on a CPU, this 2-core machine's measured
@@ -61,7 +61,7 @@ DEFAULTS = dict(
     device="auto",  # auto | cpu | cuda
     st_batches="ours",  # ours: train_encoder.py's batches in its order | unbucketed: random, no duplicates
     st_path=".bench-st",  # where `make bench-st` installed sentence-transformers (PYTHONPATH of its children)
-    train_args=[],  # more train_encoder.py settings for our side, e.g. --train_args=--compile=true
+    train_args=[],  # more train_encoder.py settings for our side, e.g. --train_args=--gradient_checkpointing=true
     evaluate=True,  # test nDCG@10 of both trained models (CPU: ~9 min each, encoding the corpus)
     eval_batch_size=64,
     encode_docs=1000,  # seeded sample of the corpus for the encode throughput; 0 = skip
@@ -373,11 +373,14 @@ def main(argv=None):
                   "--symmetric=false", "--schedule=linear", "--hard_negatives=0", "--micro_batch_size=0",
                   "--dtype=auto", "--eval_every=0", "--save_every=0", "--test_eval=false", "--tensorboard=false",
                   # val must run once at the end (it keeps best/): on one query and its positives, seconds
-                  "--val_queries=1", "--val_docs_bm25=0", "--val_docs_random=0", *cfg.train_args]
+                  "--val_queries=1", "--val_docs_bm25=0", "--val_docs_random=0",
+                  "--log_every=1", *cfg.train_args]  # every step's step_seconds in metrics.jsonl: the first one's
     rss, _ = run_child(cfg, "ours-train", [py, os.path.join(ROOT, "train_encoder.py"), *train_args])
     m = read_json(os.path.join(ours_out, "metrics.json"))
-    s["ours"].update(train_peak_rss_mb=rss, warm_examples_per_s=m["warm_examples_per_s"],
-                     warm_tokens_per_s=m["warm_tokens_per_s"], first_step_seconds=m["first_step_seconds"],
+    with open(os.path.join(ours_out, "metrics.jsonl"), encoding="utf-8") as f:
+        first = next(r for r in map(json.loads, f) if r.get("step") == 1 and "step_seconds" in r)
+    s["ours"].update(train_peak_rss_mb=rss, warm_examples_per_s=m["examples_per_s"],
+                     warm_tokens_per_s=m["tokens_per_s"], first_step_seconds=first["step_seconds"],
                      train_gpu_peak_mb=m["peak_memory_mb"] if on_gpu else None)
     rss, _ = run_child(cfg, "st-train", self_cmd(cfg, "st-train", model_dir), st=True)
     st = read_json(os.path.join(cfg.out, "st-train.json"))
