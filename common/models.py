@@ -151,7 +151,22 @@ def read_settings(path, model_config):
     return settings
 
 
-class BiEncoder(torch.nn.Module):
+class SavedModel(torch.nn.Module):
+    """What both models share: a transformers trunk with its tokenizer, and a save() that builds the
+    directory (write(), each model's own files) under a temporary name and swaps it into place, so a
+    crash leaves the old one whole; callers that add files to a directory call write() themselves."""
+
+    @property
+    def device(self):
+        return next(self.parameters()).device
+
+    def save(self, out_dir):
+        with atomic_dir(out_dir) as tmp:
+            self.write(tmp)
+        return out_dir
+
+
+class BiEncoder(SavedModel):
     """One transformer trunk that embeds queries and passages into the same space."""
 
     def __init__(self, model, tokenizer, pooling="mean", normalize=True, query_prefix="", passage_prefix="",
@@ -200,10 +215,6 @@ class BiEncoder(torch.nn.Module):
     @property
     def dim(self):
         return self.model.config.hidden_size
-
-    @property
-    def device(self):
-        return next(self.parameters()).device
 
     def settings(self):
         return dict(pooling=self.pooling, normalize=self.normalize, query_prefix=self.prefix["query"],
@@ -271,18 +282,10 @@ class BiEncoder(torch.nn.Module):
         self.train(was_training)
         return out
 
-    def save(self, out_dir):
-        """A Hugging Face model directory that sentence-transformers can also load.
-
-        The sentence-transformers files are written by hand (modules.json, sentence_bert_config.json,
-        1_Pooling/config.json, config_sentence_transformers.json) so the project never imports it.
-        """
-        with atomic_dir(out_dir) as tmp:
-            self.write(tmp)
-        return out_dir
-
     def write(self, tmp):
-        """save() into an existing directory, for callers that add files and swap it in themselves."""
+        """A Hugging Face model directory that sentence-transformers can also load, written into `tmp`.
+        The sentence-transformers files are written by hand (modules.json, sentence_bert_config.json,
+        1_Pooling/config.json, config_sentence_transformers.json) so the project never imports it."""
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         write = lambda rel, obj: _write_json(os.path.join(tmp, rel), obj)  # noqa: E731
@@ -327,7 +330,7 @@ def _write_json(path, obj):
         f.write("\n")
 
 
-class CrossEncoder(torch.nn.Module):
+class CrossEncoder(SavedModel):
     """A transformer that reads (query, passage) together and outputs one relevance logit: the
     reranker, and the teacher whose scores denoise mined negatives and feed margin_mse."""
 
@@ -370,10 +373,6 @@ class CrossEncoder(torch.nn.Module):
         cross.fusion = fusion.load(path)
         return cross
 
-    @property
-    def device(self):
-        return next(self.parameters()).device
-
     def tokenize(self, queries, passages):
         # longest_first cuts the longer text token by token: the passage, until the query alone would
         # take more than half (only_second raises on such a query instead of cutting it).
@@ -401,15 +400,9 @@ class CrossEncoder(torch.nn.Module):
         """(reranked run, seconds per query): common.metrics.rerank_run with this model's scores."""
         return rerank_run(self.score, queries, run, doc_texts, depth, batch_size)
 
-    def save(self, out_dir):
-        """A Hugging Face sequence-classification directory (sentence-transformers' CrossEncoder
-        loads it too), plus crossencoder.json with the max_length it was trained at."""
-        with atomic_dir(out_dir) as tmp:
-            self.write(tmp)
-        return out_dir
-
     def write(self, tmp):
-        """save() into an existing directory, for callers that add files and swap it in themselves."""
+        """A Hugging Face sequence-classification directory (sentence-transformers' CrossEncoder
+        loads it too), plus crossencoder.json with the max_length it was trained at, into `tmp`."""
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         _write_json(os.path.join(tmp, "crossencoder.json"), {"max_length": self.max_length})
