@@ -56,7 +56,7 @@ EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(ENCODER_DIR)/best
 
 .PHONY: setup setup-gpu data baseline mine train-encoder index mine-reranker train-reranker final export pipeline adapt adapted smoke \
-        tensorboard test bench-encode bench-st clean FORCE
+        tensorboard test bench-encode bench-st bench-st-setup clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
 setup: $(VENV)/.installed
@@ -211,8 +211,9 @@ ST_PKGS := sentence-transformers==6.2.0 accelerate==1.15.0 datasets==5.2.0 sciki
            joblib==1.6.0 cloudpickle==3.1.2 dill==0.4.1 multiprocess==0.70.19 narwhals==2.29.0 pandas==3.1.1 \
            psutil==7.2.2 pyarrow==26.0.1 python-dateutil==4.0.0 tzdata==2026.6 xxhash==4.1.0
 BENCH_ST_ARGS ?=
-bench-st: $(DATA_DIR)/prepare.json
+bench-st-setup:
 	test -f .bench-st/.installed || ($(PIP) install --target .bench-st --no-deps $(ST_PKGS) && touch .bench-st/.installed)
+bench-st: $(DATA_DIR)/prepare.json bench-st-setup
 	$(PY) bench/st_compare.py --data=$(DATA_DIR) --model=$(MODEL) $(BENCH_ST_ARGS)
 
 clean:

@@ -34,9 +34,8 @@ from common import mining
 from common.config import Auto, ConfigError, check_choice, load_config
 from common.data import load_beir
 from common.files import write_json
-from common.models import BiEncoder, CrossEncoder, pick_device
+from common.models import BiEncoder, CrossEncoder, autocast, autocast_dtype, pick_device
 from common.run import cli, start_run, warn
-from common.training import autocast, autocast_dtype
 
 DEFAULTS = dict(
     # data
@@ -116,6 +115,8 @@ def main(argv=None):
     needs_dense = bool({"dense", "semi-hard"} & set(cfg.strategy))
     cfg.model = cfg.model or (faiss_index.built_with(cfg.index)[0] if cfg.index else "all-MiniLM-L6-v2")
     encoder = BiEncoder.from_pretrained(cfg.model).to(device) if needs_dense else None
+    if encoder is not None:
+        encoder.encode_dtype = cfg.dtype  # the encoding is the dense part's cost
     teacher = CrossEncoder.from_pretrained(cfg.teacher).to(device) if cfg.teacher else None
     index = faiss_index.load(cfg.index, list(corpus), encoder) if cfg.index and needs_dense else None
     doc_emb = faiss_index.stored_embeddings(cfg.index, len(corpus), encoder) if index is not None else None

@@ -49,13 +49,13 @@ from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
 from common.metrics import cut_run, evaluate_run
-from common.models import BiEncoder, CrossEncoder
+from common.models import BiEncoder, CrossEncoder, autocast
 from common.report import write_results
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, warn
-from common.training import (Health, StopSignals, Throughput, autocast, check_finite, finish, gather_with_grad,
+from common.training import (Health, StopSignals, Throughput, check_finite, finish, gather_with_grad,
                              keep_freed_memory, log, log_train, log_val, lr_at, open_run, optimizer_and_scaler,
-                             optimizer_step, resume, restore, rng_state, save_last, set_lr, set_rng_state, setup,
+                             optimizer_step, restore, resume, rng_state, save_last, set_lr, set_rng_state, setup,
                              summary)
 
 DEFAULTS = dict(
@@ -408,6 +408,7 @@ def main(argv=None):
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
     encoder = build_encoder(cfg, checkpoint).to(device)
+    encoder.encode_dtype = cfg.dtype  # val and re-mining encode at the run's dtype
     token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
     if pooler is not None:  # unused by the embedding; DDP would wait for its gradients forever

@@ -49,13 +49,13 @@ from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
 from common.metrics import evaluate_run, ranked
-from common.models import CrossEncoder
+from common.models import CrossEncoder, autocast
 from common.report import write_results
 from common.retrievers import BM25, first_stage_run
 from common.run import UserError, cli, warn
-from common.training import (Health, StopSignals, Throughput, autocast, check_finite, finish, log_train, log_val,
-                             lr_at, open_run, optimizer_and_scaler, optimizer_step, restore, resume, save_last, set_lr,
-                             setup, summary)
+from common.training import (Health, StopSignals, Throughput, check_finite, finish, log_train, log_val, lr_at,
+                             open_run, optimizer_and_scaler, optimizer_step, restore, resume, save_last, set_lr, setup,
+                             summary)
 
 DEFAULTS = dict(
     # data

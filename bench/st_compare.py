@@ -67,6 +67,7 @@ DEFAULTS = dict(
     encode_docs=1000,  # seeded sample of the corpus for the encode throughput; 0 = skip
     encode_batch_size=64,
     encode_dtype="fp32",  # fp32 | bf16: autocast around both sides' encode (each library's default is fp32)
+    encode_max_tokens=0,  # ours: > 0 sizes its encode batches by padded tokens (BiEncoder.encode max_tokens)
     peak_tflops=0.0,  # 0 = 0.07 on CPU (measured fp32 GEMM), 989 on CUDA (H100 dense bf16)
     role="",  # internal: what a child process does
 )
@@ -207,7 +208,8 @@ def child_encode(cfg, side):
         from common.models import BiEncoder
         model = BiEncoder.from_pretrained(cfg.model_dir, max_query_length=cfg.max_length,
                                           max_passage_length=cfg.max_length).to(device)
-        run = lambda t: model.encode(t, "passage", cfg.encode_batch_size, show_progress=False)  # noqa: E731
+        run = lambda t: model.encode(t, "passage", cfg.encode_batch_size, show_progress=False,  # noqa: E731
+                                     dtype=cfg.encode_dtype, max_tokens=cfg.encode_max_tokens)
     else:
         from sentence_transformers import SentenceTransformer
         model = SentenceTransformer(cfg.model_dir, device=str(device))
@@ -215,7 +217,7 @@ def child_encode(cfg, side):
         run = lambda t: model.encode(t, batch_size=cfg.encode_batch_size, convert_to_numpy=True)  # noqa: E731
 
     def encode(t):  # the same autocast around both (fp32: none)
-        from common.training import autocast, autocast_dtype
+        from common.models import autocast, autocast_dtype
         with autocast(device, autocast_dtype(cfg.encode_dtype, device)):
             return run(t)
 
@@ -290,7 +292,8 @@ def run_child(cfg, name, cmd, st=False):
 
 def self_cmd(cfg, role, model_dir):
     keys = ("data", "out", "steps", "batch_size", "lr", "warmup_ratio", "weight_decay", "max_grad_norm", "max_length",
-            "seed", "device", "st_batches", "encode_docs", "encode_batch_size", "encode_dtype")
+            "seed", "device", "st_batches", "encode_docs", "encode_batch_size", "encode_dtype",
+            "encode_max_tokens")
     args = [f"--{k}={getattr(cfg, k)}" for k in keys] + [f"--train_args={','.join(cfg.train_args)}"]
     return [sys.executable, os.path.abspath(__file__), *args, f"--model={model_dir}", f"--role={role}"]
 

@@ -9,7 +9,9 @@ import importlib.resources
 import json
 import logging
 import os
+import queue
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -100,6 +102,73 @@ def _without_load_report():
         logger.removeFilter(drop)
 
 
+def autocast_dtype(name, device):
+    """torch dtype for `dtype:` auto | fp32 | bf16 | fp16. Auto is bf16 on a GPU that has it and
+    fp32 elsewhere: on CPUs without AMX bf16 autocast is several times slower than fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device, dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# Rows of embeddings a GPU keeps before copying them back in one transfer (MiniLM: a few MB).
+ENCODE_CHUNK = 8192
+
+
+def overlapped(device):
+    """Whether encode() tokenises ahead on a thread and keeps embeddings on the device: on a GPU. A
+    CPU has no idle device to keep busy, and the thread would take a core from the model."""
+    return device.type == "cuda"
+
+
+def prefetch(items, depth):
+    """The items of an iterator, produced up to `depth` ahead on a background thread; an exception
+    there is raised here. Stopping early (an exception here) lets the thread end."""
+    ready, stop, end = queue.Queue(depth), threading.Event(), object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(end)
+        except BaseException as e:  # noqa: B036 - handed to the consumer, which raises it
+            ready.put(_Failed(e))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
+class _Failed:
+    def __init__(self, error):
+        self.error = error
+
+
+def _pinned(idx, batch, pin):
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    return (idx, ids.pin_memory(), mask.pin_memory()) if pin else (idx, ids, mask)
+
+
 def pick_device(device="auto"):
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,6 +247,7 @@ class BiEncoder(SavedModel):
         self.pooling, self.normalize = pooling, normalize
         self.prefix = {"query": query_prefix, "passage": passage_prefix}
         self.max_length = {"query": max_query_length, "passage": max_passage_length}
+        self.encode_dtype = "auto"  # encode()'s autocast: a trainer sets its run's dtype
 
     @classmethod
     def from_pretrained(cls, name, **overrides):
@@ -237,16 +307,7 @@ class BiEncoder(SavedModel):
             ids = self.tokenizer([prefix + t for t in missing], truncation=True,
                                  max_length=self.max_length[kind])["input_ids"]
             cache.update(((kind, t), np.asarray(row, dtype=np.int64)) for t, row in zip(missing, ids))
-        rows = [cache[(kind, t)] for t in texts]
-        width = max(len(row) for row in rows)
-        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        left = self.tokenizer.padding_side == "left"
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            input_ids[i, span], attention_mask[i, span] = row, 1
-        return BatchEncoding({"input_ids": torch.from_numpy(input_ids),
-                              "attention_mask": torch.from_numpy(attention_mask)})
+        return self._pad([cache[(kind, t)] for t in texts])
 
     def forward(self, input_ids, attention_mask, **kwargs):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
@@ -260,27 +321,81 @@ class BiEncoder(SavedModel):
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
     @torch.inference_mode()
-    def encode(self, texts, kind="passage", batch_size=64, show_progress=None, sort_by_length=True):
+    def encode(self, texts, kind="passage", batch_size=64, show_progress=None, sort_by_length=True, dtype=None,
+               max_tokens=0):
         """Embed texts as float32 numpy, in input order.
 
-        Sorting by length first means each batch pads to texts of similar length, which is where most
-        of the encoding time goes on long-tailed corpora.
+        Sorted by length first, each batch pads to texts of similar length, which is where most of
+        the encoding time goes on long-tailed corpora. `max_tokens` > 0 sizes each batch by its
+        padded tokens (texts x the longest) instead of `batch_size` texts, so short texts go in large
+        batches and long ones in small. The model runs under autocast at `dtype` (None: the model's
+        encode_dtype; auto is bf16 on a GPU that has it, fp32 on a CPU). On a GPU the next batches
+        are tokenised on a background thread while the model runs (the tokenizer releases the GIL),
+        copied through pinned memory without blocking, and the embeddings stay on the device until
+        a large chunk of them comes back in one copy: the GPU never waits on the host per batch.
         """
         was_training = self.training
         self.eval()
-        order = np.argsort([-len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if show_progress is None:
-            show_progress = len(texts) >= 2000
         device = self.device
-        for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {kind}s", unit="batch",
-                          disable=not show_progress):
-            idx = order[start:start + batch_size]
-            batch = self.tokenize([texts[i] for i in idx], kind)
-            emb = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            out[idx] = emb.float().cpu().numpy()
+        overlap = overlapped(device)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        batches = self._batches(texts, kind, batch_size, sort_by_length, max_tokens, pin=device.type == "cuda")
+        if overlap:
+            batches = prefetch(batches, depth=4)
+        pending, rows = [], 0  # embeddings still on the device, and how many
+
+        def flush():
+            if pending:
+                out[np.concatenate([idx for idx, _ in pending])] = torch.cat([e for _, e in pending]).float().cpu().numpy()
+                pending.clear()
+
+        show = len(texts) >= 2000 if show_progress is None else show_progress
+        with tqdm(total=len(texts), desc=f"encode {kind}s", unit="text", disable=not show) as bar, \
+                autocast(device, autocast_dtype(dtype or self.encode_dtype, device)):
+            for idx, ids, mask in batches:
+                pending.append((idx, self(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True))))
+                rows += len(idx)
+                if not overlap or rows >= ENCODE_CHUNK:
+                    flush()
+                    rows = 0
+                bar.update(len(idx))
+            flush()
         self.train(was_training)
         return out
+
+    def _batches(self, texts, kind, batch_size, sort_by_length, max_tokens, pin=False, window=4096):
+        """(indices into texts, input_ids, attention_mask) per batch, on the CPU (pinned for a GPU)."""
+        order = np.argsort([-len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
+        for start in range(0, len(texts), batch_size if not max_tokens else window):
+            if not max_tokens:
+                idx = order[start:start + batch_size]
+                batch = self.tokenize([texts[i] for i in idx], kind)
+                yield _pinned(idx, batch, pin)
+                continue
+            idx = order[start:start + window]
+            prefix = self.prefix[kind]
+            ids = self.tokenizer([prefix + texts[i] for i in idx], truncation=True,
+                                 max_length=self.max_length[kind])["input_ids"]
+            first, longest = 0, 0
+            for i, row in enumerate(ids + [None]):
+                width = max(longest, len(row)) if row is not None else 0
+                if row is None or (i > first and (i - first + 1) * width > max_tokens):
+                    yield _pinned(idx[first:i], self._pad(ids[first:i]), pin)
+                    first, longest = i, len(row) if row is not None else 0
+                else:
+                    longest = width
+
+    def _pad(self, rows):
+        """Token id rows padded to the longest, as the tokenizer pads them."""
+        width = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        left = self.tokenizer.padding_side == "left"
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            input_ids[i, span], attention_mask[i, span] = row, 1
+        return BatchEncoding({"input_ids": torch.from_numpy(input_ids),
+                              "attention_mask": torch.from_numpy(attention_mask)})
 
     def write(self, tmp):
         """A Hugging Face model directory that sentence-transformers can also load, written into `tmp`.

@@ -3,7 +3,6 @@ rate schedule, mixed precision, checkpoints that resume exactly, the distributed
 scaffolding both trainers' main() share around their loops (set-up, resume, the run directory and
 its logs, the optimiser step, throughput, the end). The loop itself lives in each training script,
 where the two differ: what a batch is and what its loss is."""
-import contextlib
 import datetime
 import hashlib
 import json
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from common.files import atomic_open, write_json
-from common.models import pick_device
+from common.models import autocast_dtype, pick_device
 from common.run import UserError, start_run, warn
 
 STATE_FILE = "trainer_state.pt"
@@ -50,22 +49,6 @@ def lr_at(step, base_lr, warmup_steps, total_steps, schedule="linear"):
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr * (1.0 - progress)
-
-
-def autocast_dtype(name, device):
-    """torch dtype for `dtype:` auto | fp32 | bf16 | fp16. Auto is bf16 on a GPU that has it and
-    fp32 elsewhere: on CPUs without AMX bf16 autocast is several times slower than fp32."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def autocast(device, dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def keep_freed_memory():

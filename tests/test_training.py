@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-from common.models import BiEncoder
+from common.models import BiEncoder, autocast_dtype
 from common.run import UserError
-from common.training import (Health, autocast_dtype, check_free_space, keep_freed_memory, lr_at, param_groups,
-                             resume_checkpoint, save_checkpoint, trim_log)
+from common.training import (Health, check_free_space, keep_freed_memory, lr_at, param_groups, resume_checkpoint,
+                             save_checkpoint, trim_log)
 
 
 def test_no_weight_decay_on_biases_and_layernorm(tiny_model):
