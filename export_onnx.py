@@ -22,6 +22,7 @@ tokenizer files, biencoder.json or crossencoder.json, onnx.json (inputs, dim, pa
 versions), config.json, command.txt.
 """
 import itertools
+import json
 import logging
 import os
 import sys
@@ -33,7 +34,7 @@ import onnxruntime
 import torch
 import transformers
 
-from common import fusion
+from common import fusion, model_card
 from common.config import ConfigError, check_choice, load_config
 from common.data import doc_text, field, read_jsonl
 from common.files import atomic_dir, write_json
@@ -289,6 +290,27 @@ def summary(out, meta):
     return "\n".join(lines)
 
 
+def card(cfg, meta):
+    """README.md of the export: the card of the model it came from, its numbers from that model's run
+    (the metrics.json beside a trainer's best/), and how to run the ONNX files."""
+    run_dir = os.path.dirname(os.path.normpath(cfg.model))
+    config, summary = {"model": cfg.model}, {}
+    for name in ("config.json", "metrics.json"):
+        try:
+            with open(os.path.join(run_dir, name), encoding="utf-8") as f:
+                (config if name == "config.json" else summary).update(json.load(f))
+        except (OSError, ValueError):
+            pass
+    files = f"`{FP32_FILE}`" + (f" and `{INT8_FILE}` (int8)" if cfg.quantize else "")
+    kind = "bi-encoder" if cfg.kind == "encoder" else "cross-encoder"
+    test = summary.get("test")
+    return model_card.render(kind, config, val=summary.get("val"), test=test, step=summary.get("best_step"),
+                             steps=summary.get("steps"),
+                             note=f"This directory is its ONNX export ({files}; parity with PyTorch checked, "
+                                  f"`{META_FILE}`): `evaluate.py`, `build_index.py` and `search.py` run it "
+                                  "with `--backend=onnx` (or `onnx-int8`), without torch.")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
@@ -305,6 +327,7 @@ def main(argv=None):
         check_parity(cfg, model, tmp, inputs, meta)
         write_json(os.path.join(tmp, META_FILE), meta)
         start_run(tmp, cfg, argv)
+        model_card.write(tmp, card(cfg, meta))
     print(summary(cfg.out, meta))
     return 0
 

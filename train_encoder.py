@@ -53,10 +53,10 @@ from common.models import BiEncoder, CrossEncoder, autocast
 from common.report import write_results
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, warn
-from common.training import (Health, StopSignals, Throughput, check_finite, finish, gather_with_grad,
+from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, finish, gather_with_grad,
                              keep_freed_memory, log, log_train, log_val, lr_at, open_run, optimizer_and_scaler,
                              optimizer_step, restore, resume, rng_state, save_last, set_lr, set_rng_state, setup,
-                             summary)
+                             setup_lora, summary, write_card)
 
 DEFAULTS = dict(
     # data
@@ -76,6 +76,12 @@ DEFAULTS = dict(
     gradient_checkpointing=False,  # recompute activations in backward: less memory, more time
     keep_freed_memory=True,  # CPU, Linux: malloc reuses freed activations instead of page-faulting them in
     #                         again every step (common.training.keep_freed_memory); a little more peak RSS
+    # LoRA (common/lora.py): low-rank updates beside the trunk's linear layers, the trunk frozen
+    lora_r=0,  # rank; 0 = full fine-tuning
+    lora_alpha=16.0,  # the update is scaled by alpha / r
+    lora_dropout=0.1,
+    lora_targets=["query", "key", "value", "dense"],  # linear layers by name (or a regex of the dotted name)
+    lora_save="merged",  # best/: merged into plain weights (every loader reads them) | adapter: trunk + lora.*
     # loss: several are summed with their weights, e.g. loss=[infonce, margin_mse] loss_weights=[1, 0.5]
     loss=["infonce"],  # infonce | margin_mse | contrastive | cosine
     loss_weights=[1.0],
@@ -140,6 +146,7 @@ def check_config(cfg, world):
                       "loss_weights", "time_budget_min", "eval_every"], 0)
     check_range(cfg, ["lr", "temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
+    check_lora(cfg)
     if len(cfg.loss_weights) != len(cfg.loss):
         raise ConfigError(f"loss={cfg.loss} needs one weight each, got loss_weights={cfg.loss_weights}")
     if cfg.batch_size != "auto":
@@ -409,6 +416,7 @@ def main(argv=None):
     torch.manual_seed(cfg.seed + rank)
     encoder = build_encoder(cfg, checkpoint).to(device)
     encoder.encode_dtype = cfg.dtype  # val and re-mining encode at the run's dtype
+    setup_lora(encoder, cfg, checkpoint is not None, master=master)
     token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
     if pooler is not None:  # unused by the embedding; DDP would wait for its gradients forever
@@ -475,6 +483,7 @@ def main(argv=None):
             if improved:
                 best = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}
                 encoder.save(os.path.join(cfg.out, "best"))
+                write_card(os.path.join(cfg.out, "best"), "bi-encoder", cfg, best, total_steps)
             log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@100"), improved, time.time() - t0)
         if (cfg.remine_every > 0 and step > 0 and step % cfg.remine_every == 0 and step != remined["step"]
                 and not last_step):
@@ -549,6 +558,7 @@ def main(argv=None):
                 "metrics": metrics, "per_query": per_query, "run": run, "queries": len(per_query), "model": best_dir}})
             print(f"test ({len(test_queries)} queries, {len(corpus)} docs), best/ from step {best['step']}: "
                   + " ".join(f"{k} {metrics[k]:.4f}" for k in ("ndcg@10", "mrr@10", "recall@100")))
+        write_card(best_dir, "bi-encoder", cfg, best, total_steps, result.get("test"))
     finish(cfg, result, writer, world)
     return 0
 

@@ -53,9 +53,9 @@ from common.models import CrossEncoder, autocast
 from common.report import write_results
 from common.retrievers import BM25, first_stage_run
 from common.run import UserError, cli, warn
-from common.training import (Health, StopSignals, Throughput, check_finite, finish, log_train, log_val, lr_at,
-                             open_run, optimizer_and_scaler, optimizer_step, restore, resume, save_last, set_lr, setup,
-                             summary)
+from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, finish, log_train, log_val,
+                             lr_at, open_run, optimizer_and_scaler, optimizer_step, restore, resume, save_last, set_lr,
+                             setup, setup_lora, summary, write_card)
 
 DEFAULTS = dict(
     # data
@@ -67,6 +67,12 @@ DEFAULTS = dict(
     # model
     model="all-MiniLM-L6-v2",  # an encoder gets a fresh one-logit head; a cross-encoder continues
     max_length=Auto(int),  # query + passage tokens; the longer is cut first (the passage, unless the query is longer)
+    # LoRA (common/lora.py): low-rank updates beside the trunk's linear layers, the trunk frozen
+    lora_r=0,  # rank; 0 = full fine-tuning
+    lora_alpha=16.0,  # the update is scaled by alpha / r
+    lora_dropout=0.1,
+    lora_targets=["query", "key", "value", "dense"],  # linear layers by name (or a regex of the dotted name)
+    lora_save="merged",  # best/: merged into plain weights (every loader reads them) | adapter: trunk + lora.*
     # loss
     loss="listwise",  # listwise (softmax over each group) | bce (pointwise, positives 1)
     pos_weight=0.0,  # bce: a positive's weight; 0 = negatives per positive, so the classes weigh the same
@@ -131,6 +137,7 @@ def check_config(cfg, world):
     check_range(cfg, "fusion_weights", 0, 1)
     check_range(cfg, ["lr", "distill_temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
+    check_lora(cfg)
     if not cfg.train_file:
         raise ConfigError("train_reranker.py needs --train_file=<train.jsonl from mine_negatives.py>: a reranker "
                           "learns from hard negatives (`make mine-reranker` writes one)")
@@ -241,6 +248,7 @@ def main(argv=None):
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
     cross = CrossEncoder.from_pretrained(checkpoint or cfg.model, max_length=cfg.max_length).to(device)
+    setup_lora(cross, cfg, checkpoint is not None, trainable=(".classifier.", ".score."), master=master)
     cross.train()
     model = DDP(cross, broadcast_buffers=False) if world > 1 else cross
     head = [(part, cfg.head_lr / cfg.lr) for part in (".pooler.", ".classifier.", ".score.")] if cfg.head_lr > 0 else []
@@ -303,6 +311,7 @@ def main(argv=None):
             if improved:
                 best, best_scores = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}, scores
                 cross.save(os.path.join(cfg.out, "best"))
+                write_card(os.path.join(cfg.out, "best"), "cross-encoder", cfg, best, total_steps)
             log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@10"), improved, time.time() - t0,
                     f", {pairs_per_s:.0f} pairs/s", rerank_pairs_per_s=pairs_per_s)
         while batches is None or position >= len(batches):  # an epoch's groups and batch order
@@ -392,6 +401,7 @@ def main(argv=None):
                           rerank_pairs_per_s=pairs_per_s)
             print(f"test ({len(test_queries)} queries), {cfg.best_metric}: "
                   + ", ".join(f"{n} {r['metrics'][cfg.best_metric]:.4f}" for n, r in results.items()))
+        write_card(best_dir, "cross-encoder", cfg, best, total_steps, result.get("test"))
     served = next((v for k, v in (result or {}).get("test", {}).items() if k.endswith("+fused")), None)
     finish(cfg, result, writer, world, hparams_test=served)  # TensorBoard's hparams: the served column
     return 0

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
 
-from common import fusion
+from common import fusion, lora
 from common.files import atomic_dir
 from common.metrics import rerank_run
 from common.run import UserError, warn
@@ -225,14 +225,43 @@ class SavedModel(torch.nn.Module):
     directory (write(), each model's own files) under a temporary name and swaps it into place, so a
     crash leaves the old one whole; callers that add files to a directory call write() themselves."""
 
+    lora = None  # {"r", "alpha", "dropout", "targets"} once add_lora() wrapped the trunk (common/lora.py)
+    save_merged = True  # save() with LoRA: folded into plain weights (what every loader reads), or the adapter
+
     @property
     def device(self):
         return next(self.parameters()).device
 
+    def add_lora(self, r, alpha, dropout, targets):
+        """Freeze the trunk and train low-rank updates beside its `targets` layers; returns how many."""
+        n = lora.add(self.model, r, alpha, dropout, targets)
+        self.lora = dict(r=r, alpha=alpha, dropout=dropout, targets=list(targets))
+        return n
+
     def save(self, out_dir):
         with atomic_dir(out_dir) as tmp:
-            self.write(tmp)
+            self.write(tmp, merge=self.save_merged)
         return out_dir
+
+    def _write_trunk(self, tmp, merge):
+        """The trunk's weights and tokenizer. With LoRA: merged into plain weights, or (a checkpoint,
+        which must resume exactly) the frozen trunk plus lora.safetensors and lora.json."""
+        if self.lora is None:
+            self.model.save_pretrained(tmp)
+        elif merge:
+            self.model.save_pretrained(tmp, state_dict=lora.merged_state_dict(self.model))
+        else:
+            self.model.save_pretrained(tmp, state_dict=lora.base_state_dict(self.model))
+            lora.save_adapter(self.model, self.lora, tmp)
+        self.tokenizer.save_pretrained(tmp)
+
+    def _load_adapter(self, path):
+        """A directory saved with its adapter (lora.json beside the weights): wrap the trunk alike, load A and B."""
+        config = lora.read_config(path) if os.path.isdir(path) else None
+        if config:
+            self.add_lora(**config)
+            lora.load_adapter(self.model, path)
+        return self
 
 
 class BiEncoder(SavedModel):
@@ -257,30 +286,7 @@ class BiEncoder(SavedModel):
         tokenizer = load_pretrained(name, AutoTokenizer, path)
         settings = read_settings(path, model.config)
         settings.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(model, tokenizer, **settings)
-
-    @classmethod
-    def from_scratch(cls, name, layers=0, hidden_size=0, heads=0, **overrides):
-        """Randomly initialised weights in the architecture of `name` (its tokenizer and vocabulary
-        kept), with the number of layers, hidden size and attention heads changed where given."""
-        from transformers import AutoConfig
-
-        path = resolve_model(name)
-        config = load_pretrained(name, AutoConfig, path)
-        for key, value in (("num_hidden_layers", layers), ("num_attention_heads", heads)):
-            if value:
-                setattr(config, key, value)
-        if hidden_size:
-            config.intermediate_size = 4 * hidden_size
-            config.hidden_size = hidden_size
-        if config.hidden_size % config.num_attention_heads:
-            raise UserError(f"hidden size {config.hidden_size} is not divisible by {config.num_attention_heads} "
-                            "attention heads; change scratch_hidden_size or scratch_heads")
-        model = AutoModel.from_config(config)
-        tokenizer = load_pretrained(name, AutoTokenizer, path)
-        settings = read_settings(path, config)
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(model, tokenizer, **settings)
+        return cls(model, tokenizer, **settings)._load_adapter(path)
 
     @property
     def dim(self):
@@ -397,12 +403,11 @@ class BiEncoder(SavedModel):
         return BatchEncoding({"input_ids": torch.from_numpy(input_ids),
                               "attention_mask": torch.from_numpy(attention_mask)})
 
-    def write(self, tmp):
+    def write(self, tmp, merge=False):
         """A Hugging Face model directory that sentence-transformers can also load, written into `tmp`.
         The sentence-transformers files are written by hand (modules.json, sentence_bert_config.json,
         1_Pooling/config.json, config_sentence_transformers.json) so the project never imports it."""
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
+        self._write_trunk(tmp, merge)
         write = lambda rel, obj: _write_json(os.path.join(tmp, rel), obj)  # noqa: E731
         write("biencoder.json", self.settings())
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -486,7 +491,7 @@ class CrossEncoder(SavedModel):
             warn(f"{name}: {len(missing)} weights missing from the checkpoint, initialised at random "
                  f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); its scores may mean nothing")
         cross.fusion = fusion.load(path)
-        return cross
+        return cross._load_adapter(path)
 
     def tokenize(self, queries, passages):
         # longest_first cuts the longer text token by token: the passage, until the query alone would
@@ -515,9 +520,8 @@ class CrossEncoder(SavedModel):
         """(reranked run, seconds per query): common.metrics.rerank_run with this model's scores."""
         return rerank_run(self.score, queries, run, doc_texts, depth, batch_size)
 
-    def write(self, tmp):
+    def write(self, tmp, merge=False):
         """A Hugging Face sequence-classification directory (sentence-transformers' CrossEncoder
         loads it too), plus crossencoder.json with the max_length it was trained at, into `tmp`."""
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
+        self._write_trunk(tmp, merge)
         _write_json(os.path.join(tmp, "crossencoder.json"), {"max_length": self.max_length})

@@ -530,3 +530,49 @@ def finish(cfg, summary, writer, world, hparams_test=None):
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+
+
+LORA_SAVES = ("merged", "adapter")
+
+
+def check_lora(cfg):
+    from common.config import check_choice, check_range
+
+    check_range(cfg, "lora_r", 0)
+    check_range(cfg, "lora_alpha", 0, above=True)
+    check_range(cfg, "lora_dropout", 0, 1)
+    check_choice(cfg, "lora_save", LORA_SAVES)
+    if cfg.lora_r and not cfg.lora_targets:
+        raise UserError("lora_r > 0 needs lora_targets: the names of the linear layers to adapt (query, value, ...)")
+
+
+def setup_lora(model, cfg, resumed, trainable=(), master=True):
+    """LoRA on the trunk when lora_r > 0 (a resumed checkpoint comes back wrapped already), the
+    parameters whose names hold a part in `trainable` (a reranker's fresh head) trained whole, and
+    best/ saved merged or as the adapter. Says what trains."""
+    from common import lora
+
+    model.save_merged = cfg.lora_save == "merged"
+    if not cfg.lora_r:
+        return
+    if model.lora is None and not resumed:
+        try:
+            model.add_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    for name, p in model.named_parameters():
+        if any(part in name for part in trainable):
+            p.requires_grad_(True)
+    if master:
+        total = sum(p.numel() for p in model.parameters())
+        print(f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha:g} on {len(lora.layers(model))} layers: "
+              f"{lora.trainable_parameters(model):,} of {total:,} parameters train")
+
+
+def write_card(model_dir, kind, cfg, best, total_steps, test=None):
+    """best/README.md (common/model_card.py): the recipe and what val (and, at the end, test) measured."""
+    from common import model_card
+
+    model_card.write(model_dir, model_card.render(kind, vars(cfg), val=best.get("val"), test=test,
+                                                  step=best.get("step") if best.get("val") else None,
+                                                  steps=total_steps))

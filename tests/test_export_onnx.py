@@ -198,3 +198,10 @@ def test_default_out_dir_and_bad_settings():
     for bad in ("--opset=13", "--kind=decoder", "--tolerance=-1"):
         with pytest.raises(ConfigError):
             export_onnx.main([bad])
+
+
+def test_an_export_carries_a_model_card_that_says_how_to_run_it(encoder_export):
+    _, out = encoder_export
+    card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    assert card.startswith("---\nlibrary_name: sentence-transformers")
+    assert "ONNX export (`model.onnx` and `model.int8.onnx` (int8)" in card and "--backend=onnx" in card

@@ -27,7 +27,11 @@ def train(data, model, out, *args):
 
 
 def weights(run_dir, sub="last"):
-    return load_file(os.path.join(run_dir, sub, "model.safetensors"))
+    """The model's weights, and a LoRA adapter's beside them (as "lora:<name>")."""
+    out = load_file(os.path.join(run_dir, sub, "model.safetensors"))
+    if os.path.exists(os.path.join(run_dir, sub, "lora.safetensors")):
+        out.update({f"lora:{k}": v for k, v in load_file(os.path.join(run_dir, sub, "lora.safetensors")).items()})
+    return out
 
 
 def log_lines(run_dir):
@@ -80,12 +84,14 @@ def mine_dense(data, model, out):
     return os.path.join(out, "train.jsonl")
 
 
-@pytest.mark.parametrize("remine", [False, True], ids=["plain", "across-a-remine"])
-def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monkeypatch, remine):
+@pytest.mark.parametrize("variant", ["plain", "across-a-remine", "lora"])
+def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monkeypatch, variant):
     # Dropout on, so the resumed run must also restore the RNG to draw the same masks.
     model = build_tiny_model(tmp_path / "tiny-dropout", dropout=0.1)
     args = ["--batch_size=8", "--max_steps=6", "--micro_batch_size=4", "--lr=1e-3", "--save_every=0"]
-    if remine:  # re-mined at step 2 mid-epoch (the rest of the epoch rebuilt), interrupted at 3, re-mined at 4
+    if variant == "lora":  # the adapter, its dropout and its optimiser state must all come back
+        args += ["--lora_r=4", "--lora_alpha=8", "--lora_dropout=0.1"]
+    if variant == "across-a-remine":  # re-mined at step 2 mid-epoch (the rest of the epoch rebuilt), interrupted at 3, re-mined at 4
         args += [f"--train_file={mine_dense(train_beir, model, tmp_path / 'mined')}", "--hard_negatives=2",
                  "--remine_every=2"]
     assert train(train_beir, model, tmp_path / "straight", *args) == 0
@@ -103,9 +109,13 @@ def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monke
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # and training moved the weights at all
+    # and training moved the weights at all (with LoRA: the adapter, the trunk staying as it was)
     start = load_file(os.path.join(model, "model.safetensors"))
-    assert any(not torch.equal(start[k], a[k]) for k in a if k in start)
+    if variant == "lora":
+        assert all(torch.equal(start[k], a[k]) for k in a if k in start)
+        assert any(k.startswith("lora:") and k.endswith("lora_B") and a[k].abs().sum() > 0 for k in a)
+    else:
+        assert any(not torch.equal(start[k], a[k]) for k in a if k in start)
 
 
 def run_torchrun(nproc, data, model, out, *args):
@@ -116,11 +126,12 @@ def run_torchrun(nproc, data, model, out, *args):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("micro", [0, 2])
-def test_two_process_ddp_equals_one_process(train_beir, tiny_model, tmp_path, micro):
+@pytest.mark.parametrize("micro,lora", [(0, False), (2, False), (2, True)], ids=["one-pass", "gradcache", "lora"])
+def test_two_process_ddp_equals_one_process(train_beir, tiny_model, tmp_path, micro, lora):
     """gloo, 2 CPU processes, each with half of the global batch: the same loss, gradient norm and
     weights as one process with the whole batch, because embeddings are gathered across ranks."""
     args = ["--batch_size=8", "--max_steps=3", "--lr=1e-3", f"--micro_batch_size={micro}"]
+    args += ["--lora_r=4", "--lora_dropout=0"] if lora else []
     train(train_beir, tiny_model, tmp_path / "one", *args)
     run_torchrun(2, train_beir, tiny_model, tmp_path / "two", *args)
     one, two = log_lines(tmp_path / "one"), log_lines(tmp_path / "two")
@@ -152,6 +163,11 @@ def test_full_run_writes_a_complete_run_directory(train_beir, tiny_model, tmp_pa
     assert summary["best_step"] > 0
     for key in ("examples_per_s", "tokens_per_s"):  # bench/st_compare.py reads them
         assert summary[key] > 0
+    # best/ explains itself: a model card whose numbers are the run's own
+    card = (out / "best" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: sentence-transformers") and f"base_model: {tiny_model}" in card
+    assert f"at step {summary['best_step']} of 36" in card
+    assert f"ndcg@10 {summary['val']['ndcg@10']:.4f}" in card and f"Test: ndcg@10 {summary['test']['ndcg@10']:.4f}" in card
     record = log_lines(out)[-1]
     for key in ("lr", "grad_norm", "in_batch_accuracy", "embedding_std", "examples_per_s", "tokens_per_s",
                 "step_seconds"):

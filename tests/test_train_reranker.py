@@ -52,7 +52,11 @@ def log_lines(run_dir):
 
 
 def weights(run_dir, sub="last"):
-    return load_file(os.path.join(run_dir, sub, "model.safetensors"))
+    """The model's weights, and a LoRA adapter's beside them (as "lora:<name>")."""
+    out = load_file(os.path.join(run_dir, sub, "model.safetensors"))
+    if os.path.exists(os.path.join(run_dir, sub, "lora.safetensors")):
+        out.update({f"lora:{k}": v for k, v in load_file(os.path.join(run_dir, sub, "lora.safetensors")).items()})
+    return out
 
 
 def test_full_run_writes_a_complete_run_directory(train_beir, tiny_model, mined, tmp_path):
@@ -69,6 +73,10 @@ def test_full_run_writes_a_complete_run_directory(train_beir, tiny_model, mined,
     assert summary["steps"] == 4 and summary["best_step"] in (2, 4)
     results = json.loads((out / "test" / "metrics.json").read_text())["results"]
     assert set(results) == {"bm25", "bm25+rerank", "bm25+fused"} and summary["rerank_pairs_per_s"] > 0
+    card = (out / "best" / "README.md").read_text()
+    assert "pipeline_tag: text-ranking" in card and f"at step {summary['best_step']} of 4" in card
+    for name, r in results.items():
+        assert f"Test, {name}: ndcg@10 {r['metrics']['ndcg@10']:.4f}" in card
     # reranking reorders BM25's candidates, it does not find new ones
     assert results["bm25+rerank"]["metrics"]["recall@10"] == pytest.approx(results["bm25"]["metrics"]["recall@10"])
     # the fresh head's step 0 is not evaluated (its scores are random); the run's end is
@@ -127,10 +135,12 @@ def test_micro_batches_give_the_gradients_of_one_batch(train_beir, tiny_model, m
     assert not all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(plain[0], smaller[0]))
 
 
-def test_resume_after_interrupt_is_bitwise_identical(train_beir, mined, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_after_interrupt_is_bitwise_identical(train_beir, mined, tmp_path, monkeypatch, lora):
     model = build_tiny_model(tmp_path / "tiny-dropout", dropout=0.1)  # dropout: the RNG must be restored too
     args = ["--batch_size=8", "--negatives=3", "--max_steps=9", "--micro_batch_size=4", "--lr=1e-3",
             "--save_every=0"]  # 6 steps an epoch: the resumed run crosses into the second
+    args += ["--lora_r=4", "--lora_alpha=8"] if lora else []
     assert train(train_beir, model, tmp_path / "straight", mined, *args) == 0
     calls, listwise = {"n": 0}, losses.listwise
 
@@ -147,11 +157,17 @@ def test_resume_after_interrupt_is_bitwise_identical(train_beir, mined, tmp_path
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     start = load_file(os.path.join(model, "model.safetensors"))  # the trunk's keys, without the "bert." prefix
-    assert any(not torch.equal(start[k], a["bert." + k]) for k in start if "bert." + k in a)
+    moved = [k for k in start if "bert." + k in a and not torch.equal(start[k], a["bert." + k])]
+    if lora:  # the trunk stays as it was; the adapter and the fresh head train
+        assert not moved and any(k.startswith("lora:") and a[k].abs().sum() > 0 for k in a if "lora_B" in k)
+    else:
+        assert moved
 
 
-def test_two_process_ddp_equals_one_process(train_beir, tiny_model, mined, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_two_process_ddp_equals_one_process(train_beir, tiny_model, mined, tmp_path, lora):
     args = ["--batch_size=8", "--negatives=3", "--max_steps=2", "--lr=1e-3", "--micro_batch_size=2"]
+    args += ["--lora_r=4", "--lora_dropout=0"] if lora else []
     train(train_beir, tiny_model, tmp_path / "one", mined, *args)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_reranker.py",
