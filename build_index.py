@@ -56,6 +56,8 @@ DEFAULTS = dict(
     seed=0,
     # report and output
     split="test",  # queries for recall@10/@100 against exact search and queries/s
+    dim=0,  # > 0: index the first `dim` values of each embedding, renormalised (a Matryoshka model's smaller
+    #         embedding: a smaller index); queries are cut alike at search time. 0 = the model's whole width
     keep_embeddings=True,  # embeddings.npy in out: 4 x dim bytes per doc, for rebuilding without encoding
     out="",  # "" = runs/<dataset>-<model>/index
 )
@@ -103,11 +105,25 @@ def main(argv=None):
         raise ConfigError("faiss_gpu=yes, but FAISS sees no GPU: `make setup-gpu` installs faiss-gpu")
     factory = faiss_index.resolve_factory(cfg.factory, len(doc_ids))
     encoder = load_encoder(cfg.model, cfg.backend, cfg.device)  # a model that fails, fails before any work
+    if cfg.dim < 0:
+        raise ConfigError(f"dim={cfg.dim}: pass a number of dimensions, or 0 for all of them")
+    if cfg.dim:
+        trained = encoder.settings().get("matryoshka_dims") or []
+        if not 0 < cfg.dim <= encoder.dim:
+            raise ConfigError(f"dim={cfg.dim}: {cfg.model} embeds in {encoder.dim} dimensions; pass dim={encoder.dim} "
+                              "or less (0 = all of them)")
+        if cfg.dim < encoder.dim and cfg.dim not in trained:
+            warn(f"dim={cfg.dim}: {cfg.model} was not trained for {cfg.dim} dimensions "
+                 f"({'matryoshka_dims ' + str(trained) if trained else 'no matryoshka_dims'}); the index works, "
+                 "but its first dimensions may rank worse than a model trained for them")
     print(f"{dataset}: {len(doc_ids)} docs, {factory} ({'GPU' if use_gpu else 'CPU'} FAISS) -> {cfg.out}")
 
     with atomic_dir(cfg.out) as tmp:  # a failure anywhere leaves the previous index, if any, as it was
         start_run(tmp, cfg, argv)
         emb, info = corpus_vectors(cfg, encoder, [doc_text(corpus[d]) for d in doc_ids], tmp)
+        full = emb  # embeddings.npy keeps the whole width: mining and rebuilds read it
+        if cfg.dim:
+            emb = faiss_index.truncate(emb, cfg.dim)
         t0 = time.perf_counter()
         index, build_info = faiss_index.build(emb, factory, cfg.train_size, cfg.seed, use_gpu)
         info.update(build_info, build_seconds=time.perf_counter() - t0)
@@ -145,8 +161,8 @@ def main(argv=None):
         probe = faiss_index.probe_embedding(encoder)
         faiss_index.save(tmp, index, doc_ids, {
             "factory": factory, "model": encoder_name(cfg.model, cfg.backend), "backend": cfg.backend,
-            "settings": encoder.settings(), "probe": [round(float(x), 6) for x in probe]})
-        del emb  # the memory map, before the file under it goes
+            "settings": encoder.settings(), "probe": [round(float(x), 6) for x in probe], "model_dim": encoder.dim})
+        del emb, full  # the memory map, before the file under it goes
         if not cfg.keep_embeddings and not cfg.embeddings:
             os.remove(os.path.join(tmp, "embeddings.npy"))
         info["index_bytes"] = os.path.getsize(os.path.join(tmp, "index.faiss"))

@@ -38,12 +38,12 @@ import numpy as np
 
 from common import backends, fusion, report
 from common import index as faiss_index
-from common.config import Auto, check_choice, check_range, load_config
+from common.config import Auto, ListOf, check_choice, check_range, load_config
 from common.data import doc_text, load_beir
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run, fuse_rrf
-from common.retrievers import BM25, dense_search
-from common.run import UserError, cli, start_run
+from common.retrievers import BM25, dense_run, dense_search
+from common.run import UserError, cli, start_run, warn
 
 DEFAULTS = dict(
     # data
@@ -80,6 +80,8 @@ DEFAULTS = dict(
     rerank_batch_size=32,  # (query, passage) pairs per forward pass
     rerank_max_length=0,  # tokens per pair; 0 = the model's own (at most 512)
     # evaluation
+    dims=ListOf(int),  # e.g. [384, 256, 128, 64]: also dense@<d>, exact search on embeddings cut to their first d
+    #          values and renormalised (a Matryoshka model's smaller embeddings), side by side
     k=100,  # retrieval depth, and the depth of the TREC run files
     ks=[1, 3, 5, 10, 100],  # cut-offs for every metric
     ignore_identical_ids=True,  # BEIR: a query never retrieves the doc that has its own id
@@ -225,6 +227,24 @@ def run_dense(cfg, corpus, queries, depth, encoder):
     return run, latencies, info
 
 
+def dense_at_dims(cfg, corpus, queries, encoder):
+    """(name, run, info) of dense@<d> for each of cfg.dims: exact search with the corpus and query
+    embeddings cut to their first d values and renormalised. A width the model was not trained for
+    (its matryoshka_dims) is still evaluated, with a warning."""
+    doc_ids, qids = list(corpus), list(queries)
+    doc_emb, _ = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
+    q_emb = encoder.encode([queries[q] for q in qids], kind="query", batch_size=cfg.batch_size)
+    trained = encoder.settings().get("matryoshka_dims") or []
+    depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
+    for dim in cfg.dims:
+        if dim < encoder.dim and dim not in trained:
+            warn(f"dims: {cfg.model} was not trained for {dim} dimensions "
+                 f"({'matryoshka_dims ' + str(trained) if trained else 'no matryoshka_dims'}); evaluated all the same")
+        run = dense_run(qids, faiss_index.truncate(q_emb, dim), doc_ids, faiss_index.truncate(doc_emb, dim), depth)
+        yield (f"dense@{dim}", cut_run(run, cfg.k, cfg.ignore_identical_ids),
+               {"dim": dim, "model": cfg.model, "index_bytes_per_doc": 4 * dim})
+
+
 def compare(cfg):
     """Earlier runs side by side: `label=path/metrics.json`, one column per label and retriever; with
     compare_val, the same labels' val metrics.json files, for the val scores and what val chose."""
@@ -259,7 +279,10 @@ def main(argv=None):
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
     # A model that does not load must fail before any output is written or BM25 has run.
-    encoder = load_encoder(cfg) if {"dense", "hybrid"} & set(cfg.retrievers) else None
+    encoder = load_encoder(cfg) if {"dense", "hybrid"} & set(cfg.retrievers) or cfg.dims else None
+    if cfg.dims and not all(0 < d <= encoder.dim for d in cfg.dims):
+        raise UserError(f"dims={cfg.dims}: {cfg.model} embeds in {encoder.dim} dimensions; pass each from 1 to "
+                        f"{encoder.dim}")
     reranker = load_reranker(cfg, rerank_backend) if cfg.rerank else None
     saved = getattr(reranker, "fusion", fusion.RERANK_ONLY)  # chosen on val by train_reranker.py
     cfg.rerank_depth = saved["depth"] if cfg.rerank_depth == "auto" else cfg.rerank_depth
@@ -285,6 +308,9 @@ def main(argv=None):
             mean, per_query = evaluate_run(qrels, run, cfg.ks)
             results[name] = {"metrics": mean, "latency_ms": percentiles_ms(latencies), "queries": len(per_query),
                              **info, "per_query": per_query, "run": run}
+    for name, run, info in dense_at_dims(cfg, corpus, queries, encoder) if cfg.dims else ():
+        mean, per_query = evaluate_run(qrels, run, cfg.ks)
+        results[name] = {"metrics": mean, "queries": len(per_query), **info, "per_query": per_query, "run": run}
     report.write_results(cfg.out, dataset, cfg.split, results)
     print(report.table(results), end="")
     return 0

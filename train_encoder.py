@@ -41,12 +41,13 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from common import losses, mining, sizing
 from common.batching import Example, make_batches, sample_groups
-from common.config import Auto, ConfigError, check_choice, check_range, load_config
+from common.config import Auto, ConfigError, ListOf, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
 from common.metrics import cut_run, evaluate_run
 from common.models import BiEncoder, CrossEncoder, autocast
@@ -88,6 +89,9 @@ DEFAULTS = dict(
     temperature=0.05,  # infonce and margin_mse (student scores are cosine / temperature); 0.05 is
     #                    sentence-transformers' scale 20
     symmetric=True,  # infonce: add the passage->query direction
+    matryoshka_dims=ListOf(int),  # e.g. [384, 256, 128, 64]: the loss also at each truncated, renormalised dimension,
+    #                      so that the first d values are an embedding of their own (an index can be smaller)
+    matryoshka_weights=ListOf(float),  # one per dimension; [] = 1 each
     contrastive_margin=0.5,
     # batching
     batch_size=Auto(int),  # examples per optimiser step over all ranks; every one is a negative for every
@@ -147,6 +151,11 @@ def check_config(cfg, world):
     check_range(cfg, ["lr", "temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
     check_lora(cfg)
+    check_range(cfg, "matryoshka_dims", 1)
+    check_range(cfg, "matryoshka_weights", 0)
+    if cfg.matryoshka_weights and len(cfg.matryoshka_weights) != len(cfg.matryoshka_dims):
+        raise ConfigError(f"matryoshka_dims={cfg.matryoshka_dims} needs one weight each, got "
+                          f"matryoshka_weights={cfg.matryoshka_weights} (or none: 1 each)")
     if len(cfg.loss_weights) != len(cfg.loss):
         raise ConfigError(f"loss={cfg.loss} needs one weight each, got loss_weights={cfg.loss_weights}")
     if cfg.batch_size != "auto":
@@ -304,22 +313,30 @@ def embed(net, q, d, device, dtype):
 
 def batch_loss(cfg, q_local, d_local, batch, groups, rank, world):
     """(loss, its terms, all queries' and documents' embeddings) over the global batch; q_local and
-    d_local are this rank's embeddings."""
+    d_local are this rank's embeddings. With matryoshka_dims, the loss again at each dimension: the
+    embeddings cut to their first `dim` values and renormalised (Kusupati et al. 2022)."""
     q_all, d_all = gather_with_grad(q_local, rank, world), gather_with_grad(d_local, rank, world)
-    parts = {}
-    for name in cfg.loss:
-        if name == "infonce":
-            parts[name] = losses.infonce(q_all, d_all, cfg.temperature, cfg.symmetric)
-        elif name == "margin_mse":
-            teacher = torch.tensor([[ex.teacher[doc] for doc in g] for ex, g in zip(batch, groups)],
-                                   device=q_all.device)
-            parts[name] = losses.margin_mse(q_all, d_all, teacher, cfg.temperature)
-        elif name == "contrastive":
-            parts[name] = losses.contrastive(q_all, d_all, cfg.contrastive_margin)
-        else:
-            parts[name] = losses.cosine(q_all, d_all)
-    total = sum(w * parts[n] for n, w in zip(cfg.loss, cfg.loss_weights))
+    parts, total = {}, 0.0
+    dims = cfg.matryoshka_dims or [None]
+    for dim, dim_weight in zip(dims, cfg.matryoshka_weights or [1.0] * len(dims)):
+        q, d = (q_all, d_all) if dim is None else (F.normalize(q_all[:, :dim], dim=-1),
+                                                   F.normalize(d_all[:, :dim], dim=-1))
+        for name, weight in zip(cfg.loss, cfg.loss_weights):
+            part = loss_term(cfg, name, q, d, batch, groups)
+            parts[name if dim is None else f"{name}@{dim}"] = part
+            total = total + dim_weight * weight * part
     return total, parts, q_all.detach(), d_all.detach()
+
+
+def loss_term(cfg, name, q, d, batch, groups):
+    if name == "infonce":
+        return losses.infonce(q, d, cfg.temperature, cfg.symmetric)
+    if name == "margin_mse":
+        teacher = torch.tensor([[ex.teacher[doc] for doc in g] for ex, g in zip(batch, groups)], device=q.device)
+        return losses.margin_mse(q, d, teacher, cfg.temperature)
+    if name == "contrastive":
+        return losses.contrastive(q, d, cfg.contrastive_margin)
+    return losses.cosine(q, d)
 
 
 def forward_backward(cfg, model, encoder, chunks, batch, groups, scaler, rank, world, device, dtype):
@@ -408,7 +425,8 @@ def main(argv=None):
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
     if cfg.remine_every > 0:
         remine_cfg, teacher_dir = remine_settings(cfg)
-        miner = (remine_cfg, corpus, {ex.qid: ex.query for ex in examples}, {ex.qid: set(ex.positives) for ex in examples},
+        miner = (remine_cfg, corpus, {ex.qid: ex.query for ex in examples},
+                 {ex.qid: set(ex.positives) for ex in examples},
                  mining.Sources(remine_cfg, corpus) if master else None,  # the BM25 index, built once
                  CrossEncoder.from_pretrained(teacher_dir).to(device) if master and teacher_dir else None)
 
@@ -416,6 +434,11 @@ def main(argv=None):
     torch.manual_seed(cfg.seed + rank)
     encoder = build_encoder(cfg, checkpoint).to(device)
     encoder.encode_dtype = cfg.dtype  # val and re-mining encode at the run's dtype
+    if max(cfg.matryoshka_dims, default=0) > encoder.dim:
+        raise UserError(f"matryoshka_dims={cfg.matryoshka_dims}: {cfg.model} embeds in {encoder.dim} dimensions; "
+                        f"keep each at most {encoder.dim}")
+    if cfg.matryoshka_dims:
+        encoder.matryoshka_dims = sorted(set(cfg.matryoshka_dims), reverse=True)  # saved: what it was trained for
     setup_lora(encoder, cfg, checkpoint is not None, master=master)
     token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
@@ -437,7 +460,8 @@ def main(argv=None):
         forward_backward(cfg, model, encoder, chunks, batch, groups, scaler, rank, world, device, dtype)
         optimizer.zero_grad(set_to_none=True)
 
-    val_texts = ([doc_text(corpus[d]) for d in val_doc_ids], list(val_queries.values())) if has_val and master else ([], [])
+    val_texts = (([doc_text(corpus[d]) for d in val_doc_ids], list(val_queries.values())) if has_val and master
+                 else ([], []))
     plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
                                 lambda: estimate_eval_seconds(encoder, *val_texts, cfg.eval_batch_size),
                                 table["evals"] + 1 if has_val else 0, world)

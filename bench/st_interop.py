@@ -3,6 +3,7 @@
 sentence-transformers is a bench-only peer, never a project dependency; install it aside:
     .venv/bin/pip install --target /tmp/stpkg --no-deps sentence-transformers scikit-learn scipy
     PYTHONPATH=/tmp/stpkg .venv/bin/python bench/st_interop.py
+    PYTHONPATH=.bench-st .venv/bin/python bench/st_interop.py runs/lora-r8/encoder/best   # (`make bench-st-setup`) and trained models
 """
 import os
 import sys
@@ -12,8 +13,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer, __version__  # noqa: E402
 
+from common import lora  # noqa: E402
 from common.models import BiEncoder  # noqa: E402
 from conftest import build_tiny_model  # noqa: E402
 
@@ -26,8 +29,16 @@ def main():
                  ("tiny, cls pooling", build_tiny_model(os.path.join(tmp, "a")), {"pooling": "cls"}),
                  ("tiny, max pooling, no normalise", build_tiny_model(os.path.join(tmp, "b")),
                   {"pooling": "max", "normalize": False})]
+        cases.append(("all-MiniLM-L6-v2 + LoRA r=8, saved merged", "all-MiniLM-L6-v2", {"lora": 8}))
+        cases += [(f"{path} (a trained best/)", path, {}) for path in sys.argv[1:]]
         for i, (name, source, overrides) in enumerate(cases):
+            r = overrides.pop("lora", 0)
             ours = BiEncoder.from_pretrained(source, **overrides)
+            if r:  # an adapter as training leaves it: B moved off zero, so the merge has something to fold in
+                ours.add_lora(r, 2.0 * r, 0.0, ["query", "key", "value", "dense"])
+                torch.manual_seed(0)
+                for layer in lora.layers(ours.model).values():
+                    torch.nn.init.normal_(layer.lora_B, std=0.02)
             saved = ours.save(os.path.join(tmp, f"saved{i}"))
             theirs = SentenceTransformer(saved, device="cpu")
             diff = np.abs(ours.encode(TEXTS) - theirs.encode(TEXTS, convert_to_numpy=True)).max()

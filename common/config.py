@@ -29,6 +29,14 @@ class Auto:
         return "auto"
 
 
+class ListOf(list):
+    """A list default whose items have a type even when it is empty: ListOf(int) reads
+    `--dims=384,256` as [384, 256]."""
+
+    def __init__(self, kind, items=()):
+        super().__init__(items)
+        self.kind = kind
+
 def is_auto(value):
     return value == "auto"
 
@@ -109,7 +117,7 @@ def _cast(key, value, default, where):
                 raise ValueError
             value = [] if value is None else value  # `key:` with nothing after it
             items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
-            item_kind = type(default[0]) if default else str
+            item_kind = getattr(default, "kind", None) or (type(default[0]) if default else str)
             return [_cast(key, v.strip() if isinstance(v, str) else v, item_kind(), where) for v in items]
         if isinstance(value, bool) and isinstance(default, (int, float)):
             raise ValueError  # int(True) is 1: a yes/no is never a number

@@ -160,9 +160,22 @@ def flat_ip(emb, chunk=65536):
     return index
 
 
+def truncate(emb, dim, chunk=65536):
+    """The first `dim` values of each row, renormalised (a Matryoshka embedding's smaller self), as
+    float32; a chunk at a time, so emb may be a memory map."""
+    out = np.empty((len(emb), dim), np.float32)
+    for start in range(0, len(emb), chunk):
+        part = np.asarray(emb[start:start + chunk, :dim], dtype=np.float32)
+        out[start:start + chunk] = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+    return out
+
+
 def search(index, query_emb, k, batch_size=1024):
     """(scores, rows), each [n_queries, k], searched a batch of queries at a time; rows are -1 where
-    the index holds fewer than k vectors (or an approximate index found fewer)."""
+    the index holds fewer than k vectors (or an approximate index found fewer). Queries wider than an
+    index of truncated vectors (build_index.py --dim) are truncated alike."""
+    if query_emb.ndim == 2 and query_emb.shape[1] > index.d:
+        query_emb = truncate(query_emb, index.d)
     scores, rows = [], []
     for start in tqdm(range(0, len(query_emb), batch_size), desc="search", unit="batch",
                       disable=len(query_emb) <= batch_size):
@@ -250,8 +263,9 @@ def load(path, doc_ids, encoder=None, use_gpu=None):
         with open(meta_file, encoding="utf-8") as f:
             meta = json.load(f)
     if encoder is not None:
-        if index.d != encoder.dim:
-            raise UserError(f"{path}: the index holds {index.d}-d vectors but the encoder makes {encoder.dim}-d "
+        if meta.get("model_dim", index.d) != encoder.dim:  # model_dim: what the vectors were cut from (--dim)
+            raise UserError(f"{path}: the index holds {meta.get('model_dim', index.d)}-d vectors but the encoder "
+                            f"makes {encoder.dim}-d "
                             "ones; rebuild the index with this model, or pass the model it was built with "
                             f"({meta.get('model', 'see index.json')})")
         if meta.get("probe"):

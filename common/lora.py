@@ -35,7 +35,8 @@ class LoRALinear(torch.nn.Linear):
         self.dropout = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        return F.linear(x, self.weight, self.bias) + update * self.scale
 
     def merged_weight(self):
         return self.weight + self.scale * (self.lora_B @ self.lora_A)

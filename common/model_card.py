@@ -51,7 +51,8 @@ def render(kind, config, val=None, test=None, step=None, steps=None, note=""):
         if flat:
             lines.append("Test: " + ", ".join(f"{k} {flat[k]:.4f}" for k in SHOWN if k in flat))
         else:
-            lines += [f"Test, {name}: " + ", ".join(f"{k} {m[k]:.4f}" for k in SHOWN if k in m) for name, m in test.items()]
+            lines += [f"Test, {name}: " + ", ".join(f"{k} {m[k]:.4f}" for k in SHOWN if k in m)
+                      for name, m in test.items()]
     if not val and not test:
         lines.append("Not evaluated (no val or test split).")
     lines += ["", "## Use", ""] + USAGE[kind]

@@ -268,7 +268,7 @@ class BiEncoder(SavedModel):
     """One transformer trunk that embeds queries and passages into the same space."""
 
     def __init__(self, model, tokenizer, pooling="mean", normalize=True, query_prefix="", passage_prefix="",
-                 max_query_length=256, max_passage_length=256):
+                 max_query_length=256, max_passage_length=256, matryoshka_dims=()):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
@@ -277,6 +277,7 @@ class BiEncoder(SavedModel):
         self.prefix = {"query": query_prefix, "passage": passage_prefix}
         self.max_length = {"query": max_query_length, "passage": max_passage_length}
         self.encode_dtype = "auto"  # encode()'s autocast: a trainer sets its run's dtype
+        self.matryoshka_dims = list(matryoshka_dims)  # the truncated dimensions it was trained to serve
 
     @classmethod
     def from_pretrained(cls, name, **overrides):
@@ -293,9 +294,10 @@ class BiEncoder(SavedModel):
         return self.model.config.hidden_size
 
     def settings(self):
-        return dict(pooling=self.pooling, normalize=self.normalize, query_prefix=self.prefix["query"],
-                    passage_prefix=self.prefix["passage"], max_query_length=self.max_length["query"],
-                    max_passage_length=self.max_length["passage"])
+        out = dict(pooling=self.pooling, normalize=self.normalize, query_prefix=self.prefix["query"],
+                   passage_prefix=self.prefix["passage"], max_query_length=self.max_length["query"],
+                   max_passage_length=self.max_length["passage"])
+        return {**out, "matryoshka_dims": self.matryoshka_dims} if self.matryoshka_dims else out
 
     def tokenize(self, texts, kind, cache=None):
         """Dynamic padding: a batch is padded to its own longest text, not to max_length.
@@ -352,7 +354,8 @@ class BiEncoder(SavedModel):
 
         def flush():
             if pending:
-                out[np.concatenate([idx for idx, _ in pending])] = torch.cat([e for _, e in pending]).float().cpu().numpy()
+                rows_of = np.concatenate([idx for idx, _ in pending])
+                out[rows_of] = torch.cat([e for _, e in pending]).float().cpu().numpy()
                 pending.clear()
 
         show = len(texts) >= 2000 if show_progress is None else show_progress

@@ -243,7 +243,7 @@ class Retriever:
         if index is None:
             emb = encode_corpus(encoder, self.texts, batch_size) if doc_emb is None else doc_emb
             index = faiss_index.flat_ip(emb)
-        if index.ntotal != len(self.doc_ids) or index.d != encoder.dim:
+        if index.ntotal != len(self.doc_ids) or index.d > encoder.dim:  # fewer: a --dim index (queries are cut)
             raise ValueError(f"the index holds {index.ntotal} vectors of dim {index.d}, but the corpus has "
                              f"{len(self.doc_ids)} docs and the encoder dim {encoder.dim}")
         self.index = index

@@ -1,0 +1,70 @@
+"""Matryoshka embeddings: the loss at truncated dimensions, and evaluation and indexes at them."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import build_index
+import evaluate
+import train_encoder
+from common import index as faiss_index
+from common.models import BiEncoder
+from common.retrievers import Retriever
+from test_train_encoder import FAST, log_lines
+
+
+def train(data, model, out, *args):
+    return train_encoder.main([f"--data={data}", f"--model={model}", f"--out={out}", *FAST, "--batch_size=8",
+                               "--max_steps=3", "--lr=1e-3", *args])
+
+
+def test_the_loss_is_summed_over_the_dimensions_and_the_full_one_is_plain_infonce(train_beir, tiny_model, tmp_path):
+    assert train(train_beir, tiny_model, tmp_path / "plain") == 0
+    assert train(train_beir, tiny_model, tmp_path / "full", "--matryoshka_dims=32") == 0  # the model's width
+    assert train(train_beir, tiny_model, tmp_path / "mrl", "--matryoshka_dims=32,8", "--matryoshka_weights=1,0.5") == 0
+    plain, full, mrl = (log_lines(tmp_path / n) for n in ("plain", "full", "mrl"))
+    assert [r["loss"] for r in full] == pytest.approx([r["loss"] for r in plain], abs=1e-6)
+    first = mrl[0]
+    assert first["loss"] == pytest.approx(first["loss/infonce@32"] + 0.5 * first["loss/infonce@8"], rel=1e-5)
+    assert first["loss/infonce@32"] == pytest.approx(plain[0]["loss"], abs=1e-6)  # same start, same batch
+    saved = json.load(open(tmp_path / "mrl" / "best" / "biencoder.json"))
+    assert saved["matryoshka_dims"] == [32, 8]
+    assert "| matryoshka_dims | `[32, 8]` |" in open(tmp_path / "mrl" / "best" / "README.md").read()
+
+
+def test_a_dimension_wider_than_the_model_is_refused(train_beir, tiny_model, tmp_path):
+    from common.run import UserError
+
+    with pytest.raises(UserError, match="embeds in 32 dimensions"):
+        train(train_beir, tiny_model, tmp_path / "wide", "--matryoshka_dims=64")
+
+
+def test_evaluate_reports_each_dimension_and_warns_of_an_untrained_one(tiny_model, toy_beir, tmp_path, capsys):
+    assert evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", "--retrievers=dense", "--dims=32,8",
+                          f"--out={tmp_path}"]) == 0
+    results = json.load(open(tmp_path / "metrics.json"))["results"]
+    assert {"dense", "dense@32", "dense@8"} <= set(results)
+    for metric, value in results["dense"]["metrics"].items():  # the full width is plain dense search
+        assert results["dense@32"]["metrics"][metric] == pytest.approx(value, abs=1e-6), metric
+    assert results["dense@8"]["index_bytes_per_doc"] == 32
+    assert "not trained for 8 dimensions" in capsys.readouterr().err
+
+
+def test_an_index_of_truncated_vectors_serves_queries_cut_alike(tiny_model, toy_beir, tmp_path, capsys):
+    out = tmp_path / "index8"
+    assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}", "--dim=8"]) == 0
+    assert "not trained for 8 dimensions" in capsys.readouterr().err
+    meta = json.load(open(out / "index.json"))
+    assert (meta["dim"], meta["model_dim"]) == (8, 32)
+    assert np.load(out / "embeddings.npy").shape[1] == 32  # kept whole: mining and rebuilds read it
+    got = Retriever.load("", toy_beir, index_dir=str(out)).batch_retrieve(["merge sort", "tcp bytes"], 6)
+    enc = BiEncoder.from_pretrained(tiny_model)
+    corpus_ids = [line.strip() for line in open(out / "doc_ids.txt")]
+    docs = faiss_index.truncate(np.load(out / "embeddings.npy"), 8)
+    queries = faiss_index.truncate(enc.encode(["merge sort", "tcp bytes"], "query"), 8)
+    for row, q in zip(got, queries):
+        scores = docs @ q
+        assert [d for d, _ in row] == [corpus_ids[i] for i in np.argsort(-scores, kind="stable")[:6]]
+        np.testing.assert_allclose([s for _, s in row], np.sort(scores)[::-1][:6], atol=1e-5)
+    assert os.path.getsize(out / "index.faiss") < os.path.getsize(out / "embeddings.npy")
