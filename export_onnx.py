@@ -305,7 +305,8 @@ def card(cfg, meta):
     kind = "bi-encoder" if cfg.kind == "encoder" else "cross-encoder"
     test = summary.get("test")
     return model_card.render(kind, config, val=summary.get("val"), test=test, step=summary.get("best_step"),
-                             steps=summary.get("steps"),
+                             steps=summary.get("steps"), commit=model_card.run_commit(run_dir) if summary else None,
+                             trained=bool(summary),
                              note=f"This directory is its ONNX export ({files}; parity with PyTorch checked, "
                                   f"`{META_FILE}`): `evaluate.py`, `build_index.py` and `search.py` run it "
                                   "with `--backend=onnx` (or `onnx-int8`), without torch.")

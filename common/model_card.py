@@ -19,17 +19,29 @@ RECIPE = ("model", "data", "train_file", "loss", "temperature", "symmetric", "ha
 SHOWN = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 
 
-def render(kind, config, val=None, test=None, step=None, steps=None, note=""):
+def run_commit(run_dir):
+    """The commit a run started from (the `git` line of its command.txt), else this checkout's."""
+    try:
+        with open(os.path.join(run_dir, "command.txt"), encoding="utf-8") as f:
+            return next(line.split(" ", 1)[1].strip() for line in f if line.startswith("git "))
+    except (OSError, StopIteration):
+        return git_commit()
+
+
+def render(kind, config, val=None, test=None, step=None, steps=None, note="", commit=None, trained=True):
     """The README.md text. `config`: the run's settings (vars(cfg)); `val`/`test`: {metric: value}
-    (test: {column: {metric: value}} is fine too); `step` of `steps`: where val chose the model."""
+    (test: {column: {metric: value}} is fine too); `step` of `steps`: where val chose the model;
+    `commit`: the code that trained it (None: this checkout's)."""
     library, pipeline, tags = KINDS[kind]
     dataset = os.path.basename(os.path.normpath(str(config.get("data", ""))))
     base = str(config.get("model", ""))
     lines = ["---", f"library_name: {library}", f"pipeline_tag: {pipeline}", f"base_model: {base}",
-             "tags:", *(f"- {t}" for t in ["retrieval-finetune", *tags]), "datasets:", f"- {dataset}", "---", "",
-             f"# {dataset}: a fine-tuned {kind}", "",
+             "tags:", *(f"- {t}" for t in ["retrieval-finetune", *tags]),
+             *(["datasets:", f"- {dataset}"] if dataset else []), "---", "",
+             f"# {dataset}: a fine-tuned {kind}" if trained else f"# {base}: a {kind}", "",
              f"Fine-tuned from `{base}` on `{config.get('data', '')}` by retrieval-finetune's "
-             f"`{'train_encoder.py' if kind == 'bi-encoder' else 'train_reranker.py'}` (commit {git_commit()})."]
+             f"`{'train_encoder.py' if kind == 'bi-encoder' else 'train_reranker.py'}` (commit {commit or git_commit()})."
+             if trained else f"`{base}` as it is: no training run of this project beside it."]
     if config.get("lora_r"):
         merged = config.get("lora_save", "merged") == "merged"
         lines.append(f"LoRA r={config['lora_r']}, alpha={config.get('lora_alpha')} on {config.get('lora_targets')}; "

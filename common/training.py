@@ -575,4 +575,4 @@ def write_card(model_dir, kind, cfg, best, total_steps, test=None):
 
     model_card.write(model_dir, model_card.render(kind, vars(cfg), val=best.get("val"), test=test,
                                                   step=best.get("step") if best.get("val") else None,
-                                                  steps=total_steps))
+                                                  steps=total_steps, commit=model_card.run_commit(cfg.out)))
