@@ -121,8 +121,7 @@ def main(argv=None):
     with atomic_dir(cfg.out) as tmp:  # a failure anywhere leaves the previous index, if any, as it was
         start_run(tmp, cfg, argv)
         emb, info = corpus_vectors(cfg, encoder, [doc_text(corpus[d]) for d in doc_ids], tmp)
-        full = emb  # embeddings.npy keeps the whole width: mining and rebuilds read it
-        if cfg.dim:
+        if cfg.dim:  # the index holds the cut vectors; embeddings.npy keeps the whole width for mining and rebuilds
             emb = faiss_index.truncate(emb, cfg.dim)
         t0 = time.perf_counter()
         index, build_info = faiss_index.build(emb, factory, cfg.train_size, cfg.seed, use_gpu)
@@ -162,7 +161,7 @@ def main(argv=None):
         faiss_index.save(tmp, index, doc_ids, {
             "factory": factory, "model": encoder_name(cfg.model, cfg.backend), "backend": cfg.backend,
             "settings": encoder.settings(), "probe": [round(float(x), 6) for x in probe], "model_dim": encoder.dim})
-        del emb, full  # the memory map, before the file under it goes
+        del emb  # the memory map, before the file under it goes
         if not cfg.keep_embeddings and not cfg.embeddings:
             os.remove(os.path.join(tmp, "embeddings.npy"))
         info["index_bytes"] = os.path.getsize(os.path.join(tmp, "index.faiss"))

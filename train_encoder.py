@@ -439,7 +439,7 @@ def main(argv=None):
                         f"keep each at most {encoder.dim}")
     if cfg.matryoshka_dims:
         encoder.matryoshka_dims = sorted(set(cfg.matryoshka_dims), reverse=True)  # saved: what it was trained for
-    setup_lora(encoder, cfg, checkpoint is not None, master=master)
+    setup_lora(encoder, cfg, master=master)
     token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
     if pooler is not None:  # unused by the embedding; DDP would wait for its gradients forever

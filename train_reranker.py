@@ -248,7 +248,7 @@ def main(argv=None):
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
     cross = CrossEncoder.from_pretrained(checkpoint or cfg.model, max_length=cfg.max_length).to(device)
-    setup_lora(cross, cfg, checkpoint is not None, trainable=(".classifier.", ".score."), master=master)
+    setup_lora(cross, cfg, trainable=(".classifier.", ".score."), master=master)
     cross.train()
     model = DDP(cross, broadcast_buffers=False) if world > 1 else cross
     head = [(part, cfg.head_lr / cfg.lr) for part in (".pooler.", ".classifier.", ".score.")] if cfg.head_lr > 0 else []

@@ -9,11 +9,14 @@ so a larger trunk fits one GPU and many domain adapters can share one base.
 A LoRALinear is an nn.Linear (the same weight and bias, so the trunk's parameter names stay) with two
 more parameters, lora_A (r x in, random) and lora_B (out x r, zeros: training starts from the trunk).
 """
+import json
 import math
+import os
 import re
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 ADAPTER_FILE, CONFIG_FILE = "lora.safetensors", "lora.json"
 
@@ -87,11 +90,6 @@ def trainable_parameters(model):
 
 def save_adapter(model, config, out_dir):
     """lora.safetensors (A and B) and lora.json (r, alpha, dropout, targets) into out_dir."""
-    import json
-    import os
-
-    from safetensors.torch import save_file
-
     save_file(adapter_state_dict(model), os.path.join(out_dir, ADAPTER_FILE))
     with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
@@ -100,9 +98,6 @@ def save_adapter(model, config, out_dir):
 
 def read_config(path):
     """lora.json of a model directory, or None (a plain model)."""
-    import json
-    import os
-
     file = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(file):
         return None
@@ -112,10 +107,6 @@ def read_config(path):
 
 def load_adapter(model, path):
     """A and B from path's lora.safetensors into a model add() has wrapped alike; every one must be there."""
-    import os
-
-    from safetensors.torch import load_file
-
     saved = load_file(os.path.join(path, ADAPTER_FILE))
     own = adapter_state_dict(model)
     if set(saved) != set(own):

@@ -5,6 +5,7 @@ metrics, or (export_onnx.py) the metrics.json of the run beside the exported mod
 import json
 import os
 
+from common.files import atomic_open
 from common.run import git_commit
 
 FILE = "README.md"
@@ -95,7 +96,5 @@ USAGE = {
 
 
 def write(model_dir, text):
-    from common.files import atomic_open
-
     with atomic_open(os.path.join(model_dir, FILE)) as f:
         f.write(text)

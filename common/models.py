@@ -312,10 +312,15 @@ class BiEncoder(SavedModel):
                                                   padding=True, truncation=True, max_length=self.max_length[kind]))
         missing = [t for t in dict.fromkeys(texts) if (kind, t) not in cache]
         if missing:
-            ids = self.tokenizer([prefix + t for t in missing], truncation=True,
-                                 max_length=self.max_length[kind])["input_ids"]
-            cache.update(((kind, t), np.asarray(row, dtype=np.int64)) for t, row in zip(missing, ids))
+            cache.update(((kind, t), np.asarray(row, dtype=np.int64))
+                         for t, row in zip(missing, self._token_ids(missing, kind)))
         return self._pad([cache[(kind, t)] for t in texts])
+
+    def _token_ids(self, texts, kind):
+        """Each text's token ids, prefixed and truncated to max_length, not padded."""
+        prefix = self.prefix[kind]
+        return self.tokenizer([prefix + t for t in texts], truncation=True,
+                              max_length=self.max_length[kind])["input_ids"]
 
     def forward(self, input_ids, attention_mask, **kwargs):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
@@ -373,26 +378,25 @@ class BiEncoder(SavedModel):
         return out
 
     def _batches(self, texts, kind, batch_size, sort_by_length, max_tokens, pin=False, window=4096):
-        """(indices into texts, input_ids, attention_mask) per batch, on the CPU (pinned for a GPU)."""
+        """(indices into texts, input_ids, attention_mask) per batch, on the CPU (pinned for a GPU):
+        `batch_size` texts a batch, or with max_tokens as many as fit that many padded tokens (a window
+        of texts tokenised at a time, then cut)."""
         order = np.argsort([-len(t) for t in texts], kind="stable") if sort_by_length else np.arange(len(texts))
-        for start in range(0, len(texts), batch_size if not max_tokens else window):
-            if not max_tokens:
+        if not max_tokens:
+            for start in range(0, len(texts), batch_size):
                 idx = order[start:start + batch_size]
-                batch = self.tokenize([texts[i] for i in idx], kind)
-                yield _pinned(idx, batch, pin)
-                continue
+                yield _pinned(idx, self.tokenize([texts[i] for i in idx], kind), pin)
+            return
+        for start in range(0, len(texts), window):
             idx = order[start:start + window]
-            prefix = self.prefix[kind]
-            ids = self.tokenizer([prefix + texts[i] for i in idx], truncation=True,
-                                 max_length=self.max_length[kind])["input_ids"]
+            ids = self._token_ids([texts[i] for i in idx], kind)
             first, longest = 0, 0
-            for i, row in enumerate(ids + [None]):
-                width = max(longest, len(row)) if row is not None else 0
-                if row is None or (i > first and (i - first + 1) * width > max_tokens):
+            for i, row in enumerate(ids):
+                longest = max(longest, len(row))
+                if i > first and (i - first + 1) * longest > max_tokens:  # row i opens the next batch
                     yield _pinned(idx[first:i], self._pad(ids[first:i]), pin)
-                    first, longest = i, len(row) if row is not None else 0
-                else:
-                    longest = width
+                    first, longest = i, len(row)
+            yield _pinned(idx[first:], self._pad(ids[first:]), pin)
 
     def _pad(self, rows):
         """Token id rows padded to the longest, as the tokenizer pads them."""

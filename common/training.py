@@ -17,7 +17,10 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
+from common import lora, model_card
+from common.config import check_choice, check_range
 from common.files import atomic_open, write_json
 from common.models import autocast_dtype, pick_device
 from common.run import UserError, start_run, warn
@@ -333,10 +336,6 @@ def peak_memory_mb(device):
 
 def write_progress(out_dir, step, total_steps, epoch, t_start, record, best):
     """training_progress.json: where a run is, for scripts and for a glance from another terminal."""
-    import time
-
-    from common.files import write_json
-
     write_json(os.path.join(out_dir, "training_progress.json"), {
         "step": step, "total_steps": total_steps, "epoch": epoch, "elapsed_s": time.time() - t_start,
         "eta_s": (time.time() - t_start) / max(1, step) * (total_steps - step), "last": record,
@@ -426,8 +425,6 @@ def log(out_dir, record):
 
 def log_val(cfg, writer, step, metrics, headline, improved, seconds, note="", **extra):
     """A val evaluation: one line on the terminal, a record in metrics.jsonl, scalars in TensorBoard."""
-    from tqdm.auto import tqdm
-
     shown = {k: metrics[k] for k in headline}
     tqdm.write(f"step {step}: val " + " ".join(f"{k} {v:.4f}" for k, v in shown.items())
                + (" (best)" if improved else "") + f" [{seconds:.0f}s{note}]")
@@ -536,8 +533,6 @@ LORA_SAVES = ("merged", "adapter")
 
 
 def check_lora(cfg):
-    from common.config import check_choice, check_range
-
     check_range(cfg, "lora_r", 0)
     check_range(cfg, "lora_alpha", 0, above=True)
     check_range(cfg, "lora_dropout", 0, 1)
@@ -546,16 +541,14 @@ def check_lora(cfg):
         raise UserError("lora_r > 0 needs lora_targets: the names of the linear layers to adapt (query, value, ...)")
 
 
-def setup_lora(model, cfg, resumed, trainable=(), master=True):
+def setup_lora(model, cfg, trainable=(), master=True):
     """LoRA on the trunk when lora_r > 0 (a resumed checkpoint comes back wrapped already), the
     parameters whose names hold a part in `trainable` (a reranker's fresh head) trained whole, and
     best/ saved merged or as the adapter. Says what trains."""
-    from common import lora
-
     model.save_merged = cfg.lora_save == "merged"
     if not cfg.lora_r:
         return
-    if model.lora is None and not resumed:
+    if model.lora is None:
         try:
             model.add_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         except ValueError as e:
@@ -571,8 +564,6 @@ def setup_lora(model, cfg, resumed, trainable=(), master=True):
 
 def write_card(model_dir, kind, cfg, best, total_steps, test=None):
     """best/README.md (common/model_card.py): the recipe and what val (and, at the end, test) measured."""
-    from common import model_card
-
     model_card.write(model_dir, model_card.render(kind, vars(cfg), val=best.get("val"), test=test,
                                                   step=best.get("step") if best.get("val") else None,
                                                   steps=total_steps, commit=model_card.run_commit(cfg.out)))

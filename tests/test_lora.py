@@ -26,7 +26,7 @@ def nudge(model):  # B starts at zero (the update is 0): give it values, as trai
 
 def test_only_the_adapter_and_a_rerankers_head_receive_gradients(tiny_model):
     enc = BiEncoder.from_pretrained(tiny_model)
-    setup_lora(enc, cfg(), resumed=False, master=False)
+    setup_lora(enc, cfg(), master=False)
     batch = enc.tokenize(TEXTS, "passage")
     enc(batch["input_ids"], batch["attention_mask"]).sum().backward()
     for name, p in enc.named_parameters():
@@ -34,7 +34,7 @@ def test_only_the_adapter_and_a_rerankers_head_receive_gradients(tiny_model):
         assert (p.grad is not None) == (".lora_" in name and ".pooler." not in name), name
 
     cross = CrossEncoder.from_pretrained(tiny_model)
-    setup_lora(cross, cfg(), resumed=False, trainable=(".classifier.",), master=False)
+    setup_lora(cross, cfg(), trainable=(".classifier.",), master=False)
     cross(**cross.tokenize(TEXTS, TEXTS[::-1])).sum().backward()
     trained = {n for n, p in cross.named_parameters() if p.grad is not None}
     assert trained and all(".lora_" in n or ".classifier." in n for n in trained)
@@ -74,4 +74,4 @@ def test_a_reranker_merges_too(tiny_model, tmp_path):
 def test_targets_that_match_nothing_say_what_there_is(tiny_model):
     enc = BiEncoder.from_pretrained(tiny_model)
     with pytest.raises(UserError, match="matched no linear layer.*query"):
-        setup_lora(enc, cfg(lora_targets=["q_proj"]), resumed=False, master=False)
+        setup_lora(enc, cfg(lora_targets=["q_proj"]), master=False)
