@@ -50,7 +50,8 @@ from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, ListOf, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
 from common.metrics import cut_run, evaluate_run
-from common.models import BiEncoder, CrossEncoder, autocast
+from common.index import truncate
+from common.models import BiEncoder, CrossEncoder, autocast, principal_axes
 from common.report import write_results
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, warn
@@ -92,6 +93,10 @@ DEFAULTS = dict(
     matryoshka_dims=ListOf(int),  # e.g. [384, 256, 128, 64]: the loss also at each truncated, renormalised dimension,
     #                      so that the first d values are an embedding of their own (an index can be smaller)
     matryoshka_weights=ListOf(float),  # one per dimension; [] = 1 each
+    matryoshka_rotation="pca",  # pca: a fresh model's embeddings rotated onto the principal axes of the corpus'
+    #                             before training, and best/ saved rotated onto those of the val docs' (cosines
+    #                             unchanged, the first d values the most informative; a linear layer after
+    #                             pooling, trained with the rest) | none
     contrastive_margin=0.5,
     # batching
     batch_size=Auto(int),  # examples per optimiser step over all ranks; every one is a negative for every
@@ -138,6 +143,7 @@ AUTO = {
                 val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=10),
 }
 VAL_KS = (1, 3, 5, 10, 100)
+ROTATION_DOCS = 4096  # docs sampled for matryoshka_rotation: plenty to estimate a few hundred axes
 
 
 def check_config(cfg, world):
@@ -153,6 +159,7 @@ def check_config(cfg, world):
     check_lora(cfg)
     check_range(cfg, "matryoshka_dims", 1)
     check_range(cfg, "matryoshka_weights", 0)
+    check_choice(cfg, "matryoshka_rotation", ("pca", "none"))
     if cfg.matryoshka_weights and len(cfg.matryoshka_weights) != len(cfg.matryoshka_dims):
         raise ConfigError(f"matryoshka_dims={cfg.matryoshka_dims} needs one weight each, got "
                           f"matryoshka_weights={cfg.matryoshka_weights} (or none: 1 each)")
@@ -263,6 +270,18 @@ def build_encoder(cfg, checkpoint=None):
     return BiEncoder.from_pretrained(cfg.model, **overrides)
 
 
+def rotate_to_corpus_axes(cfg, encoder, corpus, master):
+    """Matryoshka's start: the embeddings rotated onto the principal axes of a sample of the corpus
+    (the same sample on every rank; DDP starts from rank 0's weights anyway)."""
+    t0 = time.time()
+    doc_ids = random.Random(cfg.seed).sample(sorted(corpus), min(ROTATION_DOCS, len(corpus)))
+    encoder.rotate(principal_axes(encoder.encode([doc_text(corpus[d]) for d in doc_ids], "passage",
+                                                 batch_size=cfg.eval_batch_size)))
+    if master:
+        print(f"matryoshka: embeddings rotated onto the principal axes of {len(doc_ids):,} docs "
+              f"({time.time() - t0:.0f}s)")
+
+
 def val_corpus(cfg, corpus, queries, qrels):
     """Doc ids val is scored against: all of them, or every val positive plus the BM25 top-n of each
     val query (the hard part of the ranking) plus a random sample (the easy part)."""
@@ -279,14 +298,34 @@ def val_corpus(cfg, corpus, queries, qrels):
     return [d for d in corpus if d in keep]
 
 
-def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=100):
-    """(mean metrics, per-query metrics, run) of dense retrieval, as evaluate.py computes them."""
+def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=100, dims=(), rotate=False):
+    """(mean metrics, per-query metrics, run, rotation) of dense retrieval, as evaluate.py computes
+    them. With `dims` (Matryoshka), also ndcg@10@<d>: the embeddings cut to their first d values,
+    with `rotate` after a rotation onto the principal axes of these docs' (`rotation`, what best/ is
+    saved with; else None)."""
     doc_emb = encoder.encode([doc_text(corpus[d]) for d in doc_ids], "passage", batch_size)
     qids = list(queries)
     q_emb = encoder.encode([queries[q] for q in qids], "query", batch_size)
     run = cut_run(dense_run(qids, q_emb, doc_ids, doc_emb, depth + 1), depth)
     mean, per_query = evaluate_run(qrels, run, VAL_KS)
-    return mean, per_query, run
+    rotation = principal_axes(doc_emb) if dims and rotate else None
+    if rotation is not None:
+        q_emb, doc_emb = q_emb @ rotation.T, doc_emb @ rotation.T
+    for dim in (d for d in dims if d < encoder.dim):
+        cut = dense_run(qids, truncate(q_emb, dim), doc_ids, truncate(doc_emb, dim), depth + 1)
+        mean[f"ndcg@10@{dim}"] = evaluate_run(qrels, cut_run(cut, depth), (10,))[0]["ndcg@10"]
+    return mean, per_query, run, rotation
+
+
+def save_best(cfg, encoder, rotation, best, total_steps):
+    """best/ and its model card: the model followed by `rotation` when val made one; the model in
+    training is left as it was."""
+    kept = encoder.projection
+    if rotation is not None:
+        encoder.rotate(rotation)
+    encoder.save(os.path.join(cfg.out, "best"))
+    encoder.projection = kept
+    write_card(os.path.join(cfg.out, "best"), "bi-encoder", cfg, best, total_steps)
 
 
 # ---- the training step's parts: a reader of the loop can skip these
@@ -437,8 +476,11 @@ def main(argv=None):
     if max(cfg.matryoshka_dims, default=0) > encoder.dim:
         raise UserError(f"matryoshka_dims={cfg.matryoshka_dims}: {cfg.model} embeds in {encoder.dim} dimensions; "
                         f"keep each at most {encoder.dim}")
+    if cfg.matryoshka_dims and cfg.matryoshka_rotation == "pca" and checkpoint is None and not encoder.matryoshka_dims:
+        rotate_to_corpus_axes(cfg, encoder, corpus, master)
     if cfg.matryoshka_dims:
         encoder.matryoshka_dims = sorted(set(cfg.matryoshka_dims), reverse=True)  # saved: what it was trained for
+    matryoshka_keys = [f"ndcg@10@{d}" for d in sorted(set(cfg.matryoshka_dims), reverse=True) if d < encoder.dim]
     setup_lora(encoder, cfg, master=master)
     token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
@@ -501,14 +543,16 @@ def main(argv=None):
         if (master and has_val and step != resumed_at
                 and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))):
             t0 = time.time()
-            metrics, _, _ = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels, cfg.eval_batch_size)
+            metrics, _, _, rotation = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels,
+                                                     cfg.eval_batch_size, dims=cfg.matryoshka_dims,
+                                                     rotate=cfg.matryoshka_rotation == "pca")
             encoder.train()
             improved = metrics[cfg.best_metric] > best["metric"]
             if improved:
                 best = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}
-                encoder.save(os.path.join(cfg.out, "best"))
-                write_card(os.path.join(cfg.out, "best"), "bi-encoder", cfg, best, total_steps)
-            log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@100"), improved, time.time() - t0)
+                save_best(cfg, encoder, rotation, best, total_steps)
+            log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@100", *matryoshka_keys), improved,
+                    time.time() - t0)
         if (cfg.remine_every > 0 and step > 0 and step % cfg.remine_every == 0 and step != remined["step"]
                 and not last_step):
             remined, examples, batches, groups_of = remine(
@@ -575,8 +619,8 @@ def main(argv=None):
             _, test_queries, test_qrels = load_beir(cfg.data, "test")
             final = BiEncoder.from_pretrained(best_dir).to(device)
             t0 = time.time()
-            metrics, per_query, run = evaluate_dense(final, corpus, list(corpus), test_queries, test_qrels,
-                                                     cfg.eval_batch_size)
+            metrics, per_query, run, _ = evaluate_dense(final, corpus, list(corpus), test_queries, test_qrels,
+                                                        cfg.eval_batch_size)
             result.update(test=metrics, test_seconds=time.time() - t0)
             write_results(os.path.join(cfg.out, "test"), dataset, "test", {"dense": {
                 "metrics": metrics, "per_query": per_query, "run": run, "queries": len(per_query), "model": best_dir}})

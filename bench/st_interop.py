@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer, __version__  # noqa: E402
 
 from common import lora  # noqa: E402
-from common.models import BiEncoder  # noqa: E402
+from common.models import BiEncoder, principal_axes  # noqa: E402
 from conftest import build_tiny_model  # noqa: E402
 
 TEXTS = ["def read_lines(path): return open(path).read().splitlines()", "Return the lines of a file.", "short"]
@@ -30,10 +30,14 @@ def main():
                  ("tiny, max pooling, no normalise", build_tiny_model(os.path.join(tmp, "b")),
                   {"pooling": "max", "normalize": False})]
         cases.append(("all-MiniLM-L6-v2 + LoRA r=8, saved merged", "all-MiniLM-L6-v2", {"lora": 8}))
+        cases.append(("all-MiniLM-L6-v2 rotated onto principal axes (a Dense module)", "all-MiniLM-L6-v2",
+                      {"rotate": True}))
         cases += [(f"{path} (a trained best/)", path, {}) for path in sys.argv[1:]]
         for i, (name, source, overrides) in enumerate(cases):
-            r = overrides.pop("lora", 0)
+            r, rotate = overrides.pop("lora", 0), overrides.pop("rotate", False)
             ours = BiEncoder.from_pretrained(source, **overrides)
+            if rotate:  # Matryoshka's start (train_encoder.py matryoshka_rotation)
+                ours.rotate(principal_axes(ours.encode(TEXTS * 4)))
             if r:  # an adapter as training leaves it: B moved off zero, so the merge has something to fold in
                 ours.add_lora(r, 2.0 * r, 0.0, ["query", "key", "value", "dense"])
                 torch.manual_seed(0)

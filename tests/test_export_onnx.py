@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 import export_onnx
 from common.config import ConfigError
 from common.metrics import ranked
-from common.models import BiEncoder, CrossEncoder
+from common.models import BiEncoder, CrossEncoder, principal_axes
 from common.onnx_models import OnnxBiEncoder, OnnxCrossEncoder
 from common.run import UserError
 from conftest import write_beir_dir
@@ -38,8 +38,11 @@ def export(out, model, data, *args):
     return str(out)
 
 
-def save_encoder(tiny_model, path, **settings):
-    return BiEncoder.from_pretrained(tiny_model, **settings).save(str(path))
+def save_encoder(tiny_model, path, rotate=False, **settings):
+    encoder = BiEncoder.from_pretrained(tiny_model, **settings)
+    if rotate:  # a linear layer after pooling (Matryoshka's start): inside the graph too
+        encoder.rotate(principal_axes(encoder.encode(TEXTS)))
+    return encoder.save(str(path))
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +66,11 @@ def reranker_export(tiny_model, parity_data, tmp_path_factory):
     return model, export(base / "onnx", model, parity_data, "--kind=reranker")
 
 
-@pytest.mark.parametrize("pooling,normalize", [("mean", True), ("cls", True), ("max", False)])
-def test_encoder_export_matches_biencoder(tiny_model, parity_data, tmp_path, pooling, normalize):
-    model = save_encoder(tiny_model, tmp_path / "model", pooling=pooling, normalize=normalize, query_prefix="q: ",
-                         max_passage_length=24)
+@pytest.mark.parametrize("pooling,normalize,rotate", [("mean", True, False), ("cls", True, False),
+                                                     ("max", False, False), ("mean", True, True)])
+def test_encoder_export_matches_biencoder(tiny_model, parity_data, tmp_path, pooling, normalize, rotate):
+    model = save_encoder(tiny_model, tmp_path / "model", rotate, pooling=pooling, normalize=normalize,
+                         query_prefix="q: ", max_passage_length=24)
     out = export(tmp_path / "onnx", model, parity_data)
     torch_enc, onnx_enc = BiEncoder.from_pretrained(model), OnnxBiEncoder.from_dir(out)
     assert onnx_enc.settings() == torch_enc.settings() and onnx_enc.dim == torch_enc.dim

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.models import BiEncoder, CrossEncoder, ModelNotFound, resolve_model
+from common.models import BiEncoder, CrossEncoder, ModelNotFound, principal_axes, resolve_model
 from conftest import PACKAGED_MINILM
 
 TEXTS = ["short", "a much longer text about sorting lists", "mid length one", "x", "another long example here"]
@@ -108,7 +108,9 @@ def test_hub_names_read_their_settings_from_the_hub(tiny_model, tmp_path, monkey
     import huggingface_hub
     import transformers
 
-    saved = BiEncoder.from_pretrained(tiny_model, pooling="max", query_prefix="q: ").save(str(tmp_path / "hub"))
+    original = BiEncoder.from_pretrained(tiny_model, pooling="max", query_prefix="q: ")
+    original.rotate(principal_axes(original.encode(TEXTS)))  # a Dense module after pooling, fetched too
+    saved = original.save(str(tmp_path / "hub"))
     fetched = []
 
     def fake_download(repo, filename, **kw):
@@ -124,7 +126,9 @@ def test_hub_names_read_their_settings_from_the_hub(tiny_model, tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # a stray biencoder.json in the working directory must not be read
     (tmp_path / "biencoder.json").write_text('{"pooling": "cls"}')
     enc = BiEncoder.from_pretrained("org/tiny")
-    assert enc.pooling == "max" and enc.prefix["query"] == "q: " and fetched == ["biencoder.json"]
+    assert enc.pooling == "max" and enc.prefix["query"] == "q: "
+    assert fetched == ["biencoder.json", "modules.json", "2_Dense/config.json", "2_Dense/model.safetensors"]
+    np.testing.assert_allclose(enc.encode(TEXTS), original.encode(TEXTS), atol=1e-6)
 
 
 def test_model_names_resolve_or_fail_in_one_line(tmp_path, monkeypatch):

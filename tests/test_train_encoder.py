@@ -27,10 +27,11 @@ def train(data, model, out, *args):
 
 
 def weights(run_dir, sub="last"):
-    """The model's weights, and a LoRA adapter's beside them (as "lora:<name>")."""
+    """The model's weights, and a LoRA adapter's and a projection's beside them ("lora:<name>", "dense:<name>")."""
     out = load_file(os.path.join(run_dir, sub, "model.safetensors"))
-    if os.path.exists(os.path.join(run_dir, sub, "lora.safetensors")):
-        out.update({f"lora:{k}": v for k, v in load_file(os.path.join(run_dir, sub, "lora.safetensors")).items()})
+    for prefix, file in (("lora", "lora.safetensors"), ("dense", "2_Dense/model.safetensors")):
+        if os.path.exists(os.path.join(run_dir, sub, file)):
+            out.update({f"{prefix}:{k}": v for k, v in load_file(os.path.join(run_dir, sub, file)).items()})
     return out
 
 
@@ -84,13 +85,15 @@ def mine_dense(data, model, out):
     return os.path.join(out, "train.jsonl")
 
 
-@pytest.mark.parametrize("variant", ["plain", "across-a-remine", "lora"])
+@pytest.mark.parametrize("variant", ["plain", "across-a-remine", "lora", "matryoshka"])
 def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monkeypatch, variant):
     # Dropout on, so the resumed run must also restore the RNG to draw the same masks.
     model = build_tiny_model(tmp_path / "tiny-dropout", dropout=0.1)
     args = ["--batch_size=8", "--max_steps=6", "--micro_batch_size=4", "--lr=1e-3", "--save_every=0"]
     if variant == "lora":  # the adapter, its dropout and its optimiser state must all come back
         args += ["--lora_r=4", "--lora_alpha=8", "--lora_dropout=0.1"]
+    if variant == "matryoshka":  # the rotation after pooling is made once, then trained and checkpointed
+        args += ["--matryoshka_dims=32,8"]
     if variant == "across-a-remine":  # re-mined at step 2 mid-epoch (the rest of the epoch rebuilt), interrupted at 3, re-mined at 4
         args += [f"--train_file={mine_dense(train_beir, model, tmp_path / 'mined')}", "--hard_negatives=2",
                  "--remine_every=2"]
@@ -99,7 +102,8 @@ def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monke
     def ctrl_c(loss):
         os.kill(os.getpid(), signal.SIGINT)
         return loss
-    patch_infonce(monkeypatch, 3, ctrl_c)  # Ctrl-C in the middle of step 3
+    patch_infonce(monkeypatch, 5 if variant == "matryoshka" else 3, ctrl_c)  # Ctrl-C in the middle of step 3
+    # (with Matryoshka, infonce runs at both dims: twice a step)
     assert train(train_beir, model, tmp_path / "resumed", *args) == 130
     monkeypatch.undo()
     state = torch.load(tmp_path / "resumed" / "last" / "trainer_state.pt", weights_only=False)
@@ -116,6 +120,7 @@ def test_resume_after_interrupt_is_bitwise_identical(train_beir, tmp_path, monke
         assert any(k.startswith("lora:") and k.endswith("lora_B") and a[k].abs().sum() > 0 for k in a)
     else:
         assert any(not torch.equal(start[k], a[k]) for k in a if k in start)
+    assert ("dense:linear.weight" in a) == (variant == "matryoshka")
 
 
 def run_torchrun(nproc, data, model, out, *args):
@@ -126,12 +131,13 @@ def run_torchrun(nproc, data, model, out, *args):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("micro,lora", [(0, False), (2, False), (2, True)], ids=["one-pass", "gradcache", "lora"])
-def test_two_process_ddp_equals_one_process(train_beir, tiny_model, tmp_path, micro, lora):
+@pytest.mark.parametrize("micro,extra", [(0, []), (2, []), (2, ["--lora_r=4", "--lora_dropout=0"]),
+                                         (2, ["--matryoshka_dims=32,8"])],
+                         ids=["one-pass", "gradcache", "lora", "matryoshka"])
+def test_two_process_ddp_equals_one_process(train_beir, tiny_model, tmp_path, micro, extra):
     """gloo, 2 CPU processes, each with half of the global batch: the same loss, gradient norm and
     weights as one process with the whole batch, because embeddings are gathered across ranks."""
-    args = ["--batch_size=8", "--max_steps=3", "--lr=1e-3", f"--micro_batch_size={micro}"]
-    args += ["--lora_r=4", "--lora_dropout=0"] if lora else []
+    args = ["--batch_size=8", "--max_steps=3", "--lr=1e-3", f"--micro_batch_size={micro}", *extra]
     train(train_beir, tiny_model, tmp_path / "one", *args)
     run_torchrun(2, train_beir, tiny_model, tmp_path / "two", *args)
     one, two = log_lines(tmp_path / "one"), log_lines(tmp_path / "two")
