@@ -257,10 +257,12 @@ def read_settings(path, model_config):
 
 def principal_axes(embeddings):
     """The rotation (rows: axes, float32 numpy) onto the principal axes of `embeddings` (n x dim), the
-    axis they spread most along first. A rotation keeps every cosine at the full width, and the first
-    d values then hold as much of the embeddings as any d values of a rotation can: truncated
-    embeddings lose far less than in the trunk's arbitrary order (bench/results/lora-matryoshka-cpu.md)."""
+    axis they vary most along first. A rotation keeps every cosine at the full width, and the first
+    d values then hold as much of how the embeddings differ as any d values of a rotation can:
+    truncated embeddings lose far less than in the trunk's arbitrary order. Centred, because the
+    direction all embeddings share tells none of them apart (bench/results/lora-matryoshka-cpu.md)."""
     x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
+    x = x - x.mean(0)
     return torch.linalg.eigh(x.T @ x).eigenvectors.flip(1).T.float().numpy()
 
 
