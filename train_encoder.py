@@ -81,7 +81,8 @@ DEFAULTS = dict(
     # LoRA (common/lora.py): low-rank updates beside the trunk's linear layers, the trunk frozen
     lora_r=0,  # rank; 0 = full fine-tuning
     lora_alpha=16.0,  # the update is scaled by alpha / r
-    lora_dropout=0.1,
+    lora_dropout=0.0,  # on the update's input; 0 skips a copy of every adapted layer's input: faster and
+    #                  smaller, and as good on val (bench/results/lora-matryoshka-cpu.md)
     lora_targets=["query", "key", "value", "dense"],  # linear layers by name (or a regex of the dotted name)
     lora_save="merged",  # best/: merged into plain weights (every loader reads them) | adapter: trunk + lora.*
     # loss: several are summed with their weights, e.g. loss=[infonce, margin_mse] loss_weights=[1, 0.5]
