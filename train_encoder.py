@@ -19,6 +19,10 @@ single training step.
     torchrun --standalone --nproc_per_node=4 train_encoder.py --data=data/scifact --train_file=<mined>
     # a batch of 512 on a small GPU: GradCache accumulation keeps all 512 in one loss
     python train_encoder.py --batch_size=512 --micro_batch_size=64
+    # LoRA: the trunk frozen, low-rank updates trained (best/ saved merged into plain weights)
+    python train_encoder.py --train_file=<mined> --lora_r=8 --lora_alpha=16 --lr=5e-4
+    # Matryoshka: the first 256, 128 and 64 values each an embedding (evaluate.py --dims, build_index.py --dim)
+    python train_encoder.py --train_file=<mined> --matryoshka_dims=384,256,128,64
     # dense negatives, re-mined with this model every 50 steps (ANCE)
     python train_encoder.py --train_file=runs/scifact/mine-dense/train.jsonl --remine_every=50
     # continue an interrupted run (Ctrl-C or SIGTERM saves last/ before exiting; after a crash or a

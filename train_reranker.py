@@ -22,6 +22,8 @@ loop below: the once-in-a-while blocks (eval, checkpoint) at its top, then a sin
     torchrun --standalone --nproc_per_node=4 train_reranker.py --train_file=<mined> --first_stage=<index dir>
     # continue training a published cross-encoder (online users)
     python train_reranker.py --model=cross-encoder/ms-marco-MiniLM-L-6-v2 --train_file=<mined train.jsonl>
+    # LoRA: the trunk frozen, low-rank updates and the fresh head trained (best/ saved merged)
+    python train_reranker.py --train_file=<mined> --lora_r=8 --lora_alpha=16
     # distil a teacher's scores (a train.jsonl mined with --teacher) beside the listwise loss
     python train_reranker.py --train_file=<mined with teacher> --distill=margin_mse
     # continue an interrupted run (Ctrl-C or SIGTERM saves last/ before exiting; after a crash or a
