@@ -16,7 +16,7 @@ KINDS = {  # kind -> (library_name, pipeline_tag, tags)
 }
 RECIPE = ("model", "data", "train_file", "loss", "temperature", "symmetric", "hard_negatives", "negatives",
           "batch_size", "lr", "epochs", "max_steps", "max_query_length", "max_passage_length", "max_length",
-          "lora_r", "lora_alpha", "lora_targets", "matryoshka_dims", "seed")
+          "lora_r", "lora_alpha", "lora_targets", "matryoshka_dims", "matryoshka_rotation", "seed")
 SHOWN = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 
 
@@ -53,12 +53,15 @@ def render(kind, config, val=None, test=None, step=None, steps=None, note="", co
         lines.append(note)
     lines += ["", "## Recipe", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | `{json.dumps(config[k])}` |" for k in RECIPE if k in config and config[k] not in ("", None, [])
-              and (config.get("lora_r") or not k.startswith("lora_"))]
+              and (config.get("lora_r") or not k.startswith("lora_"))
+              and (config.get("matryoshka_dims") or k != "matryoshka_rotation")]
     lines += ["", "Every setting of the run, `auto` ones resolved:", "", "<details><summary>config</summary>", "",
               "```json", json.dumps(config, indent=1, default=str), "```", "", "</details>", "", "## Results", ""]
     if val:
         where = f" at step {step}" + (f" of {steps}" if steps else "") if step is not None else ""
-        lines.append(f"Val{where} (the model val chose): " + ", ".join(f"{k} {val[k]:.4f}" for k in SHOWN if k in val))
+        widths = sorted((k for k in val if k.startswith("ndcg@10@")), key=lambda k: -int(k.rsplit("@", 1)[1]))
+        lines.append(f"Val{where} (the model val chose): "
+                     + ", ".join(f"{k} {val[k]:.4f}" for k in [*(k for k in SHOWN if k in val), *widths]))
     if test:
         flat = test if all(isinstance(v, (int, float)) for v in test.values()) else None
         if flat:

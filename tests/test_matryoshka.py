@@ -32,7 +32,10 @@ def test_the_loss_is_summed_over_the_dimensions_and_the_full_one_is_plain_infonc
     assert first["loss/infonce@32"] == pytest.approx(plain[0]["loss"], abs=1e-6)  # same start, same batch
     saved = json.load(open(tmp_path / "mrl" / "best" / "biencoder.json"))
     assert saved["matryoshka_dims"] == [32, 8]
-    assert "| matryoshka_dims | `[32, 8]` |" in open(tmp_path / "mrl" / "best" / "README.md").read()
+    card = open(tmp_path / "mrl" / "best" / "README.md").read()
+    assert "| matryoshka_dims | `[32, 8]` |" in card and "| matryoshka_rotation | `\"none\"` |" in card
+    assert "ndcg@10@8 0." in card  # val at the narrower width, from the run's own metrics
+    assert "matryoshka_rotation" not in open(tmp_path / "plain" / "best" / "README.md").read().split("<details>")[0]
 
 
 def test_the_rotation_keeps_every_cosine_and_puts_the_most_variance_first(tiny_model, tmp_path):
