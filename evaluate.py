@@ -140,9 +140,10 @@ def corpus_embeddings(cfg, encoder, doc_ids, texts):
         from common.models import resolve_model
 
         model_path = resolve_model(cfg.model)
-    weights = [os.path.join(model_path, f) for f in ("model.safetensors", "pytorch_model.bin", "model.onnx",
-                                                     "model.int8.onnx", "lora.safetensors", "2_Dense/model.safetensors")]
-    stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights if os.path.isfile(w)]
+    # Every weights file of the directory, wherever a model keeps them (trunk, adapter, Dense module, ONNX).
+    weights = sorted(os.path.join(root, f) for root, _, files in os.walk(model_path) for f in files
+                     if f.endswith((".safetensors", ".bin", ".onnx")))
+    stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights]
     # The corpus by content, not mtime: re-running prepare_data.py rewrites identical bytes.
     with open(os.path.join(cfg.data, "corpus.jsonl"), "rb") as f:
         corpus_digest = hashlib.file_digest(f, "sha1").hexdigest()

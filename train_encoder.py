@@ -483,9 +483,10 @@ def main(argv=None):
                         f"keep each at most {encoder.dim}")
     if cfg.matryoshka_dims and cfg.matryoshka_rotation == "pca" and checkpoint is None and not encoder.matryoshka_dims:
         rotate_to_corpus_axes(cfg, encoder, corpus, master)
-    if cfg.matryoshka_dims:
-        encoder.matryoshka_dims = sorted(set(cfg.matryoshka_dims), reverse=True)  # saved: what it was trained for
-    matryoshka_keys = [f"ndcg@10@{d}" for d in sorted(set(cfg.matryoshka_dims), reverse=True) if d < encoder.dim]
+    widths = sorted(set(cfg.matryoshka_dims), reverse=True)
+    if widths:
+        encoder.matryoshka_dims = widths  # saved: what it was trained for
+    matryoshka_keys = [f"ndcg@10@{d}" for d in widths if d < encoder.dim]  # val's, beside the full width's
     setup_lora(encoder, cfg, master=master)
     token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)

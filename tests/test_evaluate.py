@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -43,6 +44,25 @@ def test_dense_embeddings_are_cached(toy_beir, tiny_model, tmp_path):
     second = json.loads((tmp_path / "b" / "metrics.json").read_text())["results"]["dense"]
     assert (first["cached"], second["cached"]) == (False, True)
     assert first["metrics"] == second["metrics"]
+
+
+def test_new_weights_in_a_module_directory_miss_the_cache(toy_beir, tiny_model, tmp_path):
+    """A Dense module's weights (2_Dense/) are part of the model: changing them must re-encode."""
+    import numpy as np
+
+    from common.models import BiEncoder
+
+    encoder = BiEncoder.from_pretrained(tiny_model)
+    encoder.rotate(np.eye(encoder.dim, dtype=np.float32))
+    model = encoder.save(str(tmp_path / "rotated"))
+    args = [f"--data={toy_beir}", f"--model={model}", "--retrievers=dense"]
+    evaluate.main(args + [f"--out={tmp_path}/a"])
+    encoder.rotate(np.eye(encoder.dim, dtype=np.float32)[::-1].copy())  # the axes reversed, only 2_Dense/ rewritten
+    other = encoder.save(str(tmp_path / "reversed"))
+    shutil.copy(os.path.join(other, "2_Dense", "model.safetensors"), os.path.join(model, "2_Dense", "model.safetensors"))
+    evaluate.main(args + [f"--out={tmp_path}/b"])
+    results = [json.loads((tmp_path / r / "metrics.json").read_text())["results"]["dense"] for r in "ab"]
+    assert [r["cached"] for r in results] == [False, False]
 
 
 def test_query_never_retrieves_a_doc_with_its_own_id(tmp_path):
