@@ -6,7 +6,7 @@
 #   reads configs/<stage>-<CONFIG>.yaml only when one exists (CONFIG defaults to the dataset's name),
 #   stages: prepare, eval, mine, encoder, index, mine-reranker, reranker
 #   <STAGE>_CONFIG=path.yaml picks one stage's file instead; <STAGE>_ARGS="--key=value ..." override last:
-#   EVAL_ARGS="--batch_size=32"          evaluate.py (baselines and final)
+#   EVAL_ARGS="--batch_size=32"          evaluate.py (baselines, fine-tuned columns and final)
 #   MINE_ARGS="--num_negatives=15"       mine_negatives.py, BM25 negatives for the encoder
 #   TRAIN_ARGS="--time_budget_min=30"    train_encoder.py
 #   INDEX_ARGS="--factory=IVF,PQ32"      build_index.py
@@ -51,11 +51,13 @@ INDEX_DIR := $(RUN_DIR)/index
 RERANK_MINE_DIR := $(RUN_DIR)/mine-reranker
 RERANKER_DIR := $(RUN_DIR)/reranker
 FINAL_DIR := $(RUN_DIR)/final-test
+TUNED_DIR := $(RUN_DIR)/fine-tuned
 INDEX_MODEL ?= $(ENCODER_DIR)/best
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(ENCODER_DIR)/best
 
-.PHONY: setup setup-gpu data baseline mine train-encoder index mine-reranker train-reranker final export pipeline adapt adapted smoke \
+.PHONY: setup setup-gpu data baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
+        adapted smoke \
         tensorboard test bench-encode bench-st bench-st-setup clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
@@ -84,7 +86,8 @@ data: $(DATA_DIR)/prepare.json
 $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) | setup
 	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
 
-# BM25 and the zero-shot encoder, side by side, on a split (val: the numbers to beat; test: to report).
+# BM25, the zero-shot encoder and their hybrid (its BM25 weight chosen on val), side by side, on a split
+# (val: the numbers to beat; test: to report).
 baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json
 $(RUN_DIR)/baseline-%/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(MODEL) \
@@ -102,19 +105,32 @@ $(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) 
 	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
 	    --out=$(ENCODER_DIR) --test_eval=false $(TRAIN_ARGS)
 
-# A FAISS index of the corpus (build_index.py), by the fine-tuned encoder unless INDEX_MODEL says
-# otherwise; search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR) then load it. Its
-# make-args.txt lives outside the directory, which build_index.py replaces whole.
+# The first stage the pipeline serves (build_index.py): the fine-tuned encoder (unless INDEX_MODEL says
+# otherwise) or the zero-shot one, whichever val scores best, each with BM25 mixed in as val chooses
+# (fine-tuning that does not beat the zero-shot hybrid on val is not served); a FAISS index of the
+# corpus, BM25 and fusion.json. search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR)
+# then serve it. The baseline's corpus embeddings come from its evaluation's cache. Its make-args.txt
+# lives outside the directory, which build_index.py replaces whole.
 index: $(INDEX_DIR)/index.json
 $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt \
-                         $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json)
-	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) --out=$(INDEX_DIR) $(INDEX_ARGS)
+                         $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json) \
+                         | $(RUN_DIR)/baseline-val/metrics.json
+	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) --baseline=$(MODEL) \
+	    --out=$(INDEX_DIR) $(INDEX_ARGS)
 
-# The reranker's training file (LCE): the first stage's own candidates (its index and stored vectors:
-# only the queries are encoded), mixed with BM25 and random ones, sampled over the top 50.
+# The fine-tuned encoder alone and its hybrid, on a split, for comparison.md (the corpus embeddings
+# come from the index's cache).
+fine-tuned: $(TUNED_DIR)-$(SPLIT)/metrics.json
+$(TUNED_DIR)-%/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt \
+                             | $(INDEX_DIR)/index.json
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(ENCODER_DIR)/best \
+	    --retrievers=dense,hybrid --out=$(TUNED_DIR)-$* $(EVAL_ARGS)
+
+# The reranker's training file (LCE): the served first stage's own candidates (through the index: only
+# the queries are encoded), mixed with BM25 and random ones, sampled over the top 50.
 mine-reranker: $(RERANK_MINE_DIR)/train.jsonl
 $(RERANK_MINE_DIR)/train.jsonl: $(INDEX_DIR)/index.json mine_negatives.py $(COMMON) $(RERANK_MINE_CONFIG) $(RERANK_MINE_DIR)/make-args.txt
-	$(PY) mine_negatives.py --strategy=dense,bm25,random --num_negatives=12,4,2 --sampling=random --max_rank=50 \
+	$(PY) mine_negatives.py --strategy=index,bm25,random --num_negatives=12,4,2 --sampling=random --max_rank=50 \
 	    $(RERANK_MINE_CONFIG) --data=$(DATA_DIR) --index=$(INDEX_DIR) --out=$(RERANK_MINE_DIR) $(RERANK_MINE_ARGS)
 
 # A cross-encoder for that first stage: val reranks the index's top val_depth; at the end the fusion
@@ -125,10 +141,10 @@ $(RERANKER_DIR)/metrics.json: $(RERANK_MINE_DIR)/train.jsonl train_reranker.py $
 	    --train_file=$(RERANK_MINE_DIR)/train.jsonl --first_stage=$(INDEX_DIR) --out=$(RERANKER_DIR) --test_eval=false \
 	    $(RERANKER_ARGS)
 
-# On test: the fine-tuned encoder through its index, its top reranked, and the two fused as val chose.
+# On test: what the pipeline serves: the index's first stage, its top reranked, and the two fused as val chose.
 final: $(FINAL_DIR)/metrics.json
 $(FINAL_DIR)/metrics.json: $(INDEX_DIR)/index.json $(RERANKER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
-	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=test --retrievers=dense --index=$(INDEX_DIR) \
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=test --retrievers=hybrid --index=$(INDEX_DIR) \
 	    --rerank=$(RERANKER_DIR)/best --out=$(FINAL_DIR) $(EVAL_ARGS)
 
 # The encoder as ONNX, fp32 and int8 (export_onnx.py checks parity on this data before writing);
@@ -138,35 +154,45 @@ $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN
                          $(if $(filter $(ENCODER_DIR)/best,$(EXPORT_MODEL)),$(ENCODER_DIR)/metrics.json)
 	$(PY) export_onnx.py --model=$(EXPORT_MODEL) --quantize=true --data=$(DATA_DIR) --out=$(EXPORT_DIR)
 
-# Every stage, then one table (comparison.md: each column's val score, what val chose, test) and one
-# more row of runs/results.csv.
+# Every stage, then one table (comparison.md: each column's val score, what val chose, test, the served
+# one marked) and one more row of runs/results.csv.
 pipeline: $(RUN_DIR)/comparison.md
 $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json \
+                          $(TUNED_DIR)-val/metrics.json $(TUNED_DIR)-test/metrics.json \
                           $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
-	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv \
-	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(FINAL_DIR)/metrics.json \
-	    --compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json,fine-tuned=$(RERANKER_DIR)/val/metrics.json \
-	    --hparams=$(ENCODER_DIR)/config.json,$(RERANKER_DIR)/config.json
+	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv --served=served \
+	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(TUNED_DIR)-test/metrics.json,served=$(FINAL_DIR)/metrics.json \
+	    --compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json,fine-tuned=$(TUNED_DIR)-val/metrics.json,served=$(RERANKER_DIR)/val/metrics.json \
+	    --hparams=$(ENCODER_DIR)/config.json,$(INDEX_DIR)/config.json,$(RERANKER_DIR)/config.json
 
 # Label-free adaptation: queries made from this data's documents alone (prepare_data.py $(PSEUDO_ARGS),
-# into data/<dataset>-pseudo), BM25 negatives for them and the encoder trained on them; then the
-# adapted encoder on this data's test split beside the zero-shot baseline
-# (runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read before that test.
+# into data/<dataset>-pseudo), BM25 negatives for them and the encoder trained on them. Then, on this
+# data's labelled splits, the adapted encoder and its hybrid beside the zero-shot baseline and its hybrid,
+# and what the pipeline's rule serves of them (build_index.py, choosing on the labelled val split:
+# runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read before that.
 PSEUDO_ARGS ?= --pseudo_queries=ict,crop
-adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-test/metrics.json
+adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json
 	$(MAKE) --no-print-directory adapted DATA=$(DATA_DIR) DATASET=$(DATASET)-pseudo CONFIG=$(CONFIG)-pseudo \
-	    BASE_CONFIG=$(CONFIG) PREPARE_ARGS="$(PSEUDO_ARGS)" LABELLED_DIR=$(DATA_DIR) EVAL_CONFIG="$(EVAL_CONFIG)" \
-	    BASELINE=$(RUN_DIR)/baseline-test/metrics.json
+	    BASE_CONFIG=$(CONFIG) PREPARE_ARGS="$(PSEUDO_ARGS)" LABELLED_DIR=$(DATA_DIR) LABELLED_RUN=$(RUN_DIR) \
+	    EVAL_CONFIG="$(EVAL_CONFIG)"
 
 ADAPTED_DIR := $(RUN_DIR)/adapted
 adapted: $(ADAPTED_DIR)/comparison.md
-$(ADAPTED_DIR)/test/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG)
-	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(LABELLED_DIR) --split=test --retrievers=dense --model=$(ENCODER_DIR)/best \
-	    --out=$(ADAPTED_DIR)/test $(EVAL_ARGS)
-$(ADAPTED_DIR)/comparison.md: $(ADAPTED_DIR)/test/metrics.json $(wildcard $(BASELINE))  # the parent make built it
-	$(PY) evaluate.py --out=$(ADAPTED_DIR) --results_csv=runs/results.csv \
-	    --compare=baseline=$(BASELINE),adapted=$(ADAPTED_DIR)/test/metrics.json \
-	    --hparams=$(ENCODER_DIR)/config.json
+$(ADAPTED_DIR)/index/index.json: $(ENCODER_DIR)/metrics.json build_index.py $(COMMON)
+	$(PY) build_index.py --data=$(LABELLED_DIR) --model=$(ENCODER_DIR)/best --baseline=$(MODEL) \
+	    --cache_dir=$(LABELLED_RUN)/.cache --out=$(ADAPTED_DIR)/index
+$(ADAPTED_DIR)/adapted-%/metrics.json: $(ADAPTED_DIR)/index/index.json evaluate.py $(COMMON) $(EVAL_CONFIG)
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(LABELLED_DIR) --split=$* --retrievers=dense,hybrid --model=$(ENCODER_DIR)/best \
+	    --cache_dir=$(LABELLED_RUN)/.cache --out=$(ADAPTED_DIR)/adapted-$* $(EVAL_ARGS)
+$(ADAPTED_DIR)/served-%/metrics.json: $(ADAPTED_DIR)/index/index.json evaluate.py $(COMMON) $(EVAL_CONFIG)
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(LABELLED_DIR) --split=$* --retrievers=hybrid --index=$(ADAPTED_DIR)/index \
+	    --out=$(ADAPTED_DIR)/served-$* $(EVAL_ARGS)
+$(ADAPTED_DIR)/comparison.md: $(foreach s,val test,$(ADAPTED_DIR)/adapted-$(s)/metrics.json $(ADAPTED_DIR)/served-$(s)/metrics.json) \
+                              $(wildcard $(LABELLED_RUN)/baseline-*/metrics.json)  # the parent make built them
+	$(PY) evaluate.py --out=$(ADAPTED_DIR) --results_csv=runs/results.csv --served=served \
+	    --compare=baseline=$(LABELLED_RUN)/baseline-test/metrics.json,adapted=$(ADAPTED_DIR)/adapted-test/metrics.json,served=$(ADAPTED_DIR)/served-test/metrics.json \
+	    --compare_val=baseline=$(LABELLED_RUN)/baseline-val/metrics.json,adapted=$(ADAPTED_DIR)/adapted-val/metrics.json,served=$(ADAPTED_DIR)/served-val/metrics.json \
+	    --hparams=$(ENCODER_DIR)/config.json,$(ADAPTED_DIR)/index/config.json
 
 # The whole pipeline with a 2-layer, 32-wide model on a few stdlib packages: the plumbing, in
 # minutes on 2 cores (configs/*-smoke.yaml), part of `make test`.

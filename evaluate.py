@@ -1,11 +1,14 @@
 """Evaluate retrievers on a split of a prepared BEIR directory.
 
 Writes metrics.json, one TREC run file per retriever (`qid Q0 docid rank score tag`) and the
-per-query latency p50/p95 into the run directory, and prints the retrievers side by side. With
-`rerank` set, each first stage R is also reported as `R+rerank`: its top rerank_depth re-scored by a
-cross-encoder (latency = reranking time per query), and as `R+fused`: the two scores mixed with the
-weight and depth chosen on val and saved with the reranker (fusion.json; common/fusion.py), next to R
-in the table and metrics.json. `--compare` with `--compare_val` makes the pipeline's comparison.md.
+per-query latency p50/p95 into the run directory, and prints the retrievers side by side. The
+retrievers: BM25, dense (the encoder, exactly or through a build_index.py index) and hybrid: the two
+mixed (common/fusion.py) as the index saved it (build_index.py chose it on val), else as chosen here on
+the data's val split. With `rerank` set, each first stage R is also reported as `R+rerank`: its top
+rerank_depth re-scored by a cross-encoder (latency = reranking time per query), and as `R+fused`: the
+two scores mixed with the weight and depth chosen on val and saved with the reranker (fusion.json),
+next to R in the table and metrics.json. `--compare` with `--compare_val` makes the pipeline's
+comparison.md.
 
     # CPU (or one GPU, picked automatically): BM25 and zero-shot MiniLM on the default data
     python evaluate.py --data=data/python-source --retrievers=bm25,dense
@@ -15,12 +18,17 @@ in the table and metrics.json. `--compare` with `--compare_val` makes the pipeli
     python evaluate.py configs/bm25-only.yaml --split=val
     # earlier runs side by side, as a markdown table (also written to --out/comparison.md)
     python evaluate.py --compare=zero-shot=runs/a/test/metrics.json,fine-tuned=runs/b/encoder/test/metrics.json
-    # hybrid: reciprocal-rank fusion of BM25 and dense, beside both
+    # hybrid: BM25 and dense mixed with the weight val chooses (or given: 0 = dense, 1 = BM25; or RRF)
     python evaluate.py --data=data/scifact --retrievers=bm25,dense,hybrid
+    python evaluate.py --data=data/scifact --retrievers=hybrid --hybrid_weight=0.3
+    python evaluate.py --data=data/scifact --retrievers=hybrid --hybrid_method=rrf
     # two-stage: BM25's top 100 reranked by a cross-encoder (columns bm25 and bm25+rerank)
     python evaluate.py --data=data/scifact --retrievers=bm25 --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best --rerank_depth=100
-    # dense search through a FAISS index (build_index.py): its encoder is used when --model is not given
-    python evaluate.py --data=data/scifact --retrievers=dense --index=runs/scifact-all-MiniLM-L6-v2/index
+    # through an index (build_index.py): its encoder (when --model is not given), its BM25 and its hybrid
+    python evaluate.py --data=data/scifact --index=runs/scifact-all-MiniLM-L6-v2/index
+    # what the pipeline serves: the index's first stage, its top reranked and fused as val chose
+    python evaluate.py --data=data/scifact --retrievers=hybrid --index=runs/scifact-all-MiniLM-L6-v2/index \
+        --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best
     # no torch at all: ONNX exports (export_onnx.py) of the encoder and the reranker, int8-quantised
     python evaluate.py --data=data/scifact --backend=onnx-int8 --model=runs/onnx/encoder --rerank=runs/onnx/reranker
     # every first stage reranked, the cross-encoder reading at most 256 tokens a pair
@@ -28,7 +36,6 @@ in the table and metrics.json. `--compare` with `--compare_val` makes the pipeli
 
 Evaluation is a single process; under torchrun only rank 0 would be needed, so run it plainly.
 """
-import hashlib
 import json
 import os
 import sys
@@ -36,13 +43,13 @@ import time
 
 import numpy as np
 
-from common import backends, fusion, report
+from common import backends, fusion, report, retrievers
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import doc_text, load_beir
+from common.data import doc_text, load_beir, load_val
 from common.files import append_csv_row, atomic_open
-from common.metrics import cut_run, evaluate_run, fuse_rrf
-from common.retrievers import BM25, dense_run, dense_search
+from common.metrics import cut_run, evaluate_run
+from common.retrievers import BM25, BM25_FILES, dense_run, dense_search, embeddings_cache
 from common.run import UserError, cli, start_run, warn
 
 DEFAULTS = dict(
@@ -50,7 +57,7 @@ DEFAULTS = dict(
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     split="test",
     # retrievers, several side by side
-    retrievers=["bm25", "dense"],  # bm25 | dense | hybrid
+    retrievers=["bm25", "dense", "hybrid"],  # bm25 | dense | hybrid (the two mixed, common/fusion.py)
     # dense: the model and its encoding; 0 or "" keeps what was saved with the model
     model="",  # a local directory, a hub name, a packaged short name or an ONNX export; "" = the index's
     #            encoder (model and backend) with --index, else all-MiniLM-L6-v2
@@ -64,13 +71,17 @@ DEFAULTS = dict(
     batch_size=64,
     device="auto",  # auto | cpu | cuda | cuda:1
     cache_embeddings=True,  # reuse corpus embeddings of the same model, settings and corpus
-    # bm25: k1 and b chosen on SciFact train (see common/retrievers.py)
+    cache_dir="",  # where they are kept (build_index.py shares them); "" = <out>/../.cache
+    # bm25: k1 and b chosen on SciFact train (see common/retrievers.py); with --index, the BM25 saved there
     bm25_k1=1.2,
     bm25_b=0.4,
     # rank_bm25 scores every doc in Python per query: fine for small corpora; "sparse" for large ones
     bm25_backend="sparse",  # sparse | rank_bm25 (the reference: the same scores, far slower)
-    # hybrid: RRF of the bm25 and dense runs; 60 is the paper's constant (it damps the top ranks' lead)
-    rrf_k=60,
+    # hybrid: each query's dense and BM25 top 100, min-max normalised, mixed (common/fusion.py)
+    hybrid_method="auto",  # auto | convex | rrf: auto = the index's fusion.json (chosen on val by
+    #                        build_index.py), else chosen here on the val split (convex weights and RRF)
+    hybrid_weight=Auto(float),  # convex: BM25's share, 0 = dense alone, 1 = BM25 alone; auto = as above
+    rrf_k=60,  # rrf: the paper's constant (it damps the top ranks' lead)
     # reranking: a second stage over each first stage's top rerank_depth, reported as <retriever>+rerank
     rerank="",  # a cross-encoder directory or hub name; "" = off. Reported as <retriever>+rerank (its
     #             scores alone) and <retriever>+fused (mixed with the first stage's, common/fusion.py)
@@ -90,6 +101,7 @@ DEFAULTS = dict(
     compare=[],
     compare_val=[],  # compare only: the same labels' val metrics (label=path/metrics.json,...), for the
     #                  val score and what val chose beside each test column
+    served="",  # compare only: the label whose last column is what is served, marked in the table
     results_csv="",  # compare only: append one row (time, commit, data, hparams, metrics) to this CSV
     hparams=[],  # compare only: config.json files of the runs compared, whose settings go in that row
 )
@@ -100,68 +112,91 @@ def percentiles_ms(seconds):
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
 
 
-def retrieve(cfg, name, corpus, queries, encoder, done):
-    """(run cut to k, per-query seconds, info) of a first stage. Kept in `done`, so bm25 and dense
-    run once however many of the retrievers ask for them (hybrid fuses both)."""
-    if name not in done:
-        # One extra hit, so dropping a query's own id still leaves k results.
-        depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
-        if name == "bm25":
-            run, latencies, info = run_bm25(cfg, corpus, queries, depth)
-        elif name == "dense":
-            run, latencies, info = run_dense(cfg, corpus, queries, depth, encoder)
-        else:
-            parts = [retrieve(cfg, part, corpus, queries, encoder, done) for part in ("bm25", "dense")]
-            run = fuse_rrf([part[0] for part in parts], cfg.rrf_k, cfg.k)
-            # One after the other, as a single service would; the fusion itself is microseconds.
-            latencies = [b + d for b, d in zip(parts[0][1], parts[1][1])]
-            info = {"rrf_k": cfg.rrf_k, "model": cfg.model}
-        done[name] = cut_run(run, cfg.k, cfg.ignore_identical_ids), latencies, info
-    return done[name]
+def first_stages(queries, searchers, depth, timed=True):
+    """{"bm25" | "dense": (run of each query's top `depth`, per-query seconds, info)} of the first stages
+    the retrievers need: searched one query at a time as a search service sees them, or (timed=False,
+    no latencies) in batches."""
+    out = {}
+    for name, (one, many, info) in searchers.items():
+        if not timed:
+            out[name] = (dict(zip(queries, many(list(queries.values()), depth))), [], info)
+            continue
+        run, latencies = {}, []
+        for qid, text in queries.items():
+            t = time.perf_counter()
+            run[qid] = one(text, depth)
+            latencies.append(time.perf_counter() - t)
+        out[name] = (run, latencies, info)
+    return out
 
 
-def run_bm25(cfg, corpus, queries, depth):
+def bm25_searcher(cfg, corpus):
+    """(search one text, search many, info), each search(..., depth) -> {doc id: score}: the index's
+    saved BM25 with --index (nothing to build), else one built here."""
     t0 = time.perf_counter()
-    index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b,
-                 backend=cfg.bm25_backend)
-    info = {"index_seconds": time.perf_counter() - t0}
-    run, latencies = {}, []
-    for qid, text in queries.items():
-        t = time.perf_counter()
-        run[qid] = dict(index.search(text, depth))
-        latencies.append(time.perf_counter() - t)
-    return run, latencies, info
+    if cfg.index and os.path.isfile(os.path.join(cfg.index, BM25_FILES[1])):
+        index = BM25.load(cfg.index, list(corpus), os.path.join(cfg.data, "corpus.jsonl"))
+        info = {"bm25": f"saved with {cfg.index}", "k1": index.k1, "b": index.b}
+    else:
+        index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b,
+                     backend=cfg.bm25_backend)
+        info = {"k1": cfg.bm25_k1, "b": cfg.bm25_b}
+    info["index_seconds"] = time.perf_counter() - t0
+    return ((lambda text, depth: dict(index.search(text, depth))),
+            (lambda texts, depth: [dict(hits) for hits in index.search_many(texts, depth)]), info)
+
+
+def dense_searcher(cfg, corpus, encoder):
+    """(search one text, search many, info), as bm25_searcher: the encoder through the index, or exact
+    search over the corpus embeddings (cached)."""
+    doc_ids = list(corpus)
+    if cfg.index:
+        index = faiss_index.load(cfg.index, doc_ids, encoder)
+        search = lambda emb, depth: faiss_index.search(index, emb, depth)  # noqa: E731
+        info = {"index": cfg.index, **faiss_index.search_params(index)}
+    else:
+        doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
+        search = lambda emb, depth: dense_search(emb, doc_emb, depth)  # noqa: E731
+    info.update(model=cfg.model, backend=cfg.backend, settings=encoder.settings())
+
+    def many(texts, depth):
+        scores, idx = search(encoder.encode(texts, kind="query", batch_size=cfg.batch_size), depth)
+        # An approximate index may find fewer than depth documents (row -1).
+        return [{doc_ids[i]: float(s) for i, s in zip(ii, ss) if i >= 0} for ii, ss in zip(idx, scores)]
+    return (lambda text, depth: many([text], depth)[0]), many, info
+
+
+def hybrid_choice(cfg, searchers, split_runs):
+    """The hybrid's mix: as given (hybrid_method / hybrid_weight), the index's saved one, or chosen on
+    the val split (common.fusion.choose_hybrid) from val runs searched like this split's. One line says
+    which."""
+    depth = fusion.HYBRID_DEPTH
+    if cfg.hybrid_method == "rrf":
+        return {"method": "rrf", "rrf_k": cfg.rrf_k, "depth": depth}
+    if cfg.hybrid_weight != "auto":
+        return {"method": "convex", "weight": cfg.hybrid_weight, "depth": depth}
+    if cfg.index and os.path.isfile(os.path.join(cfg.index, fusion.FILE)):
+        saved = fusion.load(cfg.index, fusion.DENSE_ONLY)
+        print(f"hybrid: {fusion.describe_hybrid(saved)} (saved with {cfg.index})")
+        return saved
+    val_queries, val_qrels = load_val(cfg.data, f"hybrid: {fusion.describe_hybrid(fusion.NO_VAL)}, the default "
+                                                "measured across datasets")
+    if not val_queries:
+        return dict(fusion.NO_VAL)
+    runs = split_runs if cfg.split == "val" else first_stages(val_queries, searchers, depth, timed=False)
+    choice = fusion.choose_hybrid(val_qrels, cut_run(runs["dense"][0], depth, False),
+                                  cut_run(runs["bm25"][0], depth, False))
+    print(f"hybrid: {fusion.describe_hybrid(choice)}")
+    return choice
 
 
 def corpus_embeddings(cfg, encoder, doc_ids, texts):
-    """Encode the corpus, or load it from the cache when model, settings and corpus are unchanged."""
-    model_path = cfg.model
-    if cfg.backend == "torch":  # imported here: an ONNX evaluation never loads torch
-        from common.models import resolve_model
-
-        model_path = resolve_model(cfg.model)
-    # Every weights file of the directory, wherever a model keeps them (trunk, adapter, Dense module, ONNX).
-    weights = sorted(os.path.join(root, f) for root, _, files in os.walk(model_path) for f in files
-                     if f.endswith((".safetensors", ".bin", ".onnx")))
-    stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights]
-    # The corpus by content, not mtime: re-running prepare_data.py rewrites identical bytes.
-    with open(os.path.join(cfg.data, "corpus.jsonl"), "rb") as f:
-        corpus_digest = hashlib.file_digest(f, "sha1").hexdigest()
-    key = repr((os.path.abspath(model_path), cfg.backend, stamp, encoder.settings(), corpus_digest))
-    cache = os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache",
-                         hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy")
-    if cfg.cache_embeddings and os.path.isfile(cache):
-        emb = np.load(cache)
-        if emb.shape == (len(doc_ids), encoder.dim):
-            print(f"corpus embeddings from cache {cache}")
-            return emb, {"cached": True}
-    t0 = time.perf_counter()
-    emb = encoder.encode(texts, kind="passage", batch_size=cfg.batch_size, show_progress=True)
-    seconds = time.perf_counter() - t0
-    if cfg.cache_embeddings:
-        with atomic_open(cache, "wb") as f:
-            np.save(f, emb)
-    return emb, {"cached": False, "encode_seconds": seconds, "docs_per_s": len(texts) / seconds}
+    """Encode the corpus, or load it from the cache (cache_dir, which build_index.py shares) when
+    model, settings and corpus are unchanged."""
+    cache_dir = cfg.cache_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache")
+    cache = (embeddings_cache(cache_dir, cfg.model, cfg.backend, encoder, os.path.join(cfg.data, "corpus.jsonl"))
+             if cfg.cache_embeddings else None)
+    return retrievers.corpus_embeddings(encoder, texts, cfg.batch_size, cache)
 
 
 def load_encoder(cfg):
@@ -207,27 +242,6 @@ def rerank(cfg, reranker, doc_texts, queries, run):
     return out, latencies, info
 
 
-def run_dense(cfg, corpus, queries, depth, encoder):
-    doc_ids = list(corpus)
-    if cfg.index:
-        index = faiss_index.load(cfg.index, doc_ids, encoder)
-        search = lambda emb: faiss_index.search(index, emb, depth)  # noqa: E731
-        info = {"index": cfg.index, **faiss_index.search_params(index)}
-    else:
-        doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
-        search = lambda emb: dense_search(emb, doc_emb, depth)  # noqa: E731
-    info.update(model=cfg.model, backend=cfg.backend, settings=encoder.settings())
-    # One query at a time, as a search service sees them: the latency is encode + search.
-    run, latencies = {}, []
-    for qid, text in queries.items():
-        t = time.perf_counter()
-        scores, idx = search(encoder.encode([text], kind="query"))
-        latencies.append(time.perf_counter() - t)
-        # An approximate index may find fewer than depth documents (row -1).
-        run[qid] = {doc_ids[i]: float(s) for i, s in zip(idx[0], scores[0]) if i >= 0}
-    return run, latencies, info
-
-
 def dense_at_dims(cfg, corpus, queries, encoder):
     """(name, run, info) of dense@<d> for each of cfg.dims: exact search with the corpus and query
     embeddings cut to their first d values and renormalised. A width the model was not trained for
@@ -251,7 +265,8 @@ def compare(cfg):
     compare_val, the same labels' val metrics.json files, for the val scores and what val chose."""
     results = report.read_results(cfg.compare, "compare")
     val = report.read_results(cfg.compare_val, "compare_val", per_query=True)
-    text = (report.summary_table(results, val) + "\n" if val else "") + report.table(results)
+    served = report.served_column(results, cfg.served) if cfg.served else None
+    text = (report.summary_table(results, val, served) + "\n" if val else "") + report.table(results)
     print(text, end="")
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
@@ -262,16 +277,33 @@ def compare(cfg):
     return 0
 
 
-def main(argv=None):
-    cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
+def check_config(cfg):
+    """Settings no run can use: one error before any work."""
     check_choice(cfg, "retrievers", ("bm25", "dense", "hybrid"))
     check_choice(cfg, "bm25_backend", BM25.BACKENDS)
     check_choice(cfg, "backend", backends.BACKENDS)
-    if cfg.compare:
-        return compare(cfg)
+    check_choice(cfg, "hybrid_method", ("auto", "convex", "rrf"))
+    check_range(cfg, ["fusion_weight", "hybrid_weight"], 0, 1)
+    check_range(cfg, ["k", "rrf_k"], 1)
+    if len(set(cfg.retrievers)) != len(cfg.retrievers) or not cfg.retrievers:
+        raise UserError(f"retrievers={','.join(cfg.retrievers)}: name each of bm25, dense, hybrid at most once, "
+                        "and at least one")
+    hybrid_set = [f"{k}={getattr(cfg, k)}" for k in ("hybrid_method", "hybrid_weight") if getattr(cfg, k) != "auto"]
+    if hybrid_set and "hybrid" not in cfg.retrievers:
+        raise UserError(f"{', '.join(hybrid_set)} but retrievers={','.join(cfg.retrievers)} has no hybrid; add "
+                        "hybrid to retrievers or drop the setting")
+    if cfg.hybrid_method == "rrf" and cfg.hybrid_weight != "auto":
+        raise UserError(f"hybrid_method=rrf mixes ranks, not weighted scores: drop hybrid_weight={cfg.hybrid_weight}, "
+                        "or set hybrid_method=convex")
     if cfg.rerank and cfg.rerank_depth != "auto" and cfg.rerank_depth < 1:
         raise UserError(f"rerank_depth={cfg.rerank_depth}: rerank at least the top 1 (or rerank= to turn it off)")
-    check_range(cfg, "fusion_weight", 0, 1)
+
+
+def main(argv=None):
+    cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
+    if cfg.compare:
+        return compare(cfg)
+    check_config(cfg)
     rerank_backend = cfg.backend  # the encoder's may come from the index instead
     if not cfg.model:
         cfg.model, cfg.backend = faiss_index.built_with(cfg.index) if cfg.index else ("all-MiniLM-L6-v2", cfg.backend)
@@ -280,7 +312,8 @@ def main(argv=None):
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
     # A model that does not load must fail before any output is written or BM25 has run.
-    encoder = load_encoder(cfg) if {"dense", "hybrid"} & set(cfg.retrievers) or cfg.dims else None
+    needs = {"bm25", "dense"} if "hybrid" in cfg.retrievers else set(cfg.retrievers)
+    encoder = load_encoder(cfg) if "dense" in needs or cfg.dims else None
     if cfg.dims and not all(0 < d <= encoder.dim for d in cfg.dims):
         raise UserError(f"dims={cfg.dims}: {cfg.model} embeds in {encoder.dim} dimensions; pass each from 1 to "
                         f"{encoder.dim}")
@@ -291,10 +324,31 @@ def main(argv=None):
     start_run(cfg.out, cfg, sys.argv[1:] if argv is None else argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs -> {cfg.out}")
 
-    results, done = {}, {}
+    searchers = {}
+    if "bm25" in needs:
+        searchers["bm25"] = bm25_searcher(cfg, corpus)
+    if "dense" in needs:
+        searchers["dense"] = dense_searcher(cfg, corpus, encoder)
+    # One extra hit, so dropping a query's own id still leaves k results; a hybrid mixes the top
+    # HYBRID_DEPTH of each, as an index serves it.
+    depth = max(cfg.k + 1 if cfg.ignore_identical_ids else cfg.k,
+                fusion.HYBRID_DEPTH if "hybrid" in cfg.retrievers else 0)
+    parts = first_stages(queries, searchers, depth)
+    if "hybrid" in cfg.retrievers:
+        choice = hybrid_choice(cfg, searchers, parts)
+        t0 = time.perf_counter()
+        run = fusion.hybrid(*(cut_run(parts[p][0], choice["depth"], False) for p in ("dense", "bm25")), choice)
+        mixing = (time.perf_counter() - t0) / max(len(queries), 1)
+        # One after the other, as a single service would.
+        latencies = [b + d + mixing for b, d in zip(parts["bm25"][1], parts["dense"][1])]
+        parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice, "note": fusion.describe_hybrid(choice),
+                                            "chosen": hybrid_chosen(choice)})
+
+    results = {}
     doc_texts = {d: doc_text(doc) for d, doc in corpus.items()} if reranker is not None else None
     for first in cfg.retrievers:
-        run, latencies, info = retrieve(cfg, first, corpus, queries, encoder, done)
+        run, latencies, info = parts[first]
+        run = cut_run(run, cfg.k, cfg.ignore_identical_ids)
         stages = [(first, run, latencies, {**info, **chosen_by_training(info.get("model"))})]
         if reranker is not None:
             reranked, rerank_latencies, rerank_info = rerank(cfg, reranker, doc_texts, queries, run)
@@ -315,6 +369,13 @@ def main(argv=None):
     report.write_results(cfg.out, dataset, cfg.split, results)
     print(report.table(results), end="")
     return 0
+
+
+def hybrid_chosen(choice):
+    """The "chosen on val" cell of a hybrid column."""
+    if choice.get("method") == "rrf":
+        return "rrf"
+    return f"BM25 weight {choice['weight']:g}" + (" (dense alone)" if choice["weight"] == 0 else "")
 
 
 if __name__ == "__main__":

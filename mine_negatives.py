@@ -10,9 +10,9 @@
     python mine_negatives.py --strategy=dense --teacher=runs/scifact-all-MiniLM-L6-v2/reranker/best
     # then train on them: k of each query's negatives are drawn every epoch
     python train_encoder.py --train_file=runs/scifact/mine-bm25/train.jsonl --hard_negatives=3
-    # the reranker's training file (LCE): a fine-tuned encoder's own candidates through its index
-    # (build_index.py; its stored embeddings, so only the queries are encoded), BM25's and random ones
-    python mine_negatives.py --index=runs/scifact-all-MiniLM-L6-v2/index --strategy=dense,bm25,random \
+    # the reranker's training file (LCE): the first stage an index serves (build_index.py: its encoder,
+    # BM25 or their mix, as val chose), its own candidates, with BM25's and random ones
+    python mine_negatives.py --index=runs/scifact-all-MiniLM-L6-v2/index --strategy=index,bm25,random \
         --num_negatives=12,4,2 --sampling=random --max_rank=50 --out=runs/scifact-all-MiniLM-L6-v2/mine-reranker
 
 One process does the work (torchrun is not needed: mining is encoding plus search, and one GPU
@@ -35,6 +35,7 @@ from common.config import Auto, ConfigError, check_choice, load_config
 from common.data import load_beir
 from common.files import write_json
 from common.models import BiEncoder, CrossEncoder, autocast, autocast_dtype, pick_device
+from common.retrievers import Retriever
 from common.run import cli, start_run, warn
 
 DEFAULTS = dict(
@@ -45,7 +46,8 @@ DEFAULTS = dict(
     #                        teacher on a CPU (slow: a cross-encoder per pair) as many as it scores in about 10 minutes
     out="",  # run directory; "" = runs/<dataset>/mine-<strategies>
     # what to mine: one count per strategy, e.g. strategy=bm25,dense,random num_negatives=10,10,5
-    strategy=["bm25"],  # bm25 | dense | random | semi-hard (dense candidates just below the positive)
+    strategy=["bm25"],  # bm25 | dense | random | semi-hard (dense candidates just below the positive) |
+    #                    index (the first stage --index serves: its encoder, BM25 or their mix)
     num_negatives=[30],  # kept per query and strategy; train_encoder.py draws hard_negatives of them per epoch
     sampling="top",  # top | random: which candidates of the rank window are kept
     # false negatives: a labelled positive is never a negative; beyond that
@@ -57,8 +59,8 @@ DEFAULTS = dict(
     teacher_margin=0.0,  # drop candidates the teacher scores above (best positive - margin)
     # dense
     model="",  # the encoder for dense and semi-hard; "" = the one `index` was built with, else all-MiniLM-L6-v2
-    index="",  # a build_index.py directory over this corpus (its embeddings.npy is reused: nothing is
-    #            encoded but the queries); "" = encode the corpus and search exactly
+    index="",  # a build_index.py directory over this corpus: dense searches it (its embeddings.npy is
+    #            reused: nothing is encoded but the queries), index serves its first stage; "" = exact search
     batch_size=64,
     device="auto",
     dtype="auto",  # auto | fp32 | bf16 | fp16 for encoding: auto is bf16 on a GPU, fp32 on CPU
@@ -88,6 +90,8 @@ def check_config(cfg):
         raise ConfigError(f"max_queries={cfg.max_queries}: 0 mines every query, > 0 a sample of that many")
     if cfg.split == "test":
         raise ConfigError("split=test: negatives are for training; mine train (or val for a held-out check)")
+    if "index" in cfg.strategy and not cfg.index:
+        raise ConfigError("strategy=index mines the first stage a build_index.py directory serves: pass --index=DIR")
 
 
 def main(argv=None):
@@ -125,7 +129,9 @@ def main(argv=None):
           + ", ".join(f"{n} {s}" for s, n in zip(cfg.strategy, cfg.num_negatives)) + " negatives each")
 
     t0 = time.time()
-    sources = mining.Sources(cfg, corpus)
+    first_stage = (Retriever.from_index(cfg.index, os.path.join(cfg.data, "corpus.jsonl"), corpus, device=cfg.device,
+                                        batch_size=cfg.batch_size) if "index" in cfg.strategy else None)
+    sources = mining.Sources(cfg, corpus, first_stage)
     with (tempfile.TemporaryDirectory(dir=cfg.out, prefix=".emb-") as tmp,  # removed even on Ctrl-C
           autocast(device, dtype)):
         records, stats = mining.mine(cfg, corpus, queries, positives, sources, encoder, teacher, index,

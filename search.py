@@ -1,4 +1,5 @@
-"""Search a corpus from the command line: a bi-encoder over FAISS, optionally reranked by a cross-encoder.
+"""Search a corpus from the command line: an index's first stage (a bi-encoder over FAISS, BM25, or the
+two mixed as build_index.py chose on val), optionally reranked by a cross-encoder.
 
     # CPU (or one GPU, picked automatically): exact search of a BEIR directory's corpus
     python search.py --data=data/scifact --model=runs/scifact-all-MiniLM-L6-v2/encoder/best --query="statin use"
@@ -10,9 +11,10 @@
     # interactive: type a query at the prompt; Ctrl-D ends
     python search.py --data=data/python-source
 
-For each query, a `# query` line, then one line per hit: rank, doc id, score (the bi-encoder's inner
-product; with --rerank, the score the reranker's fusion.json says to serve: the bi-encoder's and the
-reranker's mixed as val chose, common/fusion.py) and a one-line snippet, tab-separated; progress and
+For each query, a `# query` line, then one line per hit: rank, doc id, score (the first stage's: the
+bi-encoder's inner product, or the hybrid's mix; with --rerank, the score the reranker's fusion.json
+says to serve: the first stage's and the reranker's mixed as val chose, common/fusion.py) and a
+one-line snippet, tab-separated; progress and
 prompts go to stderr. One process does it all: torchrun adds nothing to a search (encoding a query takes
 milliseconds, and FAISS uses every GPU it sees). Without --index the corpus is encoded at every start.
 """
@@ -20,6 +22,7 @@ import sys
 
 from common.backends import BACKENDS
 from common.config import ConfigError, check_choice, load_config
+from common.fusion import describe_hybrid
 from common.retrievers import Retriever
 from common.run import cli
 
@@ -28,7 +31,8 @@ DEFAULTS = dict(
     #            "" = the one --index was built with (model and backend), else all-MiniLM-L6-v2
     backend="torch",  # torch | onnx | onnx-int8: export_onnx.py directories run by onnxruntime, no torch
     data="data/python-source",  # a BEIR directory (its corpus.jsonl is searched) or a corpus.jsonl file
-    index="",  # a build_index.py directory over this corpus; "" = encode the corpus and search exactly
+    index="",  # a build_index.py directory over this corpus, served as it saved (dense, BM25 or their mix);
+    #            "" = encode the corpus and search it exactly, dense alone
     rerank="",  # a cross-encoder directory; "" = no reranking
     query="",  # one query; "" = one per line from stdin, or a prompt when stdin is a terminal
     k=10,  # hits printed per query
@@ -97,7 +101,8 @@ def main(argv=None):
     check_choice(cfg, "backend", BACKENDS)
     model = cfg.model or ("" if cfg.index else "all-MiniLM-L6-v2")  # "" with an index: the index's encoder
     retriever = Retriever.load(model, cfg.data, cfg.index, cfg.rerank, cfg.device, cfg.batch_size, cfg.backend)
-    print(f"{len(retriever.doc_ids)} docs from {cfg.data}, {'index ' + cfg.index if cfg.index else 'exact search'}"
+    print(f"{len(retriever.doc_ids)} docs from {cfg.data}, "
+          + (f"index {cfg.index}: {describe_hybrid(retriever.hybrid)}" if cfg.index else "exact search")
           + (f", reranked by {cfg.rerank}" if cfg.rerank else ""), file=sys.stderr)
     if cfg.query:
         batches = [[cfg.query]]

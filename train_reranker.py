@@ -53,6 +53,7 @@ from common.data import doc_text, load_beir, load_val, read_training_file, sampl
 from common.metrics import evaluate_run, ranked
 from common.models import CrossEncoder, autocast
 from common.report import write_results
+from common.index import is_index
 from common.retrievers import BM25, first_stage_run
 from common.run import UserError, cli, warn
 from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, finish, log_train, log_val,
@@ -63,8 +64,9 @@ DEFAULTS = dict(
     # data
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     train_file="",  # required: a mine_negatives.py train.jsonl (queries, positives, hard negatives)
-    first_stage="bm25",  # what the reranker reranks: bm25, a build_index.py directory (its encoder through
-    #                      its index), or a bi-encoder directory (exact search); val and test use its top docs
+    first_stage="bm25",  # what the reranker reranks: bm25, a build_index.py directory (the first stage it
+    #                      serves: its encoder, BM25 or their mix), or a bi-encoder directory (exact search);
+    #                      val and test use its top docs
     negatives=7,  # per example, drawn each epoch from its mined list: groups of 1 + negatives passages
     # model
     model="all-MiniLM-L6-v2",  # an encoder gets a fresh one-logit head; a cross-encoder continues
@@ -244,7 +246,7 @@ def main(argv=None):
     val_first = {}  # the first stage's top val_depth of each val query (rank 0's)
     if master and has_val:
         val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
-        val_first = first_stage_run(cfg.first_stage, corpus, val_queries, cfg.val_depth, cfg.device,
+        val_first = first_stage_run(cfg.first_stage, cfg.data, corpus, val_queries, cfg.val_depth, cfg.device,
                                     cfg.eval_batch_size, cfg.bm25_backend)
     depths = sorted({min(d, cfg.val_depth) for d in cfg.fusion_depths})
 
@@ -394,7 +396,7 @@ def main(argv=None):
         if cfg.test_eval and "test" in splits(cfg.data):
             _, test_queries, test_qrels = load_beir(cfg.data, "test")
             t0 = time.time()
-            test_first = first_stage_run(cfg.first_stage, corpus, test_queries, max(KS), cfg.device,
+            test_first = first_stage_run(cfg.first_stage, cfg.data, corpus, test_queries, max(KS), cfg.device,
                                          cfg.eval_batch_size, cfg.bm25_backend)
             top = {q: {d: row[d] for d in ranked(row, chosen["depth"])} for q, row in test_first.items()}
             scores, pairs_per_s = score_candidates(final, test_queries, top, doc_texts, cfg.eval_batch_size)
@@ -413,7 +415,8 @@ def main(argv=None):
 def stage_results(qrels, first, scores, chosen, cfg, best):
     """{name: (metrics, per-query, run, info)} of the first stage, the reranker alone and the fused
     score at the chosen depth: the three columns evaluate.py reports too."""
-    name = "bm25" if cfg.first_stage == "bm25" else "dense"
+    # as evaluate.py names them: an index serves its hybrid (which may be dense or BM25 alone)
+    name = "bm25" if cfg.first_stage == "bm25" else "hybrid" if is_index(cfg.first_stage) else "dense"
     depth = chosen["depth"]
     runs = {name: (first, {"first_stage": cfg.first_stage}),
             f"{name}+rerank": (fusion.fuse(first, scores, 1.0, depth),

@@ -3,6 +3,7 @@ is renamed into place only once complete, so a crash, a full disk or Ctrl-C leav
 none), never a torn one."""
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -53,6 +54,12 @@ def atomic_dir(path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha1(path):
+    """A file's content digest (a corpus's, say): rewriting identical bytes keeps it, unlike mtime."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def write_json(path, obj):

@@ -1,15 +1,22 @@
-"""The second stage's score: the first stage's and the reranker's, mixed.
+"""Fusion: every mix of two rankings the pipeline serves, and the rule that chooses its weight on val.
 
-A reranker trained on few queries can be weaker than the first stage it reorders (a fine-tuned
-bi-encoder especially), and then reranking makes results worse. So the served score of each of a
-query's top `depth` candidates is a convex mix
+One mechanism for both stages: each list's scores min-max normalised over that list, then a convex mix
 
-    (1 - weight) * first-stage score + weight * reranker score,
+    (1 - weight) * a + weight * b
 
-each min-max normalised over those candidates, with `weight` and `depth` chosen on val
-(train_reranker.py) and saved with the reranker as fusion.json. Weight 0 is the first stage
-exactly (the reranker is then not even run), weight 1 the reranker alone. Candidates below the
-depth follow in first-stage order.
+- the hybrid first stage (`hybrid`): a = dense, b = BM25, over the union of a query's two top-k lists; a
+  document one list lacks gets that list's floor (0). Weight 0 is the dense run exactly, 1 BM25's order
+  exactly, and a query BM25 matches no word of gets the dense list alone. Chosen on val by build_index.py
+  (and evaluate.py without an index) and saved with the index as fusion.json; reciprocal-rank fusion is
+  compared on val beside it (`method` "rrf").
+- the second stage (`fuse`): a = the first stage, b = the reranker, over the first stage's top `depth`,
+  the rest below in first-stage order. Weight 0 is the first stage exactly (the reranker is not even
+  run), 1 the reranker alone. Chosen on val by train_reranker.py, saved with the reranker as fusion.json.
+
+`select` applies one rule to both: serve the candidate whose per-query val gain over the weight-0 run,
+less z standard errors, is largest, when that bound is above 0. The best of a grid on a hundred-odd
+val queries is ahead partly by luck, and a weight chosen by its val score alone overshoots
+(bench/fusion_rules.py compares the rules on val alone, bench/results/hybrid-cpu.md).
 """
 import json
 import os
@@ -20,16 +27,76 @@ from common.files import atomic_open
 from common.metrics import evaluate_run, ranked
 
 FILE = "fusion.json"
+KS = (1, 3, 5, 10, 100)
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 DEPTHS = (10, 20, 30, 50, 100)
+RRF_K = 60  # the paper's constant: it damps the top ranks' lead
+# How many standard errors a mix's val gain must clear (select): the reranker's grid holds five times
+# the candidates, so its best bound is the more inflated by luck, and a CPU-trained reranker rarely helps.
+HYBRID_Z, RERANK_Z = 1.0, 2.0
 # What a reranker with no fusion.json (a published cross-encoder, say) does: rerank alone.
 RERANK_ONLY = {"weight": 1.0, "depth": 100}
+# The hybrid's lists: each query's top HYBRID_DEPTH of dense and of BM25 (its weight is chosen over these).
+HYBRID_DEPTH = 100
+HYBRID_WEIGHTS = WEIGHTS
+# What an index with no fusion.json (built before hybrids, or with hybrid=false) serves: dense alone.
+DENSE_ONLY = {"method": "convex", "weight": 0.0, "depth": HYBRID_DEPTH}
+# What a hybrid serves when there is no val to choose on: the weight val chose most often across the
+# datasets measured (bench/results/hybrid-cpu.md).
+NO_VAL = {"method": "convex", "weight": 0.3, "depth": HYBRID_DEPTH}
 
 
-def _unit(values):
-    values = np.asarray(values, dtype=np.float64)
-    spread = values.max() - values.min() if len(values) else 0.0
-    return (values - values.min()) / spread if spread > 0 else np.zeros_like(values)
+def unit(row):
+    """{doc: score} min-max normalised to [0, 1] over the row; a row whose scores are all equal gets 1s."""
+    if not row:
+        return {}
+    values = np.fromiter(row.values(), np.float64, len(row))
+    low, spread = values.min(), values.max() - values.min()
+    scaled = (values - low) / spread if spread > 0 else np.ones_like(values)
+    return dict(zip(row, scaled.tolist()))
+
+
+def mix(a, b, weight):
+    """{doc: (1 - weight) * a + weight * b} over the union of two rows, each normalised by `unit`; a
+    document one row lacks gets that row's floor, 0."""
+    a, b = unit(a), unit(b)
+    return {d: (1 - weight) * a.get(d, 0.0) + weight * b.get(d, 0.0) for d in {**a, **b}}
+
+
+def rrf(rows, k=RRF_K):
+    """Reciprocal-rank fusion of one query's rows (Cormack et al., 2009): a doc scores the sum over
+    rows of 1 / (k + rank), rank from 1 in trec_eval's order, nothing from a row that misses it."""
+    out = {}
+    for row in rows:
+        for rank, doc_id in enumerate(ranked(row), 1):
+            out[doc_id] = out.get(doc_id, 0.0) + 1.0 / (k + rank)
+    return out
+
+
+def hybrid(dense, bm25, choice, depth=None):
+    """{qid: {doc id: score}}: each query's dense and BM25 rows mixed as `choice` says ({"method":
+    "convex", "weight": w} or {"method": "rrf", "rrf_k": k}), cut to its top `depth` (None: all). BM25
+    documents scoring 0 matched no query word and count as missing; a query with none gets its dense
+    row alone. Weight 0 returns the dense rows themselves, weight 1 the BM25 rows themselves."""
+    out = {}
+    for qid, row in dense.items():
+        matched = {d: s for d, s in bm25.get(qid, {}).items() if s > 0}
+        if not matched or choice.get("method", "convex") == "convex" and choice["weight"] == 0:
+            out[qid] = row
+        elif choice.get("method", "convex") == "rrf":
+            out[qid] = rrf([row, matched], choice.get("rrf_k", RRF_K))
+        elif choice["weight"] == 1:
+            out[qid] = bm25[qid]
+        else:
+            out[qid] = mix(row, matched, choice["weight"])
+        if depth is not None and len(out[qid]) > depth:
+            out[qid] = {d: out[qid][d] for d in ranked(out[qid], depth)}
+    return out
+
+
+def uses_bm25(choice):
+    """Whether a hybrid choice needs BM25's scores."""
+    return choice.get("method", "convex") == "rrf" or choice["weight"] > 0
 
 
 def fuse(first, rerank, weight, depth):
@@ -42,55 +109,116 @@ def fuse(first, rerank, weight, depth):
     for qid, row in first.items():
         docs = ranked(row)
         top, rest = docs[:depth], docs[depth:]
-        if weight == 1:  # the reranker's own scores, as a reranker alone would serve them
-            mixed = np.array([rerank[qid][d] for d in top], dtype=np.float64)
-        else:
-            mixed = (1 - weight) * _unit([row[d] for d in top]) + weight * _unit([rerank[qid][d] for d in top])
-        out[qid] = {d: float(s) for d, s in zip(top, mixed)}
-        floor = float(mixed.min()) if len(top) else 0.0
+        scores = {d: rerank[qid][d] for d in top}
+        # weight 1: the reranker's own scores, as a reranker alone would serve them
+        out[qid] = scores if weight == 1 else mix({d: row[d] for d in top}, scores, weight)
+        floor = min(out[qid].values(), default=0.0)
         out[qid].update((d, floor - 1.0 - i) for i, d in enumerate(rest))  # below, in first-stage order
     return out
 
 
-def choose(qrels, first, rerank, depths, weights=WEIGHTS, metric="ndcg@10", ks=(1, 3, 5, 10, 100), min_z=2.0):
-    """(choice, grid): the (weight, depth) whose fused run scores best on `metric` against `qrels`
-    (ties go to the lower weight, then the shallower depth: the cheaper one to serve), and
-    {"weight,depth": metric} of every pair tried. A mix is kept only when its per-query gain over
-    the first stage is at least `min_z` standard errors: the best of a grid of mixes on a few hundred
-    val queries beats the first stage by a little through noise alone. Otherwise the choice is
-    weight 0, and "gain" says by how much the best mix was ahead."""
-    grid, best = {}, None
-    first_metric, first_per_query = evaluate_run(qrels, first, ks)
-    for depth in sorted(depths):
-        for weight in sorted(weights):
-            mean, per_query = (first_metric, first_per_query) if weight == 0 else \
-                evaluate_run(qrels, fuse(first, rerank, weight, depth), ks)
-            grid[f"{weight:g},{depth}"] = mean[metric]
-            if best is None or mean[metric] > best[0]:
-                best = (mean[metric], weight, depth, per_query)
-    _, weight, depth, per_query = best
-    gains = np.array([per_query[q][metric] - first_per_query[q][metric] for q in first_per_query])
-    gain = float(gains.mean()) if len(gains) else 0.0
-    stderr = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
-    if weight == 0 or gain <= 0 or gain < min_z * stderr:
-        return {"weight": 0.0, "depth": min(depths), "gain": gain, "stderr": stderr}, grid
-    return {"weight": weight, "depth": depth, "gain": gain, "stderr": stderr}, grid
+def choose(qrels, first, rerank, depths, weights=WEIGHTS, metric="ndcg@10"):
+    """(choice, grid) of the second stage, chosen on val by `select`: {"weight", "depth", "gain",
+    "stderr"} (weight 0: the first stage alone) and {"weight,depth": val score} of every pair tried."""
+    candidates = {(w, d): fuse(first, rerank, w, d) for w in sorted(weights) if w > 0 for d in sorted(depths)}
+    key, report = select(qrels, first, candidates, RERANK_Z, metric)
+    grid = {f"0,{d}": report["base"] for d in sorted(depths)} if 0 in weights else {}
+    grid.update({f"{w:g},{d}": score for (w, d), score in report["grid"].items()})
+    weight, depth = key or (0.0, min(depths))
+    return {"weight": weight, "depth": depth, "gain": report["gain"], "stderr": report["stderr"]}, grid
 
 
-def save(model_dir, fusion):
-    with atomic_open(os.path.join(model_dir, FILE)) as f:
+def select(qrels, base, candidates, z, metric="ndcg@10"):
+    """(key, report) of the candidate to serve: `candidates` is {key: run}, `base` the weight-0 run.
+    Served: the candidate whose per-query gain over `base` on val, less `z` standard errors, is
+    largest, when that bound is above 0; else key None (serve base). The best val score alone favours
+    whichever weight was luckiest on these queries, and overshoots; the bound prefers a gain that holds
+    across them, which leans to lighter weights. report: {"base", "grid": {key: val score}, "gain",
+    "stderr"} of the candidate served (of the best-scoring one when none is), and "chosen"."""
+    base_mean, base_per_query = evaluate_run(qrels, base, KS)
+    scores = {key: evaluate_run(qrels, run, KS) for key, run in candidates.items()}
+    grid = {key: mean[metric] for key, (mean, _) in scores.items()}
+    report = {"base": base_mean[metric], "grid": grid, "gain": 0.0, "stderr": 0.0, "chosen": None}
+    if not grid:
+        return None, report
+    gains = {key: _paired(scores[key][1], base_per_query, metric) for key in candidates}
+    chosen = max(gains, key=lambda key: gains[key][0] - z * gains[key][1])  # the first of equals
+    gain, stderr = gains[chosen]
+    if gain - z * stderr <= 0:
+        gain, stderr = gains[max(grid, key=grid.get)]
+        report.update(gain=gain, stderr=stderr)
+        return None, report
+    report.update(gain=gain, stderr=stderr, chosen=chosen)
+    return chosen, report
+
+
+def choose_hybrid(qrels, dense, bm25, weights=HYBRID_WEIGHTS, metric="ndcg@10", given=None):
+    """The hybrid to serve, chosen on val (`qrels`, and each val query's dense and BM25 top
+    HYBRID_DEPTH) by `select`: a convex weight from `weights`, or RRF, or dense alone; or, with
+    `given` (a choice), that one, scored. Returns the choice with "val": {"dense", "bm25", "served"}
+    scores, "gain" and "stderr" of the best mix against dense, "queries" and "grid"."""
+    if given is not None:
+        candidates = {"given": hybrid(dense, bm25, given)}
+    else:
+        candidates = {f"{w:g}": hybrid(dense, bm25, {"method": "convex", "weight": w}) for w in sorted(weights) if w > 0}
+        candidates["rrf"] = hybrid(dense, bm25, {"method": "rrf", "rrf_k": RRF_K})
+    key, report = select(qrels, dense, candidates, HYBRID_Z, metric)
+    if given is not None:
+        key, choice = "given", {**given, "depth": HYBRID_DEPTH, "given": True}
+    else:
+        choice = (dict(DENSE_ONLY) if key is None else {"method": "rrf", "rrf_k": RRF_K, "depth": HYBRID_DEPTH}
+                  if key == "rrf" else {"method": "convex", "weight": float(key), "depth": HYBRID_DEPTH})
+    bm25_score = (None if not any(bm25.values()) else report["grid"]["1"] if "1" in report["grid"] else
+                  evaluate_run(qrels, hybrid(dense, bm25, {"method": "convex", "weight": 1.0}), KS)[0][metric])
+    served = report["grid"].get(key, report["base"]) if key is not None else report["base"]
+    return {**choice, "metric": metric, "queries": len(qrels), "gain": report["gain"], "stderr": report["stderr"],
+            "val": {"dense": report["base"], "bm25": bm25_score, "served": served}, "grid": report["grid"]}
+
+
+def describe_hybrid(choice):
+    """One line: what a hybrid serves, and why."""
+    if choice.get("method") == "rrf":
+        what = f"reciprocal-rank fusion of dense and BM25 (k={choice.get('rrf_k', RRF_K)})"
+    elif choice["weight"] == 0:
+        what = "dense alone"
+    elif choice["weight"] == 1:
+        what = "BM25 alone (dense for a query BM25 matches no word of)"
+    else:
+        what = f"dense and BM25 mixed, BM25 weight {choice['weight']:g}"
+    if "val" not in choice:
+        return what
+    v, metric = choice["val"], choice.get("metric", "ndcg@10")
+    bm25 = f", BM25 {v['bm25']:.4f}" if v.get("bm25") is not None else ""
+    why = (f"{'as given; ' if choice.get('given') else 'chosen '}on val ({choice['queries']} queries, {metric}: "
+           f"dense {v['dense']:.4f}{bm25}, served {v['served']:.4f}")
+    if choice.get("method") != "rrf" and choice["weight"] == 0 and choice["gain"] > 0:
+        why += f"; the best mix was {choice['gain']:+.4f}, within noise: standard error {choice['stderr']:.4f}"
+    return f"{what}: {why})"
+
+
+def _paired(a, b, metric):
+    """(mean, standard error) of the per-query difference a - b."""
+    diff = np.array([a[q][metric] - b[q][metric] for q in b])
+    if len(diff) < 2:
+        return float(diff.mean()) if len(diff) else 0.0, 0.0
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
+def save(directory, fusion):
+    with atomic_open(os.path.join(directory, FILE)) as f:
         json.dump(fusion, f, indent=2)
         f.write("\n")
 
 
-def load(model_dir):
-    """The fusion saved with a reranker, or RERANK_ONLY when it has none."""
-    path = os.path.join(model_dir, FILE) if os.path.isdir(model_dir) else ""
+def load(directory, default=RERANK_ONLY):
+    """The fusion saved in a directory (a reranker's or an index's), over `default`, which is what a
+    directory without one serves."""
+    path = os.path.join(directory, FILE) if os.path.isdir(directory) else ""
     if not os.path.isfile(path):
-        return dict(RERANK_ONLY)
+        return dict(default)
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    return {**RERANK_ONLY, **saved}
+    return {**default, **saved}
 
 
 def describe(fusion):

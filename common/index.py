@@ -215,6 +215,11 @@ def probe_embedding(encoder):
     return encoder.encode([PROBE_TEXT], "passage")[0].astype(np.float32)
 
 
+def is_index(path):
+    """Whether path is a build_index.py directory."""
+    return os.path.isfile(os.path.join(path, "index.json"))
+
+
 def built_with(path):
     """(model, backend) of the encoder a build_index.py directory was built with."""
     meta_file = os.path.join(path, "index.json")

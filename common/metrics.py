@@ -76,19 +76,6 @@ def cut_run(run, k, ignore_identical_ids=True):
     return out
 
 
-def fuse_rrf(runs, k=60, depth=None):
-    """Reciprocal-rank fusion (Cormack et al., 2009): a doc scores the sum over runs of 1/(k + rank),
-    rank from 1 in trec_eval's order, nothing from a run that misses it. Ranks, not scores, so BM25's
-    unbounded scores and cosine similarities need no calibration. Each query's top `depth` (all: None)."""
-    fused = {}
-    for run in runs:
-        for qid, row in run.items():
-            out = fused.setdefault(qid, {})
-            for rank, doc_id in enumerate(ranked(row), 1):
-                out[doc_id] = out.get(doc_id, 0.0) + 1.0 / (k + rank)
-    return {qid: {doc_id: row[doc_id] for doc_id in ranked(row, depth)} for qid, row in fused.items()}
-
-
 def rerank_run(score, queries, run, doc_texts, depth=100, batch_size=32):
     """(reranked run, seconds per query): each query's top `depth` of `run` ({qid: {doc id: score}})
     re-scored by `score(queries, passages, batch_size)` (a cross-encoder's logits, torch or ONNX), one

@@ -23,7 +23,7 @@ from common.data import doc_text
 from common.files import atomic_open
 from common.retrievers import BM25, encode_corpus
 
-STRATEGIES = ("bm25", "dense", "random", "semi-hard")
+STRATEGIES = ("bm25", "dense", "random", "semi-hard", "index")
 # The settings mine() reads; mine_negatives.py declares their defaults and writes them to the
 # run's config.json, which is where re-mining in train_encoder.py finds them again.
 SETTINGS = ("strategy", "num_negatives", "sampling", "skip_top", "max_rank", "max_score_ratio",
@@ -43,12 +43,17 @@ class Sources:
 
     bm25: the index is built once and reused by every re-mine (it never changes). dense: the corpus
     is encoded by `encoder` (to a memory-mapped file when `emb_path` is given, so a million
-    passages do not need to fit in RAM twice) and searched exactly with FAISS.
+    passages do not need to fit in RAM twice) and searched exactly with FAISS. index: `first_stage`, a
+    Retriever over a build_index.py directory, serves its first stage (dense, BM25 or their mix): the
+    candidates a reranker for that stage learns from (LCE).
     """
 
-    def __init__(self, cfg, corpus):
+    def __init__(self, cfg, corpus, first_stage=None):
         self.cfg, self.corpus, self.doc_ids = cfg, corpus, list(corpus)
         self.row = {d: i for i, d in enumerate(self.doc_ids)}
+        self.first_stage = first_stage
+        if "index" in cfg.strategy and first_stage is None:
+            raise ValueError("strategy index needs the Retriever of a build_index.py directory (first_stage=)")
         self.bm25 = None
         if "bm25" in cfg.strategy:
             self.bm25 = BM25(self.doc_ids, [doc_text(corpus[d]) for d in self.doc_ids], cfg.bm25_k1, cfg.bm25_b,
@@ -66,6 +71,13 @@ class Sources:
                                 best_positive))
                 bar.update(len(ranked))
         return out
+
+    def index_lists(self, texts):
+        """Per query: (ranked doc rows, their scores, inf) as the index serves them. The served score
+        (a mix's, say) is no similarity to a positive's, so max_score_ratio and semi-hard do not apply."""
+        hits = self.first_stage.batch_retrieve(texts, self.cfg.max_rank)
+        return [(np.array([self.row[d] for d, _ in h], dtype=np.int64), np.array([s for _, s in h]), np.inf)
+                for h in hits]
 
     def dense_lists(self, encoder, texts, positives, batch_size, index=None, emb_path=None, doc_emb=None):
         """Per query: (ranked doc rows, their scores, best positive score) from `encoder`, searched
@@ -110,6 +122,8 @@ def mine(cfg, corpus, queries, positives, sources, encoder=None, teacher=None, i
     lists = {}
     if "bm25" in cfg.strategy:
         lists["bm25"] = sources.bm25_lists(texts, pos_sets)
+    if "index" in cfg.strategy:
+        lists["index"] = sources.index_lists(texts)
     if {"dense", "semi-hard"} & set(cfg.strategy):
         lists["dense"] = lists["semi-hard"] = sources.dense_lists(encoder, texts, pos_sets, batch_size, index,
                                                                   emb_path, doc_emb)

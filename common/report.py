@@ -68,19 +68,30 @@ def read_results(items, what, per_query=False):
     return results
 
 
-def summary_table(results, val, metric="ndcg@10"):
-    """Markdown: one row per column, with its val score, what val chose for it and its test scores.
-    Val scores are means over the val queries every column was scored on (a trainer may evaluate a
-    subset). A reranker's scores alone, when a fused column serves instead, come last as a diagnostic."""
+def served_column(results, label):
+    """The column of `label` that is served: its reranker fused on top when it has one, else its
+    first stage."""
+    names = [n for n in results if n.startswith(f"{label} ")]
+    if not names:
+        raise UserError(f"served={label}: no compared column is labelled so; pass one of the --compare labels")
+    return next((n for n in names if n.endswith("+fused")), names[0])
+
+
+def summary_table(results, val, served=None, metric="ndcg@10"):
+    """Markdown: one row per column, with its val score, what val chose for it and its test scores,
+    the `served` column marked. Val scores are means over the val queries every column was scored on
+    (a trainer may evaluate a subset). A reranker's scores alone, when a fused column serves instead,
+    come last as a diagnostic."""
     common = set.intersection(*(set(v["per_query"]) for v in val.values())) if val else set()
-    served = [n for n in results if not (n.endswith("+rerank") and n.removesuffix("+rerank") + "+fused" in results)]
+    shown = [n for n in results if not (n.endswith("+rerank") and n.removesuffix("+rerank") + "+fused" in results)]
     rows = [f"| column | val {metric} ({len(common)} queries) | chosen on val | test {metric} | test recall@100 |",
             "|---|---|---|---|---|"]
-    for name in served + [n for n in results if n not in served]:
+    for name in shown + [n for n in results if n not in shown]:
         r, v = results[name], val.get(name, {})
-        shown = name if name in served else f"{name} (the reranker alone; not served)"
+        label = f"**{name} (served)**" if name == served else name
+        shown_name = label if name in shown else f"{name} (the reranker alone; not served)"
         val_score = f"{np.mean([v['per_query'][q][metric] for q in common]):.4f}" if v and common else ""
-        rows.append(f"| {shown} | {val_score} | {v.get('chosen') or r.get('chosen') or ''} | "
+        rows.append(f"| {shown_name} | {val_score} | {v.get('chosen') or r.get('chosen') or ''} | "
                     f"{r['metrics'][metric]:.4f} | {r['metrics'].get('recall@100', float('nan')):.4f} |")
     return "\n".join(rows) + "\n"
 

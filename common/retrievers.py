@@ -1,6 +1,10 @@
-"""First-stage retrievers: BM25 (rank-bm25 or a sparse matrix) and exact dense search over embeddings."""
+"""First-stage retrievers: BM25 (rank-bm25 or a sparse matrix, saved beside an index), exact dense search
+over embeddings, and Retriever: an index's served first stage (dense, BM25 or their mix), reranked."""
+import hashlib
+import json
 import os
 import re
+import time
 from array import array
 from collections import Counter
 
@@ -10,10 +14,13 @@ from rank_bm25 import BM25Okapi
 from scipy import sparse
 from tqdm.auto import tqdm
 
+from common import fusion
 from common import index as faiss_index
 from common.backends import load_encoder, load_reranker
 from common.data import doc_text
+from common.files import atomic_open, file_sha1
 from common.metrics import cut_run
+from common.run import UserError
 
 # NLTK's English stopword list (179 words), chosen with k1/b on SciFact *train* over 32 settings
 # (Lucene's 33-word list, Porter stemming included; all within 0.006 nDCG@10), never on test.
@@ -43,6 +50,12 @@ def bm25_tokenize(text):
     return _stemmer.stemWords([w for w in words if w not in STOPWORDS])
 
 
+# What a saved BM25 was tokenised by: loading one tokenised otherwise would score silently wrong.
+TOKENIZER = hashlib.sha1(repr((sorted(STOPWORDS), _TOKEN.pattern, _CAMEL.pattern, "snowball-english"))
+                         .encode()).hexdigest()[:12]
+BM25_FILES = ("bm25.npz", "bm25.json")
+
+
 class BM25:
     """Okapi BM25 over a corpus {doc id: text}, scored by rank-bm25 or by a sparse matrix.
 
@@ -58,7 +71,7 @@ class BM25:
         if backend not in self.BACKENDS:
             raise ValueError(f"BM25 backend {backend!r}: choose one of {', '.join(self.BACKENDS)}")
         self.doc_ids = list(doc_ids)
-        self.backend = backend
+        self.backend, self.k1, self.b = backend, k1, b
         # rank-bm25 divides by the average length, so an all-empty corpus must not reach it.
         docs = (bm25_tokenize(t) or ["\0"] for t in texts)
         if backend == "rank_bm25":
@@ -66,6 +79,46 @@ class BM25:
         else:
             self.vocab = {}
             self.weights = _okapi_weights(docs, self.vocab, k1, b)
+
+    def save(self, directory, corpus_file):
+        """bm25.npz (the term x document weights) and bm25.json (vocabulary, k1, b, the tokenizer, and
+        the corpus file it was built over, by path and content) into `directory`: what an index
+        directory serves its hybrid from, with nothing to rebuild."""
+        if self.backend != "sparse":
+            raise ValueError("only the sparse backend's weights can be saved")
+        w = self.weights
+        np.savez(os.path.join(directory, BM25_FILES[0]), data=w.data, indices=w.indices, indptr=w.indptr,
+                 shape=np.array(w.shape))
+        with atomic_open(os.path.join(directory, BM25_FILES[1])) as f:
+            json.dump({"k1": self.k1, "b": self.b, "tokenizer": TOKENIZER, "docs": len(self.doc_ids),
+                       "corpus": os.path.abspath(corpus_file), "corpus_sha1": file_sha1(corpus_file),
+                       "terms": sorted(self.vocab, key=self.vocab.get)}, f, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, directory, doc_ids, corpus_file):
+        """The BM25 save() wrote into `directory`, checked to be over `corpus_file` (by content: the same
+        ids with other texts would score the old texts) and tokenised as this code tokenises."""
+        meta_file, weights_file = (os.path.join(directory, f) for f in reversed(BM25_FILES))
+        try:
+            with open(meta_file, encoding="utf-8") as f:
+                meta = json.load(f)
+            arrays = np.load(weights_file)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{directory}: its BM25 ({', '.join(BM25_FILES)}) cannot be read ({e}); rebuild the "
+                            "index with build_index.py") from None
+        if meta["corpus_sha1"] != file_sha1(corpus_file) or meta["docs"] != len(doc_ids):
+            raise UserError(f"{directory}: its BM25 was built over {meta['corpus']}, not over this corpus "
+                            f"{os.path.abspath(corpus_file)} (their contents differ); rebuild the index for this "
+                            "corpus (build_index.py --data=...), or search the corpus it was built over")
+        if meta["tokenizer"] != TOKENIZER:
+            raise UserError(f"{meta_file}: BM25 saved by another version of bm25_tokenize (common/retrievers.py); "
+                            "rebuild the index with build_index.py")
+        bm25 = cls.__new__(cls)
+        bm25.doc_ids, bm25.backend, bm25.k1, bm25.b = list(doc_ids), "sparse", meta["k1"], meta["b"]
+        bm25.vocab = {t: i for i, t in enumerate(meta["terms"])}
+        bm25.weights = sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                                         shape=tuple(arrays["shape"]))
+        return bm25
 
     def scores(self, query, rows=None):
         """The score of every document in corpus order, or of the documents at positions `rows`."""
@@ -168,7 +221,7 @@ def dense_search(query_emb, doc_emb, k, chunk=4096):
     best_scores = torch.full((len(q), k), -torch.inf)
     best_idx = torch.zeros((len(q), k), dtype=torch.long)
     for start in range(0, len(doc_emb), chunk):
-        d = torch.from_numpy(np.ascontiguousarray(doc_emb[start:start + chunk], dtype=np.float32))
+        d = torch.from_numpy(np.array(doc_emb[start:start + chunk], dtype=np.float32))  # a writable copy of a map
         s, i = torch.topk(q @ d.T, min(k, len(d)), dim=1)
         merged_s = torch.cat([best_scores, s], dim=1)
         merged_i = torch.cat([best_idx, i + start], dim=1)
@@ -196,49 +249,101 @@ def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
     return out
 
 
-def first_stage_run(spec, corpus, queries, depth, device="auto", batch_size=64, bm25_backend="sparse"):
+def embeddings_cache(cache_dir, model, backend, encoder, corpus_file):
+    """The .npy in cache_dir that holds corpus_file's embeddings by this encoder: named by the model's
+    path and weights files (size, mtime), its backend and settings, and the corpus by content."""
+    model_path = model
+    if backend == "torch":  # imported here: an ONNX evaluation never loads torch
+        from common.models import resolve_model
+
+        model_path = resolve_model(model)
+    # Every weights file of the directory, wherever a model keeps them (trunk, adapter, Dense module, ONNX).
+    weights = sorted(os.path.join(root, f) for root, _, files in os.walk(model_path) for f in files
+                     if f.endswith((".safetensors", ".bin", ".onnx")))
+    stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights]
+    key = repr((os.path.abspath(model_path), backend, stamp, encoder.settings(), file_sha1(corpus_file)))
+    return os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy")
+
+
+def corpus_embeddings(encoder, texts, batch_size=64, path=None):
+    """(embeddings [n, dim], info): memory-mapped from `path` when it holds n of the encoder's vectors
+    (an earlier run's), else encoded (into `path`, swapped into place once whole, when given; else in
+    RAM)."""
+    shape = (len(texts), encoder.dim)
+    if path and os.path.isfile(path):
+        emb = np.load(path, mmap_mode="r")
+        if emb.shape == shape:
+            print(f"corpus embeddings from {path}")
+            return emb, {"cached": True}
+    t0 = time.perf_counter()
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npy"
+        try:
+            emb = encode_corpus(encoder, texts, batch_size, tmp)
+            emb.flush()
+            del emb  # the map, before the file under it moves
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        emb = np.load(path, mmap_mode="r")
+    else:
+        emb = encode_corpus(encoder, texts, batch_size)
+    seconds = time.perf_counter() - t0
+    return emb, {"cached": False, "encode_seconds": seconds, "docs_per_s": len(texts) / max(seconds, 1e-9)}
+
+
+def first_stage_run(spec, data_dir, corpus, queries, depth, device="auto", batch_size=64, bm25_backend="sparse"):
     """{qid: {doc id: score}}: each query's top `depth` documents by the first stage `spec`: "bm25", a
-    build_index.py directory (its encoder through its index, as evaluate.py --index searches), or a
-    bi-encoder (exact search over the corpus, encoded here). A query's own id is never retrieved (the
-    BEIR convention evaluate.py follows)."""
+    build_index.py directory (its served first stage: its encoder through its index, its BM25, or their
+    mix, as evaluate.py --index and Retriever serve it), or a bi-encoder (exact search over the corpus,
+    encoded here). `corpus` is data_dir's. A query's own id is never retrieved (the BEIR convention
+    evaluate.py follows)."""
     doc_ids, qids = list(corpus), list(queries)
     texts = [queries[q] for q in qids]
     if spec == "bm25":
         bm25 = BM25(doc_ids, [doc_text(corpus[d]) for d in doc_ids], backend=bm25_backend)
         run = {q: dict(hits) for q, hits in zip(qids, bm25.search_many(texts, depth + 1))}
-        return cut_run(run, depth)
-    if os.path.isfile(os.path.join(spec, "index.json")):
-        model, backend = faiss_index.built_with(spec)
-        encoder = load_encoder(model, backend, device)
-        index = faiss_index.load(spec, doc_ids, encoder)
-        scores, rows = faiss_index.search(index, encoder.encode(texts, "query", batch_size), depth + 1)
+    elif faiss_index.is_index(spec):
+        retriever = Retriever.from_index(spec, os.path.join(data_dir, "corpus.jsonl"), corpus, device=device,
+                                         batch_size=batch_size)
+        run = {q: dict(hits) for q, hits in zip(qids, retriever.batch_retrieve(texts, depth + 1))}
     else:
         encoder = load_encoder(spec, "torch", device)
         doc_emb = encode_corpus(encoder, [doc_text(corpus[d]) for d in doc_ids], batch_size)
         scores, rows = dense_search(encoder.encode(texts, "query", batch_size), doc_emb, depth + 1)
-    run = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, rows, scores)}
+        run = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, rows, scores)}
     return cut_run(run, depth)
 
 
 class Retriever:
-    """Two-stage retrieval for a RAG system: a bi-encoder searched through FAISS, then, optionally, a
-    cross-encoder re-scoring the top candidates. Scores are inner products (cosine similarity when the
-    model normalises) for retrieve(), the fused score its reranker's fusion.json says to serve for
+    """Retrieval for a RAG system: an index's served first stage (a bi-encoder searched through FAISS,
+    BM25 saved beside it, or the two mixed, as the index's fusion.json says: build_index.py chose it on
+    val), then, optionally, a cross-encoder re-scoring the top candidates. Scores are the first stage's
+    (inner products, cosine similarity when the model normalises, for dense alone; the mix's, in [0, 1],
+    for a hybrid) for retrieve(), the fused score its reranker's fusion.json says to serve for
     retrieve_and_rerank() (the reranker's logits when it has none).
 
-        r = Retriever.load("runs/scifact/encoder/best", "data/scifact", reranker="runs/scifact/reranker/best")
+        r = Retriever.load("", "data/scifact", index_dir="runs/scifact/index", reranker="runs/scifact/reranker/best")
         r.retrieve("statins and dementia", k=5)     # [(doc id, score)], best first
         r.retrieve_and_rerank("statins and dementia", k_rerank=5)   # depth and mix as chosen on val
     """
 
-    def __init__(self, encoder, doc_ids, texts, doc_emb=None, index=None, reranker=None, batch_size=64):
+    def __init__(self, encoder, doc_ids, texts, doc_emb=None, index=None, reranker=None, batch_size=64, bm25=None,
+                 hybrid=None):
         """encoder: a BiEncoder; doc_ids, texts: the corpus, in index order; index: a FAISS index whose
         row i is doc_ids[i], or None to build an exact one from doc_emb (encoded here if None too);
-        reranker: a CrossEncoder or None. batch_size applies to encoding and reranking."""
+        reranker: a CrossEncoder or None; bm25: a BM25 over the same corpus and hybrid: how its scores
+        mix with the dense ones (common/fusion.py; None = dense alone). batch_size applies to encoding
+        and reranking."""
         self.encoder, self.reranker, self.batch_size = encoder, reranker, batch_size
         self.doc_ids, self.texts = list(doc_ids), list(texts)
         if len(self.doc_ids) != len(self.texts):
             raise ValueError(f"{len(self.doc_ids)} doc ids but {len(self.texts)} texts")
+        self.hybrid, self.bm25 = dict(hybrid or fusion.DENSE_ONLY), bm25
+        if fusion.uses_bm25(self.hybrid) and (bm25 is None or bm25.doc_ids != self.doc_ids):
+            raise ValueError(f"hybrid {self.hybrid} needs a BM25 over these {len(self.doc_ids)} docs, in this order")
         self._row = {d: i for i, d in enumerate(self.doc_ids)}
         if index is None:
             emb = encode_corpus(encoder, self.texts, batch_size) if doc_emb is None else doc_emb
@@ -252,12 +357,12 @@ class Retriever:
     def load(cls, model, corpus_path_or_beir_dir, index_dir="", reranker="", device="auto", batch_size=64,
              backend="torch"):
         """A Retriever from paths: a bi-encoder (a model dir, hub name or all-MiniLM-L6-v2; "" = the one
-        index_dir was built with, by the backend it was built with), a corpus (a BEIR directory or a corpus.jsonl), a build_index.py
-        directory ("" = encode the corpus and search exactly) and a cross-encoder ("" = none), run by
-        torch or, with backend onnx / onnx-int8, from export_onnx.py directories by onnxruntime. Bad
-        paths raise UserError naming the path and the fix."""
+        index_dir was built with, by the backend it was built with), a corpus (a BEIR directory or a
+        corpus.jsonl), a build_index.py directory ("" = encode the corpus and search exactly, dense
+        alone) whose first stage is served as saved, and a cross-encoder ("" = none), run by torch or,
+        with backend onnx / onnx-int8, from export_onnx.py directories by onnxruntime. Bad paths raise
+        UserError naming the path and the fix."""
         from common.data import read_corpus
-        from common.run import UserError
 
         path = corpus_path_or_beir_dir
         if os.path.isdir(path):
@@ -265,20 +370,31 @@ class Retriever:
         if not os.path.isfile(path):  # before the models load, so a typo fails at once
             raise UserError(f"{corpus_path_or_beir_dir}: no corpus there; pass a BEIR directory (prepare_data.py "
                             "makes one) or a corpus.jsonl file")
-        if not model:
-            if not index_dir:
-                raise UserError("no model given: pass --model=<bi-encoder>, or --index=<build_index.py dir>, whose "
-                                "encoder is then used")
-            model, encoder_backend = faiss_index.built_with(index_dir)
-        else:
-            encoder_backend = backend
-        encoder = load_encoder(model, encoder_backend, device)
+        if not model and not index_dir:
+            raise UserError("no model given: pass --model=<bi-encoder>, or --index=<build_index.py dir>, whose "
+                            "encoder is then used")
+        if index_dir:
+            return cls.from_index(index_dir, path, read_corpus(path), model, reranker, device, batch_size, backend)
+        encoder = load_encoder(model, backend, device)
         cross = load_reranker(reranker, backend, device) if reranker else None
         corpus = read_corpus(path)
-        doc_ids = list(corpus)
-        index = faiss_index.load(index_dir, doc_ids, encoder) if index_dir else None
-        return cls(encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids], index=index, reranker=cross,
+        return cls(encoder, list(corpus), [doc_text(d) for d in corpus.values()], reranker=cross,
                    batch_size=batch_size)
+
+    @classmethod
+    def from_index(cls, index_dir, corpus_file, corpus, model="", reranker="", device="auto", batch_size=64,
+                   backend="torch"):
+        """load() for a corpus already read ({doc id: doc}, from corpus_file) and a build_index.py
+        directory: its encoder unless `model` names another, its BM25 when its first stage mixes it in."""
+        model, encoder_backend = (model, backend) if model else faiss_index.built_with(index_dir)
+        encoder = load_encoder(model, encoder_backend, device)
+        cross = load_reranker(reranker, backend, device) if reranker else None
+        doc_ids = list(corpus)
+        index = faiss_index.load(index_dir, doc_ids, encoder)
+        hybrid = fusion.load(index_dir, fusion.DENSE_ONLY)
+        bm25 = BM25.load(index_dir, doc_ids, corpus_file) if fusion.uses_bm25(hybrid) else None
+        return cls(encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids], index=index, reranker=cross,
+                   batch_size=batch_size, bm25=bm25, hybrid=hybrid)
 
     def text(self, doc_id):
         """The text a document was indexed as (title + text), e.g. for a snippet or a RAG prompt."""
@@ -289,24 +405,31 @@ class Retriever:
         return self.batch_retrieve([query], k)[0]
 
     def batch_retrieve(self, queries, k=10, batch_size=None):
-        """retrieve() of every query: encoded batch_size at a time, then one FAISS search."""
+        """retrieve() of every query: encoded batch_size at a time, then one FAISS search, and with a
+        hybrid one BM25 search, the two lists of each query mixed (common.fusion.hybrid)."""
         k = min(k, len(self.doc_ids))
         if k < 1 or not queries:
             return [[] for _ in queries]
+        mixed = fusion.uses_bm25(self.hybrid)
+        depth = max(k, self.hybrid.get("depth", 100)) if mixed else k  # each list as deep as val chose over
         emb = self.encoder.encode(list(queries), "query", batch_size or self.batch_size)
-        scores, rows = faiss_index.search(self.index, emb, k)
+        scores, rows = faiss_index.search(self.index, emb, min(depth, len(self.doc_ids)))
         # An approximate index may return fewer than k hits, padded with row -1.
-        return [[(self.doc_ids[r], float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
+        dense = {i: {self.doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0}
+                 for i, (rr, ss) in enumerate(zip(rows, scores))}
+        if mixed:
+            bm25 = dict(enumerate(dict(hits) for hits in self.bm25.search_many(list(queries), depth)))
+            dense = fusion.hybrid(dense, bm25, self.hybrid, k)
+        # Stable: equal scores keep their list's order (FAISS's, or BM25's at weight 1).
+        return [sorted(dense[i].items(), key=lambda item: -item[1])[:k] for i in range(len(queries))]
 
     def retrieve_and_rerank(self, query, k_retrieve=None, k_rerank=10):
-        """The bi-encoder's top k_retrieve (None: the depth chosen on val, saved with the reranker in
-        fusion.json) re-scored by the cross-encoder and mixed with the bi-encoder's score as that
+        """The first stage's top k_retrieve (None: the depth chosen on val, saved with the reranker in
+        fusion.json) re-scored by the cross-encoder and mixed with the first stage's score as that
         fusion says (common/fusion.py): [(doc id, score)] of the best k_rerank, best first. With a
-        fusion weight of 0 the reranker is not run and these are the bi-encoder's own hits."""
+        fusion weight of 0 the reranker is not run and these are the first stage's own hits."""
         if self.reranker is None:
             raise ValueError("retrieve_and_rerank needs a reranker: pass reranker= to Retriever or Retriever.load")
-        from common import fusion
-
         mix = getattr(self.reranker, "fusion", fusion.RERANK_ONLY)
         depth = k_retrieve or mix["depth"]
         if mix["weight"] == 0:

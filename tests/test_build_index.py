@@ -61,8 +61,10 @@ def test_a_bad_factory_string_is_one_clear_error():
 
 @pytest.fixture
 def built(tiny_model, toy_beir, tmp_path):
+    """A dense-only index (tests/test_hybrid.py has the hybrid ones)."""
     out = tmp_path / "index"
-    assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}", "--split=test"]) == 0
+    assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}", "--split=test",
+                             "--hybrid=false"]) == 0
     return str(out)
 
 
@@ -166,7 +168,7 @@ def test_the_onnx_backend_builds_evaluates_and_searches_without_torch(tiny_model
     child = f"""
 import sys, build_index, evaluate, search
 build_index.main(["--data={toy_beir}", "--backend=onnx", "--model={tmp_path}/onnx", "--out={tmp_path}/index"])
-evaluate.main(["--data={toy_beir}", "--index={tmp_path}/index", "--retrievers=dense", "--out={tmp_path}/eval"])
+evaluate.main(["--data={toy_beir}", "--index={tmp_path}/index", "--out={tmp_path}/eval"])
 evaluate.main(["--data={toy_beir}", "--backend=onnx", "--retrievers=bm25", "--rerank={tmp_path}/onnx-cross",
                "--rerank_max_length=32", "--out={tmp_path}/rerank"])
 search.main(["--data={toy_beir}", "--index={tmp_path}/index", "--query=merge sort", "--k=2"])
@@ -175,7 +177,10 @@ assert "torch" not in sys.modules, "torch was imported"
     proc = subprocess.run([sys.executable, "-c", child], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("\n1\t") == 1 and "# merge sort" in proc.stdout
-    onnx_result = json.load(open(tmp_path / "eval" / "metrics.json"))["results"]["dense"]
+    onnx_results = json.load(open(tmp_path / "eval" / "metrics.json"))["results"]
+    onnx_result = onnx_results["dense"]
+    # the index's hybrid (BM25 loaded from it, the weight it saved) served without torch
+    assert onnx_results["hybrid"]["hybrid"]["weight"] > 0 and onnx_results["bm25"]["bm25"].startswith("saved with")
     torch_result = json.load(open(tmp_path / "torch" / "metrics.json"))["results"]["dense"]
     assert onnx_result["backend"] == "onnx" and onnx_result["model"] == f"{tmp_path}/onnx"
     for metric, value in torch_result["metrics"].items():

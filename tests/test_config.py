@@ -136,12 +136,16 @@ def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
                 ("reranker", "train_reranker.py", []), ("final", "evaluate.py", ["--split=test", "--index="]),
                 ("compare", "evaluate.py", ["--compare="])]}
     assert f"--train_file={run}/mine/train.jsonl" in step["encoder"]
-    assert f"--model={run}/encoder/best" in step["index"]
-    assert f"--index={run}/index" in step["mine-reranker"]
+    assert f"--model={run}/encoder/best" in step["index"] and "--baseline=" in step["index"]  # zero-shot, if it is better
+    assert f"--index={run}/index" in step["mine-reranker"] and "--strategy=index," in step["mine-reranker"]
     assert f"--train_file={run}/mine-reranker/train.jsonl" in step["reranker"]
     assert f"--first_stage={run}/index" in step["reranker"]  # val reranks the encoder's candidates
     assert f"--index={run}/index" in step["final"] and f"--rerank={run}/reranker/best" in step["final"]
+    assert "--retrievers=hybrid" in step["final"]  # the index's first stage, as it serves it
     assert f"{run}/final-test/metrics.json" in step["compare"] and f"{run}/reranker/val/metrics.json" in step["compare"]
+    for split in ("val", "test"):  # the fine-tuned encoder's own columns, served or not
+        assert f"{run}/fine-tuned-{split}/metrics.json" in step["compare"]
+        assert any(f"--out={run}/fine-tuned-{split}" in line and "--retrievers=dense,hybrid" in line for line in lines)
     assert not any("--teacher" in line for line in lines)  # nothing in the pipeline would read its scores
     cfg = load_config(train_encoder.DEFAULTS, [f"--train_file={run}/mine/train.jsonl"])
     assert cfg.hard_negatives == "auto" and train_encoder.AUTO["cpu"]["hard_negatives"] > 0
@@ -149,8 +153,8 @@ def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
 
 def test_adapt_trains_on_pseudo_queries_and_tests_on_the_labelled_split(tmp_path):
     """make adapt (dry run, on a dataset name no run has made): every training stage reads data/<dataset>-pseudo, each with its
-    <stage>-<CONFIG>-pseudo.yaml or else <stage>-<CONFIG>.yaml; only the last evaluation reads the
-    labelled directory, on its test split."""
+    <stage>-<CONFIG>-pseudo.yaml or else <stage>-<CONFIG>.yaml; only the evaluations at the end, and the
+    choice of what to serve on its val split, read the labelled directory."""
     lines = make_dry_run("adapt", "CONFIG=smoke", "DATA=smoke", "DATASET=dry-adapt", f"MODEL={tmp_path}/m")
     prepare = [line for line in lines if "--out=data/dry-adapt-pseudo" in line]
     assert len(prepare) == 1 and "--source=data/dry-adapt " in prepare[0] and "--pseudo_queries=ict,crop" in prepare[0]
@@ -160,4 +164,9 @@ def test_adapt_trains_on_pseudo_queries_and_tests_on_the_labelled_split(tmp_path
     labelled = [line for line in lines if "--data=data/dry-adapt " in line]
     assert any("evaluate.py" in line and "--split=test" in line and "--model=runs/dry-adapt-pseudo-m/encoder/best" in line
                for line in labelled), lines
-    assert all("evaluate.py" in line and "--split=test" in line for line in labelled), labelled
+    # the labelled directory is read by evaluations and by build_index.py's choice on its val split, never in training
+    assert all(("evaluate.py" in line or "build_index.py" in line) for line in labelled), labelled
+    index = next(line for line in labelled if "build_index.py" in line)
+    assert "--model=runs/dry-adapt-pseudo-m/encoder/best" in index and f"--baseline={tmp_path}/m" in index
+    assert any("evaluate.py" in line and "--split=test" in line and "--index=runs/dry-adapt-pseudo-m/adapted/index" in line
+               for line in labelled), labelled

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import evaluate
+from common import fusion
 from common.data import doc_text, load_beir
 from common.models import CrossEncoder
 from conftest import write_beir_dir
@@ -14,11 +15,12 @@ from conftest import write_beir_dir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bm25_and_dense_side_by_side(toy_beir, tiny_model, tmp_path, capsys):
+def test_bm25_dense_and_hybrid_side_by_side(toy_beir, tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     assert evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}", "--k=4"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["results"]
-    assert set(metrics) == {"bm25", "dense"}
+    assert set(metrics) == {"bm25", "dense", "hybrid"}
+    assert metrics["hybrid"]["hybrid"]["weight"] == fusion.NO_VAL["weight"]  # toy_beir has no val to choose on
     assert metrics["bm25"]["metrics"]["ndcg@10"] == 1.0  # six distinct topics: BM25 gets every one
     assert 0.0 <= metrics["dense"]["metrics"]["ndcg@10"] <= 1.0
     for r in metrics.values():
@@ -33,7 +35,7 @@ def test_bm25_and_dense_side_by_side(toy_beir, tiny_model, tmp_path, capsys):
         assert (out / name).is_file()
     assert "git " in (out / "command.txt").read_text()
     table = capsys.readouterr().out
-    assert "ndcg@10" in table and "bm25" in table and "dense" in table
+    assert "ndcg@10" in table and "bm25" in table and "dense" in table and "hybrid" in table
 
 
 def test_dense_embeddings_are_cached(toy_beir, tiny_model, tmp_path):
@@ -94,7 +96,8 @@ def test_compare_puts_earlier_runs_side_by_side(toy_beir, tiny_model, tmp_path, 
 
     from common.run import UserError
 
-    evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/a", "--k=4"])
+    evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/a", "--k=4",
+                   "--retrievers=bm25,dense"])
     capsys.readouterr()
     assert evaluate.main([f"--compare=zero-shot={tmp_path}/a/metrics.json", f"--out={tmp_path}/cmp"]) == 0
     table = capsys.readouterr().out
@@ -114,7 +117,8 @@ def test_results_csv_gains_a_row_per_run_and_keeps_the_old_ones(toy_beir, tiny_m
 
     from common.run import UserError
 
-    evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/a", "--k=4"])
+    evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/a", "--k=4",
+                   "--retrievers=bm25,dense"])
     csv_path = tmp_path / "results.csv"
     base = [f"--compare=zs={tmp_path}/a/metrics.json", f"--results_csv={csv_path}"]
     assert evaluate.main(base) == 0
@@ -174,26 +178,25 @@ def test_rerank_orders_the_top_by_the_cross_encoder_and_keeps_the_rest(toy_beir,
     assert moved  # the cross-encoder did reorder something, so the checks above could fail
 
 
-def test_hybrid_is_rrf_of_bm25_and_dense_computed_once(toy_beir, tiny_model, tmp_path, monkeypatch):
+def test_hybrid_mixes_bm25_and_dense_searched_once(toy_beir, tiny_model, tmp_path, monkeypatch):
+    base = [f"--data={toy_beir}", f"--model={tiny_model}"]
+    evaluate.main(base + ["--retrievers=bm25,dense", "--k=6", f"--out={tmp_path}/parts"])  # whole lists: 6 docs
+    bm25, dense = ({q: dict(r) for q, r in trec_rows(tmp_path / "parts" / f"{n}.trec").items()} for n in ("bm25", "dense"))
     calls = []
-    for fn in ("run_bm25", "run_dense"):
+    for fn in ("bm25_searcher", "dense_searcher"):
         real = getattr(evaluate, fn)
         monkeypatch.setattr(evaluate, fn, lambda *a, real=real, fn=fn: calls.append(fn) or real(*a))
-    out = tmp_path / "run"
-    assert evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", "--retrievers=bm25,hybrid,dense",
-                          "--rrf_k=2", "--k=4", f"--out={out}"]) == 0
-    assert sorted(calls) == ["run_bm25", "run_dense"]
-    results = json.loads((out / "metrics.json").read_text())["results"]
-    assert list(results) == ["bm25", "hybrid", "dense"] and results["hybrid"]["rrf_k"] == 2
-    bm25, dense, hybrid = (trec_rows(out / f"{name}.trec") for name in ("bm25", "dense", "hybrid"))
-    for qid in bm25:
-        fused = {}
-        for rows in (bm25[qid], dense[qid]):
-            for rank, (d, _) in enumerate(rows, 1):
-                fused[d] = fused.get(d, 0.0) + 1 / (2 + rank)
-        expected = sorted(fused.items(), key=lambda item: (item[1], item[0]), reverse=True)[:4]
-        assert [d for d, _ in hybrid[qid]] == [d for d, _ in expected]
-        assert [s for _, s in hybrid[qid]] == pytest.approx([s for _, s in expected], abs=1e-6)
+    for i, args in enumerate((["--hybrid_method=rrf", "--rrf_k=2"], ["--hybrid_weight=0.5"])):
+        assert evaluate.main(base + ["--retrievers=bm25,hybrid,dense", "--k=4", f"--out={tmp_path}/{i}", *args]) == 0
+        results = json.loads((tmp_path / str(i) / "metrics.json").read_text())["results"]
+        assert list(results) == ["bm25", "hybrid", "dense"]
+        expected = fusion.hybrid(dense, bm25, results["hybrid"]["hybrid"])
+        for qid, hits in trec_rows(tmp_path / str(i) / "hybrid.trec").items():
+            want = sorted(expected[qid].items(), key=lambda item: (item[1], item[0]), reverse=True)[:4]
+            assert [d for d, _ in hits] == [d for d, _ in want]
+            assert [s for _, s in hits] == pytest.approx([s for _, s in want], abs=1e-4)  # from 6-decimal files
+    assert results["hybrid"]["hybrid"]["weight"] == 0.5
+    assert sorted(calls) == ["bm25_searcher"] * 2 + ["dense_searcher"] * 2  # once per run, for every column
 
 
 def test_missing_reranker_fails_before_any_output(toy_beir, tmp_path):

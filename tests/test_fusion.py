@@ -54,9 +54,11 @@ def test_a_mix_lies_between_and_depth_limits_what_moves():
 def test_choose_picks_the_best_on_val_and_weight_zero_when_the_reranker_only_hurts():
     first, rerank, qrels = runs(n_queries=300)
     choice, grid = fusion.choose(qrels, first, rerank, depths=[5, 10, 20])
-    best = evaluate_run(qrels, fusion.fuse(first, rerank, choice["weight"], choice["depth"]))[0]["ndcg@10"]
-    assert choice["weight"] > 0 and best == pytest.approx(max(grid.values()))
-    assert best > evaluate_run(qrels, first)[0]["ndcg@10"] + 2 * choice["stderr"]
+    served = evaluate_run(qrels, fusion.fuse(first, rerank, choice["weight"], choice["depth"]))[0]["ndcg@10"]
+    assert choice["weight"] > 0 and served == pytest.approx(grid[f"{choice['weight']:g},{choice['depth']}"])
+    # served: the mix whose val gain less two standard errors is largest (select), a gain beyond noise
+    assert choice["gain"] - fusion.RERANK_Z * choice["stderr"] > 0
+    assert served == pytest.approx(evaluate_run(qrels, first)[0]["ndcg@10"] + choice["gain"])
     # a reranker that is noise: some mix of it beats the first stage on these queries by luck, and is refused
     noise = {q: {d: float(s) for d, s in zip(row, np.random.default_rng(7).normal(size=len(row)))}
              for q, row in first.items()}
@@ -125,14 +127,15 @@ def test_evaluate_reports_first_stage_rerank_and_fused_with_the_saved_fusion(toy
 def test_first_stage_run_through_an_index_equals_exact_search(toy_beir, tiny_model, tmp_path):
     import build_index
 
-    assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path / 'index'}"]) == 0
+    assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path / 'index'}",
+                             "--hybrid=false"]) == 0
     corpus, queries, _ = load_beir(toy_beir, "test")
-    through_index = first_stage_run(str(tmp_path / "index"), corpus, queries, 4)
-    exact = first_stage_run(tiny_model, corpus, queries, 4)
+    through_index = first_stage_run(str(tmp_path / "index"), toy_beir, corpus, queries, 4)
+    exact = first_stage_run(tiny_model, toy_beir, corpus, queries, 4)
     assert through_index.keys() == exact.keys()
     for qid in exact:
         assert ranked(through_index[qid]) == ranked(exact[qid])
-    bm25 = first_stage_run("bm25", corpus, queries, 3)
+    bm25 = first_stage_run("bm25", toy_beir, corpus, queries, 3)
     assert all(len(row) == 3 for row in bm25.values())
     encoder = BiEncoder.from_pretrained(tiny_model)
     q_emb = encoder.encode([queries["q1"]], "query")[0]

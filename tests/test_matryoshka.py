@@ -121,7 +121,8 @@ def test_evaluate_reports_each_dimension_and_warns_of_an_untrained_one(tiny_mode
 
 def test_an_index_of_truncated_vectors_serves_queries_cut_alike(tiny_model, toy_beir, tmp_path, capsys):
     out = tmp_path / "index8"
-    assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}", "--dim=8"]) == 0
+    assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}", "--dim=8",
+                             "--hybrid=false"]) == 0
     assert "not trained for 8 dimensions" in capsys.readouterr().err
     meta = json.load(open(out / "index.json"))
     assert (meta["dim"], meta["model_dim"]) == (8, 32)

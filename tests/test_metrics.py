@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from common.metrics import evaluate_run, fuse_rrf, query_metrics
+from common.fusion import rrf
+from common.metrics import evaluate_run, query_metrics, ranked
 
 pytrec_eval = pytest.importorskip("pytrec_eval")  # test-only oracle (requirements-test.txt)
 
@@ -59,15 +60,14 @@ def test_unanswered_query_counts_zero_and_unjudged_queries_are_skipped():
     assert set(per_query) == {"q1", "q2"} and mean["ndcg@10"] == 0.5
 
 
-def test_fuse_rrf_hand_computed():
+def test_rrf_hand_computed():
     # b and y tie in the first run: trec_eval's order puts y (the larger id) first, so y has rank 2.
-    bm25 = {"q1": {"a": 3.0, "b": 2.0, "y": 2.0, "c": 1.0}, "q2": {"x": 1.0}}
-    dense = {"q1": {"c": 0.9, "a": 0.5, "d": 0.1}}
-    fused = fuse_rrf([bm25, dense], k=10)
+    bm25 = {"a": 3.0, "b": 2.0, "y": 2.0, "c": 1.0}
+    dense = {"c": 0.9, "a": 0.5, "d": 0.1}
+    fused = rrf([bm25, dense], k=10)
     # a: 1/11 + 1/12 = .1742   c: 1/14 + 1/11 = .1623   y: 1/12   b: 1/13   d: 1/13 (d > b by id)
-    assert list(fused["q1"]) == ["a", "c", "y", "d", "b"]
-    assert fused["q1"]["a"] == pytest.approx(1 / 11 + 1 / 12) and fused["q1"]["c"] == pytest.approx(1 / 14 + 1 / 11)
-    assert fused["q1"]["y"] == pytest.approx(1 / 12) and fused["q1"]["b"] == fused["q1"]["d"] == pytest.approx(1 / 13)
-    assert fused["q2"] == {"x": pytest.approx(1 / 11)}  # a query only one run answers keeps its docs
-    assert list(fuse_rrf([bm25, dense], k=10, depth=2)["q1"]) == ["a", "c"]
-    assert fuse_rrf([bm25, dense])["q1"]["a"] == pytest.approx(1 / 61 + 1 / 62)  # k=60 by default
+    assert ranked(fused) == ["a", "c", "y", "d", "b"]
+    assert fused["a"] == pytest.approx(1 / 11 + 1 / 12) and fused["c"] == pytest.approx(1 / 14 + 1 / 11)
+    assert fused["y"] == pytest.approx(1 / 12) and fused["b"] == fused["d"] == pytest.approx(1 / 13)
+    assert rrf([{"x": 1.0}, {}], k=10) == {"x": pytest.approx(1 / 11)}  # a doc only one list holds keeps its share
+    assert rrf([bm25, dense])["a"] == pytest.approx(1 / 61 + 1 / 62)  # k=60 by default
