@@ -119,12 +119,12 @@ $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(IND
 	    --out=$(INDEX_DIR) $(INDEX_ARGS)
 
 # The fine-tuned encoder alone and its hybrid, on a split, for comparison.md (the corpus embeddings
-# come from the index's cache).
+# come from the index's cache; latency is the served column's, in final).
 fine-tuned: $(TUNED_DIR)-$(SPLIT)/metrics.json
 $(TUNED_DIR)-%/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt \
                              | $(INDEX_DIR)/index.json
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(ENCODER_DIR)/best \
-	    --retrievers=dense,hybrid --out=$(TUNED_DIR)-$* $(EVAL_ARGS)
+	    --retrievers=dense,hybrid --latency=false --out=$(TUNED_DIR)-$* $(EVAL_ARGS)
 
 # The reranker's training file (LCE): the served first stage's own candidates (through the index: only
 # the queries are encoded), mixed with BM25 and random ones, sampled over the top 50.
@@ -183,7 +183,7 @@ $(ADAPTED_DIR)/index/index.json: $(ENCODER_DIR)/metrics.json build_index.py $(CO
 	    --cache_dir=$(LABELLED_RUN)/.cache --out=$(ADAPTED_DIR)/index
 $(ADAPTED_DIR)/adapted-%/metrics.json: $(ADAPTED_DIR)/index/index.json evaluate.py $(COMMON) $(EVAL_CONFIG)
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(LABELLED_DIR) --split=$* --retrievers=dense,hybrid --model=$(ENCODER_DIR)/best \
-	    --cache_dir=$(LABELLED_RUN)/.cache --out=$(ADAPTED_DIR)/adapted-$* $(EVAL_ARGS)
+	    --latency=false --cache_dir=$(LABELLED_RUN)/.cache --out=$(ADAPTED_DIR)/adapted-$* $(EVAL_ARGS)
 $(ADAPTED_DIR)/served-%/metrics.json: $(ADAPTED_DIR)/index/index.json evaluate.py $(COMMON) $(EVAL_CONFIG)
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(LABELLED_DIR) --split=$* --retrievers=hybrid --index=$(ADAPTED_DIR)/index \
 	    --out=$(ADAPTED_DIR)/served-$* $(EVAL_ARGS)

@@ -105,7 +105,8 @@ def check_config(cfg):
     if cfg.dim < 0:
         raise ConfigError(f"dim={cfg.dim}: pass a number of dimensions, or 0 for all of them")
     if not cfg.hybrid and cfg.hybrid_weight != "auto":
-        raise ConfigError(f"hybrid=false serves dense alone: drop hybrid_weight={cfg.hybrid_weight}, or set hybrid=true")
+        raise ConfigError(f"hybrid=false serves dense alone: drop hybrid_weight={cfg.hybrid_weight}, or set "
+                          "hybrid=true")
     if cfg.embeddings and cfg.baseline:
         raise ConfigError("embeddings= indexes given vectors of one model; drop baseline= (nothing to compare it with "
                           "on val but by encoding)")
@@ -126,10 +127,10 @@ def corpus_vectors(cfg, encoder, model, texts):
     return corpus_embeddings(encoder, texts, cfg.batch_size, cache)
 
 
-def val_choice(cfg, candidates, bm25, val, given):
-    """Score each candidate {label: (model, encoder, vectors)} on val, dense and mixed with BM25; return
-    (label served, its hybrid choice, {label: choice}). The first candidate is served unless a later
-    one scores higher."""
+def val_choice(cfg, doc_ids, candidates, bm25, val, given):
+    """Score each candidate {label: (model, encoder, vectors in doc_ids' order)} on val, dense and mixed
+    with BM25 (as `given`, or chosen); return (label served, its hybrid choice, {label: choice}). The
+    first candidate is served unless a later one scores higher."""
     val_queries, val_qrels = val
     qids = list(val_queries)
     bm25_run = ({q: dict(hits) for q, hits in zip(qids, bm25.search_many([val_queries[q] for q in qids],
@@ -138,14 +139,13 @@ def val_choice(cfg, candidates, bm25, val, given):
     for label, (_, encoder, emb) in candidates.items():
         scores, rows = faiss_index.search(faiss_index.flat_ip(emb), encoder.encode(
             [val_queries[q] for q in qids], "query", cfg.batch_size), fusion.HYBRID_DEPTH)
-        doc_ids = cfg.doc_ids
         dense = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, rows, scores)}
         if bm25 is None:  # dense alone, scored
             choice = fusion.choose_hybrid(val_qrels, dense, {}, given=fusion.DENSE_ONLY)
         else:
             choice = fusion.choose_hybrid(val_qrels, dense, bm25_run, given=given)
         choices[label] = choice
-        print(f"val, {label} ({candidates[label][0]}): {fusion.describe_hybrid(choice)}")
+        print(f"val of {cfg.data}, {label} ({candidates[label][0]}): {fusion.describe_hybrid(choice)}")
     served = max(choices, key=lambda label: choices[label]["val"]["served"])  # the first of equals
     return served, choices[served], choices
 
@@ -158,7 +158,7 @@ def main(argv=None):
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}", "index")
     corpus_file = os.path.join(cfg.data, "corpus.jsonl")
     corpus = read_corpus(corpus_file)
-    doc_ids = cfg.doc_ids = list(corpus)
+    doc_ids = list(corpus)
     tune_texts, report_texts = split_queries(cfg.data, cfg.tune_split), split_queries(cfg.data, cfg.split)
     use_gpu = faiss_index.gpu_count() > 0 if cfg.faiss_gpu == "auto" else cfg.faiss_gpu == "yes"
     if use_gpu and faiss_index.gpu_count() == 0:
@@ -182,8 +182,8 @@ def main(argv=None):
     given = None if cfg.hybrid_weight == "auto" else {"method": "convex", "weight": cfg.hybrid_weight,
                                                       "depth": fusion.HYBRID_DEPTH}
     if (cfg.hybrid and given is None) or len(candidates) > 1:
-        without = (f"serving {cfg.model}" + (f", {fusion.describe_hybrid(fusion.NO_VAL)} (the default measured "
-                                             "across datasets)" if cfg.hybrid else ""))
+        without = f"serving {cfg.model}" + (f", {fusion.describe_hybrid(fusion.NO_VAL)}, measured across datasets"
+                                            if cfg.hybrid else "")
         val = load_val(cfg.data, without)
     print(f"{dataset}: {len(doc_ids)} docs, {factory} ({'GPU' if use_gpu else 'CPU'} FAISS) -> {cfg.out}")
 
@@ -200,7 +200,7 @@ def main(argv=None):
             cut = cfg.dim and label == "model"
             searched[label] = (model, enc, faiss_index.truncate(vectors[label], cfg.dim) if cut else vectors[label])
         if val[0]:
-            served, choice, choices = val_choice(cfg, searched, bm25, val, given)
+            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25, val, given)
         else:
             served, choice, choices = "model", given or (fusion.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
         model, encoder, emb = searched[served]
@@ -208,7 +208,8 @@ def main(argv=None):
             print(f"{cfg.model} does not beat {model} on val ({choices['model']['val']['served']:.4f} against "
                   f"{choice['val']['served']:.4f}): indexing {model}")
         if cfg.hybrid and not fusion.uses_bm25(choice):
-            print("BM25 does not help this encoder on val: the index serves dense alone (its BM25 is saved all the same)")
+            print("BM25 does not help this encoder on val: the index serves dense alone (its BM25 is saved all "
+                  "the same)")
 
         t0 = time.perf_counter()
         index, build_info = faiss_index.build(emb, factory, cfg.train_size, cfg.seed, use_gpu)

@@ -96,6 +96,8 @@ DEFAULTS = dict(
     k=100,  # retrieval depth, and the depth of the TREC run files
     ks=[1, 3, 5, 10, 100],  # cut-offs for every metric
     ignore_identical_ids=True,  # BEIR: a query never retrieves the doc that has its own id
+    latency=True,  # each query searched alone, as a service sees them, for p50/p95 latency; false = in
+    #                batches, faster, no latency (the reranker's is measured either way)
     out="",  # run directory; "" = runs/<dataset>-<model>/<split>
     # report only: print earlier runs side by side (label=path/metrics.json,...) and write comparison.md
     compare=[],
@@ -179,8 +181,8 @@ def hybrid_choice(cfg, searchers, split_runs):
         saved = fusion.load(cfg.index, fusion.DENSE_ONLY)
         print(f"hybrid: {fusion.describe_hybrid(saved)} (saved with {cfg.index})")
         return saved
-    val_queries, val_qrels = load_val(cfg.data, f"hybrid: {fusion.describe_hybrid(fusion.NO_VAL)}, the default "
-                                                "measured across datasets")
+    val_queries, val_qrels = load_val(cfg.data, f"hybrid: {fusion.describe_hybrid(fusion.NO_VAL)}, measured "
+                                                "across datasets")
     if not val_queries:
         return dict(fusion.NO_VAL)
     runs = split_runs if cfg.split == "val" else first_stages(val_queries, searchers, depth, timed=False)
@@ -333,23 +335,25 @@ def main(argv=None):
     # HYBRID_DEPTH of each, as an index serves it.
     depth = max(cfg.k + 1 if cfg.ignore_identical_ids else cfg.k,
                 fusion.HYBRID_DEPTH if "hybrid" in cfg.retrievers else 0)
-    parts = first_stages(queries, searchers, depth)
+    parts = first_stages(queries, searchers, depth, timed=cfg.latency)
     if "hybrid" in cfg.retrievers:
         choice = hybrid_choice(cfg, searchers, parts)
         t0 = time.perf_counter()
         run = fusion.hybrid(*(cut_run(parts[p][0], choice["depth"], False) for p in ("dense", "bm25")), choice)
         mixing = (time.perf_counter() - t0) / max(len(queries), 1)
         # One after the other, as a single service would.
-        latencies = [b + d + mixing for b, d in zip(parts["bm25"][1], parts["dense"][1])]
-        parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice, "note": fusion.describe_hybrid(choice),
-                                            "chosen": hybrid_chosen(choice)})
+        latencies = [b + d + mixing for b, d in zip(parts["bm25"][1], parts["dense"][1])] if cfg.latency else []
+        parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice, "chosen": hybrid_chosen(choice),
+                                            "note": fusion.describe_hybrid(choice)})
 
     results = {}
     doc_texts = {d: doc_text(doc) for d, doc in corpus.items()} if reranker is not None else None
     for first in cfg.retrievers:
         run, latencies, info = parts[first]
         run = cut_run(run, cfg.k, cfg.ignore_identical_ids)
-        stages = [(first, run, latencies, {**info, **chosen_by_training(info.get("model"))})]
+        # the dense column's "chosen" is the encoder's step; the hybrid's, its weight
+        step = chosen_by_training(info.get("model")) if first == "dense" else {}
+        stages = [(first, run, latencies, {**info, **step})]
         if reranker is not None:
             reranked, rerank_latencies, rerank_info = rerank(cfg, reranker, doc_texts, queries, run)
             stages.append((f"{first}+rerank", reranked, rerank_latencies, rerank_info))
@@ -361,8 +365,9 @@ def main(argv=None):
                                 "note": fusion.describe(mix)}))
         for name, run, latencies, info in stages:
             mean, per_query = evaluate_run(qrels, run, cfg.ks)
-            results[name] = {"metrics": mean, "latency_ms": percentiles_ms(latencies), "queries": len(per_query),
-                             **info, "per_query": per_query, "run": run}
+            timed = {"latency_ms": percentiles_ms(latencies)} if latencies else {}
+            results[name] = {"metrics": mean, **timed, "queries": len(per_query), **info, "per_query": per_query,
+                             "run": run}
     for name, run, info in dense_at_dims(cfg, corpus, queries, encoder) if cfg.dims else ():
         mean, per_query = evaluate_run(qrels, run, cfg.ks)
         results[name] = {"metrics": mean, "queries": len(per_query), **info, "per_query": per_query, "run": run}
@@ -375,7 +380,8 @@ def hybrid_chosen(choice):
     """The "chosen on val" cell of a hybrid column."""
     if choice.get("method") == "rrf":
         return "rrf"
-    return f"BM25 weight {choice['weight']:g}" + (" (dense alone)" if choice["weight"] == 0 else "")
+    alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")
+    return f"BM25 weight {choice['weight']:g}{alone}" + (" (the default: no val)" if choice.get("default") else "")
 
 
 if __name__ == "__main__":

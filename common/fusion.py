@@ -43,7 +43,7 @@ HYBRID_WEIGHTS = WEIGHTS
 DENSE_ONLY = {"method": "convex", "weight": 0.0, "depth": HYBRID_DEPTH}
 # What a hybrid serves when there is no val to choose on: the weight val chose most often across the
 # datasets measured (bench/results/hybrid-cpu.md).
-NO_VAL = {"method": "convex", "weight": 0.3, "depth": HYBRID_DEPTH}
+NO_VAL = {"method": "convex", "weight": 0.3, "depth": HYBRID_DEPTH, "default": True}
 
 
 def unit(row):
@@ -186,7 +186,7 @@ def describe_hybrid(choice):
     else:
         what = f"dense and BM25 mixed, BM25 weight {choice['weight']:g}"
     if "val" not in choice:
-        return what
+        return what + (" (the default: no val to choose on)" if choice.get("default") else "")
     v, metric = choice["val"], choice.get("metric", "ndcg@10")
     bm25 = f", BM25 {v['bm25']:.4f}" if v.get("bm25") is not None else ""
     why = (f"{'as given; ' if choice.get('given') else 'chosen '}on val ({choice['queries']} queries, {metric}: "

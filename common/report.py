@@ -22,9 +22,10 @@ def table(results):
     for metric in HEADLINE:
         if all(metric in r["metrics"] for r in results.values()):
             rows.append(f"| {metric} | " + " | ".join(f"{r['metrics'][metric]:.4f}" for r in results.values()) + " |")
-    for p in ("p50", "p95"):
-        if all("latency_ms" in r for r in results.values()):
-            rows.append(f"| latency {p} ms | " + " | ".join(f"{r['latency_ms'][p]:.1f}" for r in results.values()) + " |")
+    for p in ("p50", "p95"):  # a column evaluated without latency (evaluate.py --latency=false) shows "-"
+        if any("latency_ms" in r for r in results.values()):
+            rows.append(f"| latency {p} ms | " + " | ".join(f"{r['latency_ms'][p]:.1f}" if "latency_ms" in r else "-"
+                                                           for r in results.values()) + " |")
     return "\n".join(rows) + "\n"
 
 
@@ -88,7 +89,7 @@ def summary_table(results, val, served=None, metric="ndcg@10"):
             "|---|---|---|---|---|"]
     for name in shown + [n for n in results if n not in shown]:
         r, v = results[name], val.get(name, {})
-        label = f"**{name} (served)**" if name == served else name
+        label = f"**{name}** (served)" if name == served else name
         shown_name = label if name in shown else f"{name} (the reranker alone; not served)"
         val_score = f"{np.mean([v['per_query'][q][metric] for q in common]):.4f}" if v and common else ""
         rows.append(f"| {shown_name} | {val_score} | {v.get('chosen') or r.get('chosen') or ''} | "

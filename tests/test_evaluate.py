@@ -38,6 +38,21 @@ def test_bm25_dense_and_hybrid_side_by_side(toy_beir, tiny_model, tmp_path, caps
     assert "ndcg@10" in table and "bm25" in table and "dense" in table and "hybrid" in table
 
 
+def test_without_latency_the_queries_go_in_batches_to_the_same_results(toy_beir, tiny_model, tmp_path, capsys):
+    base = [f"--data={toy_beir}", f"--model={tiny_model}", "--k=4", "--hybrid_weight=0.4"]
+    evaluate.main(base + [f"--out={tmp_path}/timed"])
+    evaluate.main(base + [f"--out={tmp_path}/batched", "--latency=false"])
+    timed, batched = (json.loads((tmp_path / r / "metrics.json").read_text())["results"] for r in ("timed", "batched"))
+    for name in ("bm25", "dense", "hybrid"):
+        assert "latency_ms" in timed[name] and "latency_ms" not in batched[name]
+        for metric, value in timed[name]["metrics"].items():
+            assert batched[name]["metrics"][metric] == pytest.approx(value, abs=1e-6), (name, metric)
+    capsys.readouterr()
+    evaluate.main([f"--compare=a={tmp_path}/timed/metrics.json,b={tmp_path}/batched/metrics.json"])
+    assert any(line.startswith("| latency p50 ms |") and line.endswith("| - | - | - |")
+               for line in capsys.readouterr().out.splitlines())
+
+
 def test_dense_embeddings_are_cached(toy_beir, tiny_model, tmp_path):
     args = [f"--data={toy_beir}", f"--model={tiny_model}", "--retrievers=dense"]
     evaluate.main(args + [f"--out={tmp_path}/a"])

@@ -169,7 +169,7 @@ def test_without_val_the_default_weight_is_served_and_said(toy_beir, tiny_model,
     saved = fusion.load(str(tmp_path / "index"), fusion.DENSE_ONLY)
     assert (saved["method"], saved["weight"]) == ("convex", fusion.NO_VAL["weight"])
     err = capsys.readouterr().err
-    assert "no val split" in err and f"BM25 weight {fusion.NO_VAL['weight']:g} (the default" in err
+    assert "no val split" in err and f"BM25 weight {fusion.NO_VAL['weight']:g} (the default: no val" in err
     assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", "--hybrid=false",
                              f"--out={tmp_path}/dense"]) == 0
     assert "bm25.json" not in os.listdir(tmp_path / "dense")
