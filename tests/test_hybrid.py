@@ -156,6 +156,31 @@ def test_every_way_of_serving_an_index_serves_its_hybrid(hybrid_index, train_bei
     assert printed == [d for d, _ in served[0][:5]]
 
 
+def test_the_onnx_backend_serves_the_same_hybrid_without_torch(hybrid_index, tiny_model, train_beir, tmp_path):
+    """The index (built with torch) served through an ONNX export of its encoder, in a process that never
+    imports torch: the same mix, the same ranking as the torch Retriever's."""
+    import export_onnx
+
+    export_onnx.main([f"--model={tiny_model}", f"--out={tmp_path}/onnx", f"--data={train_beir}"])
+    _, queries, _ = load_beir(train_beir, "test")
+    texts = list(queries.values())
+    torch_served = Retriever.load("", train_beir, index_dir=hybrid_index).batch_retrieve(texts, 10)
+    want = [[d for d, _ in hits] for hits in torch_served]
+    child = f"""
+import json, sys
+from common.retrievers import Retriever
+r = Retriever.load("{tmp_path}/onnx", "{train_beir}", index_dir="{hybrid_index}", backend="onnx")
+hits = r.batch_retrieve({texts!r}, 10)
+assert "torch" not in sys.modules, "torch was imported"
+print(json.dumps({{"weight": r.hybrid["weight"], "hits": [[d for d, _ in h] for h in hits]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["weight"] == fusion.load(hybrid_index, fusion.DENSE_ONLY)["weight"] > 0
+    assert got["hits"] == want
+
+
 def test_a_query_bm25_matches_no_word_of_gets_the_dense_list(hybrid_index, train_beir):
     retriever = Retriever.load("", train_beir, index_dir=hybrid_index)
     dense_only = Retriever(retriever.encoder, retriever.doc_ids, retriever.texts, index=retriever.index)
