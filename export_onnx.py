@@ -210,14 +210,16 @@ def write_export(model, cfg, tmp):
 
 
 def outputs(model, inputs, batch_size):
-    """The embeddings (queries then passages) or the logits of (query, passage) pairs, as float32 numpy."""
+    """The embeddings (queries then passages) or the logits of (query, passage) pairs, as float32 numpy;
+    PyTorch's in fp32, the precision of the graph (auto may be bf16 on this machine)."""
     queries, passages = inputs
+    fp32 = {} if isinstance(model, (OnnxBiEncoder, OnnxCrossEncoder)) else {"dtype": "fp32"}
     if isinstance(model, (BiEncoder, OnnxBiEncoder)):
-        return np.concatenate([model.encode(queries, "query", batch_size),
-                               model.encode(passages, "passage", batch_size)])
+        return np.concatenate([model.encode(queries, "query", batch_size, **fp32),
+                               model.encode(passages, "passage", batch_size, **fp32)])
     # Each passage with two queries, so each query is scored against several passages.
     paired = [(queries[(i + shift) % len(queries)], p) for i, p in enumerate(passages) for shift in (0, 1)]
-    return model.score([q for q, _ in paired], [p for _, p in paired], batch_size)
+    return model.score([q for q, _ in paired], [p for _, p in paired], batch_size, **fp32)
 
 
 def agreement(cfg, reference, got, inputs):

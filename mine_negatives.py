@@ -34,7 +34,7 @@ from common import mining
 from common.config import Auto, ConfigError, check_choice, load_config
 from common.data import load_beir
 from common.files import write_json
-from common.models import BiEncoder, CrossEncoder, autocast, autocast_dtype, pick_device
+from common.models import BiEncoder, CrossEncoder, autocast, autocast_dtype, dtype_name, pick_device, slow_autocast
 from common.retrievers import Retriever
 from common.run import cli, start_run, warn
 
@@ -63,7 +63,7 @@ DEFAULTS = dict(
     #            reused: nothing is encoded but the queries), index serves its first stage; "" = exact search
     batch_size=64,
     device="auto",
-    dtype="auto",  # auto | fp32 | bf16 | fp16 for encoding: auto is bf16 on a GPU, fp32 on CPU
+    dtype="auto",  # auto | fp32 | bf16 | fp16 for encoding and scoring: auto as train_encoder.py
     # bm25
     bm25_k1=1.2,
     bm25_b=0.4,
@@ -114,14 +114,17 @@ def main(argv=None):
         queries = {q: queries[q] for q in kept}
     positives = {q: {d for d, g in row.items() if g >= 1} for q, row in qrels.items()}
     dtype = autocast_dtype(cfg.dtype, device)
-    if dtype != torch.float32 and device.type == "cpu":
-        warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
+    if slow_autocast(dtype, device):
+        warn(f"dtype={cfg.dtype} on a CPU without native bf16: autocast is emulated there, slower than fp32")
+    cfg.dtype = dtype_name(dtype)  # resolved before any work, as the run's config saves it
     needs_dense = bool({"dense", "semi-hard"} & set(cfg.strategy))
     cfg.model = cfg.model or (faiss_index.built_with(cfg.index)[0] if cfg.index else "all-MiniLM-L6-v2")
     encoder = BiEncoder.from_pretrained(cfg.model).to(device) if needs_dense else None
     if encoder is not None:
         encoder.encode_dtype = cfg.dtype  # the encoding is the dense part's cost
     teacher = CrossEncoder.from_pretrained(cfg.teacher).to(device) if cfg.teacher else None
+    if teacher is not None:
+        teacher.score_dtype = cfg.dtype
     index = faiss_index.load(cfg.index, list(corpus), encoder) if cfg.index and needs_dense else None
     doc_emb = faiss_index.stored_embeddings(cfg.index, len(corpus), encoder) if index is not None else None
     start_run(cfg.out, cfg, argv)

@@ -61,7 +61,7 @@ from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, warn
 from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, finish, gather_with_grad,
                              keep_freed_memory, log, log_train, log_val, lr_at, open_run, optimizer_and_scaler,
-                             optimizer_step, restore, resume, rng_state, save_last, set_lr, set_rng_state, setup,
+                             optimizer_step, restore, resume, rng_state, run_dtype, save_last, set_lr, set_rng_state, setup,
                              setup_lora, summary, write_card)
 
 DEFAULTS = dict(
@@ -118,7 +118,7 @@ DEFAULTS = dict(
     warmup_ratio=0.1,
     weight_decay=0.01,
     max_grad_norm=1.0,  # 0 = no clipping
-    dtype="auto",  # auto | fp32 | bf16 | fp16: auto is bf16 on a GPU that has it, fp32 on CPU
+    dtype="auto",  # auto | fp32 | bf16 | fp16: auto is bf16 on a GPU or a CPU with native bf16, else fp32
     seed=42,
     device="auto",  # auto | cpu | cuda; under torchrun each rank takes its own GPU
     # evaluation, on rank 0
@@ -448,11 +448,12 @@ def remine(cfg, step, epoch, position, encoder, examples, batches, groups_of, mi
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
-    rank, world, device, dtype = setup(cfg, check_config, "encoder")
+    rank, world, device = setup(cfg, check_config, "encoder")
     master, dataset = rank == 0, os.path.basename(os.path.normpath(cfg.data))
     if cfg.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
     checkpoint, state = resume(cfg)  # last/ (or previous/) with --resume, and the sizes the run started with
+    dtype, dtype_why = run_dtype(cfg, device, state, master)
 
     # ---- data: train examples, val queries and the docs val is scored against; their sizes
     corpus, queries, qrels = load_beir(cfg.data, "train")
@@ -469,10 +470,12 @@ def main(argv=None):
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
     if cfg.remine_every > 0:
         remine_cfg, teacher_dir = remine_settings(cfg)
+        teacher = CrossEncoder.from_pretrained(teacher_dir).to(device) if master and teacher_dir else None
+        if teacher is not None:
+            teacher.score_dtype = cfg.dtype
         miner = (remine_cfg, corpus, {ex.qid: ex.query for ex in examples},
                  {ex.qid: set(ex.positives) for ex in examples},
-                 mining.Sources(remine_cfg, corpus) if master else None,  # the BM25 index, built once
-                 CrossEncoder.from_pretrained(teacher_dir).to(device) if master and teacher_dir else None)
+                 mining.Sources(remine_cfg, corpus) if master else None, teacher)  # BM25's index built once
 
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
@@ -532,7 +535,7 @@ def main(argv=None):
             f"{'' if cfg.hard_negatives == 1 else 's'} each"
             + (f" from {cfg.train_file}" if cfg.hard_negatives else " (in-batch negatives only)"),
             f"steps: {total_steps} at batch {cfg.batch_size} ({total_steps / steps_per_epoch:.2f} epochs of "
-            f"{steps_per_epoch}), on {world} x {device} ({str(dtype).removeprefix('torch.')})",
+            f"{steps_per_epoch}), on {world} x {device} ({dtype_why})",
             (f"val: {len(val_queries)} queries against {len(val_doc_ids):,} of {len(corpus):,} docs, at step 0 and "
              + (f"every {cfg.eval_every} steps" if cfg.eval_every else "the end")) if has_val else "val: none",
             *plan["lines"]], plan["notes"])

@@ -57,7 +57,7 @@ from common.index import is_index
 from common.retrievers import BM25, first_stage_run
 from common.run import UserError, cli, warn
 from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, finish, log_train, log_val,
-                             lr_at, open_run, optimizer_and_scaler, optimizer_step, restore, resume, save_last, set_lr,
+                             lr_at, open_run, optimizer_and_scaler, optimizer_step, restore, resume, run_dtype, save_last, set_lr,
                              setup, setup_lora, summary, write_card)
 
 DEFAULTS = dict(
@@ -99,7 +99,7 @@ DEFAULTS = dict(
     warmup_ratio=0.1,
     weight_decay=0.01,
     max_grad_norm=1.0,  # 0 = no clipping
-    dtype="auto",  # auto | fp32 | bf16 | fp16: auto is bf16 on a GPU that has it, fp32 on CPU
+    dtype="auto",  # auto | fp32 | bf16 | fp16: auto is bf16 on a GPU or a CPU with native bf16, else fp32
     seed=42,
     device="auto",  # auto | cpu | cuda; under torchrun each rank takes its own GPU
     # evaluation, on rank 0: rerank the first stage's top documents of each query
@@ -229,9 +229,10 @@ def forward_backward(cfg, model, cross, examples, groups, doc_texts, chunk_ids, 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
-    rank, world, device, dtype = setup(cfg, check_config, "reranker")
+    rank, world, device = setup(cfg, check_config, "reranker")
     master, dataset = rank == 0, os.path.basename(os.path.normpath(cfg.data))
     checkpoint, state = resume(cfg)  # last/ (or previous/) with --resume, and the sizes the run started with
+    dtype, dtype_why = run_dtype(cfg, device, state, master)
     table = AUTO[sizing.machine(device)]
 
     # ---- data: train groups; val queries and the first stage's candidates for them
@@ -253,6 +254,7 @@ def main(argv=None):
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)
     cross = CrossEncoder.from_pretrained(checkpoint or cfg.model, max_length=cfg.max_length).to(device)
+    cross.score_dtype = cfg.dtype  # val scores at the run's dtype
     setup_lora(cross, cfg, trainable=(".classifier.", ".score."), master=master)
     cross.train()
     model = DDP(cross, broadcast_buffers=False) if world > 1 else cross
@@ -288,7 +290,7 @@ def main(argv=None):
             f"{cfg.train_file}",
             f"steps: {total_steps} at batch {cfg.batch_size} ({total_steps / max(steps_per_epoch, 1):.2f} epochs of "
             f"{steps_per_epoch}), max_length {cross.max_length}, on {world} x {device} "
-            f"({str(dtype).removeprefix('torch.')})",
+            f"({dtype_why})",
             (f"val: {len(val_queries)} queries, {cfg.first_stage}'s top {cfg.val_depth} reranked "
              + (f"every {cfg.eval_every} steps" if cfg.eval_every else "at the end")
              + ("" if cross.fresh_head else " and at step 0")
@@ -376,6 +378,7 @@ def main(argv=None):
         result["pairs_per_s"] = result.pop("tokens_per_s")
         if has_val:
             final = cross if best["step"] == step else CrossEncoder.from_pretrained(best_dir).to(device)
+            final.score_dtype = cfg.dtype
             if best_scores is None:  # resumed after the best step's evaluation
                 best_scores, _ = score_candidates(final, val_queries, val_first, doc_texts, cfg.eval_batch_size)
             chosen, grid = fusion.choose(val_qrels, val_first, best_scores, depths, cfg.fusion_weights, cfg.best_metric)

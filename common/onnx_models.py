@@ -171,6 +171,9 @@ class OnnxBiEncoder(_OnnxModel):
     def dim(self):
         return self.meta["dim"]
 
+    def precision(self):
+        return "onnx"  # the weights file (fp32 or int8) is in the cache key already
+
     def settings(self):
         return dict(pooling=self.pooling, normalize=self.normalize, query_prefix=self.prefix["query"],
                     passage_prefix=self.prefix["passage"], max_query_length=self.max_length["query"],

@@ -241,7 +241,8 @@ def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
     `path`, so a million passages (1.5 GB at 384-d) need not sit in memory beside everything else."""
     shape = (len(texts), encoder.dim)
     out = np.lib.format.open_memmap(path, "w+", np.float32, shape) if path else np.empty(shape, np.float32)
-    with tqdm(total=len(texts), desc="encode corpus", unit="doc", disable=len(texts) <= chunk) as bar:
+    with tqdm(total=len(texts), desc=f"encode corpus ({encoder.precision()})", unit="doc",
+              disable=len(texts) <= chunk) as bar:
         for start in range(0, len(texts), chunk):
             out[start:start + chunk] = encoder.encode(texts[start:start + chunk], "passage", batch_size,
                                                       show_progress=len(texts) <= chunk and len(texts) >= 2000)
@@ -251,7 +252,7 @@ def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
 
 def embeddings_cache(cache_dir, model, backend, encoder, corpus_file):
     """The .npy in cache_dir that holds corpus_file's embeddings by this encoder: named by the model's
-    path and weights files (size, mtime), its backend and settings, and the corpus by content."""
+    path and weights files (size, mtime), its backend, settings and precision, and the corpus by content."""
     model_path = model
     if backend == "torch":  # imported here: an ONNX evaluation never loads torch
         from common.models import resolve_model
@@ -261,7 +262,8 @@ def embeddings_cache(cache_dir, model, backend, encoder, corpus_file):
     weights = sorted(os.path.join(root, f) for root, _, files in os.walk(model_path) for f in files
                      if f.endswith((".safetensors", ".bin", ".onnx")))
     stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights]
-    key = repr((os.path.abspath(model_path), backend, stamp, encoder.settings(), file_sha1(corpus_file)))
+    key = repr((os.path.abspath(model_path), backend, stamp, encoder.settings(), encoder.precision(),
+                file_sha1(corpus_file)))
     return os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy")
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from common import lora, model_card
 from common.config import check_choice, check_range
 from common.files import atomic_open, write_json
-from common.models import autocast_dtype, pick_device
+from common.models import autocast_dtype, dtype_name, pick_device, slow_autocast, why_dtype
 from common.run import UserError, start_run, warn
 
 STATE_FILE = "trainer_state.pt"
@@ -353,17 +353,13 @@ def log_hparams(writer, cfg, summary, metrics=("ndcg@10", "recall@100")):
 # ---- a run's scaffolding: what both trainers' main() does around its loop, in the order it does it
 
 def setup(cfg, check_config, stage):
-    """This process's place in the run, once the settings are checked: (rank, world, device, dtype).
+    """This process's place in the run, once the settings are checked: (rank, world, device).
     cfg.out defaults to runs/<dataset>-<model>/<stage>."""
     rank, world, ddp_device = setup_distributed()
     check_config(cfg, world)
     dataset = os.path.basename(os.path.normpath(cfg.data))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}", stage)
-    device = ddp_device or pick_device(cfg.device)
-    dtype = autocast_dtype(cfg.dtype, device)
-    if dtype != torch.float32 and device.type == "cpu" and rank == 0:
-        warn(f"dtype={cfg.dtype} on CPU: autocast there is usually slower than fp32")
-    return rank, world, device, dtype
+    return rank, world, ddp_device or pick_device(cfg.device)
 
 
 def resume(cfg):
@@ -377,6 +373,25 @@ def resume(cfg):
         if value == "auto" and key in state["config"]:
             setattr(cfg, key, state["config"][key])
     return checkpoint, state
+
+
+def run_dtype(cfg, device, state, master):
+    """(torch dtype, the plan's words for it): the run's autocast, resolved before any work and saved
+    as cfg.dtype. A resumed run keeps the dtype it started in (resume() put it in place of auto), and
+    says so where it differs from the start's or is emulated on this machine."""
+    requested = cfg.dtype
+    dtype = autocast_dtype(requested, device)
+    started = (state or {}).get("config", {}).get("dtype", "auto")
+    why = why_dtype(requested, device)
+    if started != "auto" and started != dtype_name(dtype):
+        why = f"{why}; the run started in {started}"
+    elif started != "auto" and state is not None:
+        why = f"{why}, kept from the run's start"
+    if master and slow_autocast(dtype, device):
+        warn(f"dtype={dtype_name(dtype)} on a CPU without native bf16: autocast is emulated there, several "
+             "times slower than fp32; --dtype=fp32 to change")
+    cfg.dtype = dtype_name(dtype)
+    return dtype, why
 
 
 def optimizer_and_scaler(model, cfg, device, dtype, lr_scales=()):

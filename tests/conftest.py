@@ -37,6 +37,15 @@ def build_tiny_model(path, hidden=32, layers=2, seed=0, dropout=0.0):
     return str(path)
 
 
+@pytest.fixture
+def fp32_cpu(monkeypatch):
+    """dtype=auto reads as fp32 here, whatever this CPU computes natively: for tests of exact
+    equalities, which bf16's rounding (it depends on the batch's shape) would blur."""
+    from common import models
+
+    monkeypatch.setattr(models, "cpu_flags", lambda: set())
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))

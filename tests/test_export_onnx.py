@@ -24,6 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["x", "short one", "a much longer text about sorting lists and merging the sorted halves", "mid length",
          "another long example, with punctuation (and brackets)", "q" * 80]
 
+# The graphs compute in fp32: PyTorch, compared with them, too (auto may be bf16 on this CPU).
+pytestmark = pytest.mark.usefixtures("fp32_cpu")
+
 
 @pytest.fixture(scope="module")
 def parity_data(tmp_path_factory):

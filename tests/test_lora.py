@@ -42,7 +42,7 @@ def test_only_the_adapter_and_a_rerankers_head_receive_gradients(tiny_model):
     assert 0 < lora.trainable_parameters(cross) < sum(p.numel() for p in cross.parameters()) / 2
 
 
-def test_merged_weights_give_the_adapted_models_outputs(tiny_model, tmp_path):
+def test_merged_weights_give_the_adapted_models_outputs(tiny_model, tmp_path, fp32_cpu):
     enc = BiEncoder.from_pretrained(tiny_model)
     enc.add_lora(4, 8.0, 0.0, ["query", "value"])
     nudge(enc.model)
@@ -61,7 +61,7 @@ def test_merged_weights_give_the_adapted_models_outputs(tiny_model, tmp_path):
     np.testing.assert_allclose(again.encode(TEXTS), adapted, atol=1e-6)
 
 
-def test_a_reranker_merges_too(tiny_model, tmp_path):
+def test_a_reranker_merges_too(tiny_model, tmp_path, fp32_cpu):
     cross = CrossEncoder.from_pretrained(tiny_model)
     cross.add_lora(4, 8.0, 0.0, ["query", "dense"])
     nudge(cross.model)

@@ -19,7 +19,8 @@ def train(data, model, out, *args):
                                "--max_steps=3", "--lr=1e-3", *args])
 
 
-def test_the_loss_is_summed_over_the_dimensions_and_the_full_one_is_plain_infonce(train_beir, tiny_model, tmp_path):
+def test_the_loss_is_summed_over_the_dimensions_and_the_full_one_is_plain_infonce(train_beir, tiny_model, tmp_path,
+                                                                                  fp32_cpu):
     assert train(train_beir, tiny_model, tmp_path / "plain") == 0
     unrotated = "--matryoshka_rotation=none"  # the rotation changes what trains (test below)
     assert train(train_beir, tiny_model, tmp_path / "full", "--matryoshka_dims=32", unrotated) == 0  # the model's width
@@ -38,7 +39,7 @@ def test_the_loss_is_summed_over_the_dimensions_and_the_full_one_is_plain_infonc
     assert "matryoshka_rotation" not in open(tmp_path / "plain" / "best" / "README.md").read().split("<details>")[0]
 
 
-def test_the_rotation_keeps_every_cosine_and_puts_the_most_variance_first(tiny_model, tmp_path):
+def test_the_rotation_keeps_every_cosine_and_puts_the_most_variance_first(tiny_model, tmp_path, fp32_cpu):
     encoder = BiEncoder.from_pretrained(tiny_model)
     texts = [f"text number {i} about {w}" for i, w in enumerate(["sorting", "lists", "files", "json", "paths"] * 8)]
     before = encoder.encode(texts)
@@ -71,7 +72,7 @@ def test_a_dense_module_with_an_activation_is_refused_by_name(tiny_model, tmp_pa
         BiEncoder.from_pretrained(saved)
 
 
-def test_matryoshka_training_starts_from_the_rotation_and_saves_it(train_beir, tiny_model, tmp_path, capsys):
+def test_matryoshka_training_starts_from_the_rotation_and_saves_it(train_beir, tiny_model, tmp_path, capsys, fp32_cpu):
     assert train(train_beir, tiny_model, tmp_path / "plain") == 0
     assert train(train_beir, tiny_model, tmp_path / "mrl", "--matryoshka_dims=32,8") == 0
     assert "rotated onto the principal axes of" in capsys.readouterr().out
@@ -86,7 +87,7 @@ def test_matryoshka_training_starts_from_the_rotation_and_saves_it(train_beir, t
     assert "rotated onto" not in capsys.readouterr().out
 
 
-def test_best_is_saved_rotated_and_the_model_in_training_is_left_as_it_was(tiny_model, tmp_path):
+def test_best_is_saved_rotated_and_the_model_in_training_is_left_as_it_was(tiny_model, tmp_path, fp32_cpu):
     from common.config import load_config
 
     cfg = load_config(train_encoder.DEFAULTS, [f"--out={tmp_path}", "--matryoshka_dims=32,8"])

@@ -4,13 +4,16 @@ import math
 import os
 import shutil
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from common.models import BiEncoder, autocast_dtype
+from common import models, training
+from common.models import BiEncoder, autocast_dtype, why_dtype
 from common.run import UserError
-from common.training import (Health, check_free_space, keep_freed_memory, lr_at, param_groups, resume_checkpoint,
-                             save_checkpoint, trim_log)
+from common.training import (Health, check_free_space, keep_freed_memory, lr_at, param_groups, resume, resume_checkpoint,
+                             run_dtype, save_checkpoint, trim_log)
 
 
 def test_no_weight_decay_on_biases_and_layernorm(tiny_model):
@@ -59,10 +62,46 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocating(tmp_path):
     assert plain > 5 * 10_000 and kept <= 2 * 16_384 < plain / 2
 
 
-def test_cpu_trains_in_fp32_unless_asked():
+ZEN4 = {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"}  # as /proc/cpuinfo lists them
+AVX2 = {"avx2", "fma", "sse4_2"}
+
+
+def test_auto_is_bf16_on_a_cpu_with_native_bf16_and_fp32_on_one_without():
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) == torch.float32
-    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu, ZEN4) == torch.bfloat16
+    assert autocast_dtype("auto", cpu, {"amx_bf16", "amx_tile"}) == torch.bfloat16  # Sapphire Rapids
+    assert autocast_dtype("auto", cpu, AVX2) == torch.float32
+    assert autocast_dtype("auto", cpu, set()) == torch.float32  # no /proc/cpuinfo (macOS, Windows)
+    assert autocast_dtype("fp32", cpu, ZEN4) == torch.float32 and autocast_dtype("bf16", cpu, AVX2) == torch.bfloat16
+    assert why_dtype("auto", cpu, ZEN4) == "bf16: this CPU has AVX512_BF16"
+    assert why_dtype("auto", cpu, AVX2).startswith("fp32: no native bf16")
+    assert "slower than fp32" in why_dtype("bf16", cpu, AVX2) and "slower" not in why_dtype("bf16", cpu, ZEN4)
+    assert "slower than fp32" in why_dtype("fp16", cpu, ZEN4)  # no CPU here computes fp16 natively
+
+
+def test_a_resumed_run_keeps_the_dtype_it_started_in_or_says_it_changed(monkeypatch, capsys):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(models, "cpu_flags", lambda: ZEN4)
+    cfg = SimpleNamespace(dtype="auto", resume=False)
+    dtype, why = run_dtype(cfg, cpu, resume(cfg)[1], True)
+    assert dtype == torch.bfloat16 and cfg.dtype == "bf16" and why == "bf16: this CPU has AVX512_BF16"
+    saved = {"config": dict(vars(cfg))}  # the config a checkpoint keeps: auto resolved
+
+    # Resumed on a CPU without native bf16: the run keeps bf16, and warns that it is emulated here.
+    monkeypatch.setattr(models, "cpu_flags", lambda: AVX2)
+    monkeypatch.setattr(training, "resume_checkpoint", lambda out: ("last", saved))
+    cfg = SimpleNamespace(dtype="auto", resume=True, out="run")
+    dtype, why = run_dtype(cfg, cpu, resume(cfg)[1], True)
+    assert dtype == torch.bfloat16 and cfg.dtype == "bf16" and "kept from the run's start" in why
+    assert "emulated" in capsys.readouterr().err
+    # Told otherwise, it changes, and the plan says from what.
+    cfg = SimpleNamespace(dtype="fp32", resume=True, out="run")
+    dtype, why = run_dtype(cfg, cpu, resume(cfg)[1], True)
+    assert dtype == torch.float32 and why == "fp32; the run started in bf16"
+    # A run saved before dtypes were resolved ("auto" in its config) resolves for this machine.
+    monkeypatch.setattr(training, "resume_checkpoint", lambda out: ("last", {"config": {"dtype": "auto"}}))
+    cfg = SimpleNamespace(dtype="auto", resume=True, out="run")
+    assert run_dtype(cfg, cpu, resume(cfg)[1], True)[0] == torch.float32
 
 
 def test_checkpoint_is_replaced_whole_or_not_at_all(tiny_model, tmp_path, monkeypatch):
