@@ -12,6 +12,8 @@
 #   INDEX_ARGS="--factory=IVF,PQ32"      build_index.py
 #   RERANK_MINE_ARGS="--max_rank=100"    mine_negatives.py, the encoder's own candidates for the reranker
 #   RERANKER_ARGS="--negatives=3"        train_reranker.py
+#   RERANKER=auto (trained on a GPU, skipped on a CPU, where its minutes cannot buy a reranker that helps:
+#        bench/results/cpu-bf16.md) | yes | no
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   PSEUDO_ARGS="--pseudo_queries=ict,crop"  prepare_data.py for `make adapt` (label-free), which reads
@@ -53,11 +55,19 @@ RERANKER_DIR := $(RUN_DIR)/reranker
 FINAL_DIR := $(RUN_DIR)/final-test
 TUNED_DIR := $(RUN_DIR)/fine-tuned
 INDEX_MODEL ?= $(ENCODER_DIR)/best
+# The reranker stages run where torch sees a GPU (resolved once the venv exists: `pipeline` re-reads
+# this file after setup), or as RERANKER says.
+RERANKER ?= auto
+RERANK_ON := $(if $(filter auto,$(RERANKER)),$(if $(wildcard $(PY)),$(filter yes,$(shell $(PY) -c \
+    "import torch; print('yes' if torch.cuda.is_available() else 'no')" 2>/dev/null))),$(filter yes,$(RERANKER)))
+NO_RERANKER = $(if $(filter auto,$(RERANKER)),no GPU here$(comma) and on a CPU its minutes buy no reranker that helps \
+    the first stage on val (bench/results/cpu-bf16.md); RERANKER=yes trains one,RERANKER=$(RERANKER))
+SERVED_VAL := $(if $(RERANK_ON),$(RERANKER_DIR)/val/metrics.json,$(RUN_DIR)/served-val/metrics.json)
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(ENCODER_DIR)/best
 
 .PHONY: setup setup-gpu data baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
-        adapted smoke \
+        adapted smoke reranker-on \
         tensorboard test bench-encode bench-st bench-st-setup clean FORCE
 
 ## set-up --------------------------------------------------------------------------------
@@ -141,11 +151,19 @@ $(RERANKER_DIR)/metrics.json: $(RERANK_MINE_DIR)/train.jsonl train_reranker.py $
 	    --train_file=$(RERANK_MINE_DIR)/train.jsonl --first_stage=$(INDEX_DIR) --out=$(RERANKER_DIR) --test_eval=false \
 	    $(RERANKER_ARGS)
 
-# On test: what the pipeline serves: the index's first stage, its top reranked, and the two fused as val chose.
+# On test: what the pipeline serves: the index's first stage, and with a reranker its top reranked and the
+# two fused as val chose.
 final: $(FINAL_DIR)/metrics.json
-$(FINAL_DIR)/metrics.json: $(INDEX_DIR)/index.json $(RERANKER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
+$(FINAL_DIR)/metrics.json: $(INDEX_DIR)/index.json $(if $(RERANK_ON),$(RERANKER_DIR)/metrics.json) evaluate.py $(COMMON) \
+                           $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
+	@$(if $(RERANK_ON),:,echo "reranker: not trained: $(NO_RERANKER); the pipeline serves the index alone")
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=test --retrievers=hybrid --index=$(INDEX_DIR) \
-	    --rerank=$(RERANKER_DIR)/best --out=$(FINAL_DIR) $(EVAL_ARGS)
+	    $(if $(RERANK_ON),--rerank=$(RERANKER_DIR)/best) --out=$(FINAL_DIR) $(EVAL_ARGS)
+
+# Without a reranker, what the pipeline serves on val, for comparison.md (with one, its run has it).
+$(RUN_DIR)/served-val/metrics.json: $(INDEX_DIR)/index.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=val --retrievers=hybrid --index=$(INDEX_DIR) \
+	    --latency=false --out=$(RUN_DIR)/served-val $(EVAL_ARGS)
 
 # The encoder as ONNX, fp32 and int8 (export_onnx.py checks parity on this data before writing);
 # then evaluate.py, build_index.py and search.py take --backend=onnx or onnx-int8 --model=$(EXPORT_DIR).
@@ -156,14 +174,15 @@ $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN
 
 # Every stage, then one table (comparison.md: each column's val score, what val chose, test, the served
 # one marked) and one more row of runs/results.csv.
-pipeline: $(RUN_DIR)/comparison.md
+pipeline: | setup
+	@$(MAKE) --no-print-directory $(RUN_DIR)/comparison.md
 $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json \
-                          $(TUNED_DIR)-val/metrics.json $(TUNED_DIR)-test/metrics.json \
+                          $(TUNED_DIR)-val/metrics.json $(TUNED_DIR)-test/metrics.json $(if $(RERANK_ON),,$(SERVED_VAL)) \
                           $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
 	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv --served=served \
 	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(TUNED_DIR)-test/metrics.json,served=$(FINAL_DIR)/metrics.json \
-	    --compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json,fine-tuned=$(TUNED_DIR)-val/metrics.json,served=$(RERANKER_DIR)/val/metrics.json \
-	    --hparams=$(ENCODER_DIR)/config.json,$(INDEX_DIR)/config.json,$(RERANKER_DIR)/config.json
+	    --compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json,fine-tuned=$(TUNED_DIR)-val/metrics.json,served=$(SERVED_VAL) \
+	    --hparams=$(ENCODER_DIR)/config.json,$(INDEX_DIR)/config.json$(if $(RERANK_ON),$(comma)$(RERANKER_DIR)/config.json)
 
 # Label-free adaptation: queries made from this data's documents alone (prepare_data.py $(PSEUDO_ARGS),
 # into data/<dataset>-pseudo), BM25 negatives for them and the encoder trained on them. Then, on this
@@ -195,17 +214,22 @@ $(ADAPTED_DIR)/comparison.md: $(foreach s,val test,$(ADAPTED_DIR)/adapted-$(s)/m
 	    --hparams=$(ENCODER_DIR)/config.json,$(ADAPTED_DIR)/index/config.json
 
 # The whole pipeline with a 2-layer, 32-wide model on a few stdlib packages: the plumbing, in
-# minutes on 2 cores (configs/*-smoke.yaml), part of `make test`.
+# minutes on 2 cores (configs/*-smoke.yaml), part of `make test`; the reranker's stages too.
 SMOKE_MODEL := runs/smoke-model
 SMOKE_SOURCE = $(shell $(PY) -c "import email, os; print(os.path.dirname(email.__file__))")
 smoke: | setup
 	rm -rf runs/smoke-smoke-model runs/smoke-pseudo-smoke-model data/smoke data/smoke-pseudo
 	test -f $(SMOKE_MODEL)/config.json || $(PY) -c "import sys; sys.path.insert(0, 'tests'); \
 	    from conftest import build_tiny_model; build_tiny_model('$(SMOKE_MODEL)')"
-	$(MAKE) --no-print-directory pipeline adapt DATA=smoke DATASET=smoke CONFIG=smoke MODEL=$(SMOKE_MODEL) \
+	$(MAKE) --no-print-directory pipeline adapt DATA=smoke DATASET=smoke CONFIG=smoke MODEL=$(SMOKE_MODEL) RERANKER=yes \
 	    PREPARE_ARGS="--format=python-source --source=$(SMOKE_SOURCE) --min_query_words=3"
 
 FORCE:
+comma := ,
+
+# yes or no: whether this machine's pipeline trains the reranker (bench/pipeline_timed.sh asks).
+reranker-on:
+	@echo $(if $(RERANK_ON),yes,no)
 
 # A stage reruns when its *_ARGS change, not only its files: the args live in a file that is
 # rewritten only when they differ from the last run's.

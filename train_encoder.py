@@ -59,26 +59,30 @@ from common.models import BiEncoder, CrossEncoder, autocast, principal_axes
 from common.report import write_results
 from common.retrievers import BM25, dense_run
 from common.run import UserError, cli, warn
-from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, finish, gather_with_grad,
-                             keep_freed_memory, log, log_train, log_val, lr_at, open_run, optimizer_and_scaler,
-                             optimizer_step, restore, resume, rng_state, run_dtype, save_last, set_lr, set_rng_state, setup,
-                             setup_lora, summary, write_card)
+from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, device_memory_mb, finish,
+                             gather_with_grad, keep_freed_memory, log, log_train, log_val, lr_at, open_run,
+                             optimizer_and_scaler, optimizer_step, peak_memory_mb, restore, resume, rng_state,
+                             run_dtype, save_last, set_lr, set_rng_state, setup, setup_lora, summary, write_card)
 
 DEFAULTS = dict(
     # data
     data="data/python-source",  # a directory prepared by prepare_data.py (BEIR layout)
     train_file="",  # a mined JSONL (mine_negatives.py) with negatives; "" = the train split's qrels, in-batch only
     hard_negatives=Auto(int),  # per query, drawn each epoch from the train_file's negatives; auto = 3 with a
-    #                            train_file (BM25's beat in-batch alone on val, bench/results/negatives_sweep-h100.md; 1 on a CPU), else 0
+    #                            train_file (BM25's beat in-batch alone on val, bench/results/negatives_sweep-h100.md),
+    #                            or on a CPU the richest recipe that fits the budget (see AUTO), else 0
     remine_every=0,  # steps; > 0 re-mines train_file's queries with the model being trained (ANCE),
     # with the strategy and filters of the mine_negatives.py run that wrote it (its config.json)
     # model
     model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
     pooling="",  # mean | cls | max; "" or 0 keeps what was saved with the model
     max_query_length=0,
-    max_passage_length=Auto(int),  # 0 = what was saved with the model; auto = that on a GPU, 128 on a CPU
+    max_passage_length=Auto(int),  # 0 = what was saved with the model; auto = that on a GPU, on a CPU the
+    #                                richest recipe that fits the budget (see AUTO)
     query_prefix="",
     passage_prefix="",
+    attention_dropout=0.0,  # on the attention probabilities while training; 0 lets the fused attention kernel run
+    #                        (faster, as good on val: bench/results/cpu-bf16.md); MiniLM was trained with 0.1
     gradient_checkpointing=False,  # recompute activations in backward: less memory, more time
     keep_freed_memory=True,  # CPU, Linux: malloc reuses freed activations instead of page-faulting them in
     #                         again every step (common.training.keep_freed_memory); a little more peak RSS
@@ -138,16 +142,20 @@ DEFAULTS = dict(
     tensorboard=True,
 )
 # What `auto` is on each machine. A CPU trains MiniLM two orders of magnitude slower than a GPU, so
-# there the run is cut to a time budget, passages to 128 tokens and the hard negatives to one a query
-# (within a CPU's budget these did as well as longer passages in-batch, bench/results/encoder-cpu.md),
-# and val is a sub-corpus; a GPU runs the recipe whole.
+# there the run is cut to a time budget and val is a sub-corpus; a GPU runs the recipe whole.
+# `recipes` are (max_passage_length, hard_negatives) sizes, richest first (0: the model's own length):
+# a run takes the first whose steps fit time_budget_min beside its val evaluations, measured on a
+# batch of median length, or else the last with its steps cut (common.sizing.choose_recipe). On a
+# CPU, val preferred longer passages to more steps or more negatives at equal minutes
+# (bench/results/cpu-bf16.md).
 AUTO = {
-    "cpu": dict(batch=32, hard_negatives=1, max_passage_length=128, time_budget_min=14.0, val_queries=200,
-                val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=3),
-    "gpu": dict(batch=32, hard_negatives=3, max_passage_length=0, time_budget_min=0.0, val_queries=2_000,
-                val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=10),
+    "cpu": dict(batch=32, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, val_queries=200,
+                val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=4),
+    "gpu": dict(batch=32, recipes=[(0, 3)], time_budget_min=0.0, val_queries=2_000,
+                val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=11),
 }
 VAL_KS = (1, 3, 5, 10, 100)
+MEMORY_SHARE = 0.75  # of the machine's memory (the GPU's on a GPU) that a chosen recipe's step may peak at
 ROTATION_DOCS = 4096  # docs sampled for matryoshka_rotation: plenty to estimate a few hundred axes
 
 
@@ -161,6 +169,7 @@ def check_config(cfg, world):
                       "loss_weights", "time_budget_min", "eval_every"], 0)
     check_range(cfg, ["lr", "temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
+    check_range(cfg, "attention_dropout", 0, 1)
     check_lora(cfg)
     check_range(cfg, "matryoshka_dims", 1)
     check_range(cfg, "matryoshka_weights", 0)
@@ -261,14 +270,50 @@ def resolve_sizes(cfg, table, records, corpus, val_queries, world):
     has_negatives = bool(cfg.train_file) and any(r["negatives"] for r in records)
     if cfg.hard_negatives == "auto" and cfg.train_file and not has_negatives:
         warn(f"{cfg.train_file}: no query has mined negatives; training on in-batch negatives only")
-    return sizing.resolve(cfg, table, hard_negatives=table["hard_negatives"] if has_negatives else 0,
-                          val_full_corpus=len(corpus) <= table["full_corpus_docs"],
+    no_negatives = {} if has_negatives else {"hard_negatives": 0}  # else the recipe decides (recipes())
+    return sizing.resolve(cfg, table, **no_negatives, val_full_corpus=len(corpus) <= table["full_corpus_docs"],
                           val_queries=min(table["val_queries"], len(val_queries)) if val_queries else 0)
 
 
+def recipes(cfg, table, model_length):
+    """The (max_passage_length, hard_negatives) sizes the run chooses from, richest first: the machine's
+    with what the user set in place of `auto`, and 0 read as the model's own length."""
+    out = []
+    for length, negatives in table["recipes"]:
+        length = length if cfg.max_passage_length == "auto" else cfg.max_passage_length
+        length = min(length, model_length) if length else model_length
+        recipe = (length, negatives if cfg.hard_negatives == "auto" else cfg.hard_negatives)
+        if recipe not in out:
+            out.append(recipe)
+    return out
+
+
+def first_epoch(cfg, examples, negatives, seed):
+    """(groups, batches) of an epoch: each example's documents drawn, then the batch order."""
+    groups = sample_groups(examples, negatives, seed)
+    return groups, make_batches(examples, groups, cfg.batch_size, seed, cfg.length_bucketing)
+
+
+def typical_batch(examples, batches):
+    """The batch of median length (characters of its queries and positives) of an epoch's: what a step
+    costs on average, where batches are bucketed by length."""
+    by_length = sorted(batches, key=lambda b: sum(examples[i].length for i in b))
+    return by_length[len(by_length) // 2]
+
+
+def batch_tokens(encoder, corpus, examples, groups, batch, length):
+    """Padded tokens of a batch's queries and documents at passage `length`: what a step's cost grows with."""
+    def padded(texts, kind, most):
+        rows = encoder.tokenizer([encoder.prefix[kind] + t for t in texts], truncation=True, max_length=most)
+        return len(texts) * max(len(ids) for ids in rows["input_ids"])
+    return (padded([examples[i].query for i in batch], "query", encoder.max_length["query"])
+            + padded([doc_text(corpus[d]) for i in batch for d in groups[i]], "passage", length))
+
+
 def build_encoder(cfg, checkpoint=None):
+    auto = cfg.max_passage_length == "auto"  # set once the recipe is chosen
     overrides = dict(pooling=cfg.pooling or None, max_query_length=cfg.max_query_length or None,
-                     max_passage_length=cfg.max_passage_length or None, query_prefix=cfg.query_prefix or None,
+                     max_passage_length=None if auto else cfg.max_passage_length or None, query_prefix=cfg.query_prefix or None,
                      passage_prefix=cfg.passage_prefix or None)
     if checkpoint:
         return BiEncoder.from_pretrained(checkpoint)
@@ -481,6 +526,9 @@ def main(argv=None):
     torch.manual_seed(cfg.seed + rank)
     encoder = build_encoder(cfg, checkpoint).to(device)
     encoder.encode_dtype = cfg.dtype  # val and re-mining encode at the run's dtype
+    if encoder.set_attention_dropout(cfg.attention_dropout) == 0 and master:
+        warn(f"attention_dropout={cfg.attention_dropout}: {cfg.model} has no attention module this knows by name "
+             "(*SelfAttention with a dropout); its attention dropout stays as saved")
     if max(cfg.matryoshka_dims, default=0) > encoder.dim:
         raise UserError(f"matryoshka_dims={cfg.matryoshka_dims}: {cfg.model} embeds in {encoder.dim} dimensions; "
                         f"keep each at most {encoder.dim}")
@@ -491,7 +539,6 @@ def main(argv=None):
         encoder.matryoshka_dims = widths  # saved: what it was trained for
     matryoshka_keys = [f"ndcg@10@{d}" for d in widths if d < encoder.dim]  # val's, beside the full width's
     setup_lora(encoder, cfg, master=master)
-    token_cache = {} if cfg.token_cache else None  # (kind, text) -> token ids
     pooler = getattr(encoder.model, "pooler", None)
     if pooler is not None:  # unused by the embedding; DDP would wait for its gradients forever
         pooler.requires_grad_(False)
@@ -500,22 +547,56 @@ def main(argv=None):
     encoder.train()
     model = DDP(encoder, broadcast_buffers=False) if world > 1 else encoder
     optimizer, scaler = optimizer_and_scaler(encoder, cfg, device, dtype)
-    first_groups = sample_groups(examples, cfg.hard_negatives, cfg.seed)
-    first_batches = make_batches(examples, first_groups, cfg.batch_size, cfg.seed, cfg.length_bucketing)
-    steps_per_epoch = len(first_batches)
 
-    def probe_step():  # the first batch forward and backward, its gradients dropped: what one step costs
-        batch = [examples[i] for i in first_batches[0]]
-        groups = [first_groups[i] for i in first_batches[0]]
-        chunks, _ = tokenize_batch(cfg, encoder, corpus, batch, groups, rank, world, token_cache, device)
+    # ---- the recipe's sizes and steps: what fits the time budget, measured on a typical batch
+    token_caches = {}  # passage length -> {(kind, text): token ids}; one text, tokenised once per run
+    val_texts = (([doc_text(corpus[d]) for d in val_doc_ids], list(val_queries.values())) if has_val and master
+                 else ([], []))
+    most_evals = table["evals"] if has_val else 0
+
+    def use(recipe):  # the encoder and the first epoch at these sizes
+        encoder.max_length["passage"] = recipe[0]
+        return first_epoch(cfg, examples, recipe[1], cfg.seed)
+
+    def probe_step(recipe=None):  # a typical batch forward and backward, its gradients dropped: what a step costs
+        groups_of, batches = use(recipe or (cfg.max_passage_length, cfg.hard_negatives))
+        typical = typical_batch(examples, batches)
+        batch, groups = [examples[i] for i in typical], [groups_of[i] for i in typical]
+        cache = token_caches.setdefault(encoder.max_length["passage"], {}) if cfg.token_cache else None
+        chunks, _ = tokenize_batch(cfg, encoder, corpus, batch, groups, rank, world, cache, device)
         forward_backward(cfg, model, encoder, chunks, batch, groups, scaler, rank, world, device, dtype)
         optimizer.zero_grad(set_to_none=True)
 
-    val_texts = (([doc_text(corpus[d]) for d in val_doc_ids], list(val_queries.values())) if has_val and master
-                 else ([], []))
+    def measure(recipe):
+        rng = rng_state()
+        seconds = sizing.time_step(lambda: probe_step(recipe))
+        set_rng_state(rng)  # the probe leaves the run's random draws as they were
+        return sizing.Trial(recipe, len(use(recipe)[1]), seconds,
+                            estimate_eval_seconds(encoder, *val_texts, cfg.eval_batch_size),
+                            peak_mb=peak_memory_mb(device))
+
+    def tokens(recipe):  # padded tokens of the recipe's typical batch
+        groups_of, batches = first_epoch(cfg, examples, recipe[1], cfg.seed)
+        return len(batches), batch_tokens(encoder, corpus, examples, groups_of, typical_batch(examples, batches),
+                                          recipe[0])
+
+    def lower_bound(recipe, cheapest):  # a step's time grows with its tokens (a little less: bigger matrices run
+        (steps, more), (_, fewer) = tokens(recipe), tokens(cheapest.recipe)  # faster), its activations as much
+        return sizing.Trial(recipe, steps, 0.8 * cheapest.step_seconds * more / fewer,
+                            0.8 * cheapest.eval_seconds * recipe[0] / cheapest.recipe[0], measured=False,
+                            peak_mb=base_mb + (cheapest.peak_mb - base_mb) * more / fewer)
+
+    candidates = recipes(cfg, table, encoder.max_length["passage"])
+    base_mb = peak_memory_mb(device)  # before any step: the model, the data
+    trial, recipe_line = sizing.choose_recipe(cfg, candidates, measure, lower_bound, most_evals, world,
+                                              MEMORY_SHARE * device_memory_mb(device))
+    cfg.max_passage_length, cfg.hard_negatives = trial.recipe if trial else candidates[0]
+    first_groups, first_batches = use((cfg.max_passage_length, cfg.hard_negatives))
+    token_cache = token_caches.setdefault(cfg.max_passage_length, {}) if cfg.token_cache else None
+    steps_per_epoch = len(first_batches)
     plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
                                 lambda: estimate_eval_seconds(encoder, *val_texts, cfg.eval_batch_size),
-                                table["evals"] + 1 if has_val else 0, world)
+                                most_evals, world, trial=trial)
     total_steps, warmup_steps = cfg.max_steps, int(cfg.warmup_ratio * cfg.max_steps)
     step, epoch, position, best = restore(state, optimizer, scaler, rank, checkpoint)
     batches, groups_of = None, None  # this epoch's batch order, and every example's group of documents
@@ -536,9 +617,10 @@ def main(argv=None):
             + (f" from {cfg.train_file}" if cfg.hard_negatives else " (in-batch negatives only)"),
             f"steps: {total_steps} at batch {cfg.batch_size} ({total_steps / steps_per_epoch:.2f} epochs of "
             f"{steps_per_epoch}), on {world} x {device} ({dtype_why})",
-            (f"val: {len(val_queries)} queries against {len(val_doc_ids):,} of {len(corpus):,} docs, at step 0 and "
-             + (f"every {cfg.eval_every} steps" if cfg.eval_every else "the end")) if has_val else "val: none",
-            *plan["lines"]], plan["notes"])
+            (f"val: {len(val_queries)} queries against {len(val_doc_ids):,} of {len(corpus):,} docs, "
+             + (f"at step 0 and every {cfg.eval_every} steps" if cfg.eval_every else "at the end"))
+            if has_val else "val: none",
+            *([recipe_line] if recipe_line else []), *plan["lines"]], plan["notes"])
 
     stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
     health = Health()  # loss spikes and embedding collapse, warned about as they happen

@@ -57,8 +57,8 @@ from common.index import is_index
 from common.retrievers import BM25, first_stage_run
 from common.run import UserError, cli, warn
 from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, finish, log_train, log_val,
-                             lr_at, open_run, optimizer_and_scaler, optimizer_step, restore, resume, run_dtype, save_last, set_lr,
-                             setup, setup_lora, summary, write_card)
+                             lr_at, open_run, optimizer_and_scaler, optimizer_step, restore, resume, run_dtype,
+                             save_last, set_lr, setup, setup_lora, summary, write_card)
 
 DEFAULTS = dict(
     # data
@@ -277,7 +277,7 @@ def main(argv=None):
     plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
                                 lambda: estimate_eval_seconds(cross, val_queries, val_first, doc_texts,
                                                               cfg.eval_batch_size),
-                                val_evals if has_val else 0, world)
+                                val_evals if has_val else 0, world, step_zero=not cross.fresh_head)
     total_steps, warmup_steps = cfg.max_steps, int(cfg.warmup_ratio * cfg.max_steps)
     step, epoch, position, best = restore(state, optimizer, scaler, rank, checkpoint)
     batches, groups_of = None, None  # this epoch's batch order, and every example's group of documents

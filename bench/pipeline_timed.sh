@@ -30,8 +30,12 @@ stage train-encoder train-encoder "$@"
 stage index index "$@"
 stage fine-tuned-val fine-tuned SPLIT=val "$@"
 stage fine-tuned-test fine-tuned SPLIT=test "$@"
-stage mine-reranker mine-reranker "$@"
-stage train-reranker train-reranker "$@"
+if [ "$(make --no-print-directory -s reranker-on "$@")" = yes ]; then
+    stage mine-reranker mine-reranker "$@"
+    stage train-reranker train-reranker "$@"
+else
+    stage served-val "runs/$name-$(basename "${MODEL:-all-MiniLM-L6-v2}")/served-val/metrics.json" "$@"
+fi
 stage final final "$@"
 stage export export "$@"
 stage compare pipeline "$@"

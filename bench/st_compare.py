@@ -16,7 +16,8 @@ sentence-transformers: SentenceTransformerTrainer + MultipleNegativesRankingLoss
 1 / 0.05, query->doc), fed exactly the batches train_encoder.py draws, in the same order
 (`st_batches=ours`; `unbucketed` gives it random batches without duplicates instead, as its
 NO_DUPLICATES sampler would); same lr, linear schedule, warmup steps, weight decay, clipping, seed,
-max length (`max_length` for queries and passages on both sides), dtype (bf16 autocast on a GPU);
+max length (`max_length` for queries and passages on both sides), dtype (`dtype`: auto is bf16 autocast on
+a GPU or on a CPU with native bf16, on both sides);
 no evaluation or checkpoints during training. (3), (4): test nDCG@10 of each trained model by
 evaluate.py --retrievers=dense over the full corpus. (5), (6): encode throughput of the base model,
 BiEncoder.encode vs SentenceTransformer.encode, on the same seeded sample of `encode_docs` docs.
@@ -59,6 +60,7 @@ DEFAULTS = dict(
     max_length=256,  # tokens, queries and passages, both sides (MiniLM saves max_seq_length 256)
     seed=42,
     device="auto",  # auto | cpu | cuda
+    dtype="auto",  # auto | fp32 | bf16: both sides' training autocast; auto = bf16 on a GPU or a CPU with native bf16
     st_batches="ours",  # ours: train_encoder.py's batches in its order | unbucketed: random, no duplicates
     st_path=".bench-st",  # where `make bench-st` installed sentence-transformers (PYTHONPATH of its children)
     train_args=[],  # more train_encoder.py settings for our side, e.g. --train_args=--gradient_checkpointing=true
@@ -66,7 +68,7 @@ DEFAULTS = dict(
     eval_batch_size=64,
     encode_docs=1000,  # seeded sample of the corpus for the encode throughput; 0 = skip
     encode_batch_size=64,
-    encode_dtype="fp32",  # fp32 | bf16: autocast around both sides' encode (each library's default is fp32)
+    encode_dtype="auto",  # auto | fp32 | bf16: autocast around both sides' encode (sentence-transformers' default is fp32)
     encode_max_tokens=0,  # ours: > 0 sizes its encode batches by padded tokens (BiEncoder.encode max_tokens)
     peak_tflops=0.0,  # 0 = 0.07 on CPU (measured fp32 GEMM), 989 on CUDA (H100 dense bf16)
     role="",  # internal: what a child process does
@@ -127,6 +129,8 @@ def child_st_train(cfg):
         from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
+    from common.models import autocast_dtype
+
     device = _device(cfg)
     model = SentenceTransformer(cfg.model_dir, device=str(device))
     model.max_seq_length = cfg.max_length
@@ -171,7 +175,7 @@ def child_st_train(cfg):
         output_dir=os.path.join(cfg.out, "st-trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, warmup_steps=int(cfg.warmup_ratio * cfg.steps), lr_scheduler_type="linear",
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed, data_seed=cfg.seed,
-        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(), use_cpu=device.type == "cpu",
+        bf16=autocast_dtype(cfg.dtype, device) == torch.bfloat16, use_cpu=device.type == "cpu",
         batch_sampler=FixedBatches, save_strategy="no", eval_strategy="no", report_to="none",
         dataloader_drop_last=False)
     loss = MultipleNegativesRankingLoss(model, scale=1 / 0.05)
@@ -341,7 +345,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
     check_choice(cfg, "st_batches", ("ours", "unbucketed"))
-    check_choice(cfg, "encode_dtype", ("fp32", "bf16"))
+    check_choice(cfg, "encode_dtype", ("auto", "fp32", "bf16"))
+    check_choice(cfg, "dtype", ("auto", "fp32", "bf16"))
     if cfg.role:
         cfg.model_dir = cfg.model
         return {"st-train": child_st_train, "ours-encode": lambda c: child_encode(c, "ours"),
@@ -374,7 +379,7 @@ def main(argv=None):
                   f"--device={cfg.device}", f"--max_query_length={cfg.max_length}",
                   f"--max_passage_length={cfg.max_length}", "--loss=infonce", "--loss_weights=1", "--temperature=0.05",
                   "--symmetric=false", "--schedule=linear", "--hard_negatives=0", "--micro_batch_size=0",
-                  "--dtype=auto", "--eval_every=0", "--save_every=0", "--test_eval=false", "--tensorboard=false",
+                  f"--dtype={cfg.dtype}", "--eval_every=0", "--save_every=0", "--test_eval=false", "--tensorboard=false",
                   # val must run once at the end (it keeps best/): on one query and its positives, seconds
                   "--val_queries=1", "--val_docs_bm25=0", "--val_docs_random=0",
                   "--log_every=1", *cfg.train_args]  # every step's step_seconds in metrics.jsonl: the first one's

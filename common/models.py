@@ -328,6 +328,19 @@ class SavedModel(torch.nn.Module):
         self.lora = dict(r=r, alpha=alpha, dropout=dropout, targets=list(targets))
         return n
 
+    def set_attention_dropout(self, p):
+        """Dropout on the attention probabilities while training (the trunk's other dropout stays as
+        saved). At 0, PyTorch runs its fused attention kernel; with dropout the CPU falls back to the
+        plain one and draws a random mask over every (query token, key token) pair of every head.
+        Returns how many attention modules took it; the saved config is left as it was."""
+        n = 0
+        for module in self.model.modules():
+            if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None),
+                                                                               torch.nn.Dropout):
+                module.dropout.p = p
+                n += 1
+        return n
+
     def save(self, out_dir):
         with atomic_dir(out_dir) as tmp:
             self.write(tmp, merge=self.save_merged)

@@ -6,6 +6,7 @@ than a GPU), from the data (how many queries, how large a corpus), and from a me
 when a time budget has to be met. The script prints the result as its plan and saves it in the
 run's config.json, so a rerun with those values repeats the run.
 """
+import dataclasses
 import math
 import time
 
@@ -68,6 +69,29 @@ def time_step(step, repeats=2):
     return seconds
 
 
+VAL_SHARE = 0.15  # of a time budget, what val evaluations may take: the rest trains
+
+
+@dataclasses.dataclass
+class Trial:
+    """A recipe's size and what it costs here: steps an epoch, seconds a step (measured on a
+    batch, or a lower bound of it), seconds a val evaluation and the memory the step peaked at (MB)."""
+    recipe: tuple  # (max_passage_length, hard_negatives)
+    steps_per_epoch: int
+    step_seconds: float
+    eval_seconds: float
+    measured: bool = True
+    peak_mb: float = 0.0
+
+
+def val_evals(budget_min, eval_seconds, most):
+    """How many val evaluations a run makes (the last step's always, step 0's second): at most `most`,
+    and within VAL_SHARE of time_budget_min when there is one."""
+    if most <= 1 or budget_min <= 0 or eval_seconds <= 0:
+        return most
+    return max(1, min(most, int(VAL_SHARE * budget_min * 60 / eval_seconds)))
+
+
 def steps_for_budget(budget_min, recipe_steps, steps_per_epoch, seconds_per_step, eval_seconds, evals):
     """(steps, note): the recipe's steps, or as many as fit `budget_min` minutes beside `evals` val
     evaluations of `eval_seconds` each. Never fewer than one step; the note says what was cut."""
@@ -87,35 +111,96 @@ def steps_for_budget(budget_min, recipe_steps, steps_per_epoch, seconds_per_step
     return fit, note
 
 
-def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, world):
+def fits(cfg, trial, most_evals, memory_mb=0.0):
+    """Whether the trial's recipe, its steps whole (max_steps, or the epochs), fits time_budget_min
+    (and its step, memory_mb)."""
+    if memory_mb and trial.peak_mb > memory_mb:
+        return False
+    steps = cfg.epochs * trial.steps_per_epoch if cfg.max_steps == "auto" else cfg.max_steps
+    evals = val_evals(cfg.time_budget_min, trial.eval_seconds, most_evals)
+    return steps * trial.step_seconds + evals * trial.eval_seconds <= cfg.time_budget_min * 60
+
+
+def choose_recipe(cfg, candidates, measure, lower_bound, most_evals, world, memory_mb=0.0):
+    """(the Trial chosen, the plan's line): the first of `candidates` [(max_passage_length,
+    hard_negatives)], richest first, whose steps fit time_budget_min beside its val evaluations, or
+    else the last (the cheapest, its steps cut to the budget). The last is measured first
+    (`measure(recipe)` times a batch of it); a richer one is measured only when `lower_bound(recipe,
+    cheapest)`, a step time it cannot beat, leaves it a chance. With several ranks, rank 0's times
+    decide for all. A recipe whose step would peak above memory_mb (0: no limit) does not fit either. A
+    single candidate, or no budget, takes the first unmeasured."""
+    if len(candidates) == 1 or cfg.time_budget_min <= 0:
+        return None, ""
+    cheapest = measure(candidates[-1])
+    chosen, tried = cheapest, []
+    for recipe in candidates[:-1]:
+        bound = lower_bound(recipe, cheapest)
+        if not agree(fits(cfg, bound, most_evals, memory_mb), world):
+            why = "memory" if memory_mb and bound.peak_mb > memory_mb else "time"
+            tried.append(f"{describe_recipe(recipe)} (cannot fit: {why})")
+            continue
+        trial = measure(recipe)
+        if agree(fits(cfg, trial, most_evals, memory_mb), world):
+            chosen = trial
+            break
+        tried.append(f"{describe_recipe(recipe)} ({trial.step_seconds:.1f} s a step, {trial.peak_mb / 1024:.1f} GB: "
+                     "does not fit)")
+    line = (f"recipe: {describe_recipe(chosen.recipe)}, the richest that fits time_budget_min="
+            f"{cfg.time_budget_min:g}" if chosen is not cheapest or fits(cfg, cheapest, most_evals) else
+            f"recipe: {describe_recipe(chosen.recipe)}, the last of the recipes (none fits time_budget_min="
+            f"{cfg.time_budget_min:g} whole: its steps are cut)") + (f"; richer: {', '.join(tried)}" if tried else "")
+    return chosen, line
+
+
+def describe_recipe(recipe):
+    length, negatives = recipe
+    return f"{length}-token passages, {negatives} hard negative{'' if negatives == 1 else 's'}"
+
+
+def agree(value, world):
+    """Rank 0's value on every rank."""
+    if world > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
+def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, world, trial=None,
+                  step_zero=True):
     """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
-    beside `evals` val evaluations, timed by running `probe_step` (the first batch forward and
-    backward) and `eval_seconds()` (which times a sample of an evaluation and returns what the whole
-    one should take). Rank 0's count is every rank's.
-    Returns {"lines": the plan's time line, "notes": what the budget cut}."""
+    beside at most `evals` val evaluations (fewer where they would take more than VAL_SHARE of it),
+    timed by running `probe_step` (the first batch forward and backward) and `eval_seconds()` (which
+    times a sample of an evaluation and returns what the whole one should take), unless `trial`
+    (choose_recipe's) measured both already. `step_zero`: the run evaluates step 0 when it evaluates
+    more than once. Rank 0's count is every rank's.
+    Returns {"lines": the plan's time line, "notes": what the budget cut, "evals": how many}."""
     recipe_steps = cfg.epochs * steps_per_epoch
     lines, notes, seconds, per_eval = [], [], None, 0.0
     if cfg.max_steps == "auto":
         cfg.max_steps = recipe_steps
         if cfg.time_budget_min > 0:
-            rng = rng_state()
-            seconds = time_step(probe_step)
-            set_rng_state(rng)  # the probe leaves the run's random draws as they were
-            per_eval = eval_seconds()
+            if trial is not None and trial.measured:
+                seconds, per_eval = trial.step_seconds, trial.eval_seconds
+            else:
+                rng = rng_state()
+                seconds = time_step(probe_step)
+                set_rng_state(rng)  # the probe leaves the run's random draws as they were
+                per_eval = eval_seconds() if evals else 0.0
+            evals = val_evals(cfg.time_budget_min, per_eval, evals)
             cfg.max_steps, note = steps_for_budget(cfg.time_budget_min, recipe_steps, steps_per_epoch, seconds,
                                                    per_eval, evals)
             notes.append(note)
-        if world > 1:
-            box = [cfg.max_steps]
-            dist.broadcast_object_list(box, src=0)
-            cfg.max_steps = box[0]
+        cfg.max_steps = agree(cfg.max_steps, world)
+        evals = agree(evals, world)
     if cfg.eval_every == "auto":
-        cfg.eval_every = eval_every(cfg.max_steps, table["evals"])
+        between = evals - 1 if step_zero else evals  # step 0's is one of them
+        cfg.eval_every = eval_every(cfg.max_steps, between) if between > 0 else 0
     if seconds is not None:
-        lines.append(f"time: {seconds:.2f} s a step (measured on the first batch) -> "
-                     f"~{minutes(seconds * cfg.max_steps + evals * per_eval)} with {evals} val evaluations of "
-                     f"~{minutes(per_eval)} (time_budget_min={cfg.time_budget_min:g})")
-    return {"lines": lines, "notes": notes}
+        lines.append(f"time: {seconds:.2f} s a step (measured on a batch) -> "
+                     f"~{minutes(seconds * cfg.max_steps + evals * per_eval)} with {evals} val evaluation"
+                     f"{'' if evals == 1 else 's'} of ~{minutes(per_eval)} (time_budget_min={cfg.time_budget_min:g})")
+    return {"lines": lines, "notes": notes, "evals": evals}
 
 
 def eval_every(total_steps, evals):

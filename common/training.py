@@ -334,6 +334,13 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def device_memory_mb(device):
+    """The memory a run's steps share: the GPU's, or the machine's RAM on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**20
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def write_progress(out_dir, step, total_steps, epoch, t_start, record, best):
     """training_progress.json: where a run is, for scripts and for a glance from another terminal."""
     write_json(os.path.join(out_dir, "training_progress.json"), {

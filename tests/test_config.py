@@ -111,7 +111,7 @@ def make_dry_run(*args):
 
 def test_config_picks_each_stages_yaml(tmp_path):
     """CONFIG=<name> hands every stage its configs/<stage>-<name>.yaml (dry run: nothing executes)."""
-    lines = make_dry_run("pipeline", "CONFIG=smoke", "DATA=smoke", "DATASET=smoke", f"MODEL={tmp_path}/m")
+    lines = make_dry_run("pipeline", "CONFIG=smoke", "DATA=smoke", "DATASET=smoke", f"MODEL={tmp_path}/m", "RERANKER=yes")
     for stage, script in [("mine", "mine_negatives.py"), ("reranker", "train_reranker.py"),
                           ("encoder", "train_encoder.py")]:
         assert any(line.startswith(f"true {script} ") and f"configs/{stage}-smoke.yaml" in line
@@ -126,7 +126,7 @@ def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
     from common.config import load_config
 
     run = "runs/fresh-m"
-    lines = make_dry_run("pipeline", f"DATA={tmp_path}/fresh", f"MODEL={tmp_path}/m")
+    lines = make_dry_run("pipeline", f"DATA={tmp_path}/fresh", f"MODEL={tmp_path}/m", "RERANKER=yes")  # as on a GPU
     assert not any("configs/" in line for line in lines), lines  # the defaults, no config file
     step = {name: next(line for line in lines if line.startswith(f"true {script}") and all(w in line for w in words))
             for name, script, words in [
@@ -148,7 +148,27 @@ def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
         assert any(f"--out={run}/fine-tuned-{split}" in line and "--retrievers=dense,hybrid" in line for line in lines)
     assert not any("--teacher" in line for line in lines)  # nothing in the pipeline would read its scores
     cfg = load_config(train_encoder.DEFAULTS, [f"--train_file={run}/mine/train.jsonl"])
-    assert cfg.hard_negatives == "auto" and train_encoder.AUTO["cpu"]["hard_negatives"] > 0
+    assert cfg.hard_negatives == "auto" and all(n > 0 for _, n in train_encoder.AUTO["cpu"]["recipes"])
+
+
+def test_on_a_cpu_the_pipeline_serves_its_first_stage_without_training_a_reranker(tmp_path):
+    """RERANKER=auto where torch sees no GPU (here PY=true, which sees nothing): no reranker stage, one
+    line saying why, and the served column's val comes from the index's own evaluation on val."""
+    run = "runs/fresh-m"
+    lines = make_dry_run("pipeline", f"DATA={tmp_path}/fresh", f"MODEL={tmp_path}/m")
+    assert not any("train_reranker.py" in line or f"--out={run}/mine-reranker" in line for line in lines), lines
+    final = next(line for line in lines if "evaluate.py" in line and "--split=test" in line and "--index=" in line)
+    assert "--rerank" not in final
+    served_val = next(line for line in lines if f"--out={run}/served-val" in line)
+    assert "--split=val" in served_val and f"--index={run}/index" in served_val
+    compare = next(line for line in lines if "--compare=" in line)
+    assert f"served={run}/served-val/metrics.json" in compare and "reranker" not in compare
+    import os
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    said = subprocess.run(["make", "-n", "-C", root, "pipeline", f"DATA={tmp_path}/fresh", f"MODEL={tmp_path}/m",
+                           "PY=true"], capture_output=True, text=True, check=True).stdout
+    assert "reranker: not trained: no GPU here" in said
 
 
 def test_adapt_trains_on_pseudo_queries_and_tests_on_the_labelled_split(tmp_path):
