@@ -41,6 +41,7 @@ DEFAULTS = dict(
     batch_size=32,
     rounds=3,
     ndcg=True,  # also encode the whole corpus with each backend for test nDCG@10
+    backends=["torch fp32", "torch bf16", "onnx fp32", "onnx int8"],  # of BACKENDS; torch fp32 always runs
     out="runs/bench/onnx_speed",
 )
 BACKENDS = {"torch fp32": ("torch", "fp32"), "torch bf16": ("torch", "bf16"), "onnx fp32": ("onnx", None),
@@ -56,8 +57,12 @@ def main(argv=None):
     corpus, queries, qrels = load_beir(cfg.data, "test")
     doc_ids = list(corpus)
     texts = [doc_text(corpus[d]) for d in doc_ids]
-    encoders = {name: load_encoder(cfg.model if backend == "torch" else cfg.onnx, backend, "cpu")
-                for name, (backend, _) in BACKENDS.items()}
+    unknown = sorted(set(cfg.backends) - set(BACKENDS))
+    if unknown:
+        raise SystemExit(f"onnx_speed.py: unknown backends {unknown}; choose from {list(BACKENDS)}")
+    names = ["torch fp32"] + [n for n in BACKENDS if n in cfg.backends and n != "torch fp32"]  # the reference first
+    encoders = {name: load_encoder(cfg.model if BACKENDS[name][0] == "torch" else cfg.onnx, BACKENDS[name][0], "cpu")
+                for name in names}
     sample = texts[:cfg.docs]
     seconds = {name: [] for name in encoders}
     for name, encoder in encoders.items():  # warm-up: allocations, kernel choice
