@@ -100,8 +100,8 @@ def main(argv=None):
              "| backend | docs/s | x torch fp32 | test nDCG@10 | test R@100 | min cosine to fp32 |",
              "|---|---|---|---|---|---|"]
     for name, row in rows.items():
-        lines.append(f"| {name} | {row['docs_per_s']:.1f} | {row['speedup']:.2f} | {row.get('ndcg10', float('nan')):.4f} "
-                     f"| {row.get('recall100', float('nan')):.4f} | {row.get('min_cosine_to_fp32', float('nan')):.4f} |")
+        cells = [f"{row[k]:.4f}" if k in row else "-" for k in ("ndcg10", "recall100", "min_cosine_to_fp32")]
+        lines.append(f"| {name} | {row['docs_per_s']:.1f} | {row['speedup']:.2f} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     os.makedirs(cfg.out, exist_ok=True)
