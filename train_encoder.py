@@ -147,11 +147,13 @@ DEFAULTS = dict(
 # a run takes the first whose steps fit time_budget_min beside its val evaluations, measured on a
 # batch of median length, or else the last with its steps cut (common.sizing.choose_recipe). On a
 # CPU, val preferred longer passages to more steps or more negatives at equal minutes
-# (bench/results/cpu-bf16.md).
+# (bench/results/cpu-bf16.md). With the budget left `auto`, a dataset whose epochs take up to
+# `whole_within_min` trains them whole: cutting a small dataset's last epoch saves a few minutes and
+# cost SciFact's val 0.036 (bench/results/pipeline-scifact-cpu.md); a larger one is cut to the budget.
 AUTO = {
-    "cpu": dict(batch=32, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, val_queries=200,
+    "cpu": dict(batch=32, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, whole_within_min=16.0, val_queries=200,
                 val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=4),
-    "gpu": dict(batch=32, recipes=[(0, 3)], time_budget_min=0.0, val_queries=2_000,
+    "gpu": dict(batch=32, recipes=[(0, 3)], time_budget_min=0.0, whole_within_min=0.0, val_queries=2_000,
                 val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=11),
 }
 VAL_KS = (1, 3, 5, 10, 100)
@@ -506,7 +508,7 @@ def main(argv=None):
     val_queries, val_qrels = load_val(cfg.data, "the last step's model is kept as best/")
     has_val = bool(val_queries)
     table = AUTO[sizing.machine(device)]
-    resolve_sizes(cfg, table, records, corpus, val_queries, world)
+    auto_budget = "time_budget_min" in resolve_sizes(cfg, table, records, corpus, val_queries, world)
     examples = load_examples(cfg, corpus, records)
     sizing.batch_size(cfg, len(examples), table["batch"], world, cfg.train_file or cfg.data)
     sizing.check_batch(cfg, world, "examples")
@@ -596,7 +598,8 @@ def main(argv=None):
     steps_per_epoch = len(first_batches)
     plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
                                 lambda: estimate_eval_seconds(encoder, *val_texts, cfg.eval_batch_size),
-                                most_evals, world, trial=trial)
+                                most_evals, world, trial=trial,
+                                whole_within_min=table["whole_within_min"] if auto_budget else 0.0)
     total_steps, warmup_steps = cfg.max_steps, int(cfg.warmup_ratio * cfg.max_steps)
     step, epoch, position, best = restore(state, optimizer, scaler, rank, checkpoint)
     batches, groups_of = None, None  # this epoch's batch order, and every example's group of documents

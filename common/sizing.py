@@ -148,7 +148,7 @@ def choose_recipe(cfg, candidates, measure, lower_bound, most_evals, world, memo
     line = (f"recipe: {describe_recipe(chosen.recipe)}, the richest that fits time_budget_min="
             f"{cfg.time_budget_min:g}" if chosen is not cheapest or fits(cfg, cheapest, most_evals) else
             f"recipe: {describe_recipe(chosen.recipe)}, the last of the recipes (none fits time_budget_min="
-            f"{cfg.time_budget_min:g} whole: its steps are cut)") + (f"; richer: {', '.join(tried)}" if tried else "")
+            f"{cfg.time_budget_min:g} whole)") + (f"; richer: {', '.join(tried)}" if tried else "")
     return chosen, line
 
 
@@ -167,14 +167,16 @@ def agree(value, world):
 
 
 def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, world, trial=None,
-                  step_zero=True):
+                  step_zero=True, whole_within_min=0.0):
     """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
     beside at most `evals` val evaluations (fewer where they would take more than VAL_SHARE of it),
     timed by running `probe_step` (the first batch forward and backward) and `eval_seconds()` (which
     times a sample of an evaluation and returns what the whole one should take), unless `trial`
-    (choose_recipe's) measured both already. `step_zero`: the run evaluates step 0 when it evaluates
-    more than once. Rank 0's count is every rank's.
-    Returns {"lines": the plan's time line, "notes": what the budget cut, "evals": how many}."""
+    (choose_recipe's) measured both already. Epochs that take more than time_budget_min but at most
+    `whole_within_min` minutes run whole, time_budget_min raised to what they take (pass it only for
+    a budget the table chose, not one the user set). `step_zero`: the run evaluates step 0 when it
+    evaluates more than once. Rank 0's count is every rank's.
+    Returns {"lines": the plan's time lines, "notes": what the budget cut, "evals": how many}."""
     recipe_steps = cfg.epochs * steps_per_epoch
     lines, notes, seconds, per_eval = [], [], None, 0.0
     if cfg.max_steps == "auto":
@@ -188,6 +190,11 @@ def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, 
                 set_rng_state(rng)  # the probe leaves the run's random draws as they were
                 per_eval = eval_seconds() if evals else 0.0
             evals = val_evals(cfg.time_budget_min, per_eval, evals)
+            whole = recipe_steps * seconds + evals * per_eval
+            if cfg.time_budget_min * 60 < whole <= whole_within_min * 60:
+                lines.append(f"budget: the recipe's {recipe_steps} steps whole take ~{minutes(whole)}, more than "
+                             f"time_budget_min={cfg.time_budget_min:g} but within {whole_within_min:g}: not cut")
+                cfg.time_budget_min = math.ceil(whole / 6) / 10
             cfg.max_steps, note = steps_for_budget(cfg.time_budget_min, recipe_steps, steps_per_epoch, seconds,
                                                    per_eval, evals)
             notes.append(note)

@@ -173,6 +173,36 @@ def test_the_richest_recipe_that_fits_is_chosen_and_one_that_cannot_is_not_measu
     assert sizing.choose_recipe(cfg, [(128, 1)], pytest.fail, bound, 3, 1) == (None, "")
 
 
+def test_epochs_a_little_over_the_tables_budget_run_whole():
+    """A small dataset's epochs are not cut for a few minutes when the budget is the table's; one the
+    user set is a limit."""
+    trial = sizing.Trial((256, 1), 10, 4.0, 30.0)  # 30 steps x 4 s + one 30 s evaluation: 150 s
+    fail = lambda: pytest.fail("measured already")  # noqa: E731
+    cfg = encoder_cfg("--time_budget_min=1", "--epochs=3")
+    plan = sizing.resolve_steps(cfg, train_encoder.AUTO["cpu"], 10, fail, fail, 3, 1, trial=trial, whole_within_min=3)
+    assert cfg.max_steps == 30 and cfg.time_budget_min == 2.5 and plan["evals"] == 1 and plan["notes"] == [""]
+    assert "the recipe's 30 steps whole take ~2.5 min, more than time_budget_min=1 but within 3: not cut" in plan["lines"][0]
+    for within in (2, 0):  # epochs that take longer, or a budget the user set: cut to the budget
+        cfg = encoder_cfg("--time_budget_min=1", "--epochs=3")
+        plan = sizing.resolve_steps(cfg, train_encoder.AUTO["cpu"], 10, fail, fail, 3, 1, trial=trial,
+                                    whole_within_min=within)
+        assert cfg.max_steps == 7 and cfg.time_budget_min == 1 and "fits 7 steps, less than one epoch" in plan["notes"][0]
+
+
+def test_only_the_tables_budget_may_run_over(train_beir, tiny_model, tmp_path, monkeypatch):
+    seen, real = [], sizing.resolve_steps
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["whole_within_min"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(sizing, "resolve_steps", spy)
+    for budget in ([], ["--time_budget_min=8"]):
+        assert train_encoder.main([f"--data={train_beir}", f"--model={tiny_model}", f"--out={tmp_path / str(len(seen))}",
+                                   "--max_steps=2", "--device=cpu", "--tensorboard=false", "--test_eval=false",
+                                   *budget]) == 0
+    assert seen == [train_encoder.AUTO["cpu"]["whole_within_min"], 0.0] and seen[0] > train_encoder.AUTO["cpu"]["time_budget_min"]
+
+
 def test_val_evaluations_keep_to_their_share_of_the_budget():
     assert sizing.val_evals(10, 30.0, 4) == 3  # 15% of 600 s: 90 s, three evaluations of 30 s
     assert sizing.val_evals(10, 200.0, 4) == 1  # the last step's is never dropped
