@@ -149,7 +149,7 @@ DEFAULTS = dict(
 # CPU, val preferred longer passages to more steps or more negatives at equal minutes
 # (bench/results/cpu-bf16.md). With the budget left `auto`, a dataset whose epochs take up to
 # `whole_within_min` trains them whole: cutting a small dataset's last epoch saves a few minutes and
-# cost SciFact's val 0.036 (bench/results/pipeline-scifact-cpu.md); a larger one is cut to the budget.
+# costs val more than they are worth (bench/results/cpu-bf16.md); a larger one is cut to the budget.
 AUTO = {
     "cpu": dict(batch=32, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, whole_within_min=16.0, val_queries=200,
                 val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=4),
