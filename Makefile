@@ -117,8 +117,9 @@ $(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) 
 
 # The first stage the pipeline serves (build_index.py): the fine-tuned encoder (unless INDEX_MODEL says
 # otherwise) or the zero-shot one, whichever val scores best, each with BM25 mixed in as val chooses
+# and with the train queries' memory at the strengths val chooses (none included: common/memory.py)
 # (fine-tuning that does not beat the zero-shot hybrid on val is not served); a FAISS index of the
-# corpus, BM25 and fusion.json. search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR)
+# corpus, BM25, memory.json and fusion.json. search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR)
 # then serve it. The baseline's corpus embeddings come from its evaluation's cache. Its make-args.txt
 # lives outside the directory, which build_index.py replaces whole.
 index: $(INDEX_DIR)/index.json
@@ -179,7 +180,7 @@ pipeline: | setup
 $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json \
                           $(TUNED_DIR)-val/metrics.json $(TUNED_DIR)-test/metrics.json $(if $(RERANK_ON),,$(SERVED_VAL)) \
                           $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
-	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv --served=served \
+	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv --served=served --data=$(DATA_DIR) \
 	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(TUNED_DIR)-test/metrics.json,served=$(FINAL_DIR)/metrics.json \
 	    --compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json,fine-tuned=$(TUNED_DIR)-val/metrics.json,served=$(SERVED_VAL) \
 	    --hparams=$(ENCODER_DIR)/config.json,$(INDEX_DIR)/config.json$(if $(RERANK_ON),$(comma)$(RERANKER_DIR)/config.json)
@@ -188,7 +189,8 @@ $(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseli
 # into data/<dataset>-pseudo), BM25 negatives for them and the encoder trained on them. Then, on this
 # data's labelled splits, the adapted encoder and its hybrid beside the zero-shot baseline and its hybrid,
 # and what the pipeline's rule serves of them (build_index.py, choosing on the labelled val split:
-# runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read before that.
+# runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read before that,
+# and the adapted index remembers none (--memory=false): label-free is what it measures.
 PSEUDO_ARGS ?= --pseudo_queries=ict,crop
 adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json
 	$(MAKE) --no-print-directory adapted DATA=$(DATA_DIR) DATASET=$(DATASET)-pseudo CONFIG=$(CONFIG)-pseudo \
@@ -198,7 +200,7 @@ adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/
 ADAPTED_DIR := $(RUN_DIR)/adapted
 adapted: $(ADAPTED_DIR)/comparison.md
 $(ADAPTED_DIR)/index/index.json: $(ENCODER_DIR)/metrics.json build_index.py $(COMMON)
-	$(PY) build_index.py --data=$(LABELLED_DIR) --model=$(ENCODER_DIR)/best --baseline=$(MODEL) \
+	$(PY) build_index.py --data=$(LABELLED_DIR) --model=$(ENCODER_DIR)/best --baseline=$(MODEL) --memory=false \
 	    --cache_dir=$(LABELLED_RUN)/.cache --out=$(ADAPTED_DIR)/index
 $(ADAPTED_DIR)/adapted-%/metrics.json: $(ADAPTED_DIR)/index/index.json evaluate.py $(COMMON) $(EVAL_CONFIG)
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(LABELLED_DIR) --split=$* --retrievers=dense,hybrid --model=$(ENCODER_DIR)/best \

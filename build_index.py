@@ -42,11 +42,12 @@ import numpy as np
 
 from common import fusion
 from common import index as faiss_index
+from common import memory as mem
 from common.backends import BACKENDS, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import doc_text, load_val, read_corpus, read_qrels, read_queries, splits
-from common.files import atomic_dir, write_json
-from common.retrievers import BM25, corpus_embeddings, embeddings_cache
+from common.data import doc_text, load_beir, load_val, read_corpus, read_qrels, read_queries, splits
+from common.files import atomic_dir, file_sha1, write_json
+from common.retrievers import BM25, BM25_FILES, corpus_embeddings, embeddings_cache
 from common.run import UserError, cli, start_run, warn
 
 DEFAULTS = dict(
@@ -67,6 +68,15 @@ DEFAULTS = dict(
     hybrid_weight=Auto(float),  # BM25's share of the mix, 0 = dense alone, 1 = BM25 alone; auto = chosen on val
     bm25_k1=1.2,  # chosen on SciFact train (common/retrievers.py)
     bm25_b=0.4,
+    # memory: what the train split's judged queries found, written into the index (common/memory.py):
+    # each judged doc's vector moved toward its queries, its BM25 text expanded by them; the encoder is
+    # unchanged, and val never feeds the memory it scores
+    memory=True,  # false = an index without memory
+    memory_dense=Auto(float),  # the vectors' step toward their queries, 0 = none; auto = chosen on val
+    memory_bm25=Auto(int),  # times each doc's queries are appended to its BM25 text, 0 = none; auto = on val
+    add_queries="",  # a file of judged queries (TREC qrels over data's queries.jsonl, or JSONL {"query",
+    #                  "doc_id", "grade"}) remembered by the index at `out`, updated in place: nothing else
+    #                  re-encoded, the strengths it was built with kept (unless memory_* are given)
     # index
     factory="auto",  # FAISS index_factory: Flat, IVF<n>,Flat, IVF,PQ32, IVF,SQ8, HNSW32, OPQ32,IVF,PQ32;
     #                  "IVF," gets nlist ~ 4 sqrt(N); auto = Flat under 100k docs, else IVF,Flat
@@ -100,6 +110,12 @@ def check_config(cfg):
     check_choice(cfg, "backend", BACKENDS)
     check_choice(cfg, "faiss_gpu", ("auto", "yes", "no"))
     check_range(cfg, "hybrid_weight", 0, 1)
+    check_range(cfg, ["memory_dense", "memory_bm25"], 0)
+    if not cfg.memory and (cfg.memory_dense != "auto" or cfg.memory_bm25 != "auto"):
+        raise ConfigError("memory=false builds no memory: drop memory_dense / memory_bm25, or set memory=true")
+    if cfg.hybrid and (cfg.memory_dense == "auto") != (cfg.memory_bm25 == "auto"):
+        raise ConfigError(f"memory_dense={cfg.memory_dense}, memory_bm25={cfg.memory_bm25}: give both strengths "
+                          "(0 = none), or neither for val to choose them")
     if not 0 < cfg.target_recall <= 1:
         raise ConfigError(f"target_recall={cfg.target_recall}: a recall between 0 and 1")
     if cfg.dim < 0:
@@ -127,33 +143,171 @@ def corpus_vectors(cfg, encoder, model, texts):
     return corpus_embeddings(encoder, texts, cfg.batch_size, cache)
 
 
-def val_choice(cfg, doc_ids, candidates, bm25, val, given):
+def memory_runs(cfg, doc_ids, texts, encoder, emb, memory, queries, strengths):
+    """{strength: val run} of dense search over the corpus vectors with each memory strength: each
+    query's top HYBRID_DEPTH. The remembered queries are encoded here, by this encoder."""
+    qids = list(queries)
+    q_emb = encoder.encode([queries[q] for q in qids], "query", cfg.batch_size)
+    rows, dirs = memory_directions(cfg, doc_ids, encoder, memory)
+    runs = {}
+    for a in strengths:
+        scores, hits = faiss_index.search(faiss_index.flat_ip(mem.edit(emb, rows, dirs, a) if a else emb), q_emb,
+                                          fusion.HYBRID_DEPTH)
+        runs[a] = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, hits, scores)}
+    return runs
+
+
+def memory_directions(cfg, doc_ids, encoder, memory):
+    """(rows, unit directions) of the remembered docs, their queries encoded by `encoder`."""
+    qids = list(memory.queries)
+    q_emb = dict(zip(qids, encoder.encode([memory.queries[q] for q in qids], "query", cfg.batch_size)))
+    return mem.directions(memory, doc_ids, q_emb)
+
+
+def given_memory(cfg):
+    """The strengths given in the config ({"dense", "bm25"}), or None when val is to choose them."""
+    if cfg.memory_dense == "auto":
+        return None
+    return {"dense": float(cfg.memory_dense), "bm25": cfg.memory_bm25 if cfg.hybrid else 0}
+
+
+def memory_grid(cfg, memory):
+    """(dense strengths, BM25 repeats) of the memories built: none, and the given ones or the table's."""
+    given = given_memory(cfg)
+    if memory.empty():
+        return (0.0,), (0,)
+    if given:
+        return tuple(sorted({0.0, given["dense"]})), tuple(sorted({0, given["bm25"]}))
+    return mem.STRENGTHS, (mem.REPEATS if cfg.hybrid else (0,))
+
+
+def val_choice(cfg, doc_ids, texts, candidates, bm25s, val, given, memory):
     """Score each candidate {label: (model, encoder, vectors in doc_ids' order)} on val, dense and mixed
-    with BM25 (as `given`, or chosen); return (label served, its hybrid choice, {label: choice}). The
-    first candidate is served unless a later one scores higher."""
+    with BM25 (as `given`, or chosen), each with the memory at every strength (`bm25s`: {repeat: BM25
+    over the texts expanded so}); return (label served, its hybrid choice, {label: choice}). The first
+    candidate is served unless a later one scores higher."""
     val_queries, val_qrels = val
     qids = list(val_queries)
-    bm25_run = ({q: dict(hits) for q, hits in zip(qids, bm25.search_many([val_queries[q] for q in qids],
-                                                                         fusion.HYBRID_DEPTH))} if bm25 else None)
+    bm25_runs = ({r: {q: dict(hits) for q, hits in zip(qids, bm25.search_many([val_queries[q] for q in qids],
+                                                                               fusion.HYBRID_DEPTH))}
+                  for r, bm25 in bm25s.items()} if bm25s else None)
+    strengths = memory_grid(cfg, memory)[0]
+    remembered = mem.remembered_queries(memory, val_qrels)
     choices = {}
     for label, (_, encoder, emb) in candidates.items():
-        scores, rows = faiss_index.search(faiss_index.flat_ip(emb), encoder.encode(
-            [val_queries[q] for q in qids], "query", cfg.batch_size), fusion.HYBRID_DEPTH)
-        dense = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, rows, scores)}
-        if bm25 is None:  # dense alone, scored
-            choice = fusion.choose_hybrid(val_qrels, dense, {}, given=fusion.DENSE_ONLY)
+        dense_runs = memory_runs(cfg, doc_ids, texts, encoder, emb, memory, val_queries, strengths)
+        if bm25_runs is None:  # dense alone, scored
+            choice = fusion.choose_hybrid(val_qrels, dense_runs[0.0], {}, given=fusion.DENSE_ONLY)
         else:
-            choice = fusion.choose_hybrid(val_qrels, dense, bm25_run, given=given)
-        choices[label] = choice
+            choice = fusion.choose_hybrid(val_qrels, dense_runs[0.0], bm25_runs[0], given=given)
         print(f"val of {cfg.data}, {label} ({candidates[label][0]}): {fusion.describe_hybrid(choice)}")
+        fixed = given_memory(cfg)
+        if memory.empty():
+            pass
+        elif fixed:  # as given: the hybrid's mix chosen with it
+            with_memory = fusion.choose_hybrid(val_qrels, dense_runs[fixed["dense"]],
+                                               bm25_runs[fixed["bm25"]] if bm25_runs else {},
+                                               given=given if bm25_runs else fusion.DENSE_ONLY)
+            choice = {**with_memory, "memory": {**fixed, "given": True}}
+            print(f"  memory as given: {fusion.describe_hybrid(choice)}")
+        else:
+            strength, mix, report = mem.choose(val_qrels, dense_runs, bm25_runs, choice, remembered,
+                                               mixes=[given] if given else None)
+            print(f"  {mem.describe_choice(strength, report)}")
+            if strength != mem.NONE:
+                choice = {**choice, **mix, "val": {**choice["val"], "served": report["served"]}}
+            choice["memory"] = {**strength, **report}
+        choices[label] = choice
     served = max(choices, key=lambda label: choices[label]["val"]["served"])  # the first of equals
     return served, choices[served], choices
+
+
+def train_memory(cfg, doc_ids):
+    """The memory of the train split's judged pairs (empty without a train split)."""
+    if "train" not in splits(cfg.data):
+        return mem.Memory()
+    _, queries, qrels = load_beir(cfg.data, "train")
+    return mem.Memory.from_qrels(queries, qrels, doc_ids)[0]
+
+
+def add_queries(cfg, argv):
+    """Remember more judged queries in the index at cfg.out, in place: the queries are encoded, the
+    vectors of the documents they name moved and the BM25 rebuilt over the expanded texts; nothing
+    else is re-encoded. Written whole or not at all."""
+    if not cfg.out or not faiss_index.is_index(cfg.out):
+        raise UserError(f"add_queries: --out={cfg.out or '(empty)'} is not a build_index.py directory; pass the "
+                        "index to update (e.g. runs/<dataset>-<model>/index)")
+    corpus_file = os.path.join(cfg.data, "corpus.jsonl")
+    corpus = read_corpus(corpus_file)
+    doc_ids = list(corpus)
+    built_over = faiss_index.built_over(cfg.out)
+    with open(os.path.join(cfg.out, "doc_ids.txt"), encoding="utf-8") as f:
+        same = [line.rstrip("\n") for line in f] == doc_ids
+    if not same or (built_over and built_over["corpus_sha1"] != file_sha1(corpus_file)):
+        raise UserError(f"add_queries: the index {cfg.out} was built over "
+                        f"{built_over['corpus'] if built_over else 'another corpus'}, not {os.path.abspath(corpus_file)}; "
+                        "pass --data= the dataset it was built from")
+    t0 = time.perf_counter()
+    queries, qrels, counts = mem.read_judgements(cfg.add_queries, os.path.join(cfg.data, "queries.jsonl"))
+    model, backend = faiss_index.built_with(cfg.out)
+    encoder = load_encoder(model, backend, cfg.device)
+    index = faiss_index.load(cfg.out, doc_ids, encoder, use_gpu=False)
+    memory = mem.Memory.load(cfg.out)
+    before = set(memory.found)
+    stats = memory.add(queries, qrels, doc_ids)
+    if given_memory(cfg):
+        memory.strengths = given_memory(cfg)
+    print(f"{cfg.add_queries}: {counts['rows']} judgements, {stats['pairs']} remembered ({stats['new']} new"
+          + (f", {counts['duplicates']} duplicates counted once" if counts["duplicates"] else "")
+          + f"); skipped: {counts['unknown_query']} naming no query of {cfg.data}, {stats['skipped_doc']} naming no "
+          f"document, {stats['skipped_grade']} with grade <= 0")
+    if not stats["new"] and not given_memory(cfg):
+        print(f"nothing new to remember: {cfg.out} is unchanged")
+        return 0
+    if not memory.on():
+        warn(f"{cfg.out} serves its memory at strength 0 (val chose none): the queries are remembered in "
+             f"{mem.FILE}, and serve nothing until memory_dense= and memory_bm25= are given")
+    touched = sorted({d for q in qrels for d in qrels[q] if d in memory.found} | (set(memory.found) - before))
+    with atomic_dir(cfg.out) as tmp:
+        for name in os.listdir(cfg.out):  # copies, rewritten below or kept; the encoder's vectors linked (never
+            source = os.path.join(cfg.out, name)  # written to: a link written through would change the old index)
+            if name == "embeddings.npy":
+                keep_vectors(None, os.path.join(tmp, name), source)
+            elif os.path.isfile(source):
+                shutil.copyfile(source, os.path.join(tmp, name))
+        if memory.strengths["dense"]:
+            emb = faiss_index.stored_embeddings(cfg.out, len(doc_ids), encoder)
+            if emb is None:
+                raise UserError(f"{cfg.out}: no embeddings.npy of the encoder's own vectors to move; rebuild the index "
+                                "with --keep_embeddings=true")
+            exact = isinstance(index, faiss_index.faiss_module().IndexFlat)  # else refilled: every memory row
+            sub = mem.Memory(memory.queries, {d: memory.found[d] for d in (touched if exact else memory.found)})
+            rows, dirs = memory_directions(cfg, doc_ids, encoder, sub)
+            faiss_index.replace_rows(index, rows, mem.edit(emb[rows], np.arange(len(rows)), dirs,
+                                                           memory.strengths["dense"]), emb)
+            faiss_index.write(tmp, index)
+        if os.path.isfile(os.path.join(cfg.out, BM25_FILES[1])):
+            old = BM25.load(cfg.out, doc_ids, corpus_file)
+            texts = [doc_text(corpus[d]) for d in doc_ids]
+            BM25(doc_ids, mem.expand(texts, doc_ids, memory, memory.strengths["bm25"]), old.k1, old.b).save(
+                tmp, corpus_file)
+        saved = fusion.load(cfg.out, fusion.DENSE_ONLY)
+        fusion.save(tmp, {**saved, "memory": {**saved.get("memory", {}), **memory.strengths}})
+        added = mem.saved_extra(cfg.out).get("added", []) + [{"file": os.path.abspath(cfg.add_queries), **counts,
+                                                              **stats}]
+        memory.save(tmp, {**mem.saved_extra(cfg.out), "added": added})
+        with open(os.path.join(tmp, "command.txt"), "a", encoding="utf-8") as f:
+            f.write(f"added: {' '.join(argv)}\n")
+    print(f"{cfg.out}: {memory.describe()}; {len(touched)} documents updated in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = load_config(DEFAULTS, argv)
     check_config(cfg)
+    if cfg.add_queries:
+        return add_queries(cfg, argv)
     dataset = os.path.basename(os.path.normpath(cfg.data))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}", "index")
     corpus_file = os.path.join(cfg.data, "corpus.jsonl")
@@ -187,12 +341,15 @@ def main(argv=None):
         val = load_val(cfg.data, without)
     print(f"{dataset}: {len(doc_ids)} docs, {factory} ({'GPU' if use_gpu else 'CPU'} FAISS) -> {cfg.out}")
 
+    memory = train_memory(cfg, doc_ids) if cfg.memory else mem.Memory()
     with atomic_dir(cfg.out) as tmp:  # a failure anywhere leaves the previous index, if any, as it was
         start_run(tmp, cfg, argv)
         texts = [doc_text(corpus[d]) for d in doc_ids]
         t0 = time.perf_counter()
-        bm25 = BM25(doc_ids, texts, cfg.bm25_k1, cfg.bm25_b) if cfg.hybrid else None
-        info = {"bm25_seconds": time.perf_counter() - t0} if bm25 else {}
+        repeats = memory_grid(cfg, memory)[1] if val[0] else ((given_memory(cfg) or mem.NONE)["bm25"],)
+        bm25s = ({r: BM25(doc_ids, mem.expand(texts, doc_ids, memory, r), cfg.bm25_k1, cfg.bm25_b) for r in repeats}
+                 if cfg.hybrid else {})
+        info = {"bm25_seconds": time.perf_counter() - t0} if bm25s else {}
         vectors, searched = {}, {}
         for label, (model, enc) in candidates.items():
             vectors[label], info[f"{label}_embeddings"] = corpus_vectors(cfg, enc, model, texts)
@@ -200,10 +357,24 @@ def main(argv=None):
             cut = cfg.dim and label == "model"
             searched[label] = (model, enc, faiss_index.truncate(vectors[label], cfg.dim) if cut else vectors[label])
         if val[0]:
-            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25, val, given)
+            served, choice, choices = val_choice(cfg, doc_ids, texts, searched, bm25s, val, given, memory)
         else:
             served, choice, choices = "model", given or (fusion.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
+            if not memory.empty():  # strengths as given, or none: nothing to choose them on
+                choice = {**choice, "memory": given_memory(cfg) or dict(mem.NONE)}
+        zero_shot = choices.get("baseline", {})
+        if fusion.remembers(zero_shot):
+            tuned = choices["model"].get("memory", {}).get("without", choices["model"]["val"]["served"])
+            if zero_shot["val"]["served"] > tuned:
+                print(f"memory on the zero-shot encoder {cfg.baseline} ({zero_shot['val']['served']:.4f} on val) "
+                      f"already beats the fine-tuned {cfg.model} without memory ({tuned:.4f})")
         model, encoder, emb = searched[served]
+        memory.strengths = {k: choice.get("memory", mem.NONE)[k] for k in mem.NONE}
+        bm25 = bm25s.get(memory.strengths["bm25"]) if cfg.hybrid else None
+        if memory.strengths["dense"]:  # the index holds the moved vectors; embeddings.npy keeps the encoder's own
+            emb = mem.edit(emb, *memory_directions(cfg, doc_ids, encoder, memory), memory.strengths["dense"])
+        if not memory.empty():
+            print(memory.describe())
         if served != "model":
             print(f"{cfg.model} does not beat {model} on val ({choices['model']['val']['served']:.4f} against "
                   f"{choice['val']['served']:.4f}): indexing {model}")
@@ -251,6 +422,8 @@ def main(argv=None):
             "settings": encoder.settings(), "probe": [round(float(x), 6) for x in probe], "model_dim": encoder.dim})
         if bm25 is not None:
             bm25.save(tmp, corpus_file)
+        if not memory.empty():
+            memory.save(tmp, {"split": "train", "model": model})
         fusion.save(tmp, {**choice, "model": model, "candidates": {
             candidates[label][0]: {k: v for k, v in c.items() if k != "grid"} for label, c in choices.items()}})
         if cfg.keep_embeddings:
@@ -264,10 +437,10 @@ def main(argv=None):
     return 0
 
 
-def keep_vectors(emb, path):
+def keep_vectors(emb, path, source=None):
     """embeddings.npy: the served encoder's whole-width corpus vectors (mining reads them), linked to
-    the file they were read from when there is one (no second copy on disk)."""
-    source = getattr(emb, "filename", None)
+    the file they were read from (or `source`) when there is one (no second copy on disk)."""
+    source = source or getattr(emb, "filename", None)
     if source and os.path.isfile(source):
         try:
             os.link(source, path)

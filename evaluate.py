@@ -43,10 +43,10 @@ import time
 
 import numpy as np
 
-from common import backends, fusion, report, retrievers
+from common import backends, fusion, memory, report, retrievers
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val
+from common.data import doc_text, load_beir, load_val, splits
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run
 from common.retrievers import BM25, BM25_FILES, dense_run, dense_search, embeddings_cache
@@ -105,6 +105,8 @@ DEFAULTS = dict(
     #                  val score and what val chose beside each test column
     served="",  # compare only: the label whose last column is what is served, marked in the table
     results_csv="",  # compare only: append one row (time, commit, data, hparams, metrics) to this CSV
+    #                  (compare also reads `data`'s qrels: each split's queries a train query's relevant
+    #                  documents cover, "remembered", shown apart from the rest)
     hparams=[],  # compare only: config.json files of the runs compared, whose settings go in that row
 )
 
@@ -265,10 +267,14 @@ def dense_at_dims(cfg, corpus, queries, encoder):
 def compare(cfg):
     """Earlier runs side by side: `label=path/metrics.json`, one column per label and retriever; with
     compare_val, the same labels' val metrics.json files, for the val scores and what val chose."""
-    results = report.read_results(cfg.compare, "compare")
+    results = report.read_results(cfg.compare, "compare", per_query=True)
     val = report.read_results(cfg.compare_val, "compare_val", per_query=True)
     served = report.served_column(results, cfg.served) if cfg.served else None
-    text = (report.summary_table(results, val, served) + "\n" if val else "") + report.table(results)
+    remembered = remembered_parts(cfg.data) if val else None
+    text = (report.summary_table(results, val, served, remembered=remembered) + "\n" if val else "") + \
+        report.table(results)
+    memory_line = served_memory(cfg.compare_val + cfg.compare, cfg.served) if cfg.served else ""
+    text += f"\n{memory_line}\n" if memory_line else ""
     print(text, end="")
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
@@ -277,6 +283,40 @@ def compare(cfg):
         append_csv_row(cfg.results_csv, report.results_row(cfg.out, cfg.hparams, results))
         print(f"appended a row to {cfg.results_csv}")
     return 0
+
+
+def remembered_parts(data):
+    """{"val", "test": query ids with a relevant document some train query also found} of a prepared
+    directory (what an index memory can help), or None without one or without a train split."""
+    if not os.path.isdir(data) or not {"train", "val", "test"} <= set(splits(data)):
+        return None
+    from common.data import read_qrels
+
+    found = {d for row in read_qrels(os.path.join(data, "qrels", "train.tsv")).values() for d, g in row.items() if g > 0}
+    return {k: {q for q, row in read_qrels(os.path.join(data, "qrels", f"{k}.tsv")).items()
+                if any(g > 0 and d in found for d, g in row.items())} for k in ("val", "test")}
+
+
+def served_memory(items, label):
+    """One line for comparison.md: the memory the served column's index holds (its val run's
+    metrics.json names the index), or "" when it holds none."""
+    for item in items:
+        name, _, path = item.rpartition("=")
+        if name != label:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                index = next((r.get("index") for r in json.load(f)["results"].values() if r.get("index")), "")
+        except (OSError, ValueError, KeyError):
+            continue
+        if index and os.path.isfile(os.path.join(index, memory.FILE)):
+            with open(os.path.join(index, fusion.FILE), encoding="utf-8") as f:
+                chosen = json.load(f).get("memory", {})
+            line = memory.describe_choice({k: chosen.get(k, 0) for k in memory.NONE}, chosen) \
+                if "without" in chosen else memory.Memory.load(index).describe()
+            return (f"Index memory ({index}): {memory.Memory.load(index).describe()}. {line}. \"remembered\": the "
+                    "queries with a relevant document some train query also found.")
+    return ""
 
 
 def check_config(cfg):

@@ -30,6 +30,7 @@ import time
 import torch
 
 from common import index as faiss_index
+from common.memory import Memory
 from common import mining
 from common.config import Auto, ConfigError, check_choice, load_config
 from common.data import load_beir
@@ -127,13 +128,15 @@ def main(argv=None):
         teacher.score_dtype = cfg.dtype
     index = faiss_index.load(cfg.index, list(corpus), encoder) if cfg.index and needs_dense else None
     doc_emb = faiss_index.stored_embeddings(cfg.index, len(corpus), encoder) if index is not None else None
+    if index is not None and Memory.load(cfg.index).strengths["dense"] and doc_emb is not None:
+        index = None  # its vectors hold a memory: mine the encoder's own (exact search over embeddings.npy)
     start_run(cfg.out, cfg, argv)
     print(f"{dataset}/{cfg.split}: {len(queries)} queries, {len(corpus)} docs; "
           + ", ".join(f"{n} {s}" for s, n in zip(cfg.strategy, cfg.num_negatives)) + " negatives each")
 
     t0 = time.time()
     first_stage = (Retriever.from_index(cfg.index, os.path.join(cfg.data, "corpus.jsonl"), corpus, device=cfg.device,
-                                        batch_size=cfg.batch_size) if "index" in cfg.strategy else None)
+                                        batch_size=cfg.batch_size, memory=False) if "index" in cfg.strategy else None)
     sources = mining.Sources(cfg, corpus, first_stage)
     with (tempfile.TemporaryDirectory(dir=cfg.out, prefix=".emb-") as tmp,  # removed even on Ctrl-C
           autocast(device, dtype)):

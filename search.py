@@ -8,6 +8,8 @@ two mixed as build_index.py chose on val), optionally reranked by a cross-encode
         --rerank=runs/scifact-all-MiniLM-L6-v2/reranker/best < questions.txt
     # without torch: an index built from an ONNX export (build_index.py --backend=onnx), whose encoder it reuses
     python search.py --data=data/scifact --index=runs/scifact-onnx/index --query="statin use"
+    # with the remembered train queries that lifted each hit (an index with memory: common/memory.py)
+    python search.py --data=data/scifact --index=runs/scifact-all-MiniLM-L6-v2/index --query="statin use" --why=true
     # interactive: type a query at the prompt; Ctrl-D ends
     python search.py --data=data/python-source
 
@@ -38,6 +40,7 @@ DEFAULTS = dict(
     k=10,  # hits printed per query
     k_retrieve=0,  # with rerank: candidates the cross-encoder re-scores; 0 = the depth chosen on val (fusion.json)
     snippet=160,  # characters of each hit's text to print; 0 = none
+    why=False,  # under each hit the index remembers (common/memory.py), the remembered queries that lift it
     batch_size=64,
     device="auto",  # auto | cpu | cuda | cuda:1
 )
@@ -61,6 +64,8 @@ def show(retriever, query, hits, cfg):
     for rank, (doc_id, score) in enumerate(hits, 1):
         text = "\t" + snippet(retriever.text(doc_id), cfg.snippet) if cfg.snippet > 0 else ""
         print(f"{rank}\t{doc_id}\t{score:.4f}{text}")
+        for qid, remembered, _ in retriever.why(doc_id)[:3] if cfg.why else ():
+            print(f"\t\tremembered: {snippet(remembered, cfg.snippet or 160)} ({qid})")
     sys.stdout.flush()  # so a pipe sees each query's hits as they come
 
 
@@ -102,7 +107,8 @@ def main(argv=None):
     model = cfg.model or ("" if cfg.index else "all-MiniLM-L6-v2")  # "" with an index: the index's encoder
     retriever = Retriever.load(model, cfg.data, cfg.index, cfg.rerank, cfg.device, cfg.batch_size, cfg.backend)
     print(f"{len(retriever.doc_ids)} docs from {cfg.data}, "
-          + (f"index {cfg.index}: {describe_hybrid(retriever.hybrid)}" if cfg.index else "exact search")
+          + (f"index {cfg.index}: {describe_hybrid(retriever.hybrid)}; {retriever.memory.describe()}"
+             if cfg.index else "exact search")
           + (f", reranked by {cfg.rerank}" if cfg.rerank else ""), file=sys.stderr)
     if cfg.query:
         batches = [[cfg.query]]

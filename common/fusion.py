@@ -128,13 +128,15 @@ def choose(qrels, first, rerank, depths, weights=WEIGHTS, metric="ndcg@10"):
     return {"weight": weight, "depth": depth, "gain": report["gain"], "stderr": report["stderr"]}, grid
 
 
-def select(qrels, base, candidates, z, metric="ndcg@10"):
+def select(qrels, base, candidates, z, metric="ndcg@10", guard=(), tolerance=0.0):
     """(key, report) of the candidate to serve: `candidates` is {key: run}, `base` the weight-0 run.
     Served: the candidate whose per-query gain over `base` on val, less `z` standard errors, is
     largest, when that bound is above 0; else key None (serve base). The best val score alone favours
     whichever weight was luckiest on these queries, and overshoots; the bound prefers a gain that holds
-    across them, which leans to lighter weights. report: {"base", "grid": {key: val score}, "gain",
-    "stderr"} of the candidate served (of the best-scoring one when none is), and "chosen"."""
+    across them, which leans to lighter weights. With `guard` (query ids), a candidate whose mean
+    loss to `base` over those queries exceeds `tolerance` is never served (a gain on some queries
+    bought with a loss on others). report: {"base", "grid": {key: val score}, "gain", "stderr"} of the
+    candidate served (of the best-scoring one when none is), and "chosen"."""
     base_mean, base_per_query = evaluate_run(qrels, base, KS)
     scores = {key: evaluate_run(qrels, run, KS) for key, run in candidates.items()}
     grid = {key: mean[metric] for key, (mean, _) in scores.items()}
@@ -142,9 +144,12 @@ def select(qrels, base, candidates, z, metric="ndcg@10"):
     if not grid:
         return None, report
     gains = {key: _paired(scores[key][1], base_per_query, metric) for key in candidates}
-    chosen = max(gains, key=lambda key: gains[key][0] - z * gains[key][1])  # the first of equals
-    gain, stderr = gains[chosen]
-    if gain - z * stderr <= 0:
+    guard = [q for q in guard if q in base_per_query]
+    eligible = [key for key in candidates if not guard or np.mean(
+        [scores[key][1][q][metric] - base_per_query[q][metric] for q in guard]) >= -tolerance]
+    chosen = max(eligible, key=lambda key: gains[key][0] - z * gains[key][1]) if eligible else None  # first of equals
+    gain, stderr = gains[chosen] if chosen is not None else (0.0, 0.0)
+    if chosen is None or gain - z * stderr <= 0:
         gain, stderr = gains[max(grid, key=grid.get)]
         report.update(gain=gain, stderr=stderr)
         return None, report
@@ -191,9 +196,20 @@ def describe_hybrid(choice):
     bm25 = f", BM25 {v['bm25']:.4f}" if v.get("bm25") is not None else ""
     why = (f"{'as given; ' if choice.get('given') else 'chosen '}on val ({choice['queries']} queries, {metric}: "
            f"dense {v['dense']:.4f}{bm25}, served {v['served']:.4f}")
-    if choice.get("method") != "rrf" and choice["weight"] == 0 and choice["gain"] > 0:
+    if choice.get("method") != "rrf" and choice["weight"] == 0 and choice["gain"] > 0 and not remembers(choice):
         why += f"; the best mix was {choice['gain']:+.4f}, within noise: standard error {choice['stderr']:.4f}"
+    if remembers(choice):
+        m = choice["memory"]
+        what += f", with the train queries' memory (dense strength {m['dense']:g}, BM25 repeat {m['bm25']})"
+        why = why.replace("served", f"{m.get('without', v['served']):.4f} without memory, served", 1) \
+            if "without" in m else why
     return f"{what}: {why})"
+
+
+def remembers(choice):
+    """Whether a hybrid choice serves an index memory (common/memory.py)."""
+    m = choice.get("memory") or {}
+    return bool(m.get("dense") or m.get("bm25"))
 
 
 def _paired(a, b, metric):

@@ -198,6 +198,41 @@ def timed_search(index, query_emb, k, min_seconds=1.0):
             return rows, runs * len(query_emb) / (time.perf_counter() - t0)
 
 
+def replace_rows(index, rows, vectors, emb, chunk=65536):
+    """The index with rows `rows` holding `vectors` instead, every other row as it was: in place for
+    an exact index; an IVF, PQ or HNSW one keeps its training and is refilled from `emb` (the corpus's
+    vectors as the index holds them elsewhere) with the new rows in."""
+    faiss = faiss_module()
+    if isinstance(index, faiss.IndexFlat):
+        current = index.reconstruct_n(0, index.ntotal)
+        current[rows] = vectors
+        index.reset()
+        index.add(current)
+        return index
+    index.reset()
+    where = dict(zip(rows.tolist(), range(len(rows))))
+    for start in range(0, len(emb), chunk):
+        part = np.array(emb[start:start + chunk], dtype=np.float32)
+        for r in [r for r in where if start <= r < start + len(part)]:
+            part[r - start] = vectors[where[r]]
+        index.add(part)
+    return index
+
+
+def write(out_dir, index):
+    faiss_module().write_index(index, os.path.join(out_dir, "index.faiss"))
+
+
+def built_over(path):
+    """{"corpus", "corpus_sha1"} of the corpus an index directory's BM25 was built over, or None."""
+    try:
+        with open(os.path.join(path, "bm25.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        return {"corpus": meta["corpus"], "corpus_sha1": meta["corpus_sha1"]}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def save(out_dir, index, doc_ids, settings):
     """index.faiss, doc_ids.txt and index.json (settings, plus the index's own search parameters)
     into out_dir, which the caller creates (atomically: common.files.atomic_dir)."""

@@ -85,7 +85,9 @@ USAGE = {
         "# transformers: mean pooling over the attention mask, then L2 normalisation",
         "from transformers import AutoModel, AutoTokenizer", "```", "",
         "Search a corpus with it: `build_index.py --model=<this directory>`, then `search.py` or "
-        "`common.retrievers.Retriever`."],
+        "`common.retrievers.Retriever`. An index built so may also remember what its data's train queries "
+        "found (`memory.json`: their documents' vectors moved toward them, chosen on val); that memory "
+        "lives in the index, and these weights hold none of it."],
     "cross-encoder": [
         "```python", "# retrieval-finetune", "from common.models import CrossEncoder",
         'cross = CrossEncoder.from_pretrained("<this directory>")',

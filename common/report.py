@@ -78,22 +78,38 @@ def served_column(results, label):
     return next((n for n in names if n.endswith("+fused")), names[0])
 
 
-def summary_table(results, val, served=None, metric="ndcg@10"):
+def summary_table(results, val, served=None, metric="ndcg@10", remembered=None):
     """Markdown: one row per column, with its val score, what val chose for it and its test scores,
     the `served` column marked. Val scores are means over the val queries every column was scored on
     (a trainer may evaluate a subset). A reranker's scores alone, when a fused column serves instead,
-    come last as a diagnostic."""
+    come last as a diagnostic. `remembered` {"val": qids, "test": qids}: the queries with a relevant
+    document some train query also found (what an index memory can help, common/memory.py); each
+    split's score is then also shown over those and over the rest."""
     common = set.intersection(*(set(v["per_query"]) for v in val.values())) if val else set()
     shown = [n for n in results if not (n.endswith("+rerank") and n.removesuffix("+rerank") + "+fused" in results)]
-    rows = [f"| column | val {metric} ({len(common)} queries) | chosen on val | test {metric} | test recall@100 |",
-            "|---|---|---|---|---|"]
+    test_queries = set.intersection(*(set(r.get("per_query", {})) for r in results.values())) if results else set()
+    parts = {"val": common, "test": test_queries}
+    split = {k: (parts[k] & remembered[k], parts[k] - remembered[k]) for k in parts} if remembered else {}
+
+    def part_cells(per_query, k):
+        if k not in split:
+            return ""
+        means = [f"{np.mean([per_query[q][metric] for q in part]):.4f}" if part and per_query else "-"
+                 for part in split[k]]
+        return f" {' / '.join(means)} |"
+
+    head = {k: f" {k} remembered / not ({len(split[k][0])} / {len(split[k][1])}) |" if k in split else ""
+            for k in parts}
+    rows = [f"| column | val {metric} ({len(common)} queries) |{head['val']} chosen on val | test {metric} |"
+            f"{head['test']} test recall@100 |", "|---" * (5 + len(split)) + "|"]
     for name in shown + [n for n in results if n not in shown]:
         r, v = results[name], val.get(name, {})
         label = f"**{name}** (served)" if name == served else name
         shown_name = label if name in shown else f"{name} (the reranker alone; not served)"
         val_score = f"{np.mean([v['per_query'][q][metric] for q in common]):.4f}" if v and common else ""
-        rows.append(f"| {shown_name} | {val_score} | {v.get('chosen') or r.get('chosen') or ''} | "
-                    f"{r['metrics'][metric]:.4f} | {r['metrics'].get('recall@100', float('nan')):.4f} |")
+        rows.append(f"| {shown_name} | {val_score} |{part_cells(v.get('per_query'), 'val')} "
+                    f"{v.get('chosen') or r.get('chosen') or ''} | {r['metrics'][metric]:.4f} |"
+                    f"{part_cells(r.get('per_query'), 'test')} {r['metrics'].get('recall@100', float('nan')):.4f} |")
     return "\n".join(rows) + "\n"
 
 

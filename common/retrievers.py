@@ -19,6 +19,7 @@ from common import index as faiss_index
 from common.backends import load_encoder, load_reranker
 from common.data import doc_text
 from common.files import atomic_open, file_sha1
+from common.memory import Memory
 from common.metrics import cut_run
 from common.run import UserError
 
@@ -385,18 +386,41 @@ class Retriever:
 
     @classmethod
     def from_index(cls, index_dir, corpus_file, corpus, model="", reranker="", device="auto", batch_size=64,
-                   backend="torch"):
+                   backend="torch", memory=True):
         """load() for a corpus already read ({doc id: doc}, from corpus_file) and a build_index.py
-        directory: its encoder unless `model` names another, its BM25 when its first stage mixes it in."""
+        directory: its encoder unless `model` names another, its BM25 when its first stage mixes it in.
+        memory=False serves the same first stage without the index's memory (common/memory.py): the
+        encoder's own vectors (embeddings.npy, searched exactly) and BM25 over the texts alone, as
+        mining reads it (a remembered document must not come back as another query's negative)."""
         model, encoder_backend = (model, backend) if model else faiss_index.built_with(index_dir)
         encoder = load_encoder(model, encoder_backend, device)
         cross = load_reranker(reranker, backend, device) if reranker else None
         doc_ids = list(corpus)
+        texts = [doc_text(corpus[d]) for d in doc_ids]
         index = faiss_index.load(index_dir, doc_ids, encoder)
         hybrid = fusion.load(index_dir, fusion.DENSE_ONLY)
         bm25 = BM25.load(index_dir, doc_ids, corpus_file) if fusion.uses_bm25(hybrid) else None
-        return cls(encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids], index=index, reranker=cross,
-                   batch_size=batch_size, bm25=bm25, hybrid=hybrid)
+        remembered = Memory.load(index_dir)
+        if not memory and remembered.on():
+            if remembered.strengths["dense"]:
+                emb = faiss_index.stored_embeddings(index_dir, len(doc_ids), encoder)
+                if emb is None:
+                    raise UserError(f"{index_dir}: its vectors hold a memory and it kept no embeddings.npy of the "
+                                    "encoder's own; rebuild it with build_index.py --keep_embeddings=true")
+                index = faiss_index.flat_ip(emb)
+            if bm25 is not None and remembered.strengths["bm25"]:
+                bm25 = BM25(doc_ids, texts, bm25.k1, bm25.b)
+            remembered = Memory()
+        retriever = cls(encoder, doc_ids, texts, index=index, reranker=cross, batch_size=batch_size, bm25=bm25,
+                        hybrid=hybrid)
+        retriever.memory = remembered
+        return retriever
+
+    memory = Memory()  # what the index remembers (from_index sets it): the queries behind a hit, why()
+
+    def why(self, doc_id):
+        """The remembered queries that lift a document in the index served: [(qid, text, grade)]."""
+        return self.memory.why(doc_id) if self.memory.on() else []
 
     def text(self, doc_id):
         """The text a document was indexed as (title + text), e.g. for a snippet or a RAG prompt."""

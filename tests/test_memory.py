@@ -1,0 +1,258 @@
+"""The index memory (common/memory.py): train queries written into the served index by build_index.py,
+chosen on val, served by Retriever, search.py, evaluate.py --index and ONNX, grown by --add_queries."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import faiss
+import numpy as np
+import pytest
+
+import build_index
+import evaluate
+import search
+from common import fusion, memory as mem, report
+from common.data import DataError, load_beir
+from common.retrievers import BM25, Retriever
+from common.run import UserError
+from conftest import write_beir_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def memory_beir(tmp_path_factory):
+    """48 docs of made-up words; docs 0-15 are asked for by a train, a val and a test query in words
+    the doc lacks (each doc's own two "topic" words, in another order and with another word each
+    time: only a memory of the train query connects them), docs 16-47 by one test or val query in two
+    of the doc's own words."""
+    rng = random.Random(1)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 8))) for _ in range(300)]
+    corpus, queries, qrels = {}, {}, {"train": [], "val": [], "test": []}
+    for i in range(48):
+        doc = rng.sample(words, 8) + rng.sample(words, rng.randint(0, 12))
+        corpus[f"d{i}"] = ("", " ".join(doc))
+        if i < 16:
+            topic = [w.upper() for w in rng.sample(words, 2)]  # the doc's words are lower case
+            for j, split in enumerate(("train", "val", "test")):
+                queries[f"{split}{i}"] = " ".join([topic[j % 2], topic[1 - j % 2], f"x{split}"])
+                qrels[split].append((f"{split}{i}", f"d{i}", 1))
+        else:
+            split = "test" if i % 2 else "val"
+            queries[f"{split}{i}"] = " ".join(doc[6:8])
+            qrels[split].append((f"{split}{i}", f"d{i}", 1))
+    qrels["train"].append(("train0", "d1", 0))  # a grade 0 adds no memory
+    return write_beir_dir(tmp_path_factory.mktemp("memory-beir") / "toy", corpus, queries, qrels)
+
+
+def build(data, model, out, *extra):
+    assert build_index.main([f"--data={data}", f"--model={model}", f"--out={out}", "--split=test", *extra]) == 0
+    return str(out)
+
+
+def vectors(index_dir):
+    index = faiss.read_index(os.path.join(index_dir, "index.faiss"))
+    return index.reconstruct_n(0, index.ntotal)
+
+
+@pytest.fixture(scope="module")
+def remembering(memory_beir, tiny_model, tmp_path_factory):
+    return build(memory_beir, tiny_model, tmp_path_factory.mktemp("mem") / "index", "--memory_dense=2",
+                 "--memory_bm25=2")
+
+
+def test_zero_strength_is_todays_index_exactly(memory_beir, tiny_model, tmp_path, fp32_cpu):
+    none = build(memory_beir, tiny_model, tmp_path / "none", "--memory=false", "--hybrid_weight=0.3")
+    zero = build(memory_beir, tiny_model, tmp_path / "zero", "--memory_dense=0", "--memory_bm25=0",
+                 "--hybrid_weight=0.3")
+    assert np.array_equal(vectors(none), vectors(zero))
+    a, b = np.load(os.path.join(none, "bm25.npz")), np.load(os.path.join(zero, "bm25.npz"))
+    assert all(np.array_equal(a[k], b[k]) for k in ("data", "indices", "indptr"))
+    assert not os.path.exists(os.path.join(none, mem.FILE))
+    assert mem.Memory.load(zero).strengths == mem.NONE and not mem.Memory.load(zero).on()
+
+
+def test_only_remembered_documents_move_and_only_train_queries_are_remembered(remembering, memory_beir):
+    memory = mem.Memory.load(remembering)
+    assert set(memory.queries) == {f"train{i}" for i in range(16)}  # never val's or test's; grade 0 skipped
+    assert set(memory.found) == {f"d{i}" for i in range(16)} and memory.strengths == {"dense": 2.0, "bm25": 2}
+    own, served = np.load(os.path.join(remembering, "embeddings.npy")), vectors(remembering)
+    moved = [i for i in range(48) if not np.array_equal(own[i], served[i])]
+    assert moved == list(range(16))  # every other vector bit for bit
+    assert np.allclose(np.linalg.norm(served, axis=1), 1, atol=1e-5)
+    # each moved vector is nearer its train query than it was
+    r = Retriever.load("", memory_beir, index_dir=remembering)
+    q = r.encoder.encode([memory.queries["train3"]], "query")[0]
+    assert served[3] @ q > own[3] @ q
+    saved = fusion.load(remembering, fusion.DENSE_ONLY)
+    assert saved["memory"]["dense"] == 2.0 and saved["memory"]["given"]
+
+
+def test_every_way_of_serving_the_index_serves_its_memory(remembering, memory_beir, tmp_path, capsys, fp32_cpu):
+    _, queries, qrels = load_beir(memory_beir, "test")
+    texts = list(queries.values())
+    retriever = Retriever.load("", memory_beir, index_dir=remembering)
+    served = retriever.batch_retrieve(texts, 10)
+    plain = Retriever.from_index(remembering, os.path.join(memory_beir, "corpus.jsonl"),
+                                 load_beir(memory_beir, "test")[0], memory=False)
+    assert plain.batch_retrieve(texts, 10) != served and not plain.why("d3")
+    assert retriever.why("d3")[0][:2] == ("train3", mem.Memory.load(remembering).queries["train3"])
+
+    assert evaluate.main([f"--data={memory_beir}", f"--index={remembering}", "--retrievers=hybrid", "--k=10",
+                          "--ignore_identical_ids=false", f"--out={tmp_path}/eval"]) == 0
+    trec = {}
+    for line in (tmp_path / "eval" / "hybrid.trec").read_text().splitlines():
+        qid, _, doc, _, _, _ = line.split()
+        trec.setdefault(qid, []).append(doc)
+    assert [trec[q] for q in queries] == [[d for d, _ in hits] for hits in served]
+
+    assert search.main([f"--data={memory_beir}", f"--index={remembering}", f"--query={queries['test3']}", "--k=3",
+                        "--snippet=0", "--why=true"]) == 0
+    out = capsys.readouterr()
+    hits = [line.split("\t")[1] for line in out.out.splitlines() if line[:1].isdigit()]
+    assert hits == [d for d, _ in served[list(queries).index("test3")][:3]]
+    assert "remembered:" in out.out and "train queries' memory" in out.err
+
+    child = f"""
+import json, sys
+from common.retrievers import Retriever
+r = Retriever.load("{tmp_path}/onnx", "{memory_beir}", index_dir="{remembering}", backend="onnx")
+print(json.dumps([[d for d, _ in h] for h in r.batch_retrieve({texts!r}, 10)]))
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    import export_onnx
+
+    model = json.load(open(os.path.join(remembering, "index.json")))["model"]
+    export_onnx.main([f"--model={model}", f"--out={tmp_path}/onnx", f"--data={memory_beir}"])
+    proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[d for d, _ in hits] for hits in served]
+
+
+def test_val_chooses_memory_where_it_helps_and_none_where_it_cannot(memory_beir, tiny_model, tmp_path, capsys):
+    """memory_beir's val queries ask for documents a train query found: memory is served. Without any
+    train query on the val queries' documents (train qrels over docs 16-47 instead), none is."""
+    out = build(memory_beir, tiny_model, tmp_path / "auto")
+    saved = fusion.load(out, fusion.DENSE_ONLY)
+    assert fusion.remembers(saved) and saved["memory"]["remembered"] == 16
+    assert saved["val"]["served"] > saved["memory"]["without"]
+    assert "memory: dense strength" in capsys.readouterr().out
+
+    other_dir = tmp_path / "other"
+    corpus, queries, _ = load_beir(memory_beir, "test")
+    val = load_beir(memory_beir, "val")[2]
+    train = [(f"t{i}", f"d{i}", 1) for i in range(17, 48, 2)]  # the test-only docs: no val query's
+    write_beir_dir(other_dir, {d: ("", c["text"]) for d, c in corpus.items()},
+                   {**{f"t{i}": corpus[f"d{i}"]["text"][:30] for i in range(17, 48, 2)},
+                    **{q: t for q, t in load_beir(memory_beir, "val")[1].items()}, **queries},
+                   {"train": train, "val": [(q, d, g) for q, row in val.items() for d, g in row.items()],
+                    "test": [(q, d, g) for q, row in load_beir(memory_beir, "test")[2].items() for d, g in row.items()]})
+    other = build(str(other_dir), tiny_model, tmp_path / "none")
+    saved = fusion.load(other, fusion.DENSE_ONLY)
+    assert saved["memory"]["remembered"] == 0 and not fusion.remembers(saved)
+    assert np.array_equal(vectors(other), np.load(os.path.join(other, "embeddings.npy")))
+    assert "memory: none served" in capsys.readouterr().out
+
+
+def runs_for(n=60, remembered=30, lift=0.5, hurt=0.0, seed=0):
+    """Val runs of n queries, each with one relevant doc: without memory it sits at rank 3; with a
+    memory of strength 1, the remembered queries' doc goes to rank 1 by `lift`, and the others' drops to
+    rank 11 (out of the top 10) for a `hurt` share of them."""
+    rng = np.random.default_rng(seed)
+    qrels = {f"q{i}": {f"rel{i}": 1} for i in range(n)}
+
+    def run(strength):
+        out = {}
+        for i in range(n):
+            docs = [f"x{i}-{j}" for j in range(12)]
+            pos = 2
+            if strength and i < remembered and rng.uniform() < lift + 0.5:
+                pos = 0
+            if strength and i >= remembered and (i - remembered) < hurt * (n - remembered):
+                pos = 11
+            docs.insert(pos, f"rel{i}")
+            out[f"q{i}"] = {d: 1.0 - 0.01 * k for k, d in enumerate(docs)}
+        return out
+    return qrels, {0.0: run(0.0), 1.0: run(1.0)}, {f"q{i}" for i in range(remembered)}
+
+
+def test_the_choice_is_noise_aware_and_guards_the_queries_memory_cannot_help():
+    dense_only = dict(fusion.DENSE_ONLY)
+    qrels, dense, remembered = runs_for()
+    strengths, _, report_ = mem.choose(qrels, dense, None, dense_only, remembered)
+    assert strengths["dense"] == 1.0 and report_["gain"] > 0
+    qrels, dense, remembered = runs_for(hurt=0.2)  # the others lose: refused, however large the gain
+    strengths, _, report_ = mem.choose(qrels, dense, None, dense_only, remembered)
+    assert strengths == mem.NONE and report_["best"]["strengths"]["dense"] == 1.0
+    qrels, dense, remembered = runs_for(n=6, remembered=3, lift=0.0, seed=3)  # a few queries: not beyond noise
+    assert mem.choose(qrels, dense, None, dense_only, remembered)[0] == mem.NONE
+
+
+def test_add_queries_updates_the_index_in_place_and_counts_what_it_skips(remembering, memory_beir, tmp_path, capsys):
+    import shutil
+
+    index = str(tmp_path / "index")
+    shutil.copytree(remembering, index)
+    before = vectors(index)
+    added = tmp_path / "clicks.jsonl"
+    val_queries = load_beir(memory_beir, "val")[1]
+    lines = [{"query": val_queries["val20"], "doc_id": "d20"}, {"query": val_queries["val20"], "doc_id": "d20"},
+             {"query": "no such doc", "doc_id": "nope"}, {"query": "not found", "doc_id": "d30", "grade": 0}]
+    added.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert build_index.main([f"--data={memory_beir}", f"--out={index}", f"--add_queries={added}"]) == 0
+    out = capsys.readouterr().out
+    assert "4 judgements, 1 remembered (1 new, 1 duplicates counted once)" in out
+    assert "1 naming no document, 1 with grade <= 0" in out
+    after = vectors(index)
+    changed = [i for i in range(48) if not np.array_equal(before[i], after[i])]
+    assert changed == [20]
+    memory = mem.Memory.load(index)
+    assert "d20" in memory.found and len(memory.queries) == 17
+    retriever = Retriever.load("", memory_beir, index_dir=index)
+    assert retriever.retrieve(val_queries["val20"], 1)[0][0] == "d20"
+    assert retriever.why("d20")[0][1] == val_queries["val20"]
+
+    # TREC qrels naming the data's queries; an unknown query id is a counted skip
+    trec = tmp_path / "more.qrels"
+    trec.write_text("val22 0 d22 1\nnobody 0 d22 1\n")
+    assert build_index.main([f"--data={memory_beir}", f"--out={index}", f"--add_queries={trec}"]) == 0
+    assert "2 judgements, 1 remembered (1 new); skipped: 1 naming no query" in capsys.readouterr().out
+
+
+def test_add_queries_bad_input_is_one_clear_error_and_leaves_the_index(remembering, memory_beir, train_beir,
+                                                                        tmp_path, monkeypatch):
+    import shutil
+
+    index = str(tmp_path / "index")
+    shutil.copytree(remembering, index)
+    before = {f: open(os.path.join(index, f), "rb").read() for f in sorted(os.listdir(index))}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="empty"):
+        build_index.main([f"--data={memory_beir}", f"--out={index}", f"--add_queries={empty}"])
+    added = tmp_path / "one.jsonl"
+    added.write_text(json.dumps({"query": "x y", "doc_id": "d20"}) + "\n")
+    with pytest.raises(UserError, match="built over .*memory-beir.*not .*train-beir"):
+        build_index.main([f"--data={train_beir}", f"--out={index}", f"--add_queries={added}"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query": "x y"}) + "\n")
+    with pytest.raises(DataError, match="bad.jsonl:1"):
+        build_index.main([f"--data={memory_beir}", f"--out={index}", f"--add_queries={bad}"])
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(BM25, "save", fail)  # interrupted half way: the index it started from stays
+    with pytest.raises(OSError):
+        build_index.main([f"--data={memory_beir}", f"--out={index}", f"--add_queries={added}"])
+    assert {f: open(os.path.join(index, f), "rb").read() for f in sorted(os.listdir(index))} == before
+
+
+def test_comparison_shows_each_split_remembered_and_not():
+    per_query = {"a": {"ndcg@10": 1.0}, "b": {"ndcg@10": 0.0}, "c": {"ndcg@10": 0.5}}
+    col = {"metrics": {"ndcg@10": 0.5, "recall@100": 1.0}, "per_query": per_query}
+    text = report.summary_table({"x hybrid": col}, {"x hybrid": col}, remembered={"val": {"a"}, "test": {"a", "c"}})
+    head, _, row = text.splitlines()
+    assert "val remembered / not (1 / 2)" in head and "test remembered / not (2 / 1)" in head
+    assert "| 1.0000 / 0.2500 |" in row and "| 0.7500 / 0.0000 |" in row
