@@ -143,12 +143,12 @@ def corpus_vectors(cfg, encoder, model, texts):
     return corpus_embeddings(encoder, texts, cfg.batch_size, cache)
 
 
-def memory_runs(cfg, doc_ids, texts, encoder, emb, memory, queries, strengths):
-    """{strength: val run} of dense search over the corpus vectors with each memory strength: each
-    query's top HYBRID_DEPTH. The remembered queries are encoded here, by this encoder."""
+def memory_runs(cfg, doc_ids, encoder, emb, directions, queries, strengths):
+    """{strength: val run} of dense search over the corpus vectors with each memory strength (the
+    remembered docs' `directions`, memory_directions'): each query's top HYBRID_DEPTH."""
     qids = list(queries)
     q_emb = encoder.encode([queries[q] for q in qids], "query", cfg.batch_size)
-    rows, dirs = memory_directions(cfg, doc_ids, encoder, memory)
+    rows, dirs = directions
     runs = {}
     for a in strengths:
         scores, hits = faiss_index.search(faiss_index.flat_ip(mem.edit(emb, rows, dirs, a) if a else emb), q_emb,
@@ -181,21 +181,21 @@ def memory_grid(cfg, memory):
     return mem.STRENGTHS, (mem.REPEATS if cfg.hybrid else (0,))
 
 
-def val_choice(cfg, doc_ids, texts, candidates, bm25s, val, given, memory):
+def val_choice(cfg, doc_ids, candidates, bm25s, val, given, memory, directions):
     """Score each candidate {label: (model, encoder, vectors in doc_ids' order)} on val, dense and mixed
     with BM25 (as `given`, or chosen), each with the memory at every strength (`bm25s`: {repeat: BM25
-    over the texts expanded so}); return (label served, its hybrid choice, {label: choice}). The first
-    candidate is served unless a later one scores higher."""
+    over the texts expanded so}; `directions` {label: memory_directions'}); return (label served, its
+    hybrid choice, {label: choice}). The first candidate is served unless a later one scores higher."""
     val_queries, val_qrels = val
     qids = list(val_queries)
     bm25_runs = ({r: {q: dict(hits) for q, hits in zip(qids, bm25.search_many([val_queries[q] for q in qids],
                                                                                fusion.HYBRID_DEPTH))}
                   for r, bm25 in bm25s.items()} if bm25s else None)
-    strengths = memory_grid(cfg, memory)[0]
     remembered = mem.remembered_queries(memory, val_qrels)
+    strengths = memory_grid(cfg, memory)[0] if remembered or given_memory(cfg) else (0.0,)
     choices = {}
     for label, (_, encoder, emb) in candidates.items():
-        dense_runs = memory_runs(cfg, doc_ids, texts, encoder, emb, memory, val_queries, strengths)
+        dense_runs = memory_runs(cfg, doc_ids, encoder, emb, directions[label], val_queries, strengths)
         if bm25_runs is None:  # dense alone, scored
             choice = fusion.choose_hybrid(val_qrels, dense_runs[0.0], {}, given=fusion.DENSE_ONLY)
         else:
@@ -204,6 +204,10 @@ def val_choice(cfg, doc_ids, texts, candidates, bm25s, val, given, memory):
         fixed = given_memory(cfg)
         if memory.empty():
             pass
+        elif not fixed and not remembered:  # nothing to measure it on: every val query is one it cannot help
+            choice["memory"] = {**mem.NONE, "queries": len(val_qrels), "remembered": 0}
+            print(f"  memory: none served: no val query has a relevant document a train query found, so val "
+                  f"cannot show it helping ({len(memory.found)} docs remembered, none of val's)")
         elif fixed:  # as given: the hybrid's mix chosen with it
             with_memory = fusion.choose_hybrid(val_qrels, dense_runs[fixed["dense"]],
                                                bm25_runs[fixed["bm25"]] if bm25_runs else {},
@@ -283,7 +287,9 @@ def add_queries(cfg, argv):
             exact = isinstance(index, faiss_index.faiss_module().IndexFlat)  # else refilled: every memory row
             sub = mem.Memory(memory.queries, {d: memory.found[d] for d in (touched if exact else memory.found)})
             rows, dirs = memory_directions(cfg, doc_ids, encoder, sub)
-            faiss_index.replace_rows(index, rows, mem.edit(emb[rows], np.arange(len(rows)), dirs,
+            own = np.asarray(emb[rows], dtype=np.float32)
+            own = faiss_index.truncate(own, index.d) if own.shape[1] > index.d else own  # a --dim index
+            faiss_index.replace_rows(index, rows, mem.edit(own, np.arange(len(rows)), dirs,
                                                            memory.strengths["dense"]), emb)
             faiss_index.write(tmp, index)
         if os.path.isfile(os.path.join(cfg.out, BM25_FILES[1])):
@@ -346,7 +352,10 @@ def main(argv=None):
         start_run(tmp, cfg, argv)
         texts = [doc_text(corpus[d]) for d in doc_ids]
         t0 = time.perf_counter()
-        repeats = memory_grid(cfg, memory)[1] if val[0] else ((given_memory(cfg) or mem.NONE)["bm25"],)
+        # the memories worth building: given ones, or those val can measure (a val query a train query's
+        # relevant documents cover); without either none is served (val_choice says why)
+        searchable = bool(given_memory(cfg) or val[0] and mem.remembered_queries(memory, val[1]))
+        repeats = memory_grid(cfg, memory)[1] if searchable else ((given_memory(cfg) or mem.NONE)["bm25"],)
         bm25s = ({r: BM25(doc_ids, mem.expand(texts, doc_ids, memory, r), cfg.bm25_k1, cfg.bm25_b) for r in repeats}
                  if cfg.hybrid else {})
         info = {"bm25_seconds": time.perf_counter() - t0} if bm25s else {}
@@ -356,8 +365,12 @@ def main(argv=None):
             # the model's index holds the cut vectors (--dim); embeddings.npy keeps the whole width
             cut = cfg.dim and label == "model"
             searched[label] = (model, enc, faiss_index.truncate(vectors[label], cfg.dim) if cut else vectors[label])
+        # each candidate encoder's embeddings of the remembered queries, summed per doc
+        directions = {label: memory_directions(cfg, doc_ids, enc, memory) if searchable and not memory.empty() else
+                      (np.zeros(0, np.int64), np.zeros((0, enc.dim), np.float32))
+                      for label, (_, enc, _) in searched.items()}
         if val[0]:
-            served, choice, choices = val_choice(cfg, doc_ids, texts, searched, bm25s, val, given, memory)
+            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25s, val, given, memory, directions)
         else:
             served, choice, choices = "model", given or (fusion.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
             if not memory.empty():  # strengths as given, or none: nothing to choose them on
@@ -372,7 +385,7 @@ def main(argv=None):
         memory.strengths = {k: choice.get("memory", mem.NONE)[k] for k in mem.NONE}
         bm25 = bm25s.get(memory.strengths["bm25"]) if cfg.hybrid else None
         if memory.strengths["dense"]:  # the index holds the moved vectors; embeddings.npy keeps the encoder's own
-            emb = mem.edit(emb, *memory_directions(cfg, doc_ids, encoder, memory), memory.strengths["dense"])
+            emb = mem.edit(emb, *directions[served], memory.strengths["dense"])
         if not memory.empty():
             print(memory.describe())
         if served != "model":

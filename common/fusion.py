@@ -137,8 +137,9 @@ def select(qrels, base, candidates, z, metric="ndcg@10", guard=(), tolerance=0.0
     loss to `base` over those queries exceeds `tolerance` is never served (a gain on some queries
     bought with a loss on others). report: {"base", "grid": {key: val score}, "gain", "stderr"} of the
     candidate served (of the best-scoring one when none is), and "chosen"."""
-    base_mean, base_per_query = evaluate_run(qrels, base, KS)
-    scores = {key: evaluate_run(qrels, run, KS) for key, run in candidates.items()}
+    ks = (int(metric.rsplit("@", 1)[1]),)  # the one cut-off the choice reads: the others cost time on a large grid
+    base_mean, base_per_query = evaluate_run(qrels, base, ks)
+    scores = {key: evaluate_run(qrels, run, ks) for key, run in candidates.items()}
     grid = {key: mean[metric] for key, (mean, _) in scores.items()}
     report = {"base": base_mean[metric], "grid": grid, "gain": 0.0, "stderr": 0.0, "chosen": None}
     if not grid:

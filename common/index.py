@@ -213,6 +213,8 @@ def replace_rows(index, rows, vectors, emb, chunk=65536):
     where = dict(zip(rows.tolist(), range(len(rows))))
     for start in range(0, len(emb), chunk):
         part = np.array(emb[start:start + chunk], dtype=np.float32)
+        if part.shape[1] > index.d:  # an index of cut vectors (build_index.py --dim)
+            part = truncate(part, index.d)
         for r in [r for r in where if start <= r < start + len(part)]:
             part[r - start] = vectors[where[r]]
         index.add(part)

@@ -172,9 +172,12 @@ def directions(memory, doc_ids, query_emb):
 
 def edit(emb, rows, dirs, strength):
     """A float32 copy of emb with the rows `rows` moved toward `dirs` by `strength` and renormalised;
-    strength 0 returns emb's values unchanged, every other row is copied bit for bit."""
+    strength 0 returns emb's values unchanged, every other row is copied bit for bit. Directions wider
+    than emb (an index of cut vectors: build_index.py --dim) are cut alike."""
     out = np.array(emb, dtype=np.float32)
     if strength and len(rows):
+        if dirs.shape[1] > out.shape[1]:
+            dirs = _normalise(dirs[:, :out.shape[1]])
         out[rows] = _normalise(out[rows] + strength * dirs)
     return out
 
@@ -253,7 +256,7 @@ def describe_choice(strengths, summary):
     if not best:
         ahead = ""
     elif best["val"] <= summary["without"]:
-        ahead = f"; every memory scored lower (the best {best['val']:.4f})"
+        ahead = f"; no memory scored higher (the best {best['val']:.4f})"
     else:
         ahead = (f"; the best memory scored {best['val']:.4f}, not beyond noise (gain {summary['gain']:+.4f}, "
                  f"standard error {summary['stderr']:.4f}) or at a cost to the queries it cannot help")

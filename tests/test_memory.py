@@ -256,3 +256,15 @@ def test_comparison_shows_each_split_remembered_and_not():
     head, _, row = text.splitlines()
     assert "val remembered / not (1 / 2)" in head and "test remembered / not (2 / 1)" in head
     assert "| 1.0000 / 0.2500 |" in row and "| 0.7500 / 0.0000 |" in row
+
+
+def test_a_cut_index_remembers_and_grows_alike(memory_beir, tiny_model, tmp_path):
+    """build_index.py --dim: the memory moves the cut vectors, and --add_queries keeps them cut."""
+    out = build(memory_beir, tiny_model, tmp_path / "cut", "--dim=16", "--memory_dense=2", "--memory_bm25=1")
+    assert vectors(out).shape == (48, 16)
+    added = tmp_path / "more.qrels"
+    added.write_text("val20\td20\t1\n")
+    assert build_index.main([f"--data={memory_beir}", f"--out={out}", f"--add_queries={added}"]) == 0
+    cut = vectors(out)
+    assert cut.shape == (48, 16) and np.allclose(np.linalg.norm(cut, axis=1), 1, atol=1e-5)
+    assert Retriever.load("", memory_beir, index_dir=out).retrieve(load_beir(memory_beir, "val")[1]["val20"], 1)
