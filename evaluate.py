@@ -312,10 +312,12 @@ def served_memory(items, label):
         if index and os.path.isfile(os.path.join(index, memory.FILE)):
             with open(os.path.join(index, fusion.FILE), encoding="utf-8") as f:
                 chosen = json.load(f).get("memory", {})
-            line = memory.describe_choice({k: chosen.get(k, 0) for k in memory.NONE}, chosen) \
-                if "without" in chosen else memory.Memory.load(index).describe()
-            return (f"Index memory ({index}): {memory.Memory.load(index).describe()}. {line}. \"remembered\": the "
-                    "queries with a relevant document some train query also found.")
+            held = memory.Memory.load(index)
+            line = (memory.describe_choice({k: chosen.get(k, 0) for k in memory.NONE}, chosen) if "without" in chosen
+                    else f"memory: {held.describe()}")
+            return (f"Index memory ({index}, {len(held.queries)} queries remembered for {len(held.found)} docs): "
+                    f"{line.removeprefix('memory: ')}. \"Remembered\": the queries with a relevant document some "
+                    "train query also found.")
     return ""
 
 
@@ -419,9 +421,13 @@ def main(argv=None):
 def hybrid_chosen(choice):
     """The "chosen on val" cell of a hybrid column."""
     if choice.get("method") == "rrf":
-        return "rrf"
+        return "rrf" + (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
+                        if fusion.remembers(choice) else "")
     alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")
-    return f"BM25 weight {choice['weight']:g}{alone}" + (" (the default: no val)" if choice.get("default") else "")
+    remembers = (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
+                 if fusion.remembers(choice) else "")
+    return (f"BM25 weight {choice['weight']:g}{alone}{remembers}"
+            + (" (the default: no val)" if choice.get("default") else ""))
 
 
 if __name__ == "__main__":
