@@ -249,7 +249,8 @@ def add_queries(cfg, argv):
         same = [line.rstrip("\n") for line in f] == doc_ids
     if not same or (built_over and built_over["corpus_sha1"] != file_sha1(corpus_file)):
         raise UserError(f"add_queries: the index {cfg.out} was built over "
-                        f"{built_over['corpus'] if built_over else 'another corpus'}, not {os.path.abspath(corpus_file)}; "
+                        f"{built_over['corpus'] if built_over else 'another corpus'}, not "
+                        f"{os.path.abspath(corpus_file)}; "
                         "pass --data= the dataset it was built from")
     t0 = time.perf_counter()
     queries, qrels, counts = mem.read_judgements(cfg.add_queries, os.path.join(cfg.data, "queries.jsonl"))

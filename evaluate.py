@@ -292,7 +292,8 @@ def remembered_parts(data):
         return None
     from common.data import read_qrels
 
-    found = {d for row in read_qrels(os.path.join(data, "qrels", "train.tsv")).values() for d, g in row.items() if g > 0}
+    train = read_qrels(os.path.join(data, "qrels", "train.tsv"))
+    found = {d for row in train.values() for d, g in row.items() if g > 0}
     return {k: {q for q, row in read_qrels(os.path.join(data, "qrels", f"{k}.tsv")).items()
                 if any(g > 0 and d in found for d, g in row.items())} for k in ("val", "test")}
 
@@ -313,11 +314,20 @@ def served_memory(items, label):
             with open(os.path.join(index, fusion.FILE), encoding="utf-8") as f:
                 chosen = json.load(f).get("memory", {})
             held = memory.Memory.load(index)
-            line = (memory.describe_choice({k: chosen.get(k, 0) for k in memory.NONE}, chosen) if "without" in chosen
-                    else f"memory: {held.describe()}")
+            if "without" in chosen:
+                line = memory.describe_choice({k: chosen.get(k, 0) for k in memory.NONE}, chosen)
+            elif chosen.get("remembered") == 0:
+                line = ("none served: no val query has a relevant document a train query found, so val cannot "
+                        "show it helping")
+            else:
+                line = "served at " + ("the strengths given" if fusion.remembers(chosen) else "strength 0 (none)")
+            with open(os.path.join(index, fusion.FILE), encoding="utf-8") as f:
+                candidates = json.load(f).get("candidates", {})
+            each = "; ".join(f"{model}: {c['memory']['without']:.4f} without memory, {c['val']['served']:.4f} served"
+                             for model, c in candidates.items() if "without" in c.get("memory", {}))
             return (f"Index memory ({index}, {len(held.queries)} queries remembered for {len(held.found)} docs): "
-                    f"{line.removeprefix('memory: ')}. \"Remembered\": the queries with a relevant document some "
-                    "train query also found.")
+                    f"{line.removeprefix('memory: ')}." + (f" Each encoder's hybrid on val: {each}." if each else "")
+                    + " \"Remembered\": the queries with a relevant document some train query also found.")
     return ""
 
 

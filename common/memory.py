@@ -251,7 +251,8 @@ def describe_choice(strengths, summary):
            f"{summary['without']:.4f} without memory")
     if strengths["dense"] or strengths["bm25"]:
         return (f"memory: dense strength {strengths['dense']:g}, BM25 repeat {strengths['bm25']}: {why}, "
-                f"{summary['served']:.4f} with it (gain {summary['gain']:+.4f}, standard error {summary['stderr']:.4f})")
+                f"{summary['served']:.4f} with it (gain {summary['gain']:+.4f}, standard error "
+                f"{summary['stderr']:.4f})")
     best = summary.get("best")
     if not best:
         ahead = ""

@@ -148,7 +148,8 @@ def test_val_chooses_memory_where_it_helps_and_none_where_it_cannot(memory_beir,
                    {**{f"t{i}": corpus[f"d{i}"]["text"][:30] for i in range(17, 48, 2)},
                     **{q: t for q, t in load_beir(memory_beir, "val")[1].items()}, **queries},
                    {"train": train, "val": [(q, d, g) for q, row in val.items() for d, g in row.items()],
-                    "test": [(q, d, g) for q, row in load_beir(memory_beir, "test")[2].items() for d, g in row.items()]})
+                    "test": [(q, d, g) for q, row in load_beir(memory_beir, "test")[2].items()
+                             for d, g in row.items()]})
     other = build(str(other_dir), tiny_model, tmp_path / "none")
     saved = fusion.load(other, fusion.DENSE_ONLY)
     assert saved["memory"]["remembered"] == 0 and not fusion.remembers(saved)
