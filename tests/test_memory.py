@@ -269,3 +269,19 @@ def test_a_cut_index_remembers_and_grows_alike(memory_beir, tiny_model, tmp_path
     cut = vectors(out)
     assert cut.shape == (48, 16) and np.allclose(np.linalg.norm(cut, axis=1), 1, atol=1e-5)
     assert Retriever.load("", memory_beir, index_dir=out).retrieve(load_beir(memory_beir, "val")[1]["val20"], 1)
+
+
+def test_an_index_without_memory_loads_and_serves_as_before(remembering, memory_beir, tmp_path):
+    """An index from before memory (no memory.json, no "memory" in fusion.json) serves what it holds."""
+    import shutil
+
+    index = tmp_path / "old"
+    shutil.copytree(remembering, index)
+    os.remove(index / mem.FILE)
+    saved = json.loads((index / fusion.FILE).read_text())
+    (index / fusion.FILE).write_text(json.dumps({k: v for k, v in saved.items() if k != "memory"}))
+    retriever = Retriever.load("", memory_beir, index_dir=str(index))
+    assert not retriever.memory.on() and retriever.why("d3") == []
+    texts = list(load_beir(memory_beir, "test")[1].values())
+    assert retriever.batch_retrieve(texts, 5) == Retriever.load("", memory_beir, index_dir=remembering).batch_retrieve(
+        texts, 5)
