@@ -181,16 +181,27 @@ def memory_grid(cfg, memory):
     return mem.STRENGTHS, (mem.REPEATS if cfg.hybrid else (0,))
 
 
-def val_choice(cfg, doc_ids, candidates, bm25s, val, given, memory, directions):
+def bm25_val_runs(val_queries, bm25_of, repeats, keep):
+    """({repeat: val run}, {repeat: BM25}) of BM25 over the texts expanded `repeat` times: each built in
+    turn and searched for val's top HYBRID_DEPTH, only the `keep` one held (at a million documents each
+    BM25 takes gigabytes)."""
+    qids, runs, kept = list(val_queries), {}, {}
+    for r in repeats:
+        bm25 = bm25_of(r)
+        runs[r] = {q: dict(hits) for q, hits in zip(qids, bm25.search_many([val_queries[q] for q in qids],
+                                                                           fusion.HYBRID_DEPTH))}
+        if r == keep:
+            kept[r] = bm25
+    return runs, kept
+
+
+def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions):
     """Score each candidate {label: (model, encoder, vectors in doc_ids' order)} on val, dense and mixed
-    with BM25 (as `given`, or chosen), each with the memory at every strength (`bm25s`: {repeat: BM25
-    over the texts expanded so}; `directions` {label: memory_directions'}); return (label served, its
-    hybrid choice, {label: choice}). The first candidate is served unless a later one scores higher."""
+    with BM25 (as `given`, or chosen), each with the memory at every strength (`bm25_runs`: {repeat: val
+    run of BM25 over the texts expanded so}, None for dense alone; `directions` {label:
+    memory_directions'}); return (label served, its hybrid choice, {label: choice}). The first candidate
+    is served unless a later one scores higher."""
     val_queries, val_qrels = val
-    qids = list(val_queries)
-    bm25_runs = ({r: {q: dict(hits) for q, hits in zip(qids, bm25.search_many([val_queries[q] for q in qids],
-                                                                               fusion.HYBRID_DEPTH))}
-                  for r, bm25 in bm25s.items()} if bm25s else None)
     remembered = mem.remembered_queries(memory, val_qrels)
     strengths = memory_grid(cfg, memory)[0] if remembered or given_memory(cfg) else (0.0,)
     choices = {}
@@ -357,9 +368,16 @@ def main(argv=None):
         # relevant documents cover); without either none is served (val_choice says why)
         searchable = bool(given_memory(cfg) or val[0] and mem.remembered_queries(memory, val[1]))
         repeats = memory_grid(cfg, memory)[1] if searchable else ((given_memory(cfg) or mem.NONE)["bm25"],)
-        bm25s = ({r: BM25(doc_ids, mem.expand(texts, doc_ids, memory, r), cfg.bm25_k1, cfg.bm25_b) for r in repeats}
-                 if cfg.hybrid else {})
-        info = {"bm25_seconds": time.perf_counter() - t0} if bm25s else {}
+
+        def bm25_of(r):
+            return BM25(doc_ids, mem.expand(texts, doc_ids, memory, r), cfg.bm25_k1, cfg.bm25_b)
+        if not cfg.hybrid:
+            bm25_runs, bm25s = None, {}
+        elif val[0]:
+            bm25_runs, bm25s = bm25_val_runs(val[0], bm25_of, repeats, keep=0)
+        else:
+            bm25_runs, bm25s = None, {repeats[0]: bm25_of(repeats[0])}
+        info = {"bm25_seconds": time.perf_counter() - t0} if cfg.hybrid else {}
         vectors, searched = {}, {}
         for label, (model, enc) in candidates.items():
             vectors[label], info[f"{label}_embeddings"] = corpus_vectors(cfg, enc, model, texts)
@@ -371,7 +389,7 @@ def main(argv=None):
                       (np.zeros(0, np.int64), np.zeros((0, enc.dim), np.float32))
                       for label, (_, enc, _) in searched.items()}
         if val[0]:
-            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25s, val, given, memory, directions)
+            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25_runs, val, given, memory, directions)
         else:
             served, choice, choices = "model", given or (fusion.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
             if not memory.empty():  # strengths as given, or none: nothing to choose them on
@@ -384,7 +402,8 @@ def main(argv=None):
                       f"already beats the fine-tuned {cfg.model} without memory ({tuned:.4f})")
         model, encoder, emb = searched[served]
         memory.strengths = {k: choice.get("memory", mem.NONE)[k] for k in mem.NONE}
-        bm25 = bm25s.get(memory.strengths["bm25"]) if cfg.hybrid else None
+        r = memory.strengths["bm25"]
+        bm25 = (bm25s[r] if r in bm25s else bm25_of(r)) if cfg.hybrid else None
         if memory.strengths["dense"]:  # the index holds the moved vectors; embeddings.npy keeps the encoder's own
             emb = mem.edit(emb, *directions[served], memory.strengths["dense"])
         if not memory.empty():

@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from common import fusion
+from common.data import DataError, _open_lines, read_jsonl, read_qrels, read_queries
 from common.files import atomic_open
 
 FILE = "memory.json"
@@ -116,8 +117,6 @@ def read_judgements(path, queries_file):
     else one is made from the text), or TREC / BEIR qrels (qid [0] doc-id grade) whose query ids name
     `queries_file`'s queries. A row naming an unknown query id is a counted skip; a duplicate counts
     once. An empty file is a DataError."""
-    from common.data import DataError, _open_lines, read_jsonl, read_qrels, read_queries
-
     first = next(_open_lines(path), None)
     if first is None:
         raise DataError(f"{path}: empty; --add_queries needs judged queries: JSONL "
