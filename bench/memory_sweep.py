@@ -6,8 +6,9 @@ a fine-tuned best/.
     python bench/memory_sweep.py --data=data/scifact --model=all-MiniLM-L6-v2
     python bench/memory_sweep.py --data=data/scifact --model=runs/scifact-all-MiniLM-L6-v2/encoder/best --split=val
 
-Dense edits compared: "step" d' = normalise(d + a g) (what build_index.py ships), "rotate" (NUDGE-N's
-bounded form: d turned toward g by at most the angle a chord of length a spans, staying on the sphere),
+Dense edits compared: "step" d' = normalise(d + a g) (what build_index.py ships), "nudge-m" (NUDGE-M:
+d + a g, its norm left to grow), "rotate" (NUDGE-N's bounded form: d turned toward g by at most the angle
+a chord of length a spans, staying on the sphere),
 and "field" for BM25: a second BM25 over each document's remembered queries alone, added with weight a,
 against "repeat" (the queries appended to the text r times, shipped). --split=test reports test once.
 """
@@ -80,6 +81,10 @@ def main():
         dense_runs[f"step {a:g}"] = dense_run(qids, q_emb, doc_ids, mem.edit(emb, rows, dirs, a), depth)
     for c in (0.25, 0.5, 1.0):
         dense_runs[f"rotate {c:g}"] = dense_run(qids, q_emb, doc_ids, rotate(emb, rows, dirs, c), depth)
+    for g in (0.1, 0.25, 0.5):  # NUDGE-M: d + g * direction, the norm left to grow
+        moved = np.array(emb, dtype=np.float32)
+        moved[rows] += g * dirs
+        dense_runs[f"nudge-m {g:g}"] = dense_run(qids, q_emb, doc_ids, moved, depth)
     bm25_runs = {}
     for r in (0, 1, 2, 3, 5):
         bm25 = BM25(doc_ids, mem.expand(texts, doc_ids, memory, r))
