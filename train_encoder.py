@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from common import losses, mining, sizing
-from common.batching import Example, make_batches, sample_groups
+from common.batching import Example, batches_fill, false_negatives, make_batches, sample_groups
 from common.config import Auto, ConfigError, ListOf, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
 from common.metrics import cut_run, evaluate_run
@@ -112,6 +112,10 @@ DEFAULTS = dict(
     #                        query. auto = 32, or half the queries of a dataset too small for 32
     micro_batch_size=0,  # examples per forward pass on a rank; 0 = all at once; less = GradCache
     length_bucketing=True,  # batches of similar length (less padding), in shuffled order
+    false_negatives="auto",  # a document of the batch labelled relevant to another of its queries: exclude
+    #                          (batches never hold one) | mask (batches hold them, masked out of that query's
+    #                          loss) | auto = exclude, or mask where labels overlap too much for such batches
+    #                          to take in half the queries an epoch
     token_cache=True,  # tokenise each text once per run, not once per epoch (memory: a few KB per text)
     # optimisation
     epochs=3,  # an epoch visits every train query once, with one of its positives
@@ -164,6 +168,7 @@ ROTATION_DOCS = 4096  # docs sampled for matryoshka_rotation: plenty to estimate
 def check_config(cfg, world):
     check_choice(cfg, "loss", losses.NAMES)
     check_choice(cfg, "schedule", ("linear", "cosine", "constant"))
+    check_choice(cfg, "false_negatives", ("auto", "exclude", "mask"))
     check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
     check_range(cfg, ["batch_size", "eval_batch_size", "log_every"], 1)
     check_range(cfg, ["micro_batch_size", "hard_negatives", "epochs", "max_steps", "weight_decay", "max_grad_norm",
@@ -231,7 +236,7 @@ def rebatch_rest(examples, batches, groups, position, cfg, seed):
     groups = list(groups)
     for j, i in enumerate(rest):
         groups[i] = fresh[j]
-    rebuilt = make_batches(subset, fresh, cfg.batch_size, seed, cfg.length_bucketing)
+    rebuilt = batches_of(cfg, subset, fresh, seed)
     return batches[:position] + [[rest[j] for j in b] for b in rebuilt], groups
 
 
@@ -293,7 +298,32 @@ def recipes(cfg, table, model_length):
 def first_epoch(cfg, examples, negatives, seed):
     """(groups, batches) of an epoch: each example's documents drawn, then the batch order."""
     groups = sample_groups(examples, negatives, seed)
-    return groups, make_batches(examples, groups, cfg.batch_size, seed, cfg.length_bucketing)
+    return groups, batches_of(cfg, examples, groups, seed)
+
+
+def batches_of(cfg, examples, groups, seed):
+    """An epoch's batch order under the run's false_negatives rule (common/batching.py)."""
+    return make_batches(examples, groups, cfg.batch_size, seed, cfg.length_bucketing,
+                        exclusive=True if cfg.false_negatives == "exclude" else "queries")
+
+
+def resolve_false_negatives(cfg, examples, negatives, where):
+    """false_negatives=auto: exclude, unless batches that hold no in-batch false negative would take in
+    fewer than half the queries an epoch (heavily overlapping labels): then mask, saying so. An epoch
+    with no batch at all is one error, before any work."""
+    groups = sample_groups(examples, negatives, cfg.seed)
+    if cfg.false_negatives == "auto":
+        fill, taken = batches_fill(examples, groups, cfg.batch_size, cfg.seed, cfg.length_bucketing)
+        cfg.false_negatives = "exclude" if fill else "mask"
+        if not fill:
+            print(f"batches: {where}'s labels overlap so much that batches of {cfg.batch_size} holding no query's "
+                  f"relevant document as another's negative take in {taken} of {len(examples)} queries an epoch: "
+                  "batches mix them, and each query's other relevant documents are masked out of its loss "
+                  "(false_negatives=mask)")
+    if not batches_of(cfg, examples, groups, cfg.seed):
+        raise UserError(f"{where}: {len(examples)} training queries ({len({ex.query for ex in examples})} distinct "
+                        f"texts) make no batch of {cfg.batch_size}; pass a smaller --batch_size"
+                        + (" or --false_negatives=mask" if cfg.false_negatives == "exclude" else ""))
 
 
 def typical_batch(examples, batches):
@@ -407,27 +437,37 @@ def batch_loss(cfg, q_local, d_local, batch, groups, rank, world):
     d_local are this rank's embeddings. With matryoshka_dims, the loss again at each dimension: the
     embeddings cut to their first `dim` values and renormalised (Kusupati et al. 2022)."""
     q_all, d_all = gather_with_grad(q_local, rank, world), gather_with_grad(d_local, rank, world)
+    mask = in_batch_mask(cfg, batch, groups, q_all.device)
     parts, total = {}, 0.0
     dims = cfg.matryoshka_dims or [None]
     for dim, dim_weight in zip(dims, cfg.matryoshka_weights or [1.0] * len(dims)):
         q, d = (q_all, d_all) if dim is None else (F.normalize(q_all[:, :dim], dim=-1),
                                                    F.normalize(d_all[:, :dim], dim=-1))
         for name, weight in zip(cfg.loss, cfg.loss_weights):
-            part = loss_term(cfg, name, q, d, batch, groups)
+            part = loss_term(cfg, name, q, d, batch, groups, mask)
             parts[name if dim is None else f"{name}@{dim}"] = part
             total = total + dim_weight * weight * part
     return total, parts, q_all.detach(), d_all.detach()
 
 
-def loss_term(cfg, name, q, d, batch, groups):
+def in_batch_mask(cfg, batch, groups, device):
+    """The batch's in-batch false negatives (common.batching.false_negatives) as a tensor, or None
+    where there are none (false_negatives=exclude builds batches without them)."""
+    if cfg.false_negatives != "mask":
+        return None
+    mask = false_negatives(batch, groups)
+    return torch.from_numpy(mask).to(device) if mask.any() else None
+
+
+def loss_term(cfg, name, q, d, batch, groups, mask=None):
     if name == "infonce":
-        return losses.infonce(q, d, cfg.temperature, cfg.symmetric)
+        return losses.infonce(q, d, cfg.temperature, cfg.symmetric, mask)
     if name == "margin_mse":
         teacher = torch.tensor([[ex.teacher[doc] for doc in g] for ex, g in zip(batch, groups)], device=q.device)
         return losses.margin_mse(q, d, teacher, cfg.temperature)
     if name == "contrastive":
-        return losses.contrastive(q, d, cfg.contrastive_margin)
-    return losses.cosine(q, d)
+        return losses.contrastive(q, d, cfg.contrastive_margin, mask)
+    return losses.cosine(q, d, mask=mask)
 
 
 def forward_backward(cfg, model, encoder, chunks, batch, groups, scaler, rank, world, device, dtype):
@@ -512,6 +552,9 @@ def main(argv=None):
     examples = load_examples(cfg, corpus, records)
     sizing.batch_size(cfg, len(examples), table["batch"], world, cfg.train_file or cfg.data)
     sizing.check_batch(cfg, world, "examples")
+    richest = max(n for _, n in table["recipes"]) if all(ex.negatives for ex in examples) else 0
+    resolve_false_negatives(cfg, examples, richest if cfg.hard_negatives == "auto" else cfg.hard_negatives,
+                            cfg.train_file or cfg.data)
     if has_val and master:
         val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
@@ -657,7 +700,7 @@ def main(argv=None):
             if batches is not None:
                 epoch, position = epoch + 1, 0
             groups_of = sample_groups(examples, cfg.hard_negatives, cfg.seed + epoch)
-            batches = make_batches(examples, groups_of, cfg.batch_size, cfg.seed + epoch, cfg.length_bucketing)
+            batches = batches_of(cfg, examples, groups_of, cfg.seed + epoch)
         stop.agree(world, device)
         if step > 0 and (last_step or stop.requested or (cfg.save_every > 0 and step % cfg.save_every == 0)):
             save_last(cfg, encoder, optimizer, scaler, world, step=step, epoch=epoch, position=position, best=best,
@@ -690,7 +733,8 @@ def main(argv=None):
             log_train(cfg, writer, progress, {
                 "step": step, "epoch": epoch, "loss": loss, **{f"loss/{k}": v.item() for k, v in parts.items()},
                 "lr": lr, "grad_norm": grad_norm.item(), "step_seconds": dt,
-                "in_batch_accuracy": losses.in_batch_accuracy(q_all, d_all).item(),
+                "in_batch_accuracy": losses.in_batch_accuracy(q_all, d_all, in_batch_mask(cfg, batch, groups,
+                                                                                          q_all.device)).item(),
                 "embedding_std": q_all.std(0).mean().item(),
                 "examples_per_s": throughput.examples_per_s, "tokens_per_s": throughput.tokens_per_s},
                 total_steps, t_start, best)

@@ -5,10 +5,14 @@ labelled positives, so a query with forty positives weighs what a query with one
 
 An in-batch negative is another example's document. If that document is in fact relevant to the
 query (two examples sharing a positive, or one query appearing twice), the loss pushes a right
-answer away, so batches are built to never hold such a pair.
+answer away, so batches are built to never hold such a pair, or, where labels overlap so much that
+such batches cannot fill (a few dozen queries with forty relevant documents each), to hold them with
+each such document masked out of that query's loss (`false_negatives`).
 """
 import random
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass
@@ -46,7 +50,8 @@ def make_batches(examples, groups, batch_size, seed, bucket=True, bucket_batches
     [positive, negatives...] of this epoch (sample_groups).
 
     With `exclusive` (the bi-encoder's case) no batch holds the same query text twice, or a
-    document that is labelled relevant to another query of the batch; a cross-encoder scores each
+    document that is labelled relevant to another query of the batch; with exclusive="queries" only
+    the first (the loss then masks such documents: false_negatives); a cross-encoder scores each
     pair on its own, has no in-batch negatives, and passes exclusive=False. With `bucket`, examples
     are sorted by length within windows of `bucket_batches` batches, so a batch pads to texts of
     similar length, and the batches are then shuffled. Examples left over in incomplete batches
@@ -64,7 +69,8 @@ def make_batches(examples, groups, batch_size, seed, bucket=True, bucket_batches
         ex = examples[i]
         docs, relevant = set(groups[i]), set(ex.positives)
         for b in open_batches:
-            if exclusive and (ex.query in b["queries"] or docs & b["relevant"] or relevant & b["docs"]):
+            if exclusive and (ex.query in b["queries"] or exclusive is True and (docs & b["relevant"]
+                                                                                 or relevant & b["docs"])):
                 continue
             b["items"].append(i)
             b["queries"].add(ex.query)
@@ -83,3 +89,23 @@ def make_batches(examples, groups, batch_size, seed, bucket=True, bucket_batches
     if bucket:
         rng.shuffle(batches)
     return batches
+
+
+def batches_fill(examples, groups, batch_size, seed, bucket=True, share=0.5):
+    """Whether batches that hold no in-batch false negative (exclusive=True) take in at least `share`
+    of the examples an epoch: where labels overlap heavily they cannot, and the epoch starves."""
+    batches = make_batches(examples, groups, batch_size, seed, bucket)
+    return len(batches) * batch_size >= share * len(examples), len(batches) * batch_size
+
+
+def false_negatives(batch, groups):
+    """[queries, documents] bool: True where a document of the batch (the groups concatenated, as the
+    loss sees them) is labelled relevant to a query other than as its own positive: masked out of
+    that query's loss, so the loss never pushes a right answer away."""
+    columns = [d for g in groups for d in g]
+    mask = np.zeros((len(batch), len(columns)), dtype=bool)
+    for i, ex in enumerate(batch):
+        relevant = set(ex.positives)
+        mask[i] = [d in relevant for d in columns]
+        mask[i, i * len(groups[i])] = False  # its own positive
+    return mask

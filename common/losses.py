@@ -23,14 +23,20 @@ def positive_rows(q, d):
     return torch.arange(q.shape[0], device=q.device) * _groups(q, d)
 
 
-def infonce(q, d, temperature=0.05, symmetric=False):
+def infonce(q, d, temperature=0.05, symmetric=False, mask=None):
     """Cross-entropy of each query over every document in the batch, its positive the target
     (MultipleNegativesRankingLoss; temperature 0.05 is its scale 20). `symmetric` averages in
-    the passage->query direction: each positive over every query of the batch."""
+    the passage->query direction: each positive over every query of the batch. `mask` [queries,
+    documents] (common.batching.false_negatives): pairs left out of both directions' softmax."""
     target = positive_rows(q, d)
-    loss = F.cross_entropy(q @ d.T / temperature, target)
+    logits = q @ d.T / temperature
+    if mask is not None:
+        logits = logits.masked_fill(mask, float("-inf"))
+    loss = F.cross_entropy(logits, target)
     if symmetric:
         backward = d[target] @ q.T / temperature
+        if mask is not None:
+            backward = backward.masked_fill(mask[:, target].T, float("-inf"))
         loss = (loss + F.cross_entropy(backward, torch.arange(q.shape[0], device=q.device))) / 2
     return loss
 
@@ -49,36 +55,45 @@ def margin_mse(q, d, teacher, temperature=1.0):
     return margin_mse_scores(pair_scores(q, d) / temperature, teacher)
 
 
-def _pairs(q, d):
+def _pairs(q, d, mask=None):
     """Cosine of every (query, document of its group), with label 1 for the positive and 0 for the
-    negatives. Without hard negatives each query's negative is the next example's positive."""
-    cos = F.cosine_similarity(q.unsqueeze(1), d.view(q.shape[0], _groups(q, d), -1), dim=-1)
+    negatives, and each pair's weight (0 for a pair `mask` leaves out). Without hard negatives each
+    query's negative is the next example's positive."""
+    group = _groups(q, d)
+    cos = F.cosine_similarity(q.unsqueeze(1), d.view(q.shape[0], group, -1), dim=-1)
+    keep = torch.ones_like(cos)
     if cos.shape[1] == 1:
         cos = torch.cat([cos, F.cosine_similarity(q, torch.roll(d, -1, dims=0), dim=-1).unsqueeze(1)], dim=1)
+        keep = torch.ones_like(cos)
+        if mask is not None:  # the next example's positive may be relevant to this query too
+            rows = torch.arange(q.shape[0], device=q.device)
+            keep[:, 1] = (~mask[rows, (rows + 1) % q.shape[0]]).float()
     labels = torch.zeros_like(cos)
     labels[:, 0] = 1
-    return cos, labels
+    return cos, labels, keep
 
 
-def contrastive(q, d, margin=0.5):
+def contrastive(q, d, margin=0.5, mask=None):
     """Pairwise contrastive loss on the cosine distance (Hadsell et al. 2006, as in
     sentence-transformers' ContrastiveLoss): positives pulled to distance 0, negatives pushed
     beyond `margin`; 0.5 * (y * dist^2 + (1 - y) * relu(margin - dist)^2), averaged over pairs."""
-    cos, labels = _pairs(q, d)
+    cos, labels, keep = _pairs(q, d, mask)
     dist = 1 - cos
-    return (0.5 * (labels * dist.pow(2) + (1 - labels) * F.relu(margin - dist).pow(2))).mean()
+    per_pair = 0.5 * (labels * dist.pow(2) + (1 - labels) * F.relu(margin - dist).pow(2))
+    return (per_pair * keep).sum() / keep.sum()
 
 
-def cosine(q, d, targets=None):
+def cosine(q, d, targets=None, mask=None):
     """MSE of the cosine of each pair onto its score label (CosineSimilarityLoss); by default the
     positive's label is 1 and a negative's 0."""
-    cos, labels = _pairs(q, d)
-    return F.mse_loss(cos, labels if targets is None else targets)
+    cos, labels, keep = _pairs(q, d, mask)
+    return ((cos - (labels if targets is None else targets)).pow(2) * keep).sum() / keep.sum()
 
 
-def in_batch_accuracy(q, d):
-    """Fraction of queries whose best-scoring document in the whole batch is their positive."""
-    return ((q @ d.T).argmax(1) == positive_rows(q, d)).float().mean()
+def in_batch_accuracy(q, d, mask=None):
+    """Fraction of queries whose best-scoring document in the whole batch (less `mask`'s) is their positive."""
+    scores = q @ d.T if mask is None else (q @ d.T).masked_fill(mask, float("-inf"))
+    return (scores.argmax(1) == positive_rows(q, d)).float().mean()
 
 
 # ---- group losses: scores [B, G], each row one query's positive (column 0) then G-1 negatives.
