@@ -437,7 +437,8 @@ def hybrid_chosen(choice):
     remembers = (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
                  if fusion.remembers(choice) else "")
     return (f"BM25 weight {choice['weight']:g}{alone}{remembers}"
-            + (" (the default: no val)" if choice.get("default") else ""))
+            + (f" (the default: {'one val query' if choice.get('one_query') else 'no val'})" if choice.get("default")
+               else ""))
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def select(qrels, base, candidates, z, metric="ndcg@10", guard=(), tolerance=0.0
     scores = {key: evaluate_run(qrels, run, ks) for key, run in candidates.items()}
     grid = {key: mean[metric] for key, (mean, _) in scores.items()}
     report = {"base": base_mean[metric], "grid": grid, "gain": 0.0, "stderr": 0.0, "chosen": None}
-    if not grid:
+    if not grid or len(base_per_query) < 2:  # one query has no standard error: nothing is beyond noise
         return None, report
     gains = {key: _paired(scores[key][1], base_per_query, metric) for key in candidates}
     guard = [q for q in guard if q in base_per_query]
@@ -163,6 +163,8 @@ def choose_hybrid(qrels, dense, bm25, weights=HYBRID_WEIGHTS, metric="ndcg@10", 
     HYBRID_DEPTH) by `select`: a convex weight from `weights`, or RRF, or dense alone; or, with
     `given` (a choice), that one, scored. Returns the choice with "val": {"dense", "bm25", "served"}
     scores, "gain" and "stderr" of the best mix against dense, "queries" and "grid"."""
+    if given is None and len(qrels) < 2:  # no weight can be told apart on one query: the default's
+        given = {**NO_VAL, "one_query": True}
     if given is not None:
         candidates = {"given": hybrid(dense, bm25, given)}
     else:
@@ -170,7 +172,7 @@ def choose_hybrid(qrels, dense, bm25, weights=HYBRID_WEIGHTS, metric="ndcg@10", 
         candidates["rrf"] = hybrid(dense, bm25, {"method": "rrf", "rrf_k": RRF_K})
     key, report = select(qrels, dense, candidates, HYBRID_Z, metric)
     if given is not None:
-        key, choice = "given", {**given, "depth": HYBRID_DEPTH, "given": True}
+        key, choice = "given", {**given, "depth": HYBRID_DEPTH, "given": not given.get("one_query")}
     else:
         choice = (dict(DENSE_ONLY) if key is None else {"method": "rrf", "rrf_k": RRF_K, "depth": HYBRID_DEPTH}
                   if key == "rrf" else {"method": "convex", "weight": float(key), "depth": HYBRID_DEPTH})
@@ -195,7 +197,9 @@ def describe_hybrid(choice):
         return what + (" (the default: no val to choose on)" if choice.get("default") else "")
     v, metric = choice["val"], choice.get("metric", "ndcg@10")
     bm25 = f", BM25 {v['bm25']:.4f}" if v.get("bm25") is not None else ""
-    why = (f"{'as given; ' if choice.get('given') else 'chosen '}on val ({choice['queries']} queries, {metric}: "
+    how = ("the default (one val query tells no weight from another); scored " if choice.get("one_query") else
+           "as given; " if choice.get("given") else "chosen ")
+    why = (f"{how}on val ({choice['queries']} queries, {metric}: "
            f"dense {v['dense']:.4f}{bm25}, served {v['served']:.4f}")
     if choice.get("method") != "rrf" and choice["weight"] == 0 and choice["gain"] > 0 and not remembers(choice):
         why += f"; the best mix was {choice['gain']:+.4f}, within noise: standard error {choice['stderr']:.4f}"

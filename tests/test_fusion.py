@@ -142,3 +142,15 @@ def test_first_stage_run_through_an_index_equals_exact_search(toy_beir, tiny_mod
     d_emb = encoder.encode([doc_text(corpus[d]) for d in exact["q1"]], "passage")
     np.testing.assert_allclose(list(exact["q1"].values()), d_emb @ q_emb, atol=1e-5)
     shutil.rmtree(tmp_path / "index")
+
+
+def test_one_val_query_chooses_nothing_and_the_hybrid_takes_the_default():
+    """One query has no standard error: no mix is beyond noise on it, and the hybrid serves the weight
+    measured across datasets, saying why."""
+    qrels = {"q": {"a": 1}}
+    dense = {"q": {"b": 0.9, "a": 0.1}}
+    bm25 = {"q": {"a": 9.0, "b": 1.0}}
+    assert fusion.select(qrels, dense, {"mix": bm25}, z=1.0)[0] is None
+    choice = fusion.choose_hybrid(qrels, dense, bm25)
+    assert choice["weight"] == fusion.NO_VAL["weight"] and choice["one_query"]
+    assert "one val query tells no weight from another" in fusion.describe_hybrid(choice)
