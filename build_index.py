@@ -46,7 +46,7 @@ from common import memory as mem
 from common.backends import BACKENDS, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_corpus, read_qrels, read_queries, splits
-from common.files import atomic_dir, file_sha1, write_json
+from common.files import atomic_dir, write_json
 from common.retrievers import BM25, BM25_FILES, corpus_embeddings, embeddings_cache
 from common.run import UserError, cli, start_run, warn
 
@@ -171,10 +171,12 @@ def given_memory(cfg):
     return {"dense": float(cfg.memory_dense), "bm25": cfg.memory_bm25 if cfg.hybrid else 0}
 
 
-def memory_grid(cfg, memory):
-    """(dense strengths, BM25 repeats) of the memories built: none, and the given ones or the table's."""
+def memory_grid(cfg, memory, val_qrels):
+    """(dense strengths, BM25 repeats) of the memories worth building: none always; the given ones, or
+    the table's where some val query has a relevant document a train query found (where none has, val
+    cannot show a memory helping, and none is built: val_choice says so)."""
     given = given_memory(cfg)
-    if memory.empty():
+    if memory.empty() or not (given or mem.remembered_queries(memory.found, val_qrels)):
         return (0.0,), (0,)
     if given:
         return tuple(sorted({0.0, given["dense"]})), tuple(sorted({0, given["bm25"]}))
@@ -195,15 +197,14 @@ def bm25_val_runs(val_queries, bm25_of, repeats, keep):
     return runs, kept
 
 
-def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions):
+def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions, strengths):
     """Score each candidate {label: (model, encoder, vectors in doc_ids' order)} on val, dense and mixed
     with BM25 (as `given`, or chosen), each with the memory at every strength (`bm25_runs`: {repeat: val
     run of BM25 over the texts expanded so}, None for dense alone; `directions` {label:
-    memory_directions'}); return (label served, its hybrid choice, {label: choice}). The first candidate
+    memory_directions'}; `strengths` memory_grid's); return (label served, its hybrid choice, {label: choice}). The first candidate
     is served unless a later one scores higher."""
     val_queries, val_qrels = val
-    remembered = mem.remembered_queries(memory, val_qrels)
-    strengths = memory_grid(cfg, memory)[0] if remembered or given_memory(cfg) else (0.0,)
+    remembered = mem.remembered_queries(memory.found, val_qrels)
     choices = {}
     for label, (_, encoder, emb) in candidates.items():
         dense_runs = memory_runs(cfg, doc_ids, encoder, emb, directions[label], val_queries, strengths)
@@ -255,14 +256,10 @@ def add_queries(cfg, argv):
     corpus_file = os.path.join(cfg.data, "corpus.jsonl")
     corpus = read_corpus(corpus_file)
     doc_ids = list(corpus)
-    built_over = faiss_index.built_over(cfg.out)
-    with open(os.path.join(cfg.out, "doc_ids.txt"), encoding="utf-8") as f:
-        same = [line.rstrip("\n") for line in f] == doc_ids
-    if not same or (built_over and built_over["corpus_sha1"] != file_sha1(corpus_file)):
-        raise UserError(f"add_queries: the index {cfg.out} was built over "
-                        f"{built_over['corpus'] if built_over else 'another corpus'}, not "
-                        f"{os.path.abspath(corpus_file)}; "
-                        "pass --data= the dataset it was built from")
+    # an index over another corpus is one error naming both (its BM25 knows its corpus by content; an
+    # index without BM25 is checked by its doc ids when it loads)
+    has_bm25 = os.path.isfile(os.path.join(cfg.out, BM25_FILES[1]))
+    old_bm25 = BM25.load(cfg.out, doc_ids, corpus_file) if has_bm25 else None
     t0 = time.perf_counter()
     queries, qrels, counts = mem.read_judgements(cfg.add_queries, os.path.join(cfg.data, "queries.jsonl"))
     model, backend = faiss_index.built_with(cfg.out)
@@ -304,11 +301,10 @@ def add_queries(cfg, argv):
             faiss_index.replace_rows(index, rows, mem.edit(own, np.arange(len(rows)), dirs,
                                                            memory.strengths["dense"]), emb)
             faiss_index.write(tmp, index)
-        if os.path.isfile(os.path.join(cfg.out, BM25_FILES[1])):
-            old = BM25.load(cfg.out, doc_ids, corpus_file)
+        if old_bm25 is not None:
             texts = [doc_text(corpus[d]) for d in doc_ids]
-            BM25(doc_ids, mem.expand(texts, doc_ids, memory, memory.strengths["bm25"]), old.k1, old.b).save(
-                tmp, corpus_file)
+            BM25(doc_ids, mem.expand(texts, doc_ids, memory, memory.strengths["bm25"]), old_bm25.k1,
+                 old_bm25.b).save(tmp, corpus_file)
         saved = fusion.load(cfg.out, fusion.DENSE_ONLY)
         fusion.save(tmp, {**saved, "memory": {**saved.get("memory", {}), **memory.strengths}})
         added = mem.saved_extra(cfg.out).get("added", []) + [{"file": os.path.abspath(cfg.add_queries), **counts,
@@ -364,10 +360,7 @@ def main(argv=None):
         start_run(tmp, cfg, argv)
         texts = [doc_text(corpus[d]) for d in doc_ids]
         t0 = time.perf_counter()
-        # the memories worth building: given ones, or those val can measure (a val query a train query's
-        # relevant documents cover); without either none is served (val_choice says why)
-        searchable = bool(given_memory(cfg) or val[0] and mem.remembered_queries(memory, val[1]))
-        repeats = memory_grid(cfg, memory)[1] if searchable else ((given_memory(cfg) or mem.NONE)["bm25"],)
+        strengths, repeats = memory_grid(cfg, memory, val[1])
 
         def bm25_of(r):
             return BM25(doc_ids, mem.expand(texts, doc_ids, memory, r), cfg.bm25_k1, cfg.bm25_b)
@@ -375,8 +368,9 @@ def main(argv=None):
             bm25_runs, bm25s = None, {}
         elif val[0]:
             bm25_runs, bm25s = bm25_val_runs(val[0], bm25_of, repeats, keep=0)
-        else:
-            bm25_runs, bm25s = None, {repeats[0]: bm25_of(repeats[0])}
+        else:  # no val: the given repeat, or none
+            r = (given_memory(cfg) or mem.NONE)["bm25"]
+            bm25_runs, bm25s = None, {r: bm25_of(r)}
         info = {"bm25_seconds": time.perf_counter() - t0} if cfg.hybrid else {}
         vectors, searched = {}, {}
         for label, (model, enc) in candidates.items():
@@ -385,11 +379,12 @@ def main(argv=None):
             cut = cfg.dim and label == "model"
             searched[label] = (model, enc, faiss_index.truncate(vectors[label], cfg.dim) if cut else vectors[label])
         # each candidate encoder's embeddings of the remembered queries, summed per doc
-        directions = {label: memory_directions(cfg, doc_ids, enc, memory) if searchable and not memory.empty() else
+        directions = {label: memory_directions(cfg, doc_ids, enc, memory) if max(strengths) > 0 else
                       (np.zeros(0, np.int64), np.zeros((0, enc.dim), np.float32))
                       for label, (_, enc, _) in searched.items()}
         if val[0]:
-            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25_runs, val, given, memory, directions)
+            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25_runs, val, given, memory, directions,
+                                                 strengths)
         else:
             served, choice, choices = "model", given or (fusion.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
             if not memory.empty():  # strengths as given, or none: nothing to choose them on

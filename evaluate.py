@@ -46,7 +46,7 @@ import numpy as np
 from common import backends, fusion, memory, report, retrievers
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val, splits
+from common.data import doc_text, load_beir, load_val, read_qrels, splits
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run
 from common.retrievers import BM25, BM25_FILES, dense_run, dense_search, embeddings_cache
@@ -290,12 +290,10 @@ def remembered_parts(data):
     directory (what an index memory can help), or None without one or without a train split."""
     if not os.path.isdir(data) or not {"train", "val", "test"} <= set(splits(data)):
         return None
-    from common.data import read_qrels
-
     train = read_qrels(os.path.join(data, "qrels", "train.tsv"))
     found = {d for row in train.values() for d, g in row.items() if g > 0}
-    return {k: {q for q, row in read_qrels(os.path.join(data, "qrels", f"{k}.tsv")).items()
-                if any(g > 0 and d in found for d, g in row.items())} for k in ("val", "test")}
+    return {k: memory.remembered_queries(found, read_qrels(os.path.join(data, "qrels", f"{k}.tsv")))
+            for k in ("val", "test")}
 
 
 def served_memory(items, label):
@@ -311,9 +309,8 @@ def served_memory(items, label):
         except (OSError, ValueError, KeyError):
             continue
         if index and os.path.isfile(os.path.join(index, memory.FILE)):
-            with open(os.path.join(index, fusion.FILE), encoding="utf-8") as f:
-                chosen = json.load(f).get("memory", {})
-            held = memory.Memory.load(index)
+            saved = fusion.load(index, fusion.DENSE_ONLY)
+            chosen, held = saved.get("memory", {}), memory.Memory.load(index)
             if "without" in chosen:
                 line = memory.describe_choice({k: chosen.get(k, 0) for k in memory.NONE}, chosen)
             elif chosen.get("remembered") == 0:
@@ -321,10 +318,8 @@ def served_memory(items, label):
                         "show it helping")
             else:
                 line = "served at " + ("the strengths given" if fusion.remembers(chosen) else "strength 0 (none)")
-            with open(os.path.join(index, fusion.FILE), encoding="utf-8") as f:
-                candidates = json.load(f).get("candidates", {})
             each = "; ".join(f"{model}: {c['memory']['without']:.4f} without memory, {c['val']['served']:.4f} served"
-                             for model, c in candidates.items() if "without" in c.get("memory", {}))
+                             for model, c in saved.get("candidates", {}).items() if "without" in c.get("memory", {}))
             return (f"Index memory ({index}, {len(held.queries)} queries remembered for {len(held.found)} docs): "
                     f"{line.removeprefix('memory: ')}." + (f" Each encoder's hybrid on val: {each}." if each else "")
                     + " \"Remembered\": the queries with a relevant document some train query also found.")
@@ -430,12 +425,11 @@ def main(argv=None):
 
 def hybrid_chosen(choice):
     """The "chosen on val" cell of a hybrid column."""
-    if choice.get("method") == "rrf":
-        return "rrf" + (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
-                        if fusion.remembers(choice) else "")
-    alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")
     remembers = (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
                  if fusion.remembers(choice) else "")
+    if choice.get("method") == "rrf":
+        return "rrf" + remembers
+    alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")
     return (f"BM25 weight {choice['weight']:g}{alone}{remembers}"
             + (f" (the default: {'one val query' if choice.get('one_query') else 'no val'})" if choice.get("default")
                else ""))

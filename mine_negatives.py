@@ -30,11 +30,11 @@ import time
 import torch
 
 from common import index as faiss_index
-from common.memory import Memory
 from common import mining
 from common.config import Auto, ConfigError, check_choice, load_config
 from common.data import load_beir
 from common.files import write_json
+from common.memory import Memory
 from common.models import BiEncoder, CrossEncoder, autocast, autocast_dtype, dtype_name, pick_device, slow_autocast
 from common.retrievers import Retriever
 from common.run import cli, start_run, warn

@@ -61,7 +61,7 @@ def main():
     doc_ids = list(corpus)
     texts = [doc_text(corpus[d]) for d in doc_ids]
     memory, skips = mem.Memory.from_qrels(train_q, train_qrels, doc_ids)
-    remembered = mem.remembered_queries(memory, qrels)
+    remembered = mem.remembered_queries(memory.found, qrels)
     print(f"{args.data} {args.split}: {len(queries)} queries, {len(remembered)} remembered; memory: "
           f"{memory.describe()} {skips}")
     encoder = load_encoder(args.model)

@@ -222,23 +222,14 @@ def replace_rows(index, rows, vectors, emb, chunk=65536):
 
 
 def write(out_dir, index):
+    """index.faiss into out_dir (a CPU index)."""
     faiss_module().write_index(index, os.path.join(out_dir, "index.faiss"))
-
-
-def built_over(path):
-    """{"corpus", "corpus_sha1"} of the corpus an index directory's BM25 was built over, or None."""
-    try:
-        with open(os.path.join(path, "bm25.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-        return {"corpus": meta["corpus"], "corpus_sha1": meta["corpus_sha1"]}
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def save(out_dir, index, doc_ids, settings):
     """index.faiss, doc_ids.txt and index.json (settings, plus the index's own search parameters)
     into out_dir, which the caller creates (atomically: common.files.atomic_dir)."""
-    faiss_module().write_index(index, os.path.join(out_dir, "index.faiss"))
+    write(out_dir, index)
     with open(os.path.join(out_dir, "doc_ids.txt"), "w", encoding="utf-8") as f:
         f.writelines(f"{d}\n" for d in doc_ids)
     meta = {**settings, "dim": index.d, "ntotal": int(index.ntotal), "metric": "inner_product",

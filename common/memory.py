@@ -154,7 +154,8 @@ def saved_extra(directory):
         return {}
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
-    return {k: v for k, v in saved.items() if k not in ("strengths", "queries", "docs", "pairs", "query_text", "found")}
+    return {k: v for k, v in saved.items()
+            if k not in ("strengths", "queries", "docs", "pairs", "query_text", "found")}
 
 
 def directions(memory, doc_ids, query_emb):
@@ -192,9 +193,10 @@ def expand(texts, doc_ids, memory, repeat):
     return out
 
 
-def remembered_queries(memory, qrels):
-    """The queries of `qrels` with a relevant document the memory holds: their part of a report."""
-    return {q for q, row in qrels.items() if any(g > 0 and d in memory.found for d, g in row.items())}
+def remembered_queries(found, qrels):
+    """The queries of `qrels` with a relevant document among `found` (a memory's found docs, or the
+    train split's relevant ones): what a memory can help, and their part of a report."""
+    return {q for q, row in qrels.items() if any(g > 0 and d in found for d, g in row.items())}
 
 
 def _normalise(x):
