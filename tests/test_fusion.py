@@ -95,7 +95,7 @@ def test_retriever_serves_the_first_stage_alone_at_weight_zero(tiny_model, toy_b
         assert retriever.retrieve_and_rerank(query, k_rerank=3) == retriever.retrieve(query, 3)
 
 
-def test_retriever_mixes_as_the_saved_fusion_says(tiny_model, toy_beir, tmp_path):
+def test_retriever_mixes_as_the_saved_fusion_says(tiny_model, toy_beir, tmp_path, fp32_cpu):
     path = CrossEncoder.from_pretrained(tiny_model).save(str(tmp_path / "ce"))
     fusion.save(path, {"weight": 0.5, "depth": 4})
     retriever = Retriever.load(tiny_model, toy_beir, reranker=path)
