@@ -54,17 +54,23 @@ RERANK_MINE_DIR := $(RUN_DIR)/mine-reranker
 RERANKER_DIR := $(RUN_DIR)/reranker
 FINAL_DIR := $(RUN_DIR)/final-test
 TUNED_DIR := $(RUN_DIR)/fine-tuned
-INDEX_MODEL ?= $(ENCODER_DIR)/best
+# What the prepared data holds (`pipeline` prepares it before reading this; before it exists, every split
+# is assumed): no train split, nothing is fine-tuned and the zero-shot encoder is indexed; no val split,
+# nothing is scored on val and the defaults measured across datasets choose.
+prepared = $(if $(wildcard $(DATA_DIR)/prepare.json),$(wildcard $(DATA_DIR)/qrels/$(1).tsv),yes)
+HAS_TRAIN := $(call prepared,train)
+HAS_VAL := $(call prepared,val)
+INDEX_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 # The reranker stages run where torch sees a GPU (resolved once the venv exists: `pipeline` re-reads
 # this file after setup), or as RERANKER says.
 RERANKER ?= auto
-RERANK_ON := $(if $(filter auto,$(RERANKER)),$(if $(wildcard $(PY)),$(filter yes,$(shell $(PY) -c \
-    "import torch; print('yes' if torch.cuda.is_available() else 'no')" 2>/dev/null))),$(filter yes,$(RERANKER)))
+RERANK_ON := $(if $(HAS_TRAIN),$(if $(filter auto,$(RERANKER)),$(if $(wildcard $(PY)),$(filter yes,$(shell $(PY) -c \
+    "import torch; print('yes' if torch.cuda.is_available() else 'no')" 2>/dev/null))),$(filter yes,$(RERANKER))))
 NO_RERANKER = $(if $(filter auto,$(RERANKER)),no GPU here$(comma) and on a CPU its minutes buy no reranker that helps \
     the first stage on val (bench/results/cpu-bf16.md); RERANKER=yes trains one,RERANKER=$(RERANKER))
 SERVED_VAL := $(if $(RERANK_ON),$(RERANKER_DIR)/val/metrics.json,$(RUN_DIR)/served-val/metrics.json)
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
-EXPORT_MODEL ?= $(ENCODER_DIR)/best
+EXPORT_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 
 .PHONY: setup setup-gpu data baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
         adapted smoke reranker-on \
@@ -125,7 +131,7 @@ $(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) 
 index: $(INDEX_DIR)/index.json
 $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt \
                          $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json) \
-                         | $(RUN_DIR)/baseline-val/metrics.json
+                         | $(if $(HAS_VAL),$(RUN_DIR)/baseline-val/metrics.json)
 	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) --baseline=$(MODEL) \
 	    --out=$(INDEX_DIR) $(INDEX_ARGS)
 
@@ -175,15 +181,21 @@ $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN
 
 # Every stage, then one table (comparison.md: each column's val score, what val chose, test, the served
 # one marked) and one more row of runs/results.csv.
+# Without a train split (a test collection alone) the columns are BM25, zero-shot and their hybrid; without
+# a val split, test alone (each stage says why on its first line).
 pipeline: | setup
+	@$(MAKE) --no-print-directory data
 	@$(MAKE) --no-print-directory $(RUN_DIR)/comparison.md
-$(RUN_DIR)/comparison.md: $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json \
-                          $(TUNED_DIR)-val/metrics.json $(TUNED_DIR)-test/metrics.json $(if $(RERANK_ON),,$(SERVED_VAL)) \
-                          $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
+SPLITS_RUN := $(if $(HAS_VAL),val) test
+TUNED    := $(if $(HAS_TRAIN),fine-tuned)
+$(RUN_DIR)/comparison.md: $(foreach s,$(SPLITS_RUN),$(RUN_DIR)/baseline-$(s)/metrics.json $(if $(TUNED),$(TUNED_DIR)-$(s)/metrics.json)) \
+                          $(if $(RERANK_ON)$(if $(HAS_VAL),,no),,$(SERVED_VAL)) $(FINAL_DIR)/metrics.json $(EXPORT_DIR)/onnx.json evaluate.py
+	@$(if $(HAS_TRAIN),:,echo "fine-tuning: skipped: $(DATA_DIR) has no train split, so nothing to learn from; \
+	    the columns are BM25, the zero-shot encoder and their hybrid")
 	$(PY) evaluate.py --out=$(RUN_DIR) --results_csv=runs/results.csv --served=served --data=$(DATA_DIR) \
-	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,fine-tuned=$(TUNED_DIR)-test/metrics.json,served=$(FINAL_DIR)/metrics.json \
-	    --compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json,fine-tuned=$(TUNED_DIR)-val/metrics.json,served=$(SERVED_VAL) \
-	    --hparams=$(ENCODER_DIR)/config.json,$(INDEX_DIR)/config.json$(if $(RERANK_ON),$(comma)$(RERANKER_DIR)/config.json)
+	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,$(if $(TUNED),fine-tuned=$(TUNED_DIR)-test/metrics.json$(comma))served=$(FINAL_DIR)/metrics.json \
+	    $(if $(HAS_VAL),--compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json$(comma)$(if $(TUNED),fine-tuned=$(TUNED_DIR)-val/metrics.json$(comma))served=$(SERVED_VAL)) \
+	    --hparams=$(if $(TUNED),$(ENCODER_DIR)/config.json$(comma))$(INDEX_DIR)/config.json$(if $(RERANK_ON),$(comma)$(RERANKER_DIR)/config.json)
 
 # Label-free adaptation: queries made from this data's documents alone (prepare_data.py $(PSEUDO_ARGS),
 # into data/<dataset>-pseudo), BM25 negatives for them and the encoder trained on them. Then, on this

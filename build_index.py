@@ -45,10 +45,12 @@ from common import index as faiss_index
 from common import memory as mem
 from common.backends import BACKENDS, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val, read_corpus, read_qrels, read_queries, splits
+from common.data import (choice_queries, describe_choice_queries, doc_text, folds, load_beir, load_val, read_corpus,
+                         read_qrels, read_queries, splits)
 from common.files import atomic_dir, write_json
+from common.metrics import evaluate_run
 from common.retrievers import BM25, BM25_FILES, corpus_embeddings, embeddings_cache
-from common.run import UserError, cli, start_run, warn
+from common.run import UserError, cli, start_run, trained_on, warn
 
 DEFAULTS = dict(
     # data
@@ -197,16 +199,92 @@ def bm25_val_runs(val_queries, bm25_of, repeats, keep):
     return runs, kept
 
 
-def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions, strengths):
+def search_runs(doc_ids, vectors, q_emb, qids):
+    """{qid: {doc id: score}}: each query's top HYBRID_DEPTH by exact search over `vectors`."""
+    scores, hits = faiss_index.search(faiss_index.flat_ip(vectors), q_emb, fusion.HYBRID_DEPTH)
+    return {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, hits, scores)}
+
+
+def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of, train_memory):
+    """The hybrid and memory choice of an encoder that never saw the train split, where val is small:
+    the mix chosen on `pooled` ((queries, qrels, how): train + val), the memory's strengths cross-validated
+    over them (each fold searched with the memory of the other folds' judgements, so no query is scored
+    with its own); then scored on val as the index will serve it (`train_memory`, the train split's, and
+    `bm25_of(repeat)`). Returns the choice, "val" holding val's scores and
+    "chosen_on" the pooled ones."""
+    queries, qrels, how = pooled
+    qids = list(queries)
+    q_emb = encoder.encode([queries[q] for q in qids], "query", cfg.batch_size)
+    dense = {0.0: search_runs(doc_ids, emb, q_emb, qids)}
+    base_bm25 = bm25_of(0) if cfg.hybrid else None
+    bm25 = {0: {q: dict(h) for q, h in zip(qids, base_bm25.search_many([queries[q] for q in qids],
+                                                                      fusion.HYBRID_DEPTH))}} if cfg.hybrid else None
+    choice = fusion.choose_hybrid(qrels, dense[0.0], bm25[0] if bm25 else {},
+                                  given=given if bm25 else fusion.DENSE_ONLY)
+    fixed, remembered, parts = given_memory(cfg), set(), folds(qids)
+    if not fixed and not train_memory.empty():
+        rows_of = {q: i for i, q in enumerate(qids)}
+        for fold in parts:  # the memory of the other folds, searched by this one's queries
+            held = sorted(fold, key=rows_of.get)
+            other = mem.Memory.from_qrels(queries, {q: r for q, r in qrels.items() if q not in fold}, doc_ids)[0]
+            remembered |= mem.remembered_queries(other.found, {q: qrels[q] for q in held})
+            rows, dirs = mem.directions(other, doc_ids, dict(zip(qids, q_emb)))
+            fold_emb = q_emb[[rows_of[q] for q in held]]
+            for a in mem.STRENGTHS[1:]:
+                dense.setdefault(a, {}).update(search_runs(doc_ids, mem.edit(emb, rows, dirs, a), fold_emb, held))
+            for r in (mem.REPEATS[1:] if bm25 else ()):
+                expanded = BM25(doc_ids, mem.expand(texts, doc_ids, other, r), cfg.bm25_k1, cfg.bm25_b)
+                bm25.setdefault(r, {}).update(zip(held, map(dict, expanded.search_many(
+                    [queries[q] for q in held], fusion.HYBRID_DEPTH))))
+    strength, report = fixed or dict(mem.NONE), None
+    if remembered:
+        strength, mix, report = mem.choose(qrels, dense, bm25, choice, remembered, mixes=[given] if given else None)
+        choice = {**choice, **mix}
+    # as served: on val, with the memory of train alone
+    val_queries, val_qrels = val
+    vids = list(val_queries)
+    v_emb = encoder.encode([val_queries[q] for q in vids], "query", cfg.batch_size)
+    v_dense = search_runs(doc_ids, emb, v_emb, vids)
+    v_bm25 = {r: {q: dict(h) for q, h in zip(vids, (bm25_of(r) if r else base_bm25).search_many(
+        [val_queries[q] for q in vids], fusion.HYBRID_DEPTH))} for r in {0, strength["bm25"]}} if cfg.hybrid else {}
+    served = (search_runs(doc_ids, mem.edit(emb, *memory_directions(cfg, doc_ids, encoder, train_memory),
+                                            strength["dense"]), v_emb, vids) if strength["dense"] else v_dense)
+    score = lambda run: evaluate_run(val_qrels, run, (10,))[0]["ndcg@10"]  # noqa: E731
+    chosen_on = {**how, **choice["val"], "served": report["served"] if report else choice["val"]["served"]}
+    choice = {**choice, "queries": len(val_qrels), "chosen_on": chosen_on, "val": {
+        "dense": score(v_dense), "bm25": score(fusion.hybrid(v_dense, v_bm25[0], {"weight": 1.0})) if v_bm25 else None,
+        "served": score(fusion.hybrid(served, v_bm25[strength["bm25"]], choice) if v_bm25 else served)}}
+    if not train_memory.empty():
+        choice["memory"] = ({**fixed, "given": True} if fixed else {**strength, **report, "folds": len(parts)}
+                            if report else {**mem.NONE, "queries": len(qrels), "remembered": 0, "folds": len(parts)})
+    return choice
+
+
+def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions, strengths, texts, bm25_of):
     """Score each candidate {label: (model, encoder, vectors in doc_ids' order)} on val, dense and mixed
     with BM25 (as `given`, or chosen), each with the memory at every strength (`bm25_runs`: {repeat: val
     run of BM25 over the texts expanded so}, None for dense alone; `directions` {label:
-    memory_directions'}; `strengths` memory_grid's); return (label served, its hybrid choice, {label: choice}). The first candidate
-    is served unless a later one scores higher."""
+    memory_directions'}; `strengths` memory_grid's); return (label served, its hybrid choice, {label:
+    choice}). The first candidate is served unless a later one scores higher on val. A candidate that
+    never saw the train split, where val is small, chooses on train + val (pooled_choice: `texts`,
+    `bm25_of(repeat)`)."""
     val_queries, val_qrels = val
     remembered = mem.remembered_queries(memory.found, val_qrels)
     choices = {}
-    for label, (_, encoder, emb) in candidates.items():
+    for label, (model, encoder, emb) in candidates.items():
+        queries, qrels, how = choice_queries(cfg.data, val, trained_on(model, cfg.data))
+        print(f"{label} ({model}): its mix and memory are chosen on {describe_choice_queries(how)}")
+        if how["split"] != "val":
+            choices[label] = pooled_choice(cfg, doc_ids, texts, encoder, emb, (queries, qrels, how), val, given,
+                                           bm25_of, memory)
+            print(f"{label} ({model}): {fusion.describe_hybrid(choices[label])}")
+            m = choices[label].get("memory", {})
+            if "without" in m:
+                print(f"  {mem.describe_choice(m, m)}")
+            elif "folds" in m:
+                print(f"  memory: none served: cross-validated in {m['folds']} folds of train + val, no query has a "
+                      "relevant document another fold's query found, so nothing shows it helping")
+            continue
         dense_runs = memory_runs(cfg, doc_ids, encoder, emb, directions[label], val_queries, strengths)
         if bm25_runs is None:  # dense alone, scored
             choice = fusion.choose_hybrid(val_qrels, dense_runs[0.0], {}, given=fusion.DENSE_ONLY)
@@ -384,7 +462,7 @@ def main(argv=None):
                       for label, (_, enc, _) in searched.items()}
         if val[0]:
             served, choice, choices = val_choice(cfg, doc_ids, searched, bm25_runs, val, given, memory, directions,
-                                                 strengths)
+                                                 strengths, texts, bm25_of)
         else:
             served, choice, choices = "model", given or (fusion.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
             if not memory.empty():  # strengths as given, or none: nothing to choose them on
@@ -400,7 +478,9 @@ def main(argv=None):
         r = memory.strengths["bm25"]
         bm25 = (bm25s[r] if r in bm25s else bm25_of(r)) if cfg.hybrid else None
         if memory.strengths["dense"]:  # the index holds the moved vectors; embeddings.npy keeps the encoder's own
-            emb = mem.edit(emb, *directions[served], memory.strengths["dense"])
+            moved = directions[served] if len(directions[served][0]) else memory_directions(cfg, doc_ids, encoder,
+                                                                                            memory)
+            emb = mem.edit(emb, *moved, memory.strengths["dense"])
         if not memory.empty():
             print(memory.describe())
         if served != "model":

@@ -46,11 +46,11 @@ import numpy as np
 from common import backends, fusion, memory, report, retrievers
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import doc_text, load_beir, load_val, read_qrels, splits
+from common.data import choice_queries, doc_text, load_beir, load_val, read_qrels, splits
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run
 from common.retrievers import BM25, BM25_FILES, dense_run, dense_search, embeddings_cache
-from common.run import UserError, cli, start_run, warn
+from common.run import UserError, cli, start_run, trained_on, warn
 
 DEFAULTS = dict(
     # data
@@ -187,9 +187,16 @@ def hybrid_choice(cfg, searchers, split_runs):
                                                 "across datasets")
     if not val_queries:
         return dict(fusion.NO_VAL)
-    runs = split_runs if cfg.split == "val" else first_stages(val_queries, searchers, depth, timed=False)
-    choice = fusion.choose_hybrid(val_qrels, cut_run(runs["dense"][0], depth, False),
-                                  cut_run(runs["bm25"][0], depth, False))
+    # an encoder that never saw the train split chooses on train + val where val is small (build_index.py alike)
+    queries, qrels, how = choice_queries(cfg.data, (val_queries, val_qrels), trained_on(cfg.model, cfg.data))
+    runs = split_runs if cfg.split == "val" and how["split"] == "val" else first_stages(queries, searchers, depth,
+                                                                                         timed=False)
+    dense, bm25 = cut_run(runs["dense"][0], depth, False), cut_run(runs["bm25"][0], depth, False)
+    choice = fusion.choose_hybrid(qrels, dense, bm25)
+    if how["split"] != "val":  # the choice's scores on val alone, beside those it was chosen on
+        on_val = fusion.choose_hybrid(val_qrels, {q: dense[q] for q in val_qrels}, {q: bm25[q] for q in val_qrels},
+                                      given=choice)
+        choice = {**choice, "chosen_on": {**how, **choice["val"]}, "val": on_val["val"], "queries": len(val_qrels)}
     print(f"hybrid: {fusion.describe_hybrid(choice)}")
     return choice
 
@@ -427,6 +434,8 @@ def hybrid_chosen(choice):
     """The "chosen on val" cell of a hybrid column."""
     remembers = (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
                  if fusion.remembers(choice) else "")
+    on = choice.get("chosen_on", {})
+    remembers += f" (on train + val: {on['queries']} queries)" if on.get("split") == "train+val" else ""
     if choice.get("method") == "rrf":
         return "rrf" + remembers
     alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")

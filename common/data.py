@@ -219,6 +219,45 @@ def load_val(data_dir, without):
     return {}, {}
 
 
+# Val under this many queries is too few to choose on alone: what can be chosen without retraining
+# (the hybrid's weight, the memory's strengths, dense against BM25, for an encoder that never saw the
+# train split) is chosen on train and val together, memory cross-validated in FOLDS folds.
+SMALL_VAL = 50
+FOLDS = 5
+
+
+def choice_queries(data_dir, val, saw_train):
+    """(queries, qrels, how) that a choice needing no retraining is made on: `val` ((queries, qrels)),
+    or, where val holds under SMALL_VAL queries (but some) and the encoder never saw the train split
+    (`saw_train` false), train's and val's together. how: {"split": "val" | "train+val", "queries",
+    "val"} for the plan and the choice's record."""
+    queries, qrels = val
+    how = {"split": "val", "queries": len(qrels), "val": len(qrels)}
+    if not qrels or len(qrels) >= SMALL_VAL or saw_train or "train" not in splits(data_dir):
+        return queries, qrels, how
+    try:
+        _, train_queries, train_qrels = load_beir(data_dir, "train")
+    except EmptySplit:
+        return queries, qrels, how
+    pooled = {**train_qrels, **qrels}
+    return {**train_queries, **queries}, pooled, {**how, "split": "train+val", "queries": len(pooled)}
+
+
+def describe_choice_queries(how):
+    """What a choice was made on, for a plan line."""
+    if how["split"] == "val":
+        return f"val ({how['queries']} queries)"
+    return f"train + val ({how['queries']} queries: val's {how['val']} are under {SMALL_VAL})"
+
+
+def folds(qids, k=FOLDS, seed=0):
+    """`qids` dealt into k seeded folds of near-equal size (fewer when there are fewer queries)."""
+    order = sorted(qids)
+    random.Random(seed).shuffle(order)
+    k = max(1, min(k, len(order)))
+    return [set(order[i::k]) for i in range(k)]
+
+
 def load_beir(data_dir, split):
     """(corpus, queries of the split, qrels of the split) from a BEIR directory."""
     qrels_path = os.path.join(data_dir, "qrels", f"{split}.tsv")

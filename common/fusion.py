@@ -199,6 +199,14 @@ def describe_hybrid(choice):
     bm25 = f", BM25 {v['bm25']:.4f}" if v.get("bm25") is not None else ""
     how = ("the default (one val query tells no weight from another); scored " if choice.get("one_query") else
            "as given; " if choice.get("given") else "chosen ")
+    on = choice.get("chosen_on", {})
+    if on.get("split", "val") != "val":  # chosen on train + val; scored on val as served
+        pooled = f", BM25 {on['bm25']:.4f}" if on.get("bm25") is not None else ""
+        return (f"{what}: {how}on train + val ({on['queries']} queries: val's {on['val']} are too few alone; "
+                f"{metric}: dense {on['dense']:.4f}{pooled}, served {on['served']:.4f}); on val: dense "
+                f"{v['dense']:.4f}{bm25}, served {v['served']:.4f}" + (
+                    f"; with the train queries' memory (dense strength {choice['memory']['dense']:g}, BM25 repeat "
+                    f"{choice['memory']['bm25']})" if remembers(choice) else ""))
     why = (f"{how}on val ({choice['queries']} queries, {metric}: "
            f"dense {v['dense']:.4f}{bm25}, served {v['served']:.4f}")
     if choice.get("method") != "rrf" and choice["weight"] == 0 and choice["gain"] > 0 and not remembers(choice):

@@ -248,7 +248,9 @@ def choose(qrels, dense_runs, bm25_runs, base, remembered, mixes=None, metric="n
 
 def describe_choice(strengths, summary):
     """One line: the memory val chose, and why."""
-    why = (f"val {summary['queries']} queries ({summary['remembered']} with a remembered relevant doc): "
+    on = (f"train + val cross-validated in {summary['folds']} folds (each scored with the others' memory), "
+          if "folds" in summary else "val ")
+    why = (f"{on}{summary['queries']} queries ({summary['remembered']} with a remembered relevant doc): "
            f"{summary['without']:.4f} without memory")
     if strengths["dense"] or strengths["bm25"]:
         return (f"memory: dense strength {strengths['dense']:g}, BM25 repeat {strengths['bm25']}: {why}, "

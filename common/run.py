@@ -1,4 +1,5 @@
 """Run directories and their provenance, and the one-line error exit every script shares."""
+import json
 import os
 import shlex
 import subprocess
@@ -43,6 +44,19 @@ def start_run(out_dir, cfg, argv):
         f.write(" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv[:1], *argv]) + "\n")
         f.write(f"git {git_commit()}\n")
     return out_dir
+
+
+def trained_on(model, data):
+    """Whether `model` is a training run's checkpoint (best/, last/) whose run trained on `data` (its
+    config.json beside it names that directory): such an encoder has seen data's train queries, and
+    its choices rest on val alone."""
+    run = os.path.dirname(os.path.normpath(model)) if model else ""
+    try:
+        with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
+            trained = json.load(f).get("data")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(trained) and os.path.abspath(trained) == os.path.abspath(data)
 
 
 def cli(main):

@@ -190,3 +190,24 @@ def test_adapt_trains_on_pseudo_queries_and_tests_on_the_labelled_split(tmp_path
     assert "--model=runs/dry-adapt-pseudo-m/encoder/best" in index and f"--baseline={tmp_path}/m" in index
     assert any("evaluate.py" in line and "--split=test" in line and "--index=runs/dry-adapt-pseudo-m/adapted/index" in line
                for line in labelled), labelled
+
+
+@pytest.mark.parametrize("splits", [("test",), ("train", "test")])
+def test_a_prepared_set_without_train_or_val_still_runs_to_its_comparison(tmp_path, splits):
+    """No train split (a test collection alone): nothing is mined or fine-tuned, the zero-shot encoder is
+    indexed and exported, the comparison holds BM25, zero-shot and their hybrid. No val split: nothing
+    is evaluated on val. (Dry run: the Makefile reads the prepared directory's splits.)"""
+    data = tmp_path / "prepared"
+    (data / "qrels").mkdir(parents=True)
+    (data / "prepare.json").write_text("{}")
+    for split in splits:
+        (data / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    lines = make_dry_run("pipeline", f"DATA={data}", "DATASET=dry-splits", f"DATA_DIR={data}", f"MODEL={tmp_path}/m")
+    trains = "train" in splits
+    assert any(line.startswith("true train_encoder.py") for line in lines) == trains, lines
+    assert any(line.startswith("true mine_negatives.py") for line in lines) == trains, lines
+    assert not any("--split=val" in line for line in lines), lines
+    index = next(line for line in lines if line.startswith("true build_index.py"))
+    assert (f"--model={tmp_path}/m " in index) != trains
+    compare = next(line for line in lines if "--compare=" in line)
+    assert "--compare_val" not in compare and ("fine-tuned=" in compare) == trains

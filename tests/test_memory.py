@@ -131,12 +131,21 @@ assert "torch" not in sys.modules, "torch was imported"
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[d for d, _ in hits] for hits in served]
 
 
-def test_val_chooses_memory_where_it_helps_and_none_where_it_cannot(memory_beir, tiny_model, tmp_path, capsys):
+def test_val_chooses_memory_where_it_helps_and_none_where_it_cannot(memory_beir, tiny_model, tmp_path, capsys,
+                                                                    monkeypatch):
     """memory_beir's val queries ask for documents a train query found: memory is served. Without any
-    train query on the val queries' documents (train qrels over docs 16-47 instead), none is."""
+    train query on the val queries' documents (train qrels over docs 16-47 instead), none is. Its val
+    is small, so the zero-shot encoder chooses on train + val, cross-validated; on val alone too."""
+    out = build(memory_beir, tiny_model, tmp_path / "pooled")
+    saved = fusion.load(out, fusion.DENSE_ONLY)
+    assert saved["chosen_on"]["split"] == "train+val" and saved["memory"]["folds"] == 5
+    assert fusion.remembers(saved) and saved["memory"]["remembered"] == 30  # of 48, by the other folds' memory
+    assert saved["chosen_on"]["served"] > saved["memory"]["without"]
+    assert "memory: dense strength" in capsys.readouterr().out
+    monkeypatch.setattr("common.data.SMALL_VAL", 0)  # val alone, however small
     out = build(memory_beir, tiny_model, tmp_path / "auto")
     saved = fusion.load(out, fusion.DENSE_ONLY)
-    assert fusion.remembers(saved) and saved["memory"]["remembered"] == 16
+    assert fusion.remembers(saved) and saved["memory"]["remembered"] == 16 and "chosen_on" not in saved
     assert saved["val"]["served"] > saved["memory"]["without"]
     assert "memory: dense strength" in capsys.readouterr().out
 

@@ -90,3 +90,79 @@ def test_the_trainer_runs_on_heavily_overlapping_labels_and_says_how(overlap_bei
     assert saved["false_negatives"] == "mask" and saved["batch_size"] == 20
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 4 and np.isfinite(metrics["val"]["ndcg@10"])
+
+
+# ---- choices on small val: train + val, memory cross-validated (what needs no retraining)
+
+def unique_beir(path, n_train=30, n_val=5):
+    """Each query about its own doc (no two share one): 60 docs of six made-up words, a query three of
+    its doc's words. A memory cannot help a query another query did not judge its doc for."""
+    rng = random.Random(1)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(400)]
+    corpus = {f"d{i}": ("", " ".join(rng.sample(words, 6))) for i in range(60)}
+    queries = {f"q{i}": " ".join(rng.sample(corpus[f"d{i}"][1].split(), 3)) for i in range(n_train + n_val + 5)}
+    rows = [(f"q{i}", f"d{i}", 1) for i in range(len(queries))]
+    return write_beir_dir(path, corpus, queries, {"train": rows[:n_train], "val": rows[n_train:n_train + n_val],
+                                                  "test": rows[n_train + n_val:]})
+
+
+def test_small_val_pools_train_for_an_encoder_that_never_saw_it(tmp_path):
+    from common.data import SMALL_VAL, choice_queries, folds, load_beir
+    from common.run import trained_on
+
+    data = unique_beir(tmp_path / "u")
+    val = load_beir(data, "val")[1:]
+    queries, qrels, how = choice_queries(data, val, saw_train=False)
+    assert how == {"split": "train+val", "queries": 35, "val": 5} and len(qrels) == len(queries) == 35
+    assert choice_queries(data, val, saw_train=True)[2]["split"] == "val"  # a fine-tuned encoder: val alone
+    assert choice_queries(data, ({}, {}), saw_train=False)[2]["split"] == "val"  # no val: nothing pooled
+    big = {f"v{i}": {"d0": 1} for i in range(SMALL_VAL)}
+    assert choice_queries(data, ({q: "x" for q in big}, big), saw_train=False)[1] is big
+    parts = folds(list(qrels))
+    assert len(parts) == 5 and set().union(*parts) == set(qrels) and sum(map(len, parts)) == 35
+    assert [len(p) for p in folds(["a", "b"])] == [1, 1]
+    run = tmp_path / "enc"
+    (run / "best").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data": str(data)}))
+    assert trained_on(str(run / "best"), str(data)) and not trained_on(str(run / "best"), str(tmp_path / "other"))
+    assert not trained_on("all-MiniLM-L6-v2", str(data))
+
+
+def test_the_zero_shot_choices_rest_on_train_and_val_and_no_query_sees_its_own_memory(tmp_path, tiny_model, capsys):
+    import build_index
+    import evaluate
+
+    data = unique_beir(tmp_path / "u")
+    out = tmp_path / "index"
+    assert build_index.main([f"--data={data}", f"--model={tiny_model}", f"--out={out}", "--split=val"]) == 0
+    printed = capsys.readouterr().out
+    assert "chosen on train + val (35 queries: val's 5 are under 50)" in printed and "another fold's" in printed
+    saved = json.loads((out / "fusion.json").read_text())
+    assert saved["chosen_on"]["split"] == "train+val" and saved["chosen_on"]["queries"] == 35
+    assert saved["queries"] == 5  # its "val" scores: val's, as served
+    # every query's doc is judged by that query alone: cross-validated, none is remembered, none served
+    # (scored with its own judgement, each would be)
+    assert saved["memory"]["remembered"] == 0 and saved["memory"]["folds"] == 5
+    assert not saved["memory"]["dense"] and not saved["memory"]["bm25"]
+    # evaluate.py's zero-shot hybrid column makes the same choice on the same queries
+    assert evaluate.main([f"--data={data}", f"--model={tiny_model}", "--split=val", "--retrievers=hybrid",
+                          "--latency=false", f"--out={tmp_path / 'eval'}"]) == 0
+    hybrid = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]["hybrid"]["hybrid"]
+    assert hybrid["chosen_on"]["split"] == "train+val" and hybrid.get("weight") == saved.get("weight")
+    assert hybrid.get("method") == saved.get("method")
+
+
+def test_a_fine_tuned_encoder_chooses_on_val_alone(tmp_path, tiny_model, capsys):
+    import shutil
+
+    import build_index
+
+    data = unique_beir(tmp_path / "u")
+    run = tmp_path / "encoder"
+    shutil.copytree(tiny_model, run / "best")
+    (run / "config.json").write_text(json.dumps({"data": str(data)}))
+    assert build_index.main([f"--data={data}", f"--model={run / 'best'}", f"--baseline={tiny_model}",
+                             f"--out={tmp_path / 'index'}", "--split=val"]) == 0
+    saved = json.loads((tmp_path / "index" / "fusion.json").read_text())
+    chosen_on = {m: c.get("chosen_on", {}).get("split", "val") for m, c in saved["candidates"].items()}
+    assert chosen_on == {str(run / "best"): "val", str(tiny_model): "train+val"}
