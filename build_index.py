@@ -45,8 +45,8 @@ from common import index as faiss_index
 from common import memory as mem
 from common.backends import BACKENDS, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import (choice_queries, describe_choice_queries, doc_text, folds, load_beir, load_val, read_corpus,
-                         read_qrels, read_queries, splits)
+from common.data import (SMALL_VAL, choice_queries, describe_choice_queries, doc_text, folds, load_beir, load_val,
+                         read_corpus, read_qrels, read_queries, splits)
 from common.files import atomic_dir, write_json
 from common.metrics import evaluate_run
 from common.retrievers import BM25, BM25_FILES, corpus_embeddings, embeddings_cache
@@ -140,7 +140,7 @@ def corpus_vectors(cfg, encoder, model, texts):
                             f"encoder makes {encoder.dim}-d vectors; pass the embeddings of this corpus and model")
         return emb, {"embeddings": os.path.abspath(cfg.embeddings)}
     cache_dir = cfg.cache_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache")
-    cache = (embeddings_cache(cache_dir, model, cfg.backend, encoder, os.path.join(cfg.data, "corpus.jsonl"))
+    cache = (embeddings_cache(cache_dir, cfg.backend, encoder, os.path.join(cfg.data, "corpus.jsonl"))
              if cfg.cache_embeddings else None)
     return corpus_embeddings(encoder, texts, cfg.batch_size, cache)
 
@@ -210,8 +210,8 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
     the mix chosen on `pooled` ((queries, qrels, how): train + val), the memory's strengths cross-validated
     over them (each fold searched with the memory of the other folds' judgements, so no query is scored
     with its own); then scored on val as the index will serve it (`train_memory`, the train split's, and
-    `bm25_of(repeat)`). Returns the choice, "val" holding val's scores and
-    "chosen_on" the pooled ones."""
+    `bm25_of(repeat)`). Returns (the choice, "val" holding val's scores and "chosen_on" the pooled ones;
+    its val run)."""
     queries, qrels, how = pooled
     qids = list(queries)
     q_emb = encoder.encode([queries[q] for q in qids], "query", cfg.batch_size)
@@ -257,7 +257,7 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
     if not train_memory.empty():
         choice["memory"] = ({**fixed, "given": True} if fixed else {**strength, **report, "folds": len(parts)}
                             if report else {**mem.NONE, "queries": len(qrels), "remembered": 0, "folds": len(parts)})
-    return choice
+    return choice, fusion.hybrid(served, v_bm25[strength["bm25"]], choice) if v_bm25 else served
 
 
 def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions, strengths, texts, bm25_of):
@@ -270,13 +270,13 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
     `bm25_of(repeat)`)."""
     val_queries, val_qrels = val
     remembered = mem.remembered_queries(memory.found, val_qrels)
-    choices = {}
+    choices, runs = {}, {}  # each candidate's choice, and its val run as served
     for label, (model, encoder, emb) in candidates.items():
         queries, qrels, how = choice_queries(cfg.data, val, trained_on(model, cfg.data))
         print(f"{label} ({model}): its mix and memory are chosen on {describe_choice_queries(how)}")
         if how["split"] != "val":
-            choices[label] = pooled_choice(cfg, doc_ids, texts, encoder, emb, (queries, qrels, how), val, given,
-                                           bm25_of, memory)
+            choices[label], runs[label] = pooled_choice(cfg, doc_ids, texts, encoder, emb, (queries, qrels, how), val,
+                                                        given, bm25_of, memory)
             print(f"{label} ({model}): {fusion.describe_hybrid(choices[label])}")
             m = choices[label].get("memory", {})
             if "without" in m:
@@ -312,7 +312,19 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
                 choice = {**choice, **mix, "val": {**choice["val"], "served": report["served"]}}
             choice["memory"] = {**strength, **report}
         choices[label] = choice
+        m = choice.get("memory", mem.NONE)
+        runs[label] = (fusion.hybrid(dense_runs[m["dense"]], bm25_runs[m["bm25"]], choice) if bm25_runs
+                       else dense_runs[m["dense"]])
     served = max(choices, key=lambda label: choices[label]["val"]["served"])  # the first of equals
+    if served == "model" and "baseline" in choices and len(val_qrels) < SMALL_VAL:
+        # on a handful of val queries, the fine-tuned encoder (its choices made on them alone) is served only
+        # beyond noise over the zero-shot one, whose choices rest on train + val
+        ahead, report = fusion.select(val_qrels, runs["baseline"], {"model": runs["model"]}, fusion.HYBRID_Z)
+        if ahead is None:
+            print(f"{candidates['model'][0]} scores {choices['model']['val']['served']:.4f} on val against the "
+                  f"zero-shot {choices['baseline']['val']['served']:.4f}: within noise on {len(val_qrels)} queries "
+                  f"(gain {report['gain']:+.4f}, standard error {report['stderr']:.4f}); serving the zero-shot encoder")
+            served = "baseline"
     return served, choices[served], choices
 
 
@@ -483,7 +495,7 @@ def main(argv=None):
             emb = mem.edit(emb, *moved, memory.strengths["dense"])
         if not memory.empty():
             print(memory.describe())
-        if served != "model":
+        if served != "model" and choices["model"]["val"]["served"] <= choice["val"]["served"]:
             print(f"{cfg.model} does not beat {model} on val ({choices['model']['val']['served']:.4f} against "
                   f"{choice['val']['served']:.4f}): indexing {model}")
         if cfg.hybrid and not fusion.uses_bm25(choice):

@@ -205,7 +205,7 @@ def corpus_embeddings(cfg, encoder, doc_ids, texts):
     """Encode the corpus, or load it from the cache (cache_dir, which build_index.py shares) when
     model, settings and corpus are unchanged."""
     cache_dir = cfg.cache_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache")
-    cache = (embeddings_cache(cache_dir, cfg.model, cfg.backend, encoder, os.path.join(cfg.data, "corpus.jsonl"))
+    cache = (embeddings_cache(cache_dir, cfg.backend, encoder, os.path.join(cfg.data, "corpus.jsonl"))
              if cfg.cache_embeddings else None)
     return retrievers.corpus_embeddings(encoder, texts, cfg.batch_size, cache)
 

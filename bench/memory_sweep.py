@@ -68,7 +68,7 @@ def main():
     dataset = os.path.basename(os.path.normpath(args.data))
     cache_dir = args.cache_dir or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(args.model))}",
                                                ".cache")
-    cache = embeddings_cache(cache_dir, args.model, "torch", encoder, os.path.join(args.data, "corpus.jsonl"))
+    cache = embeddings_cache(cache_dir, "torch", encoder, os.path.join(args.data, "corpus.jsonl"))
     emb, _ = corpus_embeddings(encoder, texts, 64, cache)
     tq = list(memory.queries)
     tq_emb = dict(zip(tq, encoder.encode([memory.queries[q] for q in tq], "query")))

@@ -9,9 +9,10 @@ real corpus, the shape many users start with (issue 38). No config is written fo
   queries as test; prepare_data.py carves val from train (a tenth: a handful of queries).
 - scifact-<n>-val80: the same train queries, with 80 other train queries as val (dev.tsv): enough val to
   tell one training recipe from another (bench/small_recipe.sh).
-- man-<n>: 3,000 man pages of sections 1 and 8 (bench/datasets.py's) as the corpus, each page's one-line
+- man-<n>[-val80]: 3,000 man pages of sections 1 and 8 (bench/datasets.py's) as the corpus, each page's one-line
   summary its query; <n> queries as train, 300 others as test. A command's summary against its page:
-  one relevant document per query, another domain and another vocabulary than SciFact's.
+  one relevant document per query, another domain and another vocabulary than SciFact's (-val80: 80
+  more queries as val).
 The corpus files are linked, not copied, where the source has them.
 """
 import argparse
@@ -64,11 +65,11 @@ def scifact(source, out, n, seed, val=0):
     return directory
 
 
-def man(out, n, seed, docs=3000, test=300):
+def man(out, n, seed, docs=3000, test=300, val=0):
     pairs = man_pairs()
     random.Random(seed).shuffle(pairs)
     pairs = pairs[:docs]
-    directory = os.path.join(out, f"man-{n}")
+    directory = os.path.join(out, f"man-{n}" + (f"-val{val}" if val else ""))
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "corpus.jsonl"), "w", encoding="utf-8") as f:
         for i, p in enumerate(pairs):
@@ -79,6 +80,12 @@ def man(out, n, seed, docs=3000, test=300):
     rows = {f"q{i}": [(f"m{i}", 1)] for i in range(n + test)}
     write_qrels(os.path.join(directory, "qrels", "train.tsv"), rows, [f"q{i}" for i in range(n)])
     write_qrels(os.path.join(directory, "qrels", "test.tsv"), rows, [f"q{i}" for i in range(n, n + test)])
+    if val:  # queries past test's: the corpus is the same, the labelled queries disjoint
+        with open(os.path.join(directory, "queries.jsonl"), "a", encoding="utf-8") as f:
+            for i in range(n + test, n + test + val):
+                f.write(json.dumps({"_id": f"q{i}", "text": pairs[i]["question"]}, ensure_ascii=False) + "\n")
+        rows.update({f"q{i}": [(f"m{i}", 1)] for i in range(n + test, n + test + val)})
+        write_qrels(os.path.join(directory, "qrels", "dev.tsv"), rows, [f"q{i}" for i in range(n + test, n + test + val)])
     return directory
 
 
@@ -94,7 +101,7 @@ def main(argv=None):
                  scifact(args.scifact, args.out, 120, args.seed)]
     else:
         print(f"{args.scifact}: not found; the SciFact sets are skipped")
-    made.append(man(args.out, 60, args.seed))
+    made += [man(args.out, 60, args.seed), man(args.out, 60, args.seed, val=80)]
     for directory in made:
         print(f"make pipeline DATA={directory}")
     return 0

@@ -251,19 +251,16 @@ def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
     return out
 
 
-def embeddings_cache(cache_dir, model, backend, encoder, corpus_file):
-    """The .npy in cache_dir that holds corpus_file's embeddings by this encoder: named by the model's
-    path and weights files (size, mtime), its backend, settings and precision, and the corpus by content."""
-    model_path = model
-    if backend == "torch":  # imported here: an ONNX evaluation never loads torch
-        from common.models import resolve_model
+def embeddings_cache(cache_dir, backend, encoder, corpus_file):
+    """The .npy in cache_dir that holds corpus_file's embeddings by this encoder: named by what the
+    encoder computes (its embedding of a fixed probe text), its backend,
+    settings and precision, and the corpus by content. Not by path: a checkpoint holding the weights it
+    started from (a fine-tuning whose best step on val was step 0) shares its starting model's vectors,
+    and a model retrained in place gets new ones."""
+    from common.index import probe_embedding
 
-        model_path = resolve_model(model)
-    # Every weights file of the directory, wherever a model keeps them (trunk, adapter, Dense module, ONNX).
-    weights = sorted(os.path.join(root, f) for root, _, files in os.walk(model_path) for f in files
-                     if f.endswith((".safetensors", ".bin", ".onnx")))
-    stamp = [(w, os.path.getsize(w), os.path.getmtime(w)) for w in weights]
-    key = repr((os.path.abspath(model_path), backend, stamp, encoder.settings(), encoder.precision(),
+    probe = probe_embedding(encoder).tobytes()
+    key = repr((backend, hashlib.sha1(probe).hexdigest(), encoder.settings(), encoder.precision(),
                 file_sha1(corpus_file)))
     return os.path.join(cache_dir, hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy")
 

@@ -82,6 +82,18 @@ def test_new_weights_in_a_module_directory_miss_the_cache(toy_beir, tiny_model, 
     assert [r["cached"] for r in results] == [False, False]
 
 
+def test_the_same_weights_under_another_name_share_the_cache(toy_beir, tiny_model, tmp_path):
+    """A fine-tuning whose best step on val was step 0 saves its starting weights as best/: its corpus
+    vectors are the starting model's, read from the cache, not encoded again."""
+    copy = tmp_path / "encoder" / "best"
+    shutil.copytree(tiny_model, copy)
+    args = ["--retrievers=dense", f"--data={toy_beir}", f"--cache_dir={tmp_path}/.cache"]
+    evaluate.main(args + [f"--model={tiny_model}", f"--out={tmp_path}/a"])
+    evaluate.main(args + [f"--model={copy}", f"--out={tmp_path}/b"])
+    results = [json.loads((tmp_path / r / "metrics.json").read_text())["results"]["dense"] for r in "ab"]
+    assert [r["cached"] for r in results] == [False, True] and results[0]["metrics"] == results[1]["metrics"]
+
+
 def test_query_never_retrieves_a_doc_with_its_own_id(tmp_path):
     data = write_beir_dir(tmp_path / "ids", {"q1": ("", "merge sort"), "d1": ("", "merge sort of lists")},
                           {"q1": "merge sort"}, {"test": [("q1", "d1", 1)]})

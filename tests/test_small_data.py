@@ -166,3 +166,7 @@ def test_a_fine_tuned_encoder_chooses_on_val_alone(tmp_path, tiny_model, capsys)
     saved = json.loads((tmp_path / "index" / "fusion.json").read_text())
     chosen_on = {m: c.get("chosen_on", {}).get("split", "val") for m, c in saved["candidates"].items()}
     assert chosen_on == {str(run / "best"): "val", str(tiny_model): "train+val"}
+    # the same weights under another name: nothing beyond noise on 5 val queries, so the zero-shot is served
+    assert saved["model"] == str(tiny_model)
+    printed = capsys.readouterr().out
+    assert "serving the zero-shot encoder" in printed or "does not beat" in printed
