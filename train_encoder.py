@@ -2,7 +2,7 @@
 
 The defaults are the recipe measured best on val: each train query with 3 hard negatives drawn
 every epoch from a mined file (mine_negatives.py), symmetric infonce at lr 5e-5, batch 32, 3
-epochs. Sizes follow the data and the machine (`auto`): steps (cut to `time_budget_min` on a CPU),
+epochs (for a few dozen queries, as many as make min_steps). Sizes follow the data and the machine (`auto`): steps (cut to `time_budget_min` on a CPU),
 how often and on how much val is evaluated. They are printed as a plan before the first step and
 saved in config.json. Evaluates on val while it trains, keeps the best checkpoint (step 0, the
 model it started from, included), and ends with a test evaluation of it on the full corpus. One
@@ -37,6 +37,7 @@ it), best/ (model), metrics.json, metrics.jsonl, training_progress.json, TensorB
 """
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
@@ -109,7 +110,7 @@ DEFAULTS = dict(
     contrastive_margin=0.5,
     # batching
     batch_size=Auto(int),  # examples per optimiser step over all ranks; every one is a negative for every
-    #                        query. auto = 32, or half the queries of a dataset too small for 32
+    #                        query. auto = 32, or 16 for a dataset too small for 32 (half its queries when fewer)
     micro_batch_size=0,  # examples per forward pass on a rank; 0 = all at once; less = GradCache
     length_bucketing=True,  # batches of similar length (less padding), in shuffled order
     false_negatives="auto",  # a document of the batch labelled relevant to another of its queries: exclude
@@ -118,7 +119,10 @@ DEFAULTS = dict(
     #                          to take in half the queries an epoch
     token_cache=True,  # tokenise each text once per run, not once per epoch (memory: a few KB per text)
     # optimisation
-    epochs=3,  # an epoch visits every train query once, with one of its positives
+    epochs=Auto(int),  # an epoch visits every train query once, with one of its positives; auto = 3, or for a
+    #                    few dozen train queries (three epochs of them a handful of steps) as many as make min_steps
+    min_steps=60,  # what auto epochs reach at least: a handful of steps barely moved the model where more gained
+    #               on val (bench/results/small-data-cpu.md); 0 = three epochs, however few steps
     max_steps=Auto(int),  # auto = epochs of the data, or what fits time_budget_min
     time_budget_min=Auto(float),  # minutes for the steps and val evaluations; 0 = no limit; auto: see AUTO
     lr=5e-5,
@@ -155,9 +159,9 @@ DEFAULTS = dict(
 # `whole_within_min` trains them whole: cutting a small dataset's last epoch saves a few minutes and
 # costs val more than they are worth (bench/results/cpu-bf16.md); a larger one is cut to the budget.
 AUTO = {
-    "cpu": dict(batch=32, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, whole_within_min=16.0, val_queries=200,
+    "cpu": dict(batch=32, recipe_epochs=3, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, whole_within_min=16.0, val_queries=200,
                 val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=4),
-    "gpu": dict(batch=32, recipes=[(0, 3)], time_budget_min=0.0, whole_within_min=0.0, val_queries=2_000,
+    "gpu": dict(batch=32, recipe_epochs=3, recipes=[(0, 3)], time_budget_min=0.0, whole_within_min=0.0, val_queries=2_000,
                 val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=11),
 }
 VAL_KS = (1, 3, 5, 10, 100)
@@ -171,8 +175,8 @@ def check_config(cfg, world):
     check_choice(cfg, "false_negatives", ("auto", "exclude", "mask"))
     check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
     check_range(cfg, ["batch_size", "eval_batch_size", "log_every"], 1)
-    check_range(cfg, ["micro_batch_size", "hard_negatives", "epochs", "max_steps", "weight_decay", "max_grad_norm",
-                      "val_queries", "val_docs_bm25", "val_docs_random", "max_query_length", "max_passage_length",
+    check_range(cfg, ["micro_batch_size", "hard_negatives", "epochs", "min_steps", "max_steps", "weight_decay",
+                      "max_grad_norm", "val_queries", "val_docs_bm25", "val_docs_random", "max_query_length", "max_passage_length",
                       "loss_weights", "time_budget_min", "eval_every"], 0)
     check_range(cfg, ["lr", "temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
@@ -188,7 +192,7 @@ def check_config(cfg, world):
         raise ConfigError(f"loss={cfg.loss} needs one weight each, got loss_weights={cfg.loss_weights}")
     if cfg.batch_size != "auto":
         sizing.check_batch(cfg, world, "examples")
-    if cfg.max_steps == 0 and cfg.epochs <= 0:
+    if cfg.max_steps == 0 and cfg.epochs == 0:
         raise ConfigError("set epochs or max_steps above 0")
     wants_negatives = cfg.hard_negatives == "auto" or cfg.hard_negatives > 0
     if "margin_mse" in cfg.loss and (not cfg.train_file or not wants_negatives):
@@ -305,6 +309,19 @@ def batches_of(cfg, examples, groups, seed):
     """An epoch's batch order under the run's false_negatives rule (common/batching.py)."""
     return make_batches(examples, groups, cfg.batch_size, seed, cfg.length_bucketing,
                         exclusive=True if cfg.false_negatives == "exclude" else "queries")
+
+
+def resolve_epochs(cfg, table, examples, negatives):
+    """epochs, when auto: the table's, or for data so small that those take fewer than min_steps steps, as
+    many as make min_steps. Returns the plan's note when it raised them, else ""."""
+    if cfg.epochs != "auto":
+        return ""
+    steps_per_epoch = max(1, len(first_epoch(cfg, examples, negatives, cfg.seed)[1]))
+    cfg.epochs = max(table["recipe_epochs"], math.ceil(cfg.min_steps / steps_per_epoch))
+    if cfg.epochs == table["recipe_epochs"]:
+        return ""
+    return (f"{table['recipe_epochs']} epochs of {len(examples)} queries are {table['recipe_epochs'] * steps_per_epoch} "
+            f"steps: {cfg.epochs} epochs, to reach min_steps={cfg.min_steps}")
 
 
 def resolve_false_negatives(cfg, examples, negatives, where):
@@ -555,6 +572,7 @@ def main(argv=None):
     richest = max(n for _, n in table["recipes"]) if all(ex.negatives for ex in examples) else 0
     resolve_false_negatives(cfg, examples, richest if cfg.hard_negatives == "auto" else cfg.hard_negatives,
                             cfg.train_file or cfg.data)
+    few_epochs = resolve_epochs(cfg, table, examples, richest if cfg.hard_negatives == "auto" else cfg.hard_negatives)
     if has_val and master:
         val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
@@ -662,7 +680,8 @@ def main(argv=None):
             f"{'' if cfg.hard_negatives == 1 else 's'} each"
             + (f" from {cfg.train_file}" if cfg.hard_negatives else " (in-batch negatives only)"),
             f"steps: {total_steps} at batch {cfg.batch_size} ({total_steps / steps_per_epoch:.2f} epochs of "
-            f"{steps_per_epoch}), on {world} x {device} ({dtype_why})",
+            f"{steps_per_epoch}), on {world} x {device} ({dtype_why})"
+            + (f"; {few_epochs}" if few_epochs else ""),
             (f"val: {len(val_queries)} queries against {len(val_doc_ids):,} of {len(corpus):,} docs, "
              + (f"at step 0 and every {cfg.eval_every} steps" if cfg.eval_every else "at the end"))
             if has_val else "val: none",

@@ -35,13 +35,13 @@ def resolve(cfg, table, **derived):
 
 
 def batch_size(cfg, n, default, world, where):
-    """Resolve batch_size when auto: `default`, or for a dataset too small for it half the queries (so
-    an epoch has two steps), rounded down to a multiple of the ranks. A batch set by hand that the
-    data cannot fill is an error naming the fix."""
+    """Resolve batch_size when auto: `default`, or for a dataset too small for it half that, or half the
+    queries when fewer (an epoch of at least two steps), rounded down to a multiple of the ranks. A
+    batch set by hand that the data cannot fill is an error naming the fix."""
     if is_auto(cfg.batch_size):
         cfg.batch_size = default
         if n < 2 * default:
-            cfg.batch_size = max(world, n // 2 // world * world)
+            cfg.batch_size = max(world, min(n // 2, default // 2) // world * world)
             warn(f"{where}: {n} training queries, too few for batches of {default}: training at "
                  f"batch_size={cfg.batch_size}")
     if n < cfg.batch_size:

@@ -117,12 +117,15 @@ def test_auto_and_typed_values(tmp_path):
     assert load_config(train_encoder.DEFAULTS, [str(yml)]).time_budget_min == 2.5
 
 
-def test_a_dataset_too_small_for_the_batch_trains_at_half_its_queries(train_beir, tiny_model, tmp_path, capsys):
+def test_a_dataset_too_small_for_the_batch_trains_at_half_of_it(train_beir, tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
     assert train_encoder.main([f"--data={train_beir}", f"--model={tiny_model}", f"--out={out}", "--max_steps=1",
                                "--max_passage_length=16", "--tensorboard=false", "--test_eval=false"]) == 0
-    assert json.loads((out / "config.json").read_text())["batch_size"] == 24  # 48 train queries
-    assert "48 training queries, too few for batches of 32: training at batch_size=24" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 16  # 48 train queries
+    assert "48 training queries, too few for batches of 32: training at batch_size=16" in capsys.readouterr().err
+    cfg = type("Cfg", (), {"batch_size": "auto"})()
+    sizing.batch_size(cfg, 10, 32, 1, "few")  # fewer than two batches of 16: half the queries
+    assert cfg.batch_size == 5
 
 
 def test_an_empty_val_split_trains_without_val_and_says_so(tmp_path, tiny_model, capsys):

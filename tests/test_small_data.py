@@ -87,7 +87,7 @@ def test_the_trainer_runs_on_heavily_overlapping_labels_and_says_how(overlap_bei
     printed = capsys.readouterr().out
     assert "masked out of its loss (false_negatives=mask)" in printed
     saved = json.loads((out / "config.json").read_text())
-    assert saved["false_negatives"] == "mask" and saved["batch_size"] == 20
+    assert saved["false_negatives"] == "mask" and saved["batch_size"] == 16
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 4 and np.isfinite(metrics["val"]["ndcg@10"])
 
@@ -170,3 +170,23 @@ def test_a_fine_tuned_encoder_chooses_on_val_alone(tmp_path, tiny_model, capsys)
     assert saved["model"] == str(tiny_model)
     printed = capsys.readouterr().out
     assert "serving the zero-shot encoder" in printed or "does not beat" in printed
+
+
+def test_a_few_dozen_queries_train_for_min_steps_and_epochs_given_stay(overlap_beir):
+    """Three epochs of 40 queries at batch 20 are 6 steps: auto epochs reach min_steps; epochs given, or
+    data whose three epochs reach it, stay."""
+    from common.config import load_config
+
+    examples = examples_of(overlap_beir)
+    table = train_encoder.AUTO["cpu"]
+
+    def resolved(*args):
+        cfg = load_config(train_encoder.DEFAULTS, [f"--data={overlap_beir}", "--batch_size=20",
+                                                   "--false_negatives=mask", *args])
+        note = train_encoder.resolve_epochs(cfg, table, examples, 0)
+        return cfg.epochs, note
+
+    epochs, note = resolved()
+    assert epochs == 30 and "3 epochs of 40 queries are 6 steps: 30 epochs, to reach min_steps=60" in note
+    assert resolved("--epochs=2") == (2, "") and resolved("--min_steps=0") == (3, "")
+    assert resolved("--min_steps=4") == (3, "")
