@@ -313,8 +313,12 @@ def batches_of(cfg, examples, groups, seed):
 
 def resolve_epochs(cfg, table, examples, negatives):
     """epochs, when auto: the table's, or for data so small that those take fewer than min_steps steps, as
-    many as make min_steps. Returns the plan's note when it raised them, else ""."""
+    many as make min_steps (unless max_steps is given). Returns the plan's note when it raised them, else
+    ""."""
     if cfg.epochs != "auto":
+        return ""
+    if cfg.max_steps != "auto":  # the steps are given: epochs only say how many that is
+        cfg.epochs = table["recipe_epochs"]
         return ""
     steps_per_epoch = max(1, len(first_epoch(cfg, examples, negatives, cfg.seed)[1]))
     cfg.epochs = max(table["recipe_epochs"], math.ceil(cfg.min_steps / steps_per_epoch))

@@ -189,4 +189,4 @@ def test_a_few_dozen_queries_train_for_min_steps_and_epochs_given_stay(overlap_b
     epochs, note = resolved()
     assert epochs == 30 and "3 epochs of 40 queries are 6 steps: 30 epochs, to reach min_steps=60" in note
     assert resolved("--epochs=2") == (2, "") and resolved("--min_steps=0") == (3, "")
-    assert resolved("--min_steps=4") == (3, "")
+    assert resolved("--min_steps=4") == (3, "") and resolved("--max_steps=6") == (3, "")
