@@ -6,7 +6,7 @@
 #
 #   bash bench/small_recipe.sh data/small/scifact-48-val80 > bench/results/small-recipe.log 2>&1
 #
-# Variants are "name|train_encoder args"; the first is today's recipe as it resolves itself.
+# Variants are "name|train_encoder args"; "recipe|" is the defaults as they resolve at this commit.
 set -euo pipefail
 DATA=${1:-data/small/scifact-48-val80}
 EVERY=${EVERY:-10}
