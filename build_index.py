@@ -150,13 +150,7 @@ def memory_runs(cfg, doc_ids, encoder, emb, directions, queries, strengths):
     remembered docs' `directions`, memory_directions'): each query's top HYBRID_DEPTH."""
     qids = list(queries)
     q_emb = encoder.encode([queries[q] for q in qids], "query", cfg.batch_size)
-    rows, dirs = directions
-    runs = {}
-    for a in strengths:
-        scores, hits = faiss_index.search(faiss_index.flat_ip(mem.edit(emb, rows, dirs, a) if a else emb), q_emb,
-                                          fusion.HYBRID_DEPTH)
-        runs[a] = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, hits, scores)}
-    return runs
+    return {a: search_runs(doc_ids, mem.edit(emb, *directions, a) if a else emb, q_emb, qids) for a in strengths}
 
 
 def memory_directions(cfg, doc_ids, encoder, memory):
@@ -215,20 +209,19 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
     queries, qrels, how = pooled
     qids = list(queries)
     q_emb = encoder.encode([queries[q] for q in qids], "query", cfg.batch_size)
+    by_qid, rows_of = dict(zip(qids, q_emb)), {q: i for i, q in enumerate(qids)}
     dense = {0.0: search_runs(doc_ids, emb, q_emb, qids)}
-    base_bm25 = bm25_of(0) if cfg.hybrid else None
-    bm25 = {0: {q: dict(h) for q, h in zip(qids, base_bm25.search_many([queries[q] for q in qids],
-                                                                      fusion.HYBRID_DEPTH))}} if cfg.hybrid else None
+    bm25 = {0: {q: dict(h) for q, h in zip(qids, bm25_of(0).search_many([queries[q] for q in qids],
+                                                                       fusion.HYBRID_DEPTH))}} if cfg.hybrid else None
     choice = fusion.choose_hybrid(qrels, dense[0.0], bm25[0] if bm25 else {},
                                   given=given if bm25 else fusion.DENSE_ONLY)
     fixed, remembered, parts = given_memory(cfg), set(), folds(qids)
     if not fixed and not train_memory.empty():
-        rows_of = {q: i for i, q in enumerate(qids)}
         for fold in parts:  # the memory of the other folds, searched by this one's queries
             held = sorted(fold, key=rows_of.get)
             other = mem.Memory.from_qrels(queries, {q: r for q, r in qrels.items() if q not in fold}, doc_ids)[0]
             remembered |= mem.remembered_queries(other.found, {q: qrels[q] for q in held})
-            rows, dirs = mem.directions(other, doc_ids, dict(zip(qids, q_emb)))
+            rows, dirs = mem.directions(other, doc_ids, by_qid)
             fold_emb = q_emb[[rows_of[q] for q in held]]
             for a in mem.STRENGTHS[1:]:
                 dense.setdefault(a, {}).update(search_runs(doc_ids, mem.edit(emb, rows, dirs, a), fold_emb, held))
@@ -240,24 +233,27 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
     if remembered:
         strength, mix, report = mem.choose(qrels, dense, bm25, choice, remembered, mixes=[given] if given else None)
         choice = {**choice, **mix}
-    # as served: on val, with the memory of train alone
+    # as served: on val (pooled: its runs without memory are in hand), with the memory of train alone (its
+    # queries are pooled too: their embeddings in hand)
     val_queries, val_qrels = val
     vids = list(val_queries)
-    v_emb = encoder.encode([val_queries[q] for q in vids], "query", cfg.batch_size)
-    v_dense = search_runs(doc_ids, emb, v_emb, vids)
-    v_bm25 = {r: {q: dict(h) for q, h in zip(vids, (bm25_of(r) if r else base_bm25).search_many(
-        [val_queries[q] for q in vids], fusion.HYBRID_DEPTH))} for r in {0, strength["bm25"]}} if cfg.hybrid else {}
-    served = (search_runs(doc_ids, mem.edit(emb, *memory_directions(cfg, doc_ids, encoder, train_memory),
-                                            strength["dense"]), v_emb, vids) if strength["dense"] else v_dense)
+    v_dense = {q: dense[0.0][q] for q in vids}
+    v_bm25 = {0: {q: bm25[0][q] for q in vids}} if bm25 else {}
+    if bm25 and strength["bm25"]:
+        v_bm25[strength["bm25"]] = {q: dict(h) for q, h in zip(vids, bm25_of(strength["bm25"]).search_many(
+            [val_queries[q] for q in vids], fusion.HYBRID_DEPTH))}
+    served = (search_runs(doc_ids, mem.edit(emb, *mem.directions(train_memory, doc_ids, by_qid), strength["dense"]),
+                          q_emb[[rows_of[q] for q in vids]], vids) if strength["dense"] else v_dense)
+    served = fusion.hybrid(served, v_bm25[strength["bm25"]], choice) if v_bm25 else served
     score = lambda run: evaluate_run(val_qrels, run, (10,))[0]["ndcg@10"]  # noqa: E731
     chosen_on = {**how, **choice["val"], "served": report["served"] if report else choice["val"]["served"]}
     choice = {**choice, "queries": len(val_qrels), "chosen_on": chosen_on, "val": {
         "dense": score(v_dense), "bm25": score(fusion.hybrid(v_dense, v_bm25[0], {"weight": 1.0})) if v_bm25 else None,
-        "served": score(fusion.hybrid(served, v_bm25[strength["bm25"]], choice) if v_bm25 else served)}}
+        "served": score(served)}}
     if not train_memory.empty():
         choice["memory"] = ({**fixed, "given": True} if fixed else {**strength, **report, "folds": len(parts)}
                             if report else {**mem.NONE, "queries": len(qrels), "remembered": 0, "folds": len(parts)})
-    return choice, fusion.hybrid(served, v_bm25[strength["bm25"]], choice) if v_bm25 else served
+    return choice, served
 
 
 def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions, strengths, texts, bm25_of):

@@ -2,8 +2,8 @@
 
 The defaults are the recipe measured best on val: each train query with 3 hard negatives drawn
 every epoch from a mined file (mine_negatives.py), symmetric infonce at lr 5e-5, batch 32, 3
-epochs (for a few dozen queries, as many as make min_steps). Sizes follow the data and the machine (`auto`): steps (cut to `time_budget_min` on a CPU),
-how often and on how much val is evaluated. They are printed as a plan before the first step and
+epochs (for a few dozen queries, as many as make min_steps). Sizes follow the data and the machine
+(`auto`): steps (cut to `time_budget_min` on a CPU), how often and on how much val is evaluated. They are printed as a plan before the first step and
 saved in config.json. Evaluates on val while it trains, keeps the best checkpoint (step 0, the
 model it started from, included), and ends with a test evaluation of it on the full corpus. One
 visible loop below: the once-in-a-while blocks (eval, re-mine, checkpoint) at its top, then a
@@ -159,9 +159,11 @@ DEFAULTS = dict(
 # `whole_within_min` trains them whole: cutting a small dataset's last epoch saves a few minutes and
 # costs val more than they are worth (bench/results/cpu-bf16.md); a larger one is cut to the budget.
 AUTO = {
-    "cpu": dict(batch=32, recipe_epochs=3, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, whole_within_min=16.0, val_queries=200,
+    "cpu": dict(batch=32, recipe_epochs=3, recipes=[(256, 3), (256, 1)], time_budget_min=8.0, whole_within_min=16.0,
+                val_queries=200,
                 val_docs_bm25=10, val_docs_random=500, full_corpus_docs=2_000, evals=4),
-    "gpu": dict(batch=32, recipe_epochs=3, recipes=[(0, 3)], time_budget_min=0.0, whole_within_min=0.0, val_queries=2_000,
+    "gpu": dict(batch=32, recipe_epochs=3, recipes=[(0, 3)], time_budget_min=0.0, whole_within_min=0.0,
+                val_queries=2_000,
                 val_docs_bm25=30, val_docs_random=10_000, full_corpus_docs=200_000, evals=11),
 }
 VAL_KS = (1, 3, 5, 10, 100)
@@ -176,7 +178,8 @@ def check_config(cfg, world):
     check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
     check_range(cfg, ["batch_size", "eval_batch_size", "log_every"], 1)
     check_range(cfg, ["micro_batch_size", "hard_negatives", "epochs", "min_steps", "max_steps", "weight_decay",
-                      "max_grad_norm", "val_queries", "val_docs_bm25", "val_docs_random", "max_query_length", "max_passage_length",
+                      "max_grad_norm", "val_queries", "val_docs_bm25", "val_docs_random", "max_query_length",
+                      "max_passage_length",
                       "loss_weights", "time_budget_min", "eval_every"], 0)
     check_range(cfg, ["lr", "temperature"], 0, above=True)
     check_range(cfg, "warmup_ratio", 0, 1)
@@ -324,8 +327,9 @@ def resolve_epochs(cfg, table, examples, negatives):
     cfg.epochs = max(table["recipe_epochs"], math.ceil(cfg.min_steps / steps_per_epoch))
     if cfg.epochs == table["recipe_epochs"]:
         return ""
-    return (f"{table['recipe_epochs']} epochs of {len(examples)} queries are {table['recipe_epochs'] * steps_per_epoch} "
-            f"steps: {cfg.epochs} epochs, to reach min_steps={cfg.min_steps}")
+    three = table["recipe_epochs"]
+    return (f"{three} epochs of {len(examples)} queries are {three * steps_per_epoch} steps: {cfg.epochs} epochs, "
+            f"to reach min_steps={cfg.min_steps}")
 
 
 def resolve_false_negatives(cfg, examples, negatives, where):
@@ -574,9 +578,9 @@ def main(argv=None):
     sizing.batch_size(cfg, len(examples), table["batch"], world, cfg.train_file or cfg.data)
     sizing.check_batch(cfg, world, "examples")
     richest = max(n for _, n in table["recipes"]) if all(ex.negatives for ex in examples) else 0
-    resolve_false_negatives(cfg, examples, richest if cfg.hard_negatives == "auto" else cfg.hard_negatives,
-                            cfg.train_file or cfg.data)
-    few_epochs = resolve_epochs(cfg, table, examples, richest if cfg.hard_negatives == "auto" else cfg.hard_negatives)
+    negatives = richest if cfg.hard_negatives == "auto" else cfg.hard_negatives  # the most a recipe draws
+    resolve_false_negatives(cfg, examples, negatives, cfg.train_file or cfg.data)
+    few_epochs = resolve_epochs(cfg, table, examples, negatives)
     if has_val and master:
         val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)

@@ -85,7 +85,8 @@ def man(out, n, seed, docs=3000, test=300, val=0):
             for i in range(n + test, n + test + val):
                 f.write(json.dumps({"_id": f"q{i}", "text": pairs[i]["question"]}, ensure_ascii=False) + "\n")
         rows.update({f"q{i}": [(f"m{i}", 1)] for i in range(n + test, n + test + val)})
-        write_qrels(os.path.join(directory, "qrels", "dev.tsv"), rows, [f"q{i}" for i in range(n + test, n + test + val)])
+        write_qrels(os.path.join(directory, "qrels", "dev.tsv"), rows,
+                    [f"q{i}" for i in range(n + test, n + test + val)])
     return directory
 
 

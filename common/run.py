@@ -48,15 +48,16 @@ def start_run(out_dir, cfg, argv):
 
 def trained_on(model, data):
     """Whether `model` is a training run's checkpoint (best/, last/) whose run trained on `data` (its
-    config.json beside it names that directory): such an encoder has seen data's train queries, and
-    its choices rest on val alone."""
+    config.json beside it names that directory, or one of its name): such an encoder has seen data's
+    train queries, and its choices rest on val alone."""
     run = os.path.dirname(os.path.normpath(model)) if model else ""
     try:
         with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
             trained = json.load(f).get("data")
     except (OSError, ValueError, AttributeError):
         return False
-    return bool(trained) and os.path.abspath(trained) == os.path.abspath(data)
+    # by name: a relative path was relative to where the run ran (in doubt, val alone: the choice as it was)
+    return bool(trained) and os.path.basename(os.path.normpath(trained)) == os.path.basename(os.path.normpath(data))
 
 
 def cli(main):

@@ -87,6 +87,11 @@ def toy_beir(tmp_path):
     return write_beir_dir(tmp_path / "toy", topics, queries, qrels)
 
 
+def made_up_words(rng, n):
+    """n words of 4-8 random letters: text no tokenizer or stemmer knows, drawn from `rng`."""
+    return ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 8))) for _ in range(n)]
+
+
 @pytest.fixture(scope="session")
 def train_beir(tmp_path_factory):
     """A small dataset to train on: 64 docs of four made-up words each; a query is two of its doc's
@@ -94,7 +99,7 @@ def train_beir(tmp_path_factory):
     import random
 
     rng = random.Random(0)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 8))) for _ in range(200)]
+    words = made_up_words(rng, 200)
     corpus, queries, qrels = {}, {}, {"train": [], "val": [], "test": []}
     for i in range(64):
         doc = rng.sample(words, 4) + rng.sample(words, rng.randint(0, 20))

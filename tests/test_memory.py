@@ -17,7 +17,7 @@ from common import fusion, memory as mem, report
 from common.data import DataError, load_beir
 from common.retrievers import BM25, Retriever
 from common.run import UserError
-from conftest import write_beir_dir
+from conftest import made_up_words, write_beir_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +29,7 @@ def memory_beir(tmp_path_factory):
     time: only a memory of the train query connects them), docs 16-47 by one test or val query in two
     of the doc's own words."""
     rng = random.Random(1)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 8))) for _ in range(300)]
+    words = made_up_words(rng, 300)
     corpus, queries, qrels = {}, {}, {"train": [], "val": [], "test": []}
     for i in range(48):
         doc = rng.sample(words, 8) + rng.sample(words, rng.randint(0, 12))

@@ -11,7 +11,7 @@ import torch
 import train_encoder
 from common import losses
 from common.batching import Example, batches_fill, false_negatives, make_batches, sample_groups
-from conftest import write_beir_dir
+from conftest import made_up_words, write_beir_dir
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def overlap_beir(tmp_path_factory):
     """1,500 docs in 30 topics of 50; 50 queries (40 train, 5 val, 5 test), each about one topic with
     40 of its 50 docs relevant: most pairs of queries on a topic share most of their documents."""
     rng = random.Random(0)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 8))) for _ in range(600)]
+    words = made_up_words(rng, 600)
     topics = [rng.sample(words, 12) for _ in range(30)]
     corpus = {f"d{t}-{i}": ("", " ".join(rng.sample(topics[t], 6) + rng.sample(words, 10)))
               for t in range(30) for i in range(50)}
@@ -126,6 +126,8 @@ def test_small_val_pools_train_for_an_encoder_that_never_saw_it(tmp_path):
     (run / "config.json").write_text(json.dumps({"data": str(data)}))
     assert trained_on(str(run / "best"), str(data)) and not trained_on(str(run / "best"), str(tmp_path / "other"))
     assert not trained_on("all-MiniLM-L6-v2", str(data))
+    (run / "config.json").write_text(json.dumps({"data": "data/u"}))  # relative to where that run ran
+    assert trained_on(str(run / "best"), str(data))
 
 
 def test_the_zero_shot_choices_rest_on_train_and_val_and_no_query_sees_its_own_memory(tmp_path, tiny_model, capsys):
