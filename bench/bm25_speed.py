@@ -28,7 +28,7 @@ from common.retrievers import BM25  # noqa: E402
 from common.run import cli  # noqa: E402
 
 DEFAULTS = dict(data="data/scifact", split="test", queries=300, repeat_corpus=1, drop=0.1,
-                backends=["rank_bm25", "sparse"], max_rank_bm25_docs=200000, k=100, batch_size=256,
+                backends=["rank_bm25", "sparse"], max_rank_bm25_docs=200000, k=100,
                 seed=0, out="runs/bench/bm25_speed.json")
 
 
@@ -54,7 +54,7 @@ def measure(backend, doc_ids, texts, queries, cfg):
     index = BM25(doc_ids, texts, backend=backend)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index.search_many(queries, cfg.k, batch_size=cfg.batch_size)
+    index.search_many(queries, cfg.k)
     seconds = time.perf_counter() - t0
     return {"build_s": build, "search_s": seconds, "queries_per_s": len(queries) / seconds,
             "peak_rss_gb": peak_rss_gb()}

@@ -2,11 +2,15 @@
 over embeddings, and Retriever: an index's served first stage (dense, BM25 or their mix), reranked."""
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import time
 from array import array
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from itertools import chain, islice
 
 import numpy as np
 import Stemmer
@@ -47,8 +51,26 @@ def bm25_tokenize(text):
     """Lowercase words, English stopwords removed, Snowball-stemmed. Identifiers are split at
     underscores and camelCase (read_lines, readLines -> read, line): on python-source val that
     lifts nDCG@10 from 0.33 to 0.47 and leaves SciFact train as it was (0.698 -> 0.699)."""
-    words = _TOKEN.findall(_CAMEL.sub(" ", text).lower())
-    return _stemmer.stemWords([w for w in words if w not in STOPWORDS])
+    stems, out = _STEMS, []
+    for word in _TOKEN.findall(_CAMEL.sub(" ", text).lower()):
+        stem = stems.get(word)
+        if stem is None:
+            stem = _stem(word)
+        if stem:
+            out.append(stem)
+    return out
+
+
+# word -> its stem ("" for a stopword). Words repeat (Zipf), so most are looked up, not stemmed: that
+# halves the tokenizer's time. Cleared when full, so a corpus of endless rare words stays bounded.
+_STEMS, _STEMS_MAX = {}, 2_000_000
+
+
+def _stem(word):
+    if len(_STEMS) >= _STEMS_MAX:
+        _STEMS.clear()
+    stem = _STEMS[word] = "" if word in STOPWORDS else _stemmer.stemWord(word)
+    return stem
 
 
 # What a saved BM25 was tokenised by: loading one tokenised otherwise would score silently wrong.
@@ -73,13 +95,12 @@ class BM25:
             raise ValueError(f"BM25 backend {backend!r}: choose one of {', '.join(self.BACKENDS)}")
         self.doc_ids = list(doc_ids)
         self.backend, self.k1, self.b = backend, k1, b
-        # rank-bm25 divides by the average length, so an all-empty corpus must not reach it.
-        docs = (bm25_tokenize(t) or ["\0"] for t in texts)
         if backend == "rank_bm25":
-            self.index = BM25Okapi(list(docs), k1=k1, b=b)
+            # rank-bm25 divides by the average length, so an all-empty corpus must not reach it.
+            self.index = BM25Okapi([bm25_tokenize(t) or ["\0"] for t in texts], k1=k1, b=b)
         else:
-            self.vocab = {}
-            self.weights = _okapi_weights(docs, self.vocab, k1, b)
+            self.vocab, self._orders = {}, {}
+            self.weights = _okapi_weights(texts, self.vocab, k1, b)
 
     def save(self, directory, corpus_file):
         """bm25.npz (the term x document weights) and bm25.json (vocabulary, k1, b, the tokenizer, and
@@ -116,7 +137,7 @@ class BM25:
                             "rebuild the index with build_index.py")
         bm25 = cls.__new__(cls)
         bm25.doc_ids, bm25.backend, bm25.k1, bm25.b = list(doc_ids), "sparse", meta["k1"], meta["b"]
-        bm25.vocab = {t: i for i, t in enumerate(meta["terms"])}
+        bm25.vocab, bm25._orders = {t: i for i, t in enumerate(meta["terms"])}, {}
         bm25.weights = sparse.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
                                          shape=tuple(arrays["shape"]))
         return bm25
@@ -143,50 +164,163 @@ class BM25:
         return [(self.doc_ids[i], float(scores[i])) for i in top_k(scores, k)]
 
     def search_many(self, queries, k, batch_size=256):
-        """search() of every query: for "sparse", a batch at a time in one sparse product, so
-        memory stays at batch x docs however many queries there are."""
+        """search() of every query. For "sparse", a batch of queries whose terms' posting lists are short is
+        scored in one sparse product (memory: batch x the documents they touch); a query with long ones
+        (a common word in a large corpus) by _top_k, which skips most postings. A thread per core: numpy
+        and scipy let go of the GIL for the heavy part."""
         if self.backend == "rank_bm25":
             return [self.search(q, k) for q in queries]
-        results = []
-        for start in range(0, len(queries), batch_size):
-            scores = self._query_matrix(queries[start:start + batch_size]) @ self.weights
-            scores.sort_indices()  # ties go by position, so columns must be in document order
-            for row in range(scores.shape[0]):
-                cols = scores.indices[scores.indptr[row]:scores.indptr[row + 1]]
-                vals = scores.data[scores.indptr[row]:scores.indptr[row + 1]]
-                positive = vals > 0
-                if positive.sum() >= k:
-                    # Every document left out scores 0, so the top k are all among these.
-                    cols, vals = cols[positive], vals[positive]
-                else:
-                    cols, vals = np.arange(len(self.doc_ids)), scores[row].toarray()[0]
-                results.append([(self.doc_ids[cols[i]], float(vals[i])) for i in top_k(vals, k)])
+        terms = [self._query_terms(q) for q in queries]
+        postings = np.diff(self.weights.indptr)
+        light = [i for i, c in enumerate(terms) if postings[list(c)].sum() <= PRUNE_ABOVE]
+        heavy = sorted(set(range(len(queries))) - set(light))
+        batches = [light[start:start + batch_size] for start in range(0, len(light), batch_size)]
+        results = [None] * len(queries)
+        with ThreadPoolExecutor(usable_cores()) as pool:
+            for i, (rows, scores) in zip(heavy, pool.map(lambda i: self._top_k(terms[i], k), heavy)):
+                results[i] = [(self.doc_ids[r], float(s)) for r, s in zip(rows, scores)]
+            for batch, hits in zip(batches, pool.map(lambda b: self._product_top_k([terms[i] for i in b], k), batches)):
+                for i, (rows, scores) in zip(batch, hits):
+                    results[i] = [(self.doc_ids[r], float(s)) for r, s in zip(rows, scores)]
         return results
 
+    def _product_top_k(self, counts, k):
+        """[(positions, scores)] of each query's k best documents, by one sparse product of their terms
+        (`counts`: {term row: times in the query} a query) with every document."""
+        scores = self._query_matrix(counts) @ self.weights
+        scores.sort_indices()  # ties go by position, so columns must be in document order
+        best = []
+        for row in range(scores.shape[0]):
+            cols = scores.indices[scores.indptr[row]:scores.indptr[row + 1]]
+            vals = scores.data[scores.indptr[row]:scores.indptr[row + 1]]
+            positive = vals > 0
+            if positive.sum() >= k:
+                # Every document left out scores 0, so the top k are all among these.
+                cols, vals = cols[positive], vals[positive]
+            else:
+                cols, vals = np.arange(len(self.doc_ids)), scores[row].toarray()[0]
+            top = top_k(vals, k)
+            best.append((cols[top], vals[top]))
+        return best
+
+    def _top_k(self, counts, k, first_depth=256):
+        """(positions, scores) of the k best documents, as top_k over every document's score would give them,
+        without touching most postings (a threshold algorithm over impact-ordered postings): each query term's
+        `depth` highest-weighted documents are candidates, scored exactly; a document outside every term's
+        top `depth` scores at most the sum of the terms' weights at that depth, so once the k-th candidate
+        beats that bound the top k are known. Otherwise depth grows, up to the terms' whole posting lists.
+        `counts`: {term row: times in the query}."""
+        if k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0)
+        w = self.weights
+        terms = np.fromiter(counts, np.int64, len(counts))
+        starts, ends = w.indptr[terms], w.indptr[terms + 1]
+        mult = np.fromiter(counts.values(), np.float64, len(counts))
+        longest = int((ends - starts).max()) if len(terms) else 0
+        depth = min(max(2 * k, first_depth), longest)
+        while True:
+            cand = np.unique(np.concatenate([w.indices[s + self._impact_order(t)[:depth]]
+                                             for t, s in zip(terms, starts)] or [np.zeros(0, np.int32)]))
+            scores = np.zeros(len(cand))
+            for s, e, m in zip(starts, ends, mult):
+                row = w.indices[s:e]  # sorted: CSR rows are in document order
+                pos = np.searchsorted(row, cand).clip(max=len(row) - 1)
+                hit = row[pos] == cand
+                scores[hit] += m * w.data[s + pos[hit]]
+            bound = sum(m * w.data[s + self._impact_order(t)[depth]]
+                        for t, s, e, m in zip(terms, starts, ends, mult) if e - s > depth)
+            if len(cand) >= k > 0 and np.partition(scores, len(cand) - k)[len(cand) - k] > bound:
+                best = top_k(scores, k)
+                return cand[best], scores[best]
+            if depth >= longest:  # every posting seen; fewer than k documents score above 0
+                full = np.zeros(len(self.doc_ids))
+                full[cand] = scores
+                best = top_k(full, k)
+                return best, full[best]
+            depth = min(4 * depth, longest)
+
+    def _impact_order(self, term):
+        """Positions in `term`'s posting list, its highest weights first (computed once a term, when a
+        query first asks for it)."""
+        order = self._orders.get(term)
+        if order is None:
+            w = self.weights
+            data = w.data[w.indptr[term]:w.indptr[term + 1]]
+            order = self._orders[term] = np.argsort(-data, kind="stable").astype(np.int32)
+        return order
+
+    def _query_terms(self, query):
+        """{term row: times in the query} of the query's terms this corpus holds."""
+        return Counter(self.vocab[t] for t in bm25_tokenize(query) if t in self.vocab)
+
     def _query_matrix(self, queries):
-        """(queries x vocab) term counts: a repeated query term counts twice, as in rank-bm25."""
-        rows, cols = [], []
+        """(queries x vocab) term counts, from query texts or {term row: count}s: a repeated query term
+        counts twice, as in rank-bm25."""
+        rows, cols, vals = [], [], []
         for row, query in enumerate(queries):
-            terms = [self.vocab[t] for t in bm25_tokenize(query) if t in self.vocab]
-            rows += [row] * len(terms)
-            cols += terms
-        # COO -> CSR sums the duplicates, which is what makes the counts.
-        return sparse.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(len(queries), len(self.vocab)))
+            counts = self._query_terms(query) if isinstance(query, str) else query
+            rows += [row] * len(counts)
+            cols += counts.keys()
+            vals += counts.values()
+        return sparse.csr_matrix((np.array(vals, np.float64), (rows, cols)), shape=(len(queries), len(self.vocab)))
 
 
-def _okapi_weights(docs, vocab, k1, b, epsilon=0.25):
-    """(vocab x docs) CSR of each term's BM25Okapi score in each document, from token lists;
-    fills vocab {term: row}. The arithmetic follows rank_bm25.BM25Okapi term for term."""
-    indptr, indices, counts, doc_len = array("q", [0]), array("i"), array("i"), array("q")
-    for tokens in docs:  # array, not lists: 4 bytes an entry, for corpora of millions of docs
+# A query whose terms' posting lists hold more than this is scored by pruning (BM25._top_k), not a product
+# over all of them: around here the two cost the same.
+PRUNE_ABOVE = 100_000
+
+
+def _count_terms(texts):
+    """Term counts of a chunk of documents: (its terms in first-seen order, each posting's term as a
+    position in that list, the posting's count, each document's indptr and length)."""
+    vocab, indptr, indices, counts, doc_len = {}, array("q", [0]), array("i"), array("i"), array("q")
+    for text in texts:  # array, not lists: 4 bytes an entry, for corpora of millions of docs
+        tokens = bm25_tokenize(text) or ["\0"]  # rank-bm25 divides by the average length: never all empty
         tf = Counter(tokens)
         indices.extend(vocab.setdefault(t, len(vocab)) for t in tf)
         counts.extend(tf.values())
         indptr.append(len(indices))
         doc_len.append(len(tokens))
-    indptr, indices = np.frombuffer(indptr, np.int64), np.frombuffer(indices, np.int32)
-    n_docs, doc_len = len(doc_len), np.frombuffer(doc_len, np.int64)
-    tf = np.frombuffer(counts, np.int32).astype(np.float64)
+    return list(vocab), *(np.frombuffer(a, np.int64 if a.typecode == "q" else np.int32)
+                          for a in (indices, counts, indptr, doc_len))
+
+
+def _chunks(items, size):
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+# Documents a tokenizing process takes at a time; below two chunks the corpus is tokenized in this process.
+BUILD_CHUNK = 20_000
+
+
+def _okapi_weights(texts, vocab, k1, b, epsilon=0.25):
+    """(vocab x docs) CSR of each term's BM25Okapi score in each document; fills vocab {term: row}. The
+    arithmetic follows rank_bm25.BM25Okapi term for term. A large corpus is tokenized by a process per
+    core, a chunk at a time (ordered, so the rows are the same as one process makes)."""
+    chunks = _chunks(texts, BUILD_CHUNK)
+    first = next(chunks, [])
+    second = next(chunks, None)
+    # Forked, not spawned: a spawned process re-runs the caller's script, which need not guard its main().
+    workers = (min(usable_cores(), 8)
+               if second is not None and "fork" in multiprocessing.get_all_start_methods() else 1)
+    parts, indptrs, lengths, bar = [], [], [], tqdm(desc="BM25 index", unit="doc", disable=second is None)
+    with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool:
+        todo = chain([first], [second] if second is not None else [], chunks)
+        for terms, local, count, indptr, doc_len in (pool.imap(_count_terms, todo) if pool else map(_count_terms, todo)):
+            rows = np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), np.int32, len(terms))
+            parts.append((rows[local], count))
+            indptrs.append(indptr[1:] + (indptrs[-1][-1] if indptrs else 0))
+            lengths.append(doc_len)
+            bar.update(len(doc_len))
+    bar.close()
+    indices = np.concatenate([p[0] for p in parts])
+    tf = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    del parts
+    indptr = np.concatenate([[0], *indptrs]).astype(np.int64)
+    doc_len = np.concatenate(lengths)
+    n_docs = len(doc_len)
     df = np.bincount(indices, minlength=len(vocab))
     idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
     # Terms in more than half the documents get epsilon x the mean idf of all terms instead.
@@ -199,6 +333,11 @@ def _okapi_weights(docs, vocab, k1, b, epsilon=0.25):
     del tf, length_norm
     # Built a document at a time, i.e. as columns; CSR rows make a query's terms cheap to gather.
     return sparse.csc_matrix((weights, indices, indptr), shape=(len(vocab), n_docs)).tocsr()
+
+
+def usable_cores():
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def top_k(scores, k):

@@ -50,12 +50,41 @@ def test_bm25_backends_rank_identically(k1, b):
     ref, fast = (BM25(doc_ids, docs, k1=k1, b=b, backend=name) for name in ("rank_bm25", "sparse"))
     for k in (1, 10, 400):
         expected = [ref.search(q, k) for q in queries]
-        for hits in (ref.search_many(queries, k), fast.search_many(queries, k, batch_size=7),
-                     [fast.search(q, k) for q in queries]):
+        shallow = [[(doc_ids[r], s) for r, s in zip(*fast._top_k(fast._query_terms(q), k, first_depth=1))] for q in queries]
+        for hits in (ref.search_many(queries, k), fast.search_many(queries, k), [fast.search(q, k) for q in queries],
+                     shallow):  # shallow: the pruned search's depth grows from 1, every bound tested on the way
             assert [[d for d, _ in h] for h in hits] == [[d for d, _ in h] for h in expected]
             for got, want in zip(hits, expected):
                 np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5)
     assert [d for d, _ in fast.search("unknownword", 3)] == ["d0", "d1", "d2"]  # all tied: document order
+
+
+def test_bm25_pruned_top_k_equals_scoring_every_document(monkeypatch):
+    """Thousands of documents, ties included (duplicated documents): the top k without touching every posting
+    are the top k of every document's score, in the same order. Built by forked processes a chunk at a time,
+    the index is the one a single process builds."""
+    from common import retrievers
+
+    doc_ids, docs, queries = random_corpus(n_docs=3000, vocab=400, seed=2)
+    docs[100:110] = [docs[7]] * 10
+    single = BM25(doc_ids, docs)
+    monkeypatch.setattr(retrievers, "BUILD_CHUNK", 700)
+    index = BM25(doc_ids, docs)
+    assert index.vocab == single.vocab and (index.weights != single.weights).nnz == 0
+    queries += [docs[7], " ".join(docs[7].split()[:2])]
+    for k in (1, 10, 100):
+        for q in queries:
+            full = index.scores(q)
+            want = retrievers.top_k(full, k)
+            for depth in (1, 256):
+                rows, scores = index._top_k(index._query_terms(q), k, first_depth=depth)
+                assert list(rows) == list(want), q
+                np.testing.assert_allclose(scores, full[want], rtol=1e-9)
+        product = index.search_many(queries, k)
+        monkeypatch.setattr(retrievers, "PRUNE_ABOVE", 0)  # every query pruned
+        pruned = index.search_many(queries, k)
+        monkeypatch.undo()
+        assert [[d for d, _ in h] for h in pruned] == [[d for d, _ in h] for h in product]
 
 
 def test_bm25_rejects_an_unknown_backend():
