@@ -49,8 +49,9 @@ from common.data import (SMALL_VAL, choice_queries, describe_choice_queries, doc
                          read_corpus, read_qrels, read_queries, splits)
 from common.files import atomic_dir, write_json
 from common.metrics import evaluate_run
-from common.retrievers import BM25, BM25_FILES, corpus_embeddings, embeddings_cache
-from common.run import UserError, cli, start_run, trained_on, warn
+from common.retrievers import BM25, BM25_FILES, corpus_bm25, corpus_embeddings, dense_search, embeddings_cache
+from common.run import UserError, cli, join_ranks, start_run, trained_on, warn
+from common.run import cache_dir as run_cache_dir
 
 DEFAULTS = dict(
     # data
@@ -139,7 +140,7 @@ def corpus_vectors(cfg, encoder, model, texts):
             raise UserError(f"{cfg.embeddings}: shape {emb.shape}, but the corpus has {len(texts)} docs and the "
                             f"encoder makes {encoder.dim}-d vectors; pass the embeddings of this corpus and model")
         return emb, {"embeddings": os.path.abspath(cfg.embeddings)}
-    cache_dir = cfg.cache_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache")
+    cache_dir = run_cache_dir(cfg)
     cache = (embeddings_cache(cache_dir, cfg.backend, encoder, os.path.join(cfg.data, "corpus.jsonl"))
              if cfg.cache_embeddings else None)
     return corpus_embeddings(encoder, texts, cfg.batch_size, cache)
@@ -195,7 +196,7 @@ def bm25_val_runs(val_queries, bm25_of, repeats, keep):
 
 def search_runs(doc_ids, vectors, q_emb, qids):
     """{qid: {doc id: score}}: each query's top HYBRID_DEPTH by exact search over `vectors`."""
-    scores, hits = faiss_index.search(faiss_index.flat_ip(vectors), q_emb, fusion.HYBRID_DEPTH)
+    scores, hits = dense_search(q_emb, vectors, fusion.HYBRID_DEPTH)  # no second copy of the vectors
     return {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, hits, scores)}
 
 
@@ -410,6 +411,7 @@ def main(argv=None):
         return add_queries(cfg, argv)
     dataset = os.path.basename(os.path.normpath(cfg.data))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{os.path.basename(os.path.normpath(cfg.model))}", "index")
+    join_ranks(cfg)  # under torchrun: the corpus encoded by every rank, a slice each
     corpus_file = os.path.join(cfg.data, "corpus.jsonl")
     corpus = read_corpus(corpus_file)
     doc_ids = list(corpus)
@@ -440,6 +442,7 @@ def main(argv=None):
                                             if cfg.hybrid else "")
         val = load_val(cfg.data, without)
     print(f"{dataset}: {len(doc_ids)} docs, {factory} ({'GPU' if use_gpu else 'CPU'} FAISS) -> {cfg.out}")
+    faiss_index.check_fits(factory, len(doc_ids), cfg.dim or encoder.dim, os.path.getsize(corpus_file), corpus_file)
 
     memory = train_memory(cfg, doc_ids) if cfg.memory else mem.Memory()
     with atomic_dir(cfg.out) as tmp:  # a failure anywhere leaves the previous index, if any, as it was
@@ -448,8 +451,9 @@ def main(argv=None):
         t0 = time.perf_counter()
         strengths, repeats = memory_grid(cfg, memory, val[1])
 
-        def bm25_of(r):
-            return BM25(doc_ids, mem.expand(texts, doc_ids, memory, r), cfg.bm25_k1, cfg.bm25_b)
+        def bm25_of(r):  # the corpus as it is: built once for every stage (cached); with a memory: here
+            return (corpus_bm25(doc_ids, texts, corpus_file, cfg.bm25_k1, cfg.bm25_b, run_cache_dir(cfg)) if r == 0
+                    else BM25(doc_ids, mem.expand(texts, doc_ids, memory, r), cfg.bm25_k1, cfg.bm25_b))
         if not cfg.hybrid:
             bm25_runs, bm25s = None, {}
         elif val[0]:
@@ -503,12 +507,13 @@ def main(argv=None):
         info.update(build_info, build_seconds=time.perf_counter() - t0)
         print(f"built in {info['build_seconds']:.1f} s on {info['device']}")
 
-        exact = faiss_index.flat_ip(emb) if (tune_texts or report_texts) and factory != "Flat" else None
+        # Exact search to hold the index to: over the vectors as they are (a memory map), not a second copy.
+        ann = factory != "Flat"
         if cfg.nprobe or cfg.ef_search:
             faiss_index.set_search_params(index, cfg.nprobe, cfg.ef_search)
-        elif exact is not None and tune_texts:
+        elif ann and tune_texts:
             tune_emb = encoder.encode(tune_texts, "query", cfg.batch_size)
-            tried = faiss_index.tune(index, tune_emb, faiss_index.search(exact, tune_emb, 10)[1], cfg.target_recall)
+            tried = faiss_index.tune(index, tune_emb, dense_search(tune_emb, emb, 10)[1], cfg.target_recall)
             info["tuning"] = {"split": cfg.tune_split, "queries": len(tune_texts), "recall@10": tried}
             if tried:
                 print(f"tuned on {len(tune_texts)} {cfg.tune_split} queries: {faiss_index.search_params(index)}, "
@@ -522,8 +527,10 @@ def main(argv=None):
             report_emb = encoder.encode(report_texts, "query", cfg.batch_size)
             rows, qps = faiss_index.timed_search(index, report_emb, 100)
             report = {"split": cfg.split, "queries": len(report_texts), "queries_per_s": qps}
-            if exact is not None:
-                exact_rows, exact_qps = faiss_index.timed_search(exact, report_emb, 100)
+            if ann:
+                t0 = time.perf_counter()
+                exact_rows = dense_search(report_emb, emb, 100)[1]
+                exact_qps = len(report_emb) / (time.perf_counter() - t0)
                 report.update({f"recall@{k}": faiss_index.recall_at(rows, exact_rows, k) for k in (10, 100)},
                               exact_queries_per_s=exact_qps)
             else:

@@ -49,8 +49,9 @@ from common.config import Auto, ListOf, check_choice, check_range, load_config
 from common.data import choice_queries, doc_text, load_beir, load_val, read_qrels, splits
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run
-from common.retrievers import BM25, BM25_FILES, dense_run, dense_search, embeddings_cache
-from common.run import UserError, cli, start_run, trained_on, warn
+from common.retrievers import BM25, BM25_FILES, corpus_bm25, dense_run, dense_search, embeddings_cache
+from common.run import UserError, cli, join_ranks, start_run, trained_on, warn
+from common.run import cache_dir as run_cache_dir
 
 DEFAULTS = dict(
     # data
@@ -142,8 +143,9 @@ def bm25_searcher(cfg, corpus):
         index = BM25.load(cfg.index, list(corpus), os.path.join(cfg.data, "corpus.jsonl"))
         info = {"bm25": f"saved with {cfg.index}", "k1": index.k1, "b": index.b}
     else:
-        index = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], k1=cfg.bm25_k1, b=cfg.bm25_b,
-                     backend=cfg.bm25_backend)
+        index = (corpus_bm25(list(corpus), (doc_text(d) for d in corpus.values()), os.path.join(cfg.data, "corpus.jsonl"),
+                             cfg.bm25_k1, cfg.bm25_b, run_cache_dir(cfg)) if cfg.bm25_backend == "sparse"
+                 else BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], cfg.bm25_k1, cfg.bm25_b, cfg.bm25_backend))
         info = {"k1": cfg.bm25_k1, "b": cfg.bm25_b}
     info["index_seconds"] = time.perf_counter() - t0
     return ((lambda text, depth: dict(index.search(text, depth))),
@@ -204,7 +206,7 @@ def hybrid_choice(cfg, searchers, split_runs):
 def corpus_embeddings(cfg, encoder, doc_ids, texts):
     """Encode the corpus, or load it from the cache (cache_dir, which build_index.py shares) when
     model, settings and corpus are unchanged."""
-    cache_dir = cfg.cache_dir or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache")
+    cache_dir = run_cache_dir(cfg)
     cache = (embeddings_cache(cache_dir, cfg.backend, encoder, os.path.join(cfg.data, "corpus.jsonl"))
              if cfg.cache_embeddings else None)
     return retrievers.corpus_embeddings(encoder, texts, cfg.batch_size, cache)
@@ -366,6 +368,7 @@ def main(argv=None):
     dataset = os.path.basename(os.path.normpath(cfg.data))
     model_name = os.path.basename(os.path.normpath(cfg.model))
     cfg.out = cfg.out or os.path.join("runs", f"{dataset}-{model_name}", cfg.split)
+    join_ranks(cfg)  # under torchrun: the corpus encoded by every rank, a slice each
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
     # A model that does not load must fail before any output is written or BM25 has run.
     needs = {"bm25", "dense"} if "hybrid" in cfg.retrievers else set(cfg.retrievers)

@@ -37,7 +37,7 @@ from common.files import write_json
 from common.memory import Memory
 from common.models import BiEncoder, CrossEncoder, autocast, autocast_dtype, dtype_name, pick_device, slow_autocast
 from common.retrievers import Retriever
-from common.run import cli, start_run, warn
+from common.run import cache_dir, cli, join_ranks, start_run, warn
 
 DEFAULTS = dict(
     # data
@@ -101,6 +101,7 @@ def main(argv=None):
     check_config(cfg)
     dataset = os.path.basename(os.path.normpath(cfg.data))
     cfg.out = cfg.out or os.path.join("runs", dataset, "mine-" + "-".join(cfg.strategy))
+    join_ranks(cfg)  # under torchrun: the corpus encoded by every rank, a slice each
     corpus, queries, qrels = load_beir(cfg.data, cfg.split)
     device = pick_device(cfg.device)
     if cfg.max_queries == "auto":
@@ -137,7 +138,7 @@ def main(argv=None):
     t0 = time.time()
     first_stage = (Retriever.from_index(cfg.index, os.path.join(cfg.data, "corpus.jsonl"), corpus, device=cfg.device,
                                         batch_size=cfg.batch_size, memory=False) if "index" in cfg.strategy else None)
-    sources = mining.Sources(cfg, corpus, first_stage)
+    sources = mining.Sources(cfg, corpus, first_stage, os.path.join(cfg.data, "corpus.jsonl"), cache_dir(cfg))
     with (tempfile.TemporaryDirectory(dir=cfg.out, prefix=".emb-") as tmp,  # removed even on Ctrl-C
           autocast(device, dtype)):
         records, stats = mining.mine(cfg, corpus, queries, positives, sources, encoder, teacher, index,

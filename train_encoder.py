@@ -58,8 +58,8 @@ from common.metrics import cut_run, evaluate_run
 from common.index import truncate
 from common.models import BiEncoder, CrossEncoder, autocast, principal_axes
 from common.report import write_results
-from common.retrievers import BM25, dense_run
-from common.run import UserError, cli, warn
+from common.retrievers import corpus_bm25, dense_run
+from common.run import UserError, cache_dir, cli, warn
 from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, device_memory_mb, finish,
                              gather_with_grad, keep_freed_memory, log, log_train, log_val, lr_at, open_run,
                              optimizer_and_scaler, optimizer_step, peak_memory_mb, restore, resume, rng_state,
@@ -397,7 +397,8 @@ def val_corpus(cfg, corpus, queries, qrels):
     rng = random.Random(cfg.seed)
     keep = {d for row in qrels.values() for d, g in row.items() if g >= 1 and d in corpus}
     if cfg.val_docs_bm25 > 0:
-        bm25 = BM25(corpus.keys(), [doc_text(d) for d in corpus.values()])
+        bm25 = corpus_bm25(list(corpus), (doc_text(d) for d in corpus.values()), os.path.join(cfg.data, "corpus.jsonl"),
+                           cache_dir=cache_dir(cfg))
         for hits in bm25.search_many(list(queries.values()), cfg.val_docs_bm25):
             keep.update(d for d, _ in hits)
     rest = [d for d in corpus if d not in keep]
@@ -591,7 +592,8 @@ def main(argv=None):
             teacher.score_dtype = cfg.dtype
         miner = (remine_cfg, corpus, {ex.qid: ex.query for ex in examples},
                  {ex.qid: set(ex.positives) for ex in examples},
-                 mining.Sources(remine_cfg, corpus) if master else None, teacher)  # BM25's index built once
+                 mining.Sources(remine_cfg, corpus, None, os.path.join(cfg.data, "corpus.jsonl"), cache_dir(cfg))
+                 if master else None, teacher)  # BM25's index built once
 
     # ---- model, optimiser, and the state to resume
     torch.manual_seed(cfg.seed + rank)

@@ -2,12 +2,16 @@
 
     python bench/bm25_speed.py --data=data/scifact --queries=50               # SciFact as it is
     python bench/bm25_speed.py --repeat_corpus=193 --backends=sparse          # ~1M passages
+    python bench/bm25_speed.py --data=data/scale/synth-1m --backends=sparse --queries=1000 --doc_queries=1000
 
 --repeat_corpus=R makes a synthetic large corpus: the corpus R times, every copy after the first
 with a random ~10% of each document's words dropped, so the copies are not identical. rank_bm25 is
 skipped above --max_rank_bm25_docs, where it would take hours. Each backend runs in its own forked
 process, so its peak RSS is its own (ru_maxrss only grows); that includes the corpus text, loaded
-before the fork, which the header line measures alone. Not a test: timings vary run to run on a shared CPU.
+before the fork, which the header line measures alone (CODE=<checkout> python bench/bm25_speed.py ...
+times another checkout's BM25, an older commit's, on the same data). --doc_queries=N adds N queries of words drawn
+from random documents (common words included: the longest posting lists); the sparse backend's search is
+timed as served (pruned where that pays) and scoring every posting. Not a test: timings vary run to run.
 """
 import multiprocessing
 import os
@@ -17,17 +21,19 @@ import sys
 import time
 from itertools import compress
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# CODE=<another checkout> (a `git worktree` of an older commit, say) times that checkout's BM25 on the same data.
+sys.path.insert(0, os.environ.get("CODE") or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from common.config import check_choice, load_config  # noqa: E402
 from common.data import doc_text, load_beir  # noqa: E402
 from common.files import write_json  # noqa: E402
+from common import retrievers  # noqa: E402
 from common.retrievers import BM25  # noqa: E402
 from common.run import cli  # noqa: E402
 
-DEFAULTS = dict(data="data/scifact", split="test", queries=300, repeat_corpus=1, drop=0.1,
+DEFAULTS = dict(data="data/scifact", split="test", queries=300, repeat_corpus=1, drop=0.1, doc_queries=0,
                 backends=["rank_bm25", "sparse"], max_rank_bm25_docs=200000, k=100,
                 seed=0, out="runs/bench/bm25_speed.json")
 
@@ -45,19 +51,47 @@ def synthetic_corpus(corpus, repeat, drop, seed):
     return all_ids, all_texts
 
 
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return f"{name}, {os.cpu_count()} cores{', avx512_bf16' if 'avx512_bf16' in info else ''}"
+
+
 def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def measure(backend, doc_ids, texts, queries, cfg):
+def doc_word_queries(texts, n, seed):
+    """n queries of 2 to 6 words drawn from random documents, common words as likely as they are in text:
+    the queries whose terms have the longest posting lists."""
+    rng = np.random.default_rng(seed)
+    queries = []
+    for i in rng.integers(0, len(texts), n):
+        words = texts[i].split()
+        queries.append(" ".join(rng.choice(words, size=min(len(words), int(rng.integers(2, 7))), replace=False)))
+    return queries
+
+
+def measure(backend, doc_ids, texts, query_sets, cfg):
     t0 = time.perf_counter()
     index = BM25(doc_ids, texts, backend=backend)
-    build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    index.search_many(queries, cfg.k)
-    seconds = time.perf_counter() - t0
-    return {"build_s": build, "search_s": seconds, "queries_per_s": len(queries) / seconds,
-            "peak_rss_gb": peak_rss_gb()}
+    result = {"build_s": time.perf_counter() - t0}
+    for name, queries in query_sets.items():
+        if not queries:
+            continue
+        # sparse: pruned where it pays (the default), then every posting scored, for the ratio
+        for label, prune_above in ([("", retrievers.PRUNE_ABOVE), ("_unpruned", float("inf"))]
+                                   if backend == "sparse" and hasattr(retrievers, "PRUNE_ABOVE") else [("", None)]):
+            retrievers.PRUNE_ABOVE = prune_above if prune_above is not None else retrievers.PRUNE_ABOVE
+            t0 = time.perf_counter()
+            index.search_many(queries, cfg.k)
+            result[f"{name}_ms_per_query{label}"] = 1000 * (time.perf_counter() - t0) / len(queries)
+    result["peak_rss_gb"] = peak_rss_gb()
+    return result
 
 
 def in_child(fn, *args):
@@ -86,13 +120,18 @@ def main(argv=None):
         if backend == "rank_bm25" and len(texts) > cfg.max_rank_bm25_docs:
             print(f"rank_bm25 skipped: {len(texts):,} docs > --max_rank_bm25_docs={cfg.max_rank_bm25_docs:,}")
             continue
-        results[backend] = in_child(measure, backend, doc_ids, texts, queries, cfg)
-    rows = ["| backend | docs | build s | queries/s | peak RSS GB |", "|---|---|---|---|---|"]
-    rows += [f"| {name} | {len(texts):,} | {r['build_s']:.1f} | {r['queries_per_s']:.1f} | {r['peak_rss_gb']:.2f} |"
+        query_sets = {"split": queries, "doc_words": doc_word_queries(texts, cfg.doc_queries, cfg.seed)}
+        results[backend] = in_child(measure, backend, doc_ids, texts, query_sets, cfg)
+    cols = [c for c in ("split_ms_per_query", "split_ms_per_query_unpruned", "doc_words_ms_per_query",
+                        "doc_words_ms_per_query_unpruned") if any(c in r for r in results.values())]
+    rows = [f"| backend | docs | build s | {' | '.join(cols)} | peak RSS GB |", "|---" * (len(cols) + 4) + "|"]
+    rows += [f"| {name} | {len(texts):,} | {r['build_s']:.1f} | "
+             + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in cols) + f" | {r['peak_rss_gb']:.2f} |"
              for name, r in results.items()]
     print("\n".join(rows))
     write_json(cfg.out, {"data": cfg.data, "split": cfg.split, "repeat_corpus": cfg.repeat_corpus,
-                         "docs": len(texts), "queries": len(queries), "k": cfg.k, "results": results})
+                         "docs": len(texts), "queries": len(queries), "doc_queries": cfg.doc_queries, "k": cfg.k,
+                         "cpu": cpu_name(), "results": results})
     print(f"-> {cfg.out}")
     return 0
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make pipeline`, one stage at a time, with each stage's wall time; then comparison.md.
+# `make pipeline`, one stage at a time, with each stage's wall time and peak RSS (its largest process); then
+# comparison.md.
 #
 #     bash bench/pipeline_timed.sh                                   # the default data, on this machine
 #     bash bench/pipeline_timed.sh DATA=../shared/data/scifact       # any make variables
@@ -9,18 +10,20 @@
 # for a fresh run. The lines also go to $LOG (default runs/pipeline-timed-<dataset>.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=python-source
-for arg in "$@"; do case $arg in DATA=*) data=${arg#DATA=} ;; esac; done
+data=python-source model=${MODEL:-all-MiniLM-L6-v2}
+for arg in "$@"; do case $arg in DATA=*) data=${arg#DATA=} ;; MODEL=*) model=${arg#MODEL=} ;; esac; done
 name=$(basename "$data")
 LOG=${LOG:-runs/pipeline-timed-$name.log}
 mkdir -p "$(dirname "$LOG")"
 : > "$LOG"
 start=$(date +%s)
+rss=$(mktemp)
 stage() {  # stage <label> <make args...>
     local label=$1 t0=$(date +%s)
     shift
-    make --no-print-directory "$@" >> "$LOG.make" 2>&1 || { echo "$label: failed, see $LOG.make" | tee -a "$LOG"; exit 1; }
-    printf '%-16s %6d s\n' "$label" $(( $(date +%s) - t0 )) | tee -a "$LOG"
+    /usr/bin/time -f %M -o "$rss" make --no-print-directory "$@" >> "$LOG.make" 2>&1 \
+        || { echo "$label: failed, see $LOG.make" | tee -a "$LOG"; exit 1; }
+    printf '%-16s %6d s %7.2f GB\n' "$label" $(( $(date +%s) - t0 )) "$(awk '{print $1 / 1048576}' "$rss")" | tee -a "$LOG"
 }
 stage data data "$@"
 stage baseline-val baseline SPLIT=val "$@"
@@ -34,7 +37,7 @@ if [ "$(make --no-print-directory -s reranker-on "$@")" = yes ]; then
     stage mine-reranker mine-reranker "$@"
     stage train-reranker train-reranker "$@"
 else
-    stage served-val "runs/$name-$(basename "${MODEL:-all-MiniLM-L6-v2}")/served-val/metrics.json" "$@"
+    stage served-val "runs/$name-$(basename "$model")/served-val/metrics.json" "$@"
 fi
 stage final final "$@"
 stage export export "$@"

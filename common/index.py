@@ -44,6 +44,52 @@ def resolve_factory(factory, n):
     return re.sub(r"IVF(?=[,_]|$)", f"IVF{nlist}", factory)
 
 
+def vector_bytes(factory, dim):
+    """About what one vector takes in RAM in an index of `factory`: its code (4 bytes a dimension flat, 1 with
+    SQ8, m with PQm), an IVF list's 8-byte id, HNSW's links."""
+    pq, hnsw = re.search(r"PQ(\d+)", factory), re.search(r"HNSW(\d+)", factory)
+    code = (int(pq[1]) if pq else dim if "SQ8" in factory else dim // 2 if "SQ4" in factory
+            else 2 * dim if "SQfp16" in factory else 4 * dim)
+    return code + (8 if "IVF" in factory else 0) + (8 * int(hnsw[1]) if hnsw else 0)
+
+
+# What the rest of a stage holds beside the index, in bytes per byte of corpus.jsonl: the corpus read into
+# Python, its texts, and BM25 while it is built (measured at a million documents: bench/results/scale-cpu.md).
+CORPUS_RAM_FACTOR = 8
+
+
+def check_fits(factory, n, dim, corpus_bytes, where):
+    """One error before any work when the index plus the corpus's share will not fit in the memory this
+    machine has free, naming a factory that fits. (The vectors themselves are memory-mapped.)"""
+    available = memory_available()
+    if available is None:
+        return
+    rest = CORPUS_RAM_FACTOR * corpus_bytes
+    need = rest + n * vector_bytes(factory, dim)
+    if need <= available:
+        return
+    gb = lambda b: f"{b / 2**30:.1f} GB"  # noqa: E731
+    m = next((m for m in (64, 48, 32, 16, 8) if m <= dim and dim % m == 0
+              and rest + n * vector_bytes(f"IVF,PQ{m}", dim) <= available), None)
+    fix = (f"--factory=IVF,PQ{m} holds them in {gb(n * vector_bytes(f'IVF,PQ{m}', dim))}" if m else
+           "the corpus alone needs more than that: run on a machine with more memory, or split the corpus")
+    raise UserError(f"{where}: {n:,} documents need about {gb(need)} of memory at factory={factory} (the vectors "
+                    f"{gb(n * vector_bytes(factory, dim))}, the corpus and BM25 {gb(rest)}), and {gb(available)} is "
+                    f"free; {fix}")
+
+
+def memory_available():
+    """Bytes of memory free for a new process (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def build(emb, factory, train_size=0, seed=0, use_gpu=False, chunk=65536):
     """(CPU index over emb's rows, info): trained on a random sample of train_size rows (0 = enough
     for the index), filled a chunk at a time so emb may be a memory map larger than RAM."""

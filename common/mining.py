@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from common import index as faiss_index
 from common.data import doc_text
 from common.files import atomic_open
-from common.retrievers import BM25, encode_corpus
+from common.retrievers import BM25, corpus_bm25, encode_corpus
 
 STRATEGIES = ("bm25", "dense", "random", "semi-hard", "index")
 # The settings mine() reads; mine_negatives.py declares their defaults and writes them to the
@@ -48,7 +48,7 @@ class Sources:
     candidates a reranker for that stage learns from (LCE).
     """
 
-    def __init__(self, cfg, corpus, first_stage=None):
+    def __init__(self, cfg, corpus, first_stage=None, corpus_file="", cache_dir=""):
         self.cfg, self.corpus, self.doc_ids = cfg, corpus, list(corpus)
         self.row = {d: i for i, d in enumerate(self.doc_ids)}
         self.first_stage = first_stage
@@ -56,8 +56,10 @@ class Sources:
             raise ValueError("strategy index needs the Retriever of a build_index.py directory (first_stage=)")
         self.bm25 = None
         if "bm25" in cfg.strategy:
-            self.bm25 = BM25(self.doc_ids, [doc_text(corpus[d]) for d in self.doc_ids], cfg.bm25_k1, cfg.bm25_b,
-                             backend=cfg.bm25_backend)
+            texts = (doc_text(corpus[d]) for d in self.doc_ids)
+            self.bm25 = (corpus_bm25(self.doc_ids, texts, corpus_file, cfg.bm25_k1, cfg.bm25_b, cache_dir)
+                         if cfg.bm25_backend == "sparse" and corpus_file
+                         else BM25(self.doc_ids, texts, cfg.bm25_k1, cfg.bm25_b, backend=cfg.bm25_backend))
 
     def bm25_lists(self, texts, positives):
         """Per query: (ranked doc rows [max_rank], their scores, best positive score)."""

@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import re
+import sys
 import time
 from array import array
 from collections import Counter
@@ -22,10 +23,10 @@ from common import fusion
 from common import index as faiss_index
 from common.backends import load_encoder, load_reranker
 from common.data import doc_text
-from common.files import atomic_open, file_sha1
+from common.files import atomic_dir, atomic_open, file_sha1, write_json
 from common.memory import Memory
 from common.metrics import cut_run
-from common.run import UserError
+from common.run import UserError, warn
 
 # NLTK's English stopword list (179 words), chosen with k1/b on SciFact *train* over 32 settings
 # (Lucene's 33-word list, Porter stemming included; all within 0.006 nDCG@10), never on test.
@@ -270,6 +271,37 @@ class BM25:
 PRUNE_ABOVE = 100_000
 
 
+def corpus_bm25(doc_ids, texts, corpus_file, k1=1.2, b=0.4, cache_dir=""):
+    """BM25 (sparse) over corpus_file's documents `doc_ids` with `texts` (an iterable, read only when it
+    is built): built once per corpus (by content), k1, b and tokenizer, and saved under cache_dir, where
+    every later stage loads it (seconds, where a million documents take a minute to build). No
+    cache_dir: built here and not kept."""
+    if not cache_dir:
+        return BM25(doc_ids, texts, k1, b)
+    key = repr((file_sha1(corpus_file), len(doc_ids), float(k1), float(b), TOKENIZER))
+    directory = os.path.join(cache_dir, "bm25-" + hashlib.sha1(key.encode()).hexdigest()[:16])
+    rank, world = _shards()
+    if world > 1:  # under torchrun: rank 0 loads or builds and saves it, then the others load it
+        bm25 = _load_or_build(directory, doc_ids, texts, corpus_file, k1, b) if rank == 0 else None
+        _broadcast(None)
+        return bm25 or BM25.load(directory, doc_ids, corpus_file)
+    return _load_or_build(directory, doc_ids, texts, corpus_file, k1, b)
+
+
+def _load_or_build(directory, doc_ids, texts, corpus_file, k1, b):
+    if os.path.isfile(os.path.join(directory, BM25_FILES[1])):
+        try:
+            bm25 = BM25.load(directory, doc_ids, corpus_file)
+            print(f"BM25 from {directory}")
+            return bm25
+        except UserError as e:  # damaged: built again below
+            warn(f"{e}; building it again")
+    bm25 = BM25(doc_ids, texts, k1, b)
+    with atomic_dir(directory) as tmp:
+        bm25.save(tmp, corpus_file)
+    return bm25
+
+
 def _count_terms(texts):
     """Term counts of a chunk of documents: (its terms in first-seen order, each posting's term as a
     position in that list, the posting's count, each document's indptr and length)."""
@@ -351,23 +383,31 @@ def top_k(scores, k):
     return candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
 
 
-def dense_search(query_emb, doc_emb, k, chunk=4096):
-    """Exact inner-product top-k: (scores, indices), each [n_queries, k]. Chunked over the corpus so
-    memory stays at queries x chunk, whatever the corpus size."""
+def dense_search(query_emb, doc_emb, k, chunk=4096, query_batch=8192):
+    """Exact inner-product top-k: (scores, indices), each [n_queries, k]. Chunked over the corpus (and over
+    the queries) so memory stays at query_batch x chunk, whatever their numbers: no copy of the vectors
+    is made (a memory map is read a chunk at a time). On a GPU when torch sees one."""
     import torch  # here, not at the top: an ONNX-backed search imports no torch
 
-    q = torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32))
+    if np.ndim(query_emb) == 2 and query_emb.shape[1] > doc_emb.shape[1]:  # vectors cut short (build_index --dim)
+        query_emb = faiss_index.truncate(query_emb, doc_emb.shape[1])
+    if len(query_emb) > query_batch:
+        parts = [dense_search(query_emb[s:s + query_batch], doc_emb, k, chunk)
+                 for s in range(0, len(query_emb), query_batch)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32)).to(device)
     k = min(k, len(doc_emb))
-    best_scores = torch.full((len(q), k), -torch.inf)
-    best_idx = torch.zeros((len(q), k), dtype=torch.long)
+    best_scores = torch.full((len(q), k), -torch.inf, device=device)
+    best_idx = torch.zeros((len(q), k), dtype=torch.long, device=device)
     for start in range(0, len(doc_emb), chunk):
-        d = torch.from_numpy(np.array(doc_emb[start:start + chunk], dtype=np.float32))  # a writable copy of a map
+        d = torch.from_numpy(np.array(doc_emb[start:start + chunk], dtype=np.float32)).to(device)  # a writable copy
         s, i = torch.topk(q @ d.T, min(k, len(d)), dim=1)
         merged_s = torch.cat([best_scores, s], dim=1)
         merged_i = torch.cat([best_idx, i + start], dim=1)
         best_scores, pos = torch.topk(merged_s, k, dim=1)
         best_idx = torch.gather(merged_i, 1, pos)
-    return best_scores.numpy(), best_idx.numpy()
+    return best_scores.cpu().numpy(), best_idx.cpu().numpy()
 
 
 def dense_run(query_ids, query_emb, doc_ids, doc_emb, depth):
@@ -378,16 +418,93 @@ def dense_run(query_ids, query_emb, doc_ids, doc_emb, depth):
 
 def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
     """Passage embeddings [n, dim] float32, a chunk at a time: in RAM, or in a memory-mapped .npy at
-    `path`, so a million passages (1.5 GB at 384-d) need not sit in memory beside everything else."""
-    shape = (len(texts), encoder.dim)
-    out = np.lib.format.open_memmap(path, "w+", np.float32, shape) if path else np.empty(shape, np.float32)
-    with tqdm(total=len(texts), desc=f"encode corpus ({encoder.precision()})", unit="doc",
-              disable=len(texts) <= chunk) as bar:
-        for start in range(0, len(texts), chunk):
-            out[start:start + chunk] = encoder.encode(texts[start:start + chunk], "passage", batch_size,
-                                                      show_progress=len(texts) <= chunk and len(texts) >= 2000)
-            bar.update(min(chunk, len(texts) - start))
+    `path`, so a million passages (1.5 GB at 384-d) need not sit in memory beside everything else.
+    With `path`, each chunk is flushed and then counted in <path>.rows.json, so an encode killed part way
+    resumes from the chunks written, not from zero: where <path> is named by the encoder and the corpus
+    (embeddings_cache), the rows are those. Under torchrun (a process group up), each rank encodes its
+    slice of every chunk and the slices are gathered in corpus order: every rank returns all the vectors,
+    rank 0 alone writes `path`."""
+    rank, world = _shards()
+    shape, start = (len(texts), encoder.dim), 0
+    if path and rank == 0:
+        start = _rows_written(path, shape)
+        out = np.lib.format.open_memmap(path, "r+" if start else "w+", np.float32, shape)
+        if start:
+            print(f"corpus encode resumed at document {start:,} of {len(texts):,} (from {path})")
+    else:
+        out = np.empty(shape, np.float32) if not path else None
+    if world > 1:
+        start = _broadcast(start)
+        print(f"corpus encode shared by {world} ranks, {chunk:,} documents each at a time")
+    step = chunk * world
+    with tqdm(total=len(texts), initial=start, desc=f"encode corpus ({encoder.precision()})", unit="doc",
+              disable=len(texts) <= chunk or rank > 0) as bar:
+        for begin in range(start, len(texts), step):
+            mine = slice(min(begin + rank * chunk, len(texts)), min(begin + (rank + 1) * chunk, len(texts)))
+            emb = encoder.encode(texts[mine], "passage", batch_size,
+                                 show_progress=len(texts) <= chunk and len(texts) >= 2000) if texts[mine] else \
+                np.zeros((0, encoder.dim), np.float32)
+            end = min(begin + step, len(texts))
+            if world > 1:
+                emb = _gather_rows(emb, chunk, end - begin)
+            if out is not None:
+                out[begin:end] = emb
+            if path and rank == 0:
+                out.flush()  # the rows on disk before the record says they are there
+                write_json(f"{path}.rows.json", {"shape": list(shape), "rows": end})
+            bar.update(end - begin)
+    if path and world > 1:  # the other ranks open the file rank 0 wrote, once it is whole
+        _broadcast(None)
+        out = out if rank == 0 else np.load(path, mmap_mode="r")
+        _broadcast(None)  # and rank 0 may move it (corpus_embeddings does) only once they have it open
     return out
+
+
+def _rows_written(path, shape):
+    """How many rows of the .npy at `path` an earlier encode wrote (0: start afresh)."""
+    try:
+        with open(f"{path}.rows.json", encoding="utf-8") as f:
+            done = json.load(f)
+        same = done["shape"] == list(shape) and np.load(path, mmap_mode="r").shape == tuple(shape)
+        return int(done["rows"]) if same else 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+# Set by common.run.join_ranks in the scripts whose every rank encodes every corpus alike (evaluate.py,
+# build_index.py, mine_negatives.py). Not by the training scripts: there rank 0 alone encodes (to evaluate, to
+# re-mine) while the others wait, so a collective here would never be met.
+SHARD_ENCODE = False
+
+
+def _shards():
+    """(rank, world size) of a torchrun launch that shares its encodes out; (0, 1) otherwise."""
+    dist = sys.modules.get("torch.distributed")  # not imported at all: an ONNX-backed search
+    if not SHARD_ENCODE or dist is None or not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _broadcast(value):
+    """Rank 0's `value` on every rank (and a barrier: every rank waits for rank 0 to get here)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather_rows(emb, chunk, rows):
+    """Every rank's rows (each at most `chunk`, `rows` in all), concatenated in rank order."""
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    padded = torch.zeros((chunk, emb.shape[1]), dtype=torch.float32, device=device)
+    padded[:len(emb)] = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts)[:rows].cpu().numpy()
 
 
 def embeddings_cache(cache_dir, backend, encoder, corpus_file):
@@ -406,8 +523,8 @@ def embeddings_cache(cache_dir, backend, encoder, corpus_file):
 
 def corpus_embeddings(encoder, texts, batch_size=64, path=None):
     """(embeddings [n, dim], info): memory-mapped from `path` when it holds n of the encoder's vectors
-    (an earlier run's), else encoded (into `path`, swapped into place once whole, when given; else in
-    RAM)."""
+    (an earlier run's), else encoded (into <path>.partial.npy, swapped into place once whole, when given:
+    a killed encode resumes there; else in RAM)."""
     shape = (len(texts), encoder.dim)
     if path and os.path.isfile(path):
         emb = np.load(path, mmap_mode="r")
@@ -417,15 +534,16 @@ def corpus_embeddings(encoder, texts, batch_size=64, path=None):
     t0 = time.perf_counter()
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npy"
-        try:
-            emb = encode_corpus(encoder, texts, batch_size, tmp)
+        partial = f"{path}.partial.npy"
+        emb = encode_corpus(encoder, texts, batch_size, partial)
+        rank, world = _shards()
+        if rank == 0:
             emb.flush()
             del emb  # the map, before the file under it moves
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            os.replace(partial, path)
+            os.remove(f"{partial}.rows.json")
+        if world > 1:
+            _broadcast(None)  # the others read it once it is in place
         emb = np.load(path, mmap_mode="r")
     else:
         emb = encode_corpus(encoder, texts, batch_size)

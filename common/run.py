@@ -1,9 +1,12 @@
 """Run directories and their provenance, and the one-line error exit every script shares."""
+import atexit
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from common.files import atomic_open, write_json
 
@@ -44,6 +47,37 @@ def start_run(out_dir, cfg, argv):
         f.write(" ".join(shlex.quote(a) for a in [sys.executable, *sys.argv[:1], *argv]) + "\n")
         f.write(f"git {git_commit()}\n")
     return out_dir
+
+
+def cache_dir(cfg):
+    """Where a run keeps what its sibling runs reuse (corpus embeddings, BM25): cfg.cache_dir when the
+    script has one and it is set, else <out>/../.cache, shared by every stage of one pipeline."""
+    return getattr(cfg, "cache_dir", "") or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache")
+
+
+def join_ranks(cfg):
+    """This process's rank. Under torchrun (WORLD_SIZE > 1, one machine) the process group starts and every
+    corpus encode is shared out between the ranks (common.retrievers.encode_corpus): every rank runs the
+    whole script alike, rank 0 writes its outputs and the embeddings cache (cfg.cache_dir, resolved here
+    so that every rank names the same one), the others write into a scratch directory removed at exit and
+    print nothing. A plain run: rank 0, nothing changes."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    from common import retrievers
+    from common.training import setup_distributed
+
+    rank = setup_distributed()[0]
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    retrievers.SHARD_ENCODE = True
+    if hasattr(cfg, "cache_dir"):
+        cfg.cache_dir = cache_dir(cfg)
+    if rank > 0:
+        cfg.out = tempfile.mkdtemp(prefix=f"rank{rank}-")
+        atexit.register(shutil.rmtree, cfg.out, True)
+        sys.stdout = open(os.devnull, "w")
+    return rank
 
 
 def trained_on(model, data):

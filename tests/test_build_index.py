@@ -192,3 +192,21 @@ assert "torch" not in sys.modules, "torch was imported"
     retriever = Retriever.load("", toy_beir, index_dir=f"{tmp_path}/index", reranker=cross)
     assert type(retriever.encoder).__name__ == "OnnxBiEncoder" and isinstance(retriever.reranker, CrossEncoder)
     assert len(retriever.retrieve_and_rerank("merge sort", k_retrieve=4, k_rerank=2)) == 2
+
+
+def test_an_index_that_cannot_fit_in_memory_is_one_error_before_any_work(toy_beir, tiny_model, tmp_path, monkeypatch):
+    """Flat vectors of 10M documents at 384 dimensions (15 GB) do not fit in 8 GB free: the error names the
+    memory and a factory that fits; a corpus too large on its own says so; the run directory is never made."""
+    gb = 2**30
+    monkeypatch.setattr(faiss_index, "memory_available", lambda: 8 * gb)
+    assert faiss_index.check_fits("IVF,PQ48", 10_000_000, 384, 100 * 2**20, "c") is None
+    with pytest.raises(UserError, match=r"10,000,000 documents need about .* GB .* 8.0 GB is free; "
+                                         r"--factory=IVF,PQ64 holds them in 0.7 GB"):
+        faiss_index.check_fits("IVF,Flat", 10_000_000, 384, 100 * 2**20, "c")
+    with pytest.raises(UserError, match="the corpus alone needs more"):
+        faiss_index.check_fits("Flat", 1000, 384, 2 * gb, "c")
+    monkeypatch.setattr(faiss_index, "memory_available", lambda: 1000)
+    out = tmp_path / "index"
+    with pytest.raises(UserError, match="corpus.jsonl: 6 documents need about"):
+        build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}"])
+    assert not out.exists()

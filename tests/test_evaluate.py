@@ -233,3 +233,21 @@ def test_missing_reranker_fails_before_any_output(toy_beir, tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert f"rerank={tmp_path}/no-reranker: model directory" in proc.stderr and "cross-encoder directory" in proc.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_under_torchrun_the_ranks_share_the_corpus_encode(toy_beir, tiny_model, tmp_path):
+    """Two gloo ranks (torchrun): the run directory and its numbers are one process's; rank 0 alone writes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [f"--data={toy_beir}", f"--model={tiny_model}", "--retrievers=bm25,dense", "--latency=false"]
+    assert evaluate.main([*args, f"--out={tmp_path / 'one' / 'run'}"]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "evaluate.py", *args,
+           f"--out={tmp_path / 'two' / 'run'}"]
+    proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "corpus encode shared by 2 ranks" in proc.stdout
+    one, two = (json.loads((tmp_path / d / "run" / "metrics.json").read_text())["results"] for d in ("one", "two"))
+    for name in ("bm25", "dense"):
+        assert two[name]["metrics"] == pytest.approx(one[name]["metrics"], abs=1e-6)
+    assert sorted(os.listdir(tmp_path / "two")) == [".cache", "run"]
+    assert len([f for f in os.listdir(tmp_path / "two" / ".cache") if f.endswith(".npy")]) == 1  # rank 0's

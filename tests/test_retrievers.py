@@ -1,7 +1,10 @@
+import os
+
 import numpy as np
 import pytest
 
 from common.retrievers import BM25, bm25_tokenize, dense_search
+from common.retrievers import encode_corpus as real_encode_corpus
 
 
 def test_bm25_tokenize_stems_drops_stopwords_and_splits_identifiers():
@@ -97,6 +100,110 @@ def test_dense_search_equals_brute_force_across_chunks():
     docs, queries = rng.normal(size=(1000, 16)).astype(np.float32), rng.normal(size=(7, 16)).astype(np.float32)
     scores, idx = dense_search(queries, docs, k=10, chunk=64)
     full = queries @ docs.T
+    batched = dense_search(queries, docs, k=10, chunk=64, query_batch=3)  # 7 queries: batches of 3, 3, 1
+    np.testing.assert_array_equal(batched[1], idx)
     np.testing.assert_array_equal(idx, np.argsort(-full, axis=1)[:, :10])
     np.testing.assert_allclose(scores, np.take_along_axis(full, idx, 1), rtol=1e-5)
     assert dense_search(queries, docs[:3], k=10)[1].shape == (7, 3)
+
+
+def test_a_killed_corpus_encode_resumes_from_the_chunks_written(tiny_model, fp32_cpu, tmp_path, monkeypatch):
+    """Killed after two chunks, the encode picks up at the third; the vectors equal an uninterrupted
+    encode's. A record of another shape starts afresh."""
+    from common import retrievers
+    from common.backends import load_encoder
+
+    encoder = load_encoder(tiny_model, device="cpu")
+    texts = [f"document number {i} about {'sorting' if i % 2 else 'hashing'}" for i in range(50)]
+    whole = retrievers.encode_corpus(encoder, texts, 8, chunk=10)
+    path = str(tmp_path / "emb.npy")
+    calls, real = [], encoder.encode
+
+    def dies_on_third(batch, *args, **kwargs):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(encoder, "encode", dies_on_third)
+    monkeypatch.setattr(retrievers, "encode_corpus", lambda *a, **kw: real_encode_corpus(*a, **kw, chunk=10))
+    with pytest.raises(KeyboardInterrupt):
+        retrievers.corpus_embeddings(encoder, texts, 8, path)
+    monkeypatch.setattr(encoder, "encode", lambda batch, *a, **kw: calls.append(len(batch)) or real(batch, *a, **kw))
+    calls.clear()
+    emb, info = retrievers.corpus_embeddings(encoder, texts, 8, path)
+    assert calls == [10, 10, 10] and not info["cached"]  # rows 20..49: the first two chunks were kept
+    np.testing.assert_array_equal(np.asarray(emb), whole)
+    assert sorted(os.listdir(tmp_path)) == ["emb.npy"]  # the partial file and its record are gone
+    partial = str(tmp_path / "other.npy")
+    retrievers.write_json(f"{partial}.rows.json", {"shape": [49, encoder.dim], "rows": 40})
+    np.lib.format.open_memmap(partial, "w+", np.float32, (49, encoder.dim))
+    calls.clear()
+    real_encode_corpus(encoder, texts, 8, partial, chunk=10)
+    assert len(calls) == 5  # rows of a 49-document corpus are not these 50's: all encoded again
+
+
+def _encode_on_rank(rank, world, model, texts, out_dir, port):
+    from types import SimpleNamespace
+
+    import functools
+
+    from common import models, retrievers
+    from common.backends import load_encoder
+    from common.retrievers import corpus_embeddings
+    from common.run import join_ranks
+
+    models.cpu_flags = lambda: set()  # fp32: the vectors compared exactly
+    retrievers.encode_corpus = functools.partial(real_encode_corpus, chunk=5)  # 23 texts: 3 steps of 2 x 5
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    cfg = SimpleNamespace(out=os.path.join(out_dir, "run"), cache_dir="")
+    assert join_ranks(cfg) == rank and cfg.cache_dir == os.path.join(out_dir, ".cache")
+    assert (cfg.out == os.path.join(out_dir, "run")) == (rank == 0)  # the others write into scratch
+    emb, _ = corpus_embeddings(load_encoder(model, device="cpu"), texts, 4, os.path.join(cfg.cache_dir, "emb.npy"))
+    np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.asarray(emb))
+
+
+def test_two_gloo_ranks_encode_the_corpus_as_one_process_does(tiny_model, fp32_cpu, tmp_path):
+    """torchrun's way (common.run.join_ranks, as evaluate.py, build_index.py and mine_negatives.py start):
+    each rank encodes its slice of every chunk, and every rank ends with all the vectors in corpus order
+    (rank 0 wrote the cache file); they equal one process's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from common.backends import load_encoder
+
+    texts = [f"passage {i}: {'merge sort' if i % 3 else 'hash table'} number {i * 7}" for i in range(23)]
+    one = real_encode_corpus(load_encoder(tiny_model, device="cpu"), texts, 4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_encode_on_rank, args=(2, tiny_model, texts, str(tmp_path), port), nprocs=2,
+                       start_method="spawn")  # a forked child of a process that ran torch can hang
+    for rank in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), one, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / ".cache" / "emb.npy"), one, rtol=1e-5, atol=1e-6)
+
+
+def test_corpus_bm25_is_built_once_and_loaded_by_later_stages(tmp_path, capsys):
+    from common.retrievers import corpus_bm25
+
+    doc_ids, docs, queries = random_corpus(seed=3)
+    corpus_file = tmp_path / "corpus.jsonl"
+    corpus_file.write_text("".join(f'{{"_id": "{d}", "text": "{t}"}}\n' for d, t in zip(doc_ids, docs)))
+    built = corpus_bm25(doc_ids, iter(docs), str(corpus_file), cache_dir=str(tmp_path / "cache"))
+
+    def unread():
+        raise AssertionError("the texts were read: BM25 was built again")
+        yield
+
+    loaded = corpus_bm25(doc_ids, unread(), str(corpus_file), cache_dir=str(tmp_path / "cache"))
+    assert "BM25 from" in capsys.readouterr().out
+    assert loaded.search_many(queries, 10) == built.search_many(queries, 10)
+    other_k1 = corpus_bm25(doc_ids, iter(docs), str(corpus_file), k1=0.9, cache_dir=str(tmp_path / "cache"))
+    assert other_k1.k1 == 0.9 and len(os.listdir(tmp_path / "cache")) == 2  # k1 is in the key
+    corpus_file.write_text(corpus_file.read_text().replace("w1", "w2"))  # new texts, same ids: a new key
+    again = corpus_bm25(doc_ids, iter(d.replace("w1", "w2") for d in docs), str(corpus_file),
+                        cache_dir=str(tmp_path / "cache"))
+    assert "w1" not in again.vocab and len(os.listdir(tmp_path / "cache")) == 3
