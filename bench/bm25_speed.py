@@ -77,6 +77,7 @@ def doc_word_queries(texts, n, seed):
 
 
 def measure(backend, doc_ids, texts, query_sets, cfg):
+    served = getattr(retrievers, "PRUNE_ABOVE", None)  # the served setting, before the loop below changes it
     t0 = time.perf_counter()
     index = BM25(doc_ids, texts, backend=backend)
     result = {"build_s": time.perf_counter() - t0}
@@ -84,9 +85,10 @@ def measure(backend, doc_ids, texts, query_sets, cfg):
         if not queries:
             continue
         # sparse: pruned where it pays (the default), then every posting scored, for the ratio
-        for label, prune_above in ([("", retrievers.PRUNE_ABOVE), ("_unpruned", float("inf"))]
-                                   if backend == "sparse" and hasattr(retrievers, "PRUNE_ABOVE") else [("", None)]):
-            retrievers.PRUNE_ABOVE = prune_above if prune_above is not None else retrievers.PRUNE_ABOVE
+        for label, prune_above in ([("", served), ("_unpruned", float("inf"))]
+                                   if backend == "sparse" and served is not None else [("", None)]):
+            if prune_above is not None:
+                retrievers.PRUNE_ABOVE = prune_above
             t0 = time.perf_counter()
             index.search_many(queries, cfg.k)
             result[f"{name}_ms_per_query{label}"] = 1000 * (time.perf_counter() - t0) / len(queries)

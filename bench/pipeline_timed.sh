@@ -15,7 +15,7 @@ for arg in "$@"; do case $arg in DATA=*) data=${arg#DATA=} ;; MODEL=*) model=${a
 name=$(basename "$data")
 LOG=${LOG:-runs/pipeline-timed-$name.log}
 mkdir -p "$(dirname "$LOG")"
-: > "$LOG"
+: > "$LOG"; : > "$LOG.make"
 start=$(date +%s)
 rss=$(mktemp)
 stage() {  # stage <label> <make args...>
