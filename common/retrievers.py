@@ -177,10 +177,12 @@ class BM25:
         heavy = sorted(set(range(len(queries))) - set(light))
         batches = [light[start:start + batch_size] for start in range(0, len(light), batch_size)]
         results = [None] * len(queries)
-        with ThreadPoolExecutor(usable_cores()) as pool:
-            for i, (rows, scores) in zip(heavy, pool.map(lambda i: self._top_k(terms[i], k), heavy)):
+        one_task = len(heavy) + len(batches) <= 1  # a single query (search()): no threads to start
+        with nullcontext() if one_task else ThreadPoolExecutor(usable_cores()) as pool:
+            run = map if one_task else pool.map
+            for i, (rows, scores) in zip(heavy, run(lambda i: self._top_k(terms[i], k), heavy)):
                 results[i] = [(self.doc_ids[r], float(s)) for r, s in zip(rows, scores)]
-            for batch, hits in zip(batches, pool.map(lambda b: self._product_top_k([terms[i] for i in b], k), batches)):
+            for batch, hits in zip(batches, run(lambda b: self._product_top_k([terms[i] for i in b], k), batches)):
                 for i, (rows, scores) in zip(batch, hits):
                     results[i] = [(self.doc_ids[r], float(s)) for r, s in zip(rows, scores)]
         return results
@@ -228,7 +230,8 @@ class BM25:
                 pos = np.searchsorted(row, cand).clip(max=len(row) - 1)
                 hit = row[pos] == cand
                 scores[hit] += m * w.data[s + pos[hit]]
-            bound = sum(m * w.data[s + self._impact_order(t)[depth]]
+            # (at least 0: a document without the term scores 0 for it, above a negative weight)
+            bound = sum(m * max(w.data[s + self._impact_order(t)[depth]], 0.0)
                         for t, s, e, m in zip(terms, starts, ends, mult) if e - s > depth)
             if len(cand) >= k > 0 and np.partition(scores, len(cand) - k)[len(cand) - k] > bound:
                 best = top_k(scores, k)

@@ -88,6 +88,14 @@ def test_bm25_pruned_top_k_equals_scoring_every_document(monkeypatch):
         pruned = index.search_many(queries, k)
         monkeypatch.undo()
         assert [[d for d, _ in h] for h in pruned] == [[d for d, _ in h] for h in product]
+    # Nearly every word in most documents: the floored idf is negative, and so are the weights; the bound
+    # still holds (a document without a term scores 0 for it, above them).
+    small = BM25([f"s{i}" for i in range(6)], ["a b", "a b", "a c", "a b d", "a b", "a b c"])
+    assert small.weights.data.min() < 0
+    for q in ("a", "a b", "b c", "d a", "c"):
+        full = small.scores(q)
+        for n in (1, 3, 6):
+            assert list(small._top_k(small._query_terms(q), n, first_depth=1)[0]) == list(retrievers.top_k(full, n))
 
 
 def test_bm25_rejects_an_unknown_backend():
