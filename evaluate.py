@@ -143,9 +143,10 @@ def bm25_searcher(cfg, corpus):
         index = BM25.load(cfg.index, list(corpus), os.path.join(cfg.data, "corpus.jsonl"))
         info = {"bm25": f"saved with {cfg.index}", "k1": index.k1, "b": index.b}
     else:
-        index = (corpus_bm25(list(corpus), (doc_text(d) for d in corpus.values()), os.path.join(cfg.data, "corpus.jsonl"),
-                             cfg.bm25_k1, cfg.bm25_b, run_cache_dir(cfg)) if cfg.bm25_backend == "sparse"
-                 else BM25(corpus.keys(), [doc_text(d) for d in corpus.values()], cfg.bm25_k1, cfg.bm25_b, cfg.bm25_backend))
+        texts = (doc_text(d) for d in corpus.values())  # read only where BM25 is built, not loaded
+        index = (corpus_bm25(list(corpus), texts, os.path.join(cfg.data, "corpus.jsonl"), cfg.bm25_k1, cfg.bm25_b,
+                             run_cache_dir(cfg)) if cfg.bm25_backend == "sparse"
+                 else BM25(corpus.keys(), texts, cfg.bm25_k1, cfg.bm25_b, cfg.bm25_backend))
         info = {"k1": cfg.bm25_k1, "b": cfg.bm25_b}
     info["index_seconds"] = time.perf_counter() - t0
     return ((lambda text, depth: dict(index.search(text, depth))),

@@ -397,8 +397,8 @@ def val_corpus(cfg, corpus, queries, qrels):
     rng = random.Random(cfg.seed)
     keep = {d for row in qrels.values() for d, g in row.items() if g >= 1 and d in corpus}
     if cfg.val_docs_bm25 > 0:
-        bm25 = corpus_bm25(list(corpus), (doc_text(d) for d in corpus.values()), os.path.join(cfg.data, "corpus.jsonl"),
-                           cache_dir=cache_dir(cfg))
+        texts = (doc_text(d) for d in corpus.values())
+        bm25 = corpus_bm25(list(corpus), texts, os.path.join(cfg.data, "corpus.jsonl"), cache_dir=cache_dir(cfg))
         for hits in bm25.search_many(list(queries.values()), cfg.val_docs_bm25):
             keep.update(d for d, _ in hits)
     rest = [d for d in corpus if d not in keep]

@@ -300,8 +300,12 @@ def _load_or_build(directory, doc_ids, texts, corpus_file, k1, b):
         except UserError as e:  # damaged: built again below
             warn(f"{e}; building it again")
     bm25 = BM25(doc_ids, texts, k1, b)
-    with atomic_dir(directory) as tmp:
-        bm25.save(tmp, corpus_file)
+    try:
+        with atomic_dir(directory) as tmp:
+            bm25.save(tmp, corpus_file)
+    except OSError:  # another process (a DDP rank, say) put the same one in place first: keep theirs
+        if not os.path.isfile(os.path.join(directory, BM25_FILES[1])):
+            raise
     return bm25
 
 
@@ -343,7 +347,8 @@ def _okapi_weights(texts, vocab, k1, b, epsilon=0.25):
     parts, indptrs, lengths, bar = [], [], [], tqdm(desc="BM25 index", unit="doc", disable=second is None)
     with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool:
         todo = chain([first], [second] if second is not None else [], chunks)
-        for terms, local, count, indptr, doc_len in (pool.imap(_count_terms, todo) if pool else map(_count_terms, todo)):
+        counted = pool.imap(_count_terms, todo) if pool else map(_count_terms, todo)
+        for terms, local, count, indptr, doc_len in counted:
             rows = np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), np.int32, len(terms))
             parts.append((rows[local], count))
             indptrs.append(indptr[1:] + (indptrs[-1][-1] if indptrs else 0))

@@ -53,7 +53,8 @@ def test_bm25_backends_rank_identically(k1, b):
     ref, fast = (BM25(doc_ids, docs, k1=k1, b=b, backend=name) for name in ("rank_bm25", "sparse"))
     for k in (1, 10, 400):
         expected = [ref.search(q, k) for q in queries]
-        shallow = [[(doc_ids[r], s) for r, s in zip(*fast._top_k(fast._query_terms(q), k, first_depth=1))] for q in queries]
+        shallow = [[(doc_ids[r], s) for r, s in zip(*fast._top_k(fast._query_terms(q), k, first_depth=1))]
+                   for q in queries]
         for hits in (ref.search_many(queries, k), fast.search_many(queries, k), [fast.search(q, k) for q in queries],
                      shallow):  # shallow: the pruned search's depth grows from 1, every bound tested on the way
             assert [[d for d, _ in h] for h in hits] == [[d for d, _ in h] for h in expected]
