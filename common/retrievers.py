@@ -433,6 +433,8 @@ def encode_corpus(encoder, texts, batch_size=64, path=None, chunk=4096):
     slice of every chunk and the slices are gathered in corpus order: every rank returns all the vectors,
     rank 0 alone writes `path`."""
     rank, world = _shards()
+    if world > 1 and path:
+        path = _broadcast(path)  # the file rank 0 writes, wherever the others would have put theirs
     shape, start = (len(texts), encoder.dim), 0
     if path and rank == 0:
         start = _rows_written(path, shape)

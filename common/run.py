@@ -49,10 +49,14 @@ def start_run(out_dir, cfg, argv):
     return out_dir
 
 
+_RANK0_CACHE = ""  # under torchrun: rank 0's cache_dir, which every rank shares (join_ranks)
+
+
 def cache_dir(cfg):
     """Where a run keeps what its sibling runs reuse (corpus embeddings, BM25): cfg.cache_dir when the
     script has one and it is set, else <out>/../.cache, shared by every stage of one pipeline."""
-    return getattr(cfg, "cache_dir", "") or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache")
+    return (getattr(cfg, "cache_dir", "") or _RANK0_CACHE
+            or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache"))
 
 
 def join_ranks(cfg):
@@ -71,8 +75,10 @@ def join_ranks(cfg):
     rank = setup_distributed()[0]
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     retrievers.SHARD_ENCODE = True
+    global _RANK0_CACHE
+    _RANK0_CACHE = cache_dir(cfg)  # before `out` moves below: every rank names rank 0's
     if hasattr(cfg, "cache_dir"):
-        cfg.cache_dir = cache_dir(cfg)
+        cfg.cache_dir = _RANK0_CACHE
     if rank > 0:
         cfg.out = tempfile.mkdtemp(prefix=f"rank{rank}-")
         atexit.register(shutil.rmtree, cfg.out, True)

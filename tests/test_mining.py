@@ -202,3 +202,23 @@ def test_a_query_longer_than_max_length_is_cut_not_refused(tiny_cross_encoder):
     batch = cross.tokenize(["a query of many more than sixteen characters"], ["short passage"])
     assert batch["input_ids"].shape == (1, 16)
     assert cross.score(["x" * 200, "q"], ["p" * 200, "p"]).shape == (2,)
+
+
+def test_under_torchrun_the_ranks_share_the_corpus_encode(train_beir, tiny_model, tmp_path):
+    """Two gloo ranks: each encodes a slice of the corpus into the file rank 0 names (mining's own, under its
+    out directory), and the training file is one process's, byte for byte."""
+    import subprocess
+    import sys
+
+    args = [f"--data={train_beir}", f"--model={tiny_model}", "--strategy=bm25,dense", "--num_negatives=2,2",
+            "--dtype=fp32"]  # bf16 rounds by the batch's shape, which the ranks' slices change
+    assert mine(train_beir, tmp_path / "one" / "mine", *args[1:]) == 0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "mine_negatives.py",
+           *args, f"--out={tmp_path / 'two' / 'mine'}"]
+    proc = subprocess.run(cmd, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "corpus encode shared by 2 ranks" in proc.stdout
+    one, two = ((tmp_path / d / "mine" / "train.jsonl").read_bytes() for d in ("one", "two"))
+    assert two == one
