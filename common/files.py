@@ -57,9 +57,18 @@ def atomic_dir(path):
 
 
 def file_sha1(path):
-    """A file's content digest (a corpus's, say): rewriting identical bytes keeps it, unlike mtime."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha1").hexdigest()
+    """A file's content digest (a corpus's, say): rewriting identical bytes keeps it, unlike mtime. Read once
+    a process while the file's size and mtime stay (a stage asks for its corpus's several times: the
+    embeddings cache's name, BM25's cache, its saved form, the check on load; a million documents are 0.5 GB)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA1S:
+        with open(path, "rb") as f:
+            _SHA1S[key] = hashlib.file_digest(f, "sha1").hexdigest()
+    return _SHA1S[key]
+
+
+_SHA1S = {}
 
 
 def write_json(path, obj):
