@@ -49,7 +49,7 @@ from common.config import Auto, ListOf, check_choice, check_range, load_config
 from common.data import choice_queries, doc_text, load_beir, load_val, read_qrels, splits
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run
-from common.retrievers import BM25, BM25_FILES, corpus_bm25, dense_run, dense_search, embeddings_cache
+from common.retrievers import BM25, BM25_FILES, corpus_bm25, dense_run, embeddings_cache, nearest
 from common.run import UserError, cli, join_ranks, start_run, trained_on, warn
 from common.run import cache_dir as run_cache_dir
 
@@ -154,8 +154,8 @@ def bm25_searcher(cfg, corpus):
 
 
 def dense_searcher(cfg, corpus, encoder):
-    """(search one text, search many, info), as bm25_searcher: the encoder through the index, or exact
-    search over the corpus embeddings (cached)."""
+    """(search one text, search many, info), as bm25_searcher: the encoder through the index, or a search
+    over the corpus embeddings (cached), exact where that is affordable (common.retrievers.nearest)."""
     doc_ids = list(corpus)
     if cfg.index:
         index = faiss_index.load(cfg.index, doc_ids, encoder)
@@ -163,7 +163,12 @@ def dense_searcher(cfg, corpus, encoder):
         info = {"index": cfg.index, **faiss_index.search_params(index)}
     else:
         doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
-        search = lambda emb, depth: dense_search(emb, doc_emb, depth)  # noqa: E731
+
+        def search(emb, depth):  # exact while affordable here, else an ANN whose recall goes in info
+            scores, rows, how = nearest(emb, doc_emb, depth)
+            if how["search"] != "exact" or "search" not in info:  # one query at a time (latency) is always exact
+                info.update(how)
+            return scores, rows
     info.update(model=cfg.model, backend=cfg.backend, settings=encoder.settings())
 
     def many(texts, depth):

@@ -12,6 +12,11 @@ before the fork, which the header line measures alone (CODE=<checkout> python be
 times another checkout's BM25, an older commit's, on the same data). --doc_queries=N adds N queries of words drawn
 from random documents (common words included: the longest posting lists); the sparse backend's search is
 timed as served (pruned where that pays) and scoring every posting. Not a test: timings vary run to run.
+
+--backends=bm25s adds the PyPI `bm25s` library as a peer (not a project dependency: install it apart, e.g.
+`pip install --no-deps --target /tmp/bm25s-site bm25s` and PYTHONPATH=/tmp/bm25s-site), fed our own tokens
+(tokenize_s, one process) so its index and search are what is compared; method "robertson", rank-bm25's
+formula but for the idf floor; overlap_at_k: the share of our top k it returns too.
 """
 import multiprocessing
 import os
@@ -96,6 +101,32 @@ def measure(backend, doc_ids, texts, query_sets, cfg):
     return result
 
 
+def measure_bm25s(doc_ids, texts, query_sets, cfg):
+    import bm25s  # a peer measured here, never imported by the project
+
+    t0 = time.perf_counter()
+    tokens = [retrievers.bm25_tokenize(t) or ["\0"] for t in texts]
+    result = {"tokenize_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    index = bm25s.BM25(method="robertson", k1=1.5, b=0.75)
+    index.index(tokens, show_progress=False)
+    result["build_s"] = time.perf_counter() - t0
+    del tokens
+    ours = BM25(doc_ids, texts) if query_sets["split"] else None
+    for name, queries in query_sets.items():
+        if not queries:
+            continue
+        q_tokens = [retrievers.bm25_tokenize(q) or ["\0"] for q in queries]
+        t0 = time.perf_counter()
+        rows, _ = index.retrieve(q_tokens, k=cfg.k, n_threads=retrievers.usable_cores(), show_progress=False)
+        result[f"{name}_ms_per_query"] = 1000 * (time.perf_counter() - t0) / len(queries)
+        want = ours.search_many(queries, cfg.k)
+        result[f"{name}_overlap_at_k"] = float(np.mean([len({doc_ids[r] for r in got} & {d for d, _ in w})
+                                                        / max(len(w), 1) for got, w in zip(rows, want)]))
+    result["peak_rss_gb"] = peak_rss_gb()
+    return result
+
+
 def in_child(fn, *args):
     """fn(*args) in a forked process: it shares the loaded corpus, but its ru_maxrss is its own."""
     ctx = multiprocessing.get_context("fork")
@@ -109,7 +140,7 @@ def in_child(fn, *args):
 
 def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
-    check_choice(cfg, "backends", BM25.BACKENDS)
+    check_choice(cfg, "backends", (*BM25.BACKENDS, "bm25s"))
     corpus, queries, _ = load_beir(cfg.data, cfg.split)
     queries = list(queries.values())
     queries = random.Random(cfg.seed).sample(queries, min(cfg.queries, len(queries)))
@@ -123,9 +154,11 @@ def main(argv=None):
             print(f"rank_bm25 skipped: {len(texts):,} docs > --max_rank_bm25_docs={cfg.max_rank_bm25_docs:,}")
             continue
         query_sets = {"split": queries, "doc_words": doc_word_queries(texts, cfg.doc_queries, cfg.seed)}
-        results[backend] = in_child(measure, backend, doc_ids, texts, query_sets, cfg)
+        results[backend] = (in_child(measure_bm25s, doc_ids, texts, query_sets, cfg) if backend == "bm25s"
+                            else in_child(measure, backend, doc_ids, texts, query_sets, cfg))
     cols = [c for c in ("split_ms_per_query", "split_ms_per_query_unpruned", "doc_words_ms_per_query",
-                        "doc_words_ms_per_query_unpruned") if any(c in r for r in results.values())]
+                        "doc_words_ms_per_query_unpruned", "split_overlap_at_k", "doc_words_overlap_at_k")
+            if any(c in r for r in results.values())]
     rows = [f"| backend | docs | build s | {' | '.join(cols)} | peak RSS GB |", "|---" * (len(cols) + 4) + "|"]
     rows += [f"| {name} | {len(texts):,} | {r['build_s']:.1f} | "
              + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in cols) + f" | {r['peak_rss_gb']:.2f} |"

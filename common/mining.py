@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from common import index as faiss_index
 from common.data import doc_text
 from common.files import atomic_open
-from common.retrievers import BM25, corpus_bm25, encode_corpus
+from common.retrievers import BM25, corpus_bm25, encode_corpus, nearest
 
 STRATEGIES = ("bm25", "dense", "random", "semi-hard", "index")
 # The settings mine() reads; mine_negatives.py declares their defaults and writes them to the
@@ -42,16 +42,17 @@ class Sources:
     """The candidate lists of every query from each retriever a strategy needs, built once.
 
     bm25: the index is built once and reused by every re-mine (it never changes). dense: the corpus
-    is encoded by `encoder` (to a memory-mapped file when `emb_path` is given, so a million
-    passages do not need to fit in RAM twice) and searched exactly with FAISS. index: `first_stage`, a
-    Retriever over a build_index.py directory, serves its first stage (dense, BM25 or their mix): the
-    candidates a reranker for that stage learns from (LCE).
+    is encoded by `encoder` (to a memory-mapped file when `emb_path` is given, so a million passages
+    do not need to fit in RAM twice) and searched over those vectors, exactly where that is affordable
+    (retrievers.nearest, which says how it searched in dense_info). index: `first_stage`, a Retriever
+    over a build_index.py directory, serves its first stage (dense, BM25 or their mix): the candidates
+    a reranker for that stage learns from (LCE).
     """
 
     def __init__(self, cfg, corpus, first_stage=None, corpus_file="", cache_dir=""):
         self.cfg, self.corpus, self.doc_ids = cfg, corpus, list(corpus)
         self.row = {d: i for i, d in enumerate(self.doc_ids)}
-        self.first_stage = first_stage
+        self.first_stage, self.dense_info = first_stage, {}
         if "index" in cfg.strategy and first_stage is None:
             raise ValueError("strategy index needs the Retriever of a build_index.py directory (first_stage=)")
         self.bm25 = None
@@ -88,15 +89,16 @@ class Sources:
         pos_ids = sorted({p for pos in positives for p in pos})
         if index is None and doc_emb is None:
             doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size, emb_path)
-        if index is None:
-            index = faiss_index.flat_ip(doc_emb)
         if doc_emb is not None:
             pos_emb = {p: doc_emb[self.row[p]] for p in pos_ids}
         else:  # a given index may be approximate: the positives' own scores come from encoding them
             pos_emb = dict(zip(pos_ids, encoder.encode([doc_text(self.corpus[p]) for p in pos_ids], "passage",
                                                        batch_size)))
         q_emb = encoder.encode(texts, "query", batch_size)
-        scores, rows = faiss_index.search(index, q_emb, self.cfg.max_rank)
+        if index is None:  # exact over the vectors as they are, no copy, while that is affordable here
+            scores, rows, self.dense_info = nearest(q_emb, doc_emb, self.cfg.max_rank)
+        else:
+            scores, rows = faiss_index.search(index, q_emb, self.cfg.max_rank)
         return [(r[r >= 0], s[r >= 0], max(float(q @ pos_emb[p]) for p in pos))
                 for r, s, q, pos in zip(rows, scores, q_emb, positives)]
 
@@ -132,6 +134,8 @@ def mine(cfg, corpus, queries, positives, sources, encoder=None, teacher=None, i
     rng = random.Random(cfg.seed)
     stats = dict(queries=len(qids), skipped_no_positive=len(queries) - len(qids), negatives=0,
                  short_queries=0, dropped_over_ratio=0, dropped_outside_semi_hard=0, dropped_by_teacher=0)
+    if "dense" in lists and sources.dense_info:
+        stats["dense_search"] = dict(sources.dense_info)  # exact, or the ANN used and its recall
     chunk = TEACHER_CHUNK if teacher is not None else 1
     taken = [set(p) for p in pos_sets]
     negatives = [[] for _ in qids]

@@ -101,7 +101,7 @@ class BM25:
             self.index = BM25Okapi([bm25_tokenize(t) or ["\0"] for t in texts], k1=k1, b=b)
         else:
             self.vocab, self._orders = {}, {}
-            self.weights = _okapi_weights(texts, self.vocab, k1, b)
+            self.weights = _okapi_weights(texts, self.vocab, k1, b, total=len(self.doc_ids))
 
     def save(self, directory, corpus_file):
         """bm25.npz (the term x document weights) and bm25.json (vocabulary, k1, b, the tokenizer, and
@@ -334,7 +334,7 @@ def _chunks(items, size):
 BUILD_CHUNK = 20_000
 
 
-def _okapi_weights(texts, vocab, k1, b, epsilon=0.25):
+def _okapi_weights(texts, vocab, k1, b, epsilon=0.25, total=None):
     """(vocab x docs) CSR of each term's BM25Okapi score in each document; fills vocab {term: row}. The
     arithmetic follows rank_bm25.BM25Okapi term for term. A large corpus is tokenized by a process per
     core, a chunk at a time (ordered, so the rows are the same as one process makes)."""
@@ -344,7 +344,8 @@ def _okapi_weights(texts, vocab, k1, b, epsilon=0.25):
     # Forked, not spawned: a spawned process re-runs the caller's script, which need not guard its main().
     workers = (min(usable_cores(), 8)
                if second is not None and "fork" in multiprocessing.get_all_start_methods() else 1)
-    parts, indptrs, lengths, bar = [], [], [], tqdm(desc="BM25 index", unit="doc", disable=second is None)
+    bar = tqdm(desc="BM25 index", unit="doc", total=total, disable=second is None)  # total: an ETA
+    parts, indptrs, lengths = [], [], []
     with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool:
         todo = chain([first], [second] if second is not None else [], chunks)
         counted = pool.imap(_count_terms, todo) if pool else map(_count_terms, todo)
@@ -356,7 +357,7 @@ def _okapi_weights(texts, vocab, k1, b, epsilon=0.25):
             bar.update(len(doc_len))
     bar.close()
     indices = np.concatenate([p[0] for p in parts])
-    tf = np.concatenate([p[1] for p in parts]).astype(np.float64)
+    counts = np.concatenate([p[1] for p in parts])
     del parts
     indptr = np.concatenate([[0], *indptrs]).astype(np.int64)
     doc_len = np.concatenate(lengths)
@@ -366,11 +367,18 @@ def _okapi_weights(texts, vocab, k1, b, epsilon=0.25):
     # Terms in more than half the documents get epsilon x the mean idf of all terms instead.
     idf[idf < 0] = epsilon * idf.mean()
     avgdl = int(doc_len.sum()) / n_docs
-    length_norm = np.repeat(k1 * (1 - b + b * doc_len / avgdl), np.diff(indptr))
-    weights = tf * (k1 + 1)  # in place from here: at 1M docs each array of this size is ~1 GB
-    weights /= tf + length_norm
-    weights *= idf[indices]
-    del tf, length_norm
+    # A slice of documents at a time: a float64 array over every posting is ~0.5 GB a million documents, and
+    # the formula's temporaries would be four of them.
+    weights = np.empty(len(counts), np.float64)
+    for d0 in range(0, n_docs, 100_000):
+        d1 = min(d0 + 100_000, n_docs)
+        p0, p1 = indptr[d0], indptr[d1]
+        tf = counts[p0:p1].astype(np.float64)
+        part = tf * (k1 + 1)
+        part /= tf + np.repeat(k1 * (1 - b + b * doc_len[d0:d1] / avgdl), np.diff(indptr[d0:d1 + 1]))
+        part *= idf[indices[p0:p1]]
+        weights[p0:p1] = part
+    del counts
     # Built a document at a time, i.e. as columns; CSR rows make a query's terms cheap to gather.
     return sparse.csc_matrix((weights, indices, indptr), shape=(len(vocab), n_docs)).tocsr()
 
@@ -392,9 +400,10 @@ def top_k(scores, k):
 
 
 def dense_search(query_emb, doc_emb, k, chunk=4096, query_batch=8192):
-    """Exact inner-product top-k: (scores, indices), each [n_queries, k]. Chunked over the corpus (and over
-    the queries) so memory stays at query_batch x chunk, whatever their numbers: no copy of the vectors
-    is made (a memory map is read a chunk at a time). On a GPU when torch sees one."""
+    """Exact inner-product top-k: (scores, indices), each [n_queries, k]. No copy of the vectors is made (a
+    memory map is read as it goes) and memory stays bounded by query_batch queries' work, whatever the numbers.
+    On a CPU, FAISS's brute-force kernel (a Flat index's, so ties fall as one would return them); on a GPU
+    when torch sees one, the corpus `chunk` rows at a time."""
     import torch  # here, not at the top: an ONNX-backed search imports no torch
 
     if np.ndim(query_emb) == 2 and query_emb.shape[1] > doc_emb.shape[1]:  # vectors cut short (build_index --dim)
@@ -403,19 +412,58 @@ def dense_search(query_emb, doc_emb, k, chunk=4096, query_batch=8192):
         parts = [dense_search(query_emb[s:s + query_batch], doc_emb, k, chunk)
                  for s in range(0, len(query_emb), query_batch)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    q = torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32)).to(device)
     k = min(k, len(doc_emb))
-    best_scores = torch.full((len(q), k), -torch.inf, device=device)
-    best_idx = torch.zeros((len(q), k), dtype=torch.long, device=device)
+    if not torch.cuda.is_available():
+        faiss = faiss_index.faiss_module()
+        docs = np.ascontiguousarray(doc_emb, dtype=np.float32)  # a float32 memory map as it is
+        return faiss.knn(np.ascontiguousarray(query_emb, dtype=np.float32), docs, k, faiss.METRIC_INNER_PRODUCT)
+    q = torch.from_numpy(np.ascontiguousarray(query_emb, dtype=np.float32)).cuda()
+    best_scores = torch.full((len(q), k), -torch.inf, device=q.device)
+    best_idx = torch.zeros((len(q), k), dtype=torch.long, device=q.device)
     for start in range(0, len(doc_emb), chunk):
-        d = torch.from_numpy(np.array(doc_emb[start:start + chunk], dtype=np.float32)).to(device)  # a writable copy
+        d = torch.from_numpy(np.array(doc_emb[start:start + chunk], dtype=np.float32)).cuda()  # a writable copy
         s, i = torch.topk(q @ d.T, min(k, len(d)), dim=1)
         merged_s = torch.cat([best_scores, s], dim=1)
         merged_i = torch.cat([best_idx, i + start], dim=1)
         best_scores, pos = torch.topk(merged_s, k, dim=1)
         best_idx = torch.gather(merged_i, 1, pos)
     return best_scores.cpu().numpy(), best_idx.cpu().numpy()
+
+
+# Exact search of every query against every document while it takes at most EXACT_SECONDS on this machine
+# (its rate measured on a slice); beyond that an IVF index whose nprobe reaches ANN_RECALL against exact
+# search on a sample of the queries, that recall reported. Below EXACT_PAIRS query-document pairs exact
+# search is taken without measuring: seconds on any machine.
+EXACT_SECONDS = 900
+ANN_RECALL = 0.95
+EXACT_PAIRS = 10**10
+
+
+def nearest(query_emb, doc_emb, k, max_seconds=EXACT_SECONDS, target=ANN_RECALL, sample=1000, seed=0):
+    """(scores, rows, info) of every query's top k: dense_search's exact answer while it is affordable here,
+    else an approximate one (IVF,Flat, tuned on `sample` of the queries, whose exact top k it is held to);
+    info says which, with the estimated exact time and, for an ANN, its recall@k on the sample."""
+    n_q, n = len(query_emb), len(doc_emb)
+    k = min(k, n)
+    info = {"search": "exact"}
+    if n_q * n > EXACT_PAIRS:
+        probe, docs = query_emb[:256], doc_emb[:100_000]
+        t0 = time.perf_counter()
+        dense_search(probe, docs, k)
+        info["exact_seconds_estimated"] = round((time.perf_counter() - t0) * n_q * n / (len(probe) * len(docs)), 1)
+    if info.get("exact_seconds_estimated", 0) <= max_seconds:
+        return (*dense_search(query_emb, doc_emb, k), info)
+    rows = np.sort(np.random.default_rng(seed).choice(n_q, min(n_q, sample), replace=False))
+    exact = dense_search(query_emb[rows], doc_emb, k)[1]
+    index, _ = faiss_index.build(doc_emb, faiss_index.resolve_factory("IVF,Flat", n), seed=seed)
+    tried = faiss_index.tune(index, query_emb[rows], exact, target, k)
+    scores, found = faiss_index.search(index, query_emb, k)
+    info.update(search="IVF,Flat", **faiss_index.search_params(index), recall_at_k=round(tried[-1][1], 4),
+                recall_queries=len(rows), k=k)
+    print(f"dense search: exact would take ~{info['exact_seconds_estimated'] / 60:.0f} min here; an IVF,Flat index "
+          f"at nprobe {info.get('nprobe')} instead, recall@{k} {tried[-1][1]:.3f} against exact on {len(rows):,} "
+          "sampled queries")
+    return scores, found, info
 
 
 def dense_run(query_ids, query_emb, doc_ids, doc_emb, depth):

@@ -403,6 +403,22 @@ def test_failed_run_keeps_previous_output(tmp_path, bad):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
+def test_a_bad_line_deep_in_a_large_corpus_is_named_and_the_earlier_dataset_kept(tmp_path):
+    """A corpus that is fine for 200,000 lines and then not: the error names that line, after the reading
+    has gone through all of them, and the dataset prepared before stays as it was."""
+    out, n = tmp_path / "out", 200_000
+    docs = b"".join(b'{"_id": "d%d", "text": "document %d"}\n' % (i, i) for i in range(n))
+    good = beir_dir(corpus=docs, queries=lines(*({"_id": f"q{i}", "text": f"document {i}?"} for i in range(5))),
+                    qrels={"test": H + "".join(f"q{i}\td{i}\t1\n" for i in range(5))})(tmp_path)
+    assert prepare_data.main([f"--source={good}", f"--out={out}"]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with open(os.path.join(good, "corpus.jsonl"), "ab") as f:
+        f.write(b'{"_id": "late", "text": "cut short\n')
+    with pytest.raises(DataError, match=rf"^{re.escape(os.path.join(good, 'corpus.jsonl'))}:{n + 1}: "):
+        prepare_data.main([f"--source={good}", f"--out={out}"])
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 # ---------------------------------------------------------------------------- property tests
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

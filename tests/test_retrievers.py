@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from common.retrievers import BM25, bm25_tokenize, dense_search
+from common.retrievers import BM25, bm25_tokenize, dense_search, nearest
 from common.retrievers import encode_corpus as real_encode_corpus
 
 
@@ -114,6 +114,44 @@ def test_dense_search_equals_brute_force_across_chunks():
     np.testing.assert_array_equal(idx, np.argsort(-full, axis=1)[:, :10])
     np.testing.assert_allclose(scores, np.take_along_axis(full, idx, 1), rtol=1e-5)
     assert dense_search(queries, docs[:3], k=10)[1].shape == (7, 3)
+
+
+def test_dense_search_ties_fall_as_a_flat_index_returns_them():
+    """Mining searched a FAISS Flat copy of the vectors; it now searches them in place, and coarse (bf16-like)
+    vectors with many equal scores must come back in the same order."""
+    import faiss
+
+    rng = np.random.default_rng(1)
+    docs = (np.round(rng.normal(size=(3000, 8)) * 2) / 2).astype(np.float32)
+    queries = (np.round(rng.normal(size=(40, 8)) * 2) / 2).astype(np.float32)
+    flat = faiss.IndexFlatIP(8)
+    flat.add(docs)
+    want_scores, want_rows = flat.search(queries, 50)
+    scores, rows = dense_search(queries, docs, 50)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_nearest_is_exact_while_affordable_else_an_ann_that_states_its_recall(monkeypatch):
+    from common import retrievers
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(64, 16))
+    docs = centres[rng.integers(0, 64, 20000)] + 0.3 * rng.normal(size=(20000, 16))
+    docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float32)
+    queries = docs[rng.integers(0, 20000, 600)] + 0.1 * rng.normal(size=(600, 16)).astype(np.float32)
+    exact_scores, exact_rows = dense_search(queries, docs, 20)
+    scores, rows, info = nearest(queries, docs, 20)
+    assert info == {"search": "exact"}
+    np.testing.assert_array_equal(rows, exact_rows)
+
+    monkeypatch.setattr(retrievers, "EXACT_PAIRS", 0)  # measure the exact rate, and find it too slow
+    scores, rows, info = nearest(queries, docs, 20, max_seconds=0, sample=200)
+    assert info["search"] == "IVF,Flat" and info["exact_seconds_estimated"] > 0 and info["recall_queries"] == 200
+    assert info["recall_at_k"] >= retrievers.ANN_RECALL
+    recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(rows, exact_rows)])
+    assert recall >= retrievers.ANN_RECALL - 0.03  # the sample's recall holds for every query
+    assert recall < 1  # approximate indeed: what the info reports is not a formality
 
 
 def test_a_killed_corpus_encode_resumes_from_the_chunks_written(tiny_model, fp32_cpu, tmp_path, monkeypatch):
