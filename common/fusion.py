@@ -120,7 +120,8 @@ def fuse(first, rerank, weight, depth):
 def choose(qrels, first, rerank, depths, weights=WEIGHTS, metric="ndcg@10"):
     """(choice, grid) of the second stage, chosen on val by `select`: {"weight", "depth", "gain",
     "stderr"} (weight 0: the first stage alone) and {"weight,depth": val score} of every pair tried."""
-    candidates = {(w, d): fuse(first, rerank, w, d) for w in sorted(weights) if w > 0 for d in sorted(depths)}
+    candidates = {(w, d): lambda w=w, d=d: fuse(first, rerank, w, d) for w in sorted(weights) if w > 0
+                  for d in sorted(depths)}
     key, report = select(qrels, first, candidates, RERANK_Z, metric)
     grid = {f"0,{d}": report["base"] for d in sorted(depths)} if 0 in weights else {}
     grid.update({f"{w:g},{d}": score for (w, d), score in report["grid"].items()})
@@ -129,7 +130,9 @@ def choose(qrels, first, rerank, depths, weights=WEIGHTS, metric="ndcg@10"):
 
 
 def select(qrels, base, candidates, z, metric="ndcg@10", guard=(), tolerance=0.0):
-    """(key, report) of the candidate to serve: `candidates` is {key: run}, `base` the weight-0 run.
+    """(key, report) of the candidate to serve: `candidates` is {key: run, or a function that makes it}; a
+    function's run is made, scored and let go one at a time, so a grid of hundreds of mixes over tens of
+    thousands of queries never holds its runs at once. `base` is the weight-0 run.
     Served: the candidate whose per-query gain over `base` on val, less `z` standard errors, is
     largest, when that bound is above 0; else key None (serve base). The best val score alone favours
     whichever weight was luckiest on these queries, and overshoots; the bound prefers a gain that holds
@@ -139,15 +142,20 @@ def select(qrels, base, candidates, z, metric="ndcg@10", guard=(), tolerance=0.0
     candidate served (of the best-scoring one when none is), and "chosen"."""
     ks = (int(metric.rsplit("@", 1)[1]),)  # the one cut-off the choice reads: the others cost time on a large grid
     base_mean, base_per_query = evaluate_run(qrels, base, ks)
-    scores = {key: evaluate_run(qrels, run, ks) for key, run in candidates.items()}
-    grid = {key: mean[metric] for key, (mean, _) in scores.items()}
+    row = {q: i for i, q in enumerate(base_per_query)}
+    base_values = np.array([m[metric] for m in base_per_query.values()])
+    grid, values = {}, {}  # per candidate: its val score, and its metric per query in base's order
+    for key, run in candidates.items():
+        mean, per_query = evaluate_run(qrels, run() if callable(run) else run, ks)
+        grid[key] = mean[metric]
+        values[key] = np.array([per_query[q][metric] for q in base_per_query])
     report = {"base": base_mean[metric], "grid": grid, "gain": 0.0, "stderr": 0.0, "chosen": None}
     if not grid or len(base_per_query) < 2:  # one query has no standard error: nothing is beyond noise
         return None, report
-    gains = {key: _paired(scores[key][1], base_per_query, metric) for key in candidates}
-    guard = [q for q in guard if q in base_per_query]
-    eligible = [key for key in candidates if not guard or np.mean(
-        [scores[key][1][q][metric] - base_per_query[q][metric] for q in guard]) >= -tolerance]
+    gains = {key: _paired(values[key] - base_values) for key in candidates}
+    guard = [row[q] for q in guard if q in row]
+    eligible = [key for key in candidates
+                if not guard or np.mean(values[key][guard] - base_values[guard]) >= -tolerance]
     chosen = max(eligible, key=lambda key: gains[key][0] - z * gains[key][1]) if eligible else None  # first of equals
     gain, stderr = gains[chosen] if chosen is not None else (0.0, 0.0)
     if chosen is None or gain - z * stderr <= 0:
@@ -168,8 +176,9 @@ def choose_hybrid(qrels, dense, bm25, weights=HYBRID_WEIGHTS, metric="ndcg@10", 
     if given is not None:
         candidates = {"given": hybrid(dense, bm25, given)}
     else:
-        candidates = {f"{w:g}": hybrid(dense, bm25, {"method": "convex", "weight": w}) for w in sorted(weights) if w > 0}
-        candidates["rrf"] = hybrid(dense, bm25, {"method": "rrf", "rrf_k": RRF_K})
+        candidates = {f"{w:g}": lambda w=w: hybrid(dense, bm25, {"method": "convex", "weight": w})
+                      for w in sorted(weights) if w > 0}
+        candidates["rrf"] = lambda: hybrid(dense, bm25, {"method": "rrf", "rrf_k": RRF_K})
     key, report = select(qrels, dense, candidates, HYBRID_Z, metric)
     if given is not None:
         key, choice = "given", {**given, "depth": HYBRID_DEPTH, "given": not given.get("one_query")}
@@ -225,9 +234,8 @@ def remembers(choice):
     return bool(m.get("dense") or m.get("bm25"))
 
 
-def _paired(a, b, metric):
-    """(mean, standard error) of the per-query difference a - b."""
-    diff = np.array([a[q][metric] - b[q][metric] for q in b])
+def _paired(diff):
+    """(mean, standard error) of per-query differences."""
     if len(diff) < 2:
         return float(diff.mean()) if len(diff) else 0.0, 0.0
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))

@@ -230,7 +230,8 @@ def choose(qrels, dense_runs, bm25_runs, base, remembered, mixes=None, metric="n
                 if (a, r) == (0.0, 0) or (weight == 0 and r) or (weight == 1 and a):  # none, or a repeat of another
                     continue
                 key = f"{a:g},{r},{m}"
-                candidates[key] = dense if bm25 is None else fusion.hybrid(dense, bm25, mix)
+                candidates[key] = (dense if bm25 is None else  # made when scored: hundreds of runs otherwise
+                                   lambda dense=dense, bm25=bm25, mix=mix: fusion.hybrid(dense, bm25, mix))
                 keys[key] = (a, r, mix)
     unseen = [q for q in qrels if q not in remembered]
     key, report = fusion.select(qrels, base_run, candidates, MEMORY_Z, metric, guard=unseen,
