@@ -445,13 +445,14 @@ def nearest(query_emb, doc_emb, k, max_seconds=EXACT_SECONDS, target=ANN_RECALL,
     info says which, with the estimated exact time and, for an ANN, its recall@k on the sample."""
     n_q, n = len(query_emb), len(doc_emb)
     k = min(k, n)
-    info = {"search": "exact"}
+    info, seconds = {"search": "exact"}, 0.0
     if n_q * n > EXACT_PAIRS:
         probe, docs = query_emb[:256], doc_emb[:100_000]
         t0 = time.perf_counter()
         dense_search(probe, docs, k)
-        info["exact_seconds_estimated"] = round((time.perf_counter() - t0) * n_q * n / (len(probe) * len(docs)), 1)
-    if info.get("exact_seconds_estimated", 0) <= max_seconds:
+        seconds = (time.perf_counter() - t0) * n_q * n / (len(probe) * len(docs))
+        info["exact_seconds_estimated"] = round(seconds, 1)
+    if seconds <= max_seconds:
         return (*dense_search(query_emb, doc_emb, k), info)
     rows = np.sort(np.random.default_rng(seed).choice(n_q, min(n_q, sample), replace=False))
     exact = dense_search(query_emb[rows], doc_emb, k)[1]
@@ -460,7 +461,7 @@ def nearest(query_emb, doc_emb, k, max_seconds=EXACT_SECONDS, target=ANN_RECALL,
     scores, found = faiss_index.search(index, query_emb, k)
     info.update(search="IVF,Flat", **faiss_index.search_params(index), recall_at_k=round(tried[-1][1], 4),
                 recall_queries=len(rows), k=k)
-    print(f"dense search: exact would take ~{info['exact_seconds_estimated'] / 60:.0f} min here; an IVF,Flat index "
+    print(f"dense search: exact would take ~{seconds / 60:.0f} min here; an IVF,Flat index "
           f"at nprobe {info.get('nprobe')} instead, recall@{k} {tried[-1][1]:.3f} against exact on {len(rows):,} "
           "sampled queries")
     return scores, found, info

@@ -147,7 +147,7 @@ def test_nearest_is_exact_while_affordable_else_an_ann_that_states_its_recall(mo
 
     monkeypatch.setattr(retrievers, "EXACT_PAIRS", 0)  # measure the exact rate, and find it too slow
     scores, rows, info = nearest(queries, docs, 20, max_seconds=0, sample=200)
-    assert info["search"] == "IVF,Flat" and info["exact_seconds_estimated"] > 0 and info["recall_queries"] == 200
+    assert info["search"] == "IVF,Flat" and "exact_seconds_estimated" in info and info["recall_queries"] == 200
     assert info["recall_at_k"] >= retrievers.ANN_RECALL
     recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(rows, exact_rows)])
     assert recall >= retrievers.ANN_RECALL - 0.03  # the sample's recall holds for every query
