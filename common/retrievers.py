@@ -345,42 +345,47 @@ def _okapi_weights(texts, vocab, k1, b, epsilon=0.25, total=None):
     workers = (min(usable_cores(), 8)
                if second is not None and "fork" in multiprocessing.get_all_start_methods() else 1)
     bar = tqdm(desc="BM25 index", unit="doc", total=total, disable=second is None)  # total: an ETA
-    parts, indptrs, lengths = [], [], []
+    parts = []  # a chunk's (each posting's term row, its count, the chunk's indptr, its documents' lengths)
     with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else nullcontext() as pool:
         todo = chain([first], [second] if second is not None else [], chunks)
         counted = pool.imap(_count_terms, todo) if pool else map(_count_terms, todo)
         for terms, local, count, indptr, doc_len in counted:
             rows = np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), np.int32, len(terms))
-            parts.append((rows[local], count))
-            indptrs.append(indptr[1:] + (indptrs[-1][-1] if indptrs else 0))
-            lengths.append(doc_len)
+            parts.append((rows[local], count, indptr, doc_len))
             bar.update(len(doc_len))
     bar.close()
-    indices = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([p[1] for p in parts])
-    del parts
-    indptr = np.concatenate([[0], *indptrs]).astype(np.int64)
-    doc_len = np.concatenate(lengths)
-    n_docs = len(doc_len)
-    df = np.bincount(indices, minlength=len(vocab))
+    df = sum(np.bincount(p[0], minlength=len(vocab)) for p in parts)
+    doc_len = np.concatenate([p[3] for p in parts])
+    n_docs, nnz = len(doc_len), int(df.sum())
     idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
     # Terms in more than half the documents get epsilon x the mean idf of all terms instead.
     idf[idf < 0] = epsilon * idf.mean()
     avgdl = int(doc_len.sum()) / n_docs
-    # A slice of documents at a time: a float64 array over every posting is ~0.5 GB a million documents, and
-    # the formula's temporaries would be four of them.
-    weights = np.empty(len(counts), np.float64)
-    for d0 in range(0, n_docs, 100_000):
-        d1 = min(d0 + 100_000, n_docs)
-        p0, p1 = indptr[d0], indptr[d1]
-        tf = counts[p0:p1].astype(np.float64)
+    # The CSR is filled directly, a chunk of documents at a time (a counting sort by term): converting a
+    # document-major matrix would hold the postings three times over, more than RAM at millions of documents.
+    index_type = np.int32 if max(nnz, n_docs) < 2**31 else np.int64
+    indptr = np.zeros(len(vocab) + 1, index_type)
+    np.cumsum(df, out=indptr[1:])
+    free = indptr[:-1].astype(np.int64)  # each term's next empty slot
+    indices, weights = np.empty(nnz, index_type), np.empty(nnz, np.float64)
+    first_doc = 0
+    for i, (rows, count, local_ptr, lengths) in enumerate(parts):
+        parts[i] = None
+        per_doc = np.diff(local_ptr)
+        tf = count.astype(np.float64)
         part = tf * (k1 + 1)
-        part /= tf + np.repeat(k1 * (1 - b + b * doc_len[d0:d1] / avgdl), np.diff(indptr[d0:d1 + 1]))
-        part *= idf[indices[p0:p1]]
-        weights[p0:p1] = part
-    del counts
-    # Built a document at a time, i.e. as columns; CSR rows make a query's terms cheap to gather.
-    return sparse.csc_matrix((weights, indices, indptr), shape=(len(vocab), n_docs)).tocsr()
+        part /= tf + np.repeat(k1 * (1 - b + b * lengths / avgdl), per_doc)
+        part *= idf[rows]
+        order = np.argsort(rows, kind="stable")  # by term; within a term, documents stay in order
+        rows = rows[order]
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        run = np.diff(np.append(starts, len(rows)))
+        slots = free[rows] + np.arange(len(rows)) - np.repeat(starts, run)
+        indices[slots] = np.repeat(np.arange(first_doc, first_doc + len(lengths), dtype=index_type), per_doc)[order]
+        weights[slots] = part[order]
+        free[rows[starts]] += run
+        first_doc += len(lengths)
+    return sparse.csr_matrix((weights, indices, indptr), shape=(len(vocab), n_docs))
 
 
 def usable_cores():
