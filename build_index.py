@@ -45,7 +45,7 @@ from common import index as faiss_index
 from common import memory as mem
 from common.backends import BACKENDS, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import (SMALL_VAL, choice_queries, describe_choice_queries, doc_text, folds, load_beir, load_val,
+from common.data import (SMALL_VAL, CorpusTexts, choice_queries, describe_choice_queries, folds, load_beir, load_val,
                          read_corpus, read_qrels, read_queries, splits)
 from common.files import atomic_dir, write_json
 from common.metrics import evaluate_run
@@ -389,7 +389,7 @@ def add_queries(cfg, argv):
                                                            memory.strengths["dense"]), emb)
             faiss_index.write(tmp, index)
         if old_bm25 is not None:
-            texts = [doc_text(corpus[d]) for d in doc_ids]
+            texts = CorpusTexts(corpus, doc_ids)
             BM25(doc_ids, mem.expand(texts, doc_ids, memory, memory.strengths["bm25"]), old_bm25.k1,
                  old_bm25.b).save(tmp, corpus_file)
         saved = fusion.load(cfg.out, fusion.DENSE_ONLY)
@@ -447,7 +447,7 @@ def main(argv=None):
     memory = train_memory(cfg, doc_ids) if cfg.memory else mem.Memory()
     with atomic_dir(cfg.out) as tmp:  # a failure anywhere leaves the previous index, if any, as it was
         start_run(tmp, cfg, argv)
-        texts = [doc_text(corpus[d]) for d in doc_ids]
+        texts = CorpusTexts(corpus, doc_ids)
         t0 = time.perf_counter()
         strengths, repeats = memory_grid(cfg, memory, val[1])
 

@@ -46,9 +46,10 @@ import numpy as np
 from common import backends, fusion, memory, report, retrievers
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import choice_queries, doc_text, load_beir, load_val, read_qrels, splits
+from common.data import (CorpusTexts, choice_queries, doc_snippets, doc_text, load_beir, load_val, read_qrels,
+                         read_queries, splits)
 from common.files import append_csv_row, atomic_open
-from common.metrics import cut_run, evaluate_run
+from common.metrics import cut_run, evaluate_run, read_trec
 from common.retrievers import BM25, BM25_FILES, corpus_bm25, dense_run, embeddings_cache, nearest
 from common.run import UserError, cli, join_ranks, start_run, trained_on, warn
 from common.run import cache_dir as run_cache_dir
@@ -99,6 +100,8 @@ DEFAULTS = dict(
     ignore_identical_ids=True,  # BEIR: a query never retrieves the doc that has its own id
     latency=True,  # each query searched alone, as a service sees them, for p50/p95 latency; false = in
     #                batches, faster, no latency (the reranker's is measured either way)
+    baseline="",  # the column every other is tested against, query by query (paired t and randomisation,
+    #               Holm-corrected); "" = the served column with --served, else bm25, else the first
     out="",  # run directory; "" = runs/<dataset>-<model>/<split>
     # report only: print earlier runs side by side (label=path/metrics.json,...) and write comparison.md
     compare=[],
@@ -109,6 +112,13 @@ DEFAULTS = dict(
     #                  (compare also reads `data`'s qrels: each split's queries a train query's relevant
     #                  documents cover, "remembered", shown apart from the rest)
     hparams=[],  # compare only: config.json files of the runs compared, whose settings go in that row
+    #              (its wall time: from the first compared stage's start to now)
+    per_query_changes=10,  # compare: the queries the served column gained and lost most on against the zero-shot
+    #                        encoder (per_query.md beside comparison.md, and TensorBoard text); 0 = none
+    # report only: two TREC run files (label=path or path) scored on `data`'s `split` side by side, tested
+    # against each other, and the queries that changed most between them
+    compare_runs=[],
+    results="",  # report only: a results.csv (`make results`: runs/results.csv) printed as a table, newest last
 )
 
 
@@ -162,7 +172,7 @@ def dense_searcher(cfg, corpus, encoder):
         search = lambda emb, depth: faiss_index.search(index, emb, depth)  # noqa: E731
         info = {"index": cfg.index, **faiss_index.search_params(index)}
     else:
-        doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
+        doc_emb, info = corpus_embeddings(cfg, encoder, doc_ids, CorpusTexts(corpus, doc_ids))
 
         def search(emb, depth):  # exact while affordable here, else an ANN whose recall goes in info
             scores, rows, how = nearest(emb, doc_emb, depth)
@@ -266,7 +276,7 @@ def dense_at_dims(cfg, corpus, queries, encoder):
     embeddings cut to their first d values and renormalised. A width the model was not trained for
     (its matryoshka_dims) is still evaluated, with a warning."""
     doc_ids, qids = list(corpus), list(queries)
-    doc_emb, _ = corpus_embeddings(cfg, encoder, doc_ids, [doc_text(corpus[d]) for d in doc_ids])
+    doc_emb, _ = corpus_embeddings(cfg, encoder, doc_ids, CorpusTexts(corpus, doc_ids))
     q_emb = encoder.encode([queries[q] for q in qids], kind="query", batch_size=cfg.batch_size)
     trained = encoder.settings().get("matryoshka_dims") or []
     depth = cfg.k + 1 if cfg.ignore_identical_ids else cfg.k
@@ -288,16 +298,75 @@ def compare(cfg):
     remembered = remembered_parts(cfg.data) if val else None
     text = (report.summary_table(results, val, served, remembered=remembered) + "\n" if val else "") + \
         report.table(results)
+    tests = report.significance_table(results, report.baseline_column(results, cfg.baseline or cfg.served))
+    text += f"\nOn {'test' if val else 'these runs'}: {tests}" if tests else ""
     memory_line = served_memory(cfg.compare_val + cfg.compare, cfg.served) if cfg.served else ""
     text += f"\n{memory_line}\n" if memory_line else ""
     print(text, end="")
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
             f.write(text)
+    zero_shot = next((n for n in results if n.endswith(" dense")), None)
+    if cfg.out and served and zero_shot and cfg.per_query_changes and os.path.isdir(cfg.data):
+        changes = query_changes(cfg, results[served]["split"] or "test", [(n, results[n]["per_query"], read_trec(results[n]["trec"]))
+                                             for n in (zero_shot, served)])
+        with atomic_open(os.path.join(cfg.out, "per_query.md")) as f:
+            f.write(changes)
+        report.tensorboard_text(cfg.out, "per_query", changes)
+        print(f"the queries {served} gained and lost most on against {zero_shot}: {cfg.out}/per_query.md")
     if cfg.results_csv:
-        append_csv_row(cfg.results_csv, report.results_row(cfg.out, cfg.hparams, results))
+        started = [os.path.getmtime(p) for item in cfg.compare_val + cfg.compare
+                   if os.path.isfile(p := os.path.join(os.path.dirname(item.rpartition("=")[2]), "command.txt"))]
+        append_csv_row(cfg.results_csv, report.results_row(
+            cfg.out, cfg.hparams, results, os.path.basename(os.path.normpath(cfg.data)), served,
+            time.time() - min(started) if started else None))
         print(f"appended a row to {cfg.results_csv}")
     return 0
+
+
+def compare_runs(cfg):
+    """Two TREC run files scored on data's split, side by side: metrics, paired tests, the queries that
+    changed most (printed; with --out, also comparison.md and per_query.md there)."""
+    if len(cfg.compare_runs) != 2:
+        raise UserError(f"compare_runs: {len(cfg.compare_runs)} run file(s); give two, --compare_runs=A.trec,B.trec "
+                        "(or label=A.trec,label=B.trec)")
+    _, queries, qrels = load_beir(cfg.data, cfg.split)
+    results, runs = {}, []
+    for item in cfg.compare_runs:
+        label, _, path = item.rpartition("=")
+        try:
+            run = read_trec(path)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        label = label or os.path.splitext(os.path.basename(path))[0]
+        mean, per_query = evaluate_run(qrels, run, cfg.ks)
+        results[label] = {"metrics": mean, "per_query": per_query}
+        runs.append((label, per_query, run))
+    tests = report.significance_table(results, report.baseline_column(results, cfg.baseline or runs[0][0]))
+    text = f"{cfg.data} {cfg.split}, {len(qrels)} queries\n\n{report.table(results)}\n{tests}"
+    changes = query_changes(cfg, cfg.split, runs) if cfg.per_query_changes else ""
+    print(f"{text}\n{changes}", end="")
+    if cfg.out:
+        os.makedirs(cfg.out, exist_ok=True)
+        for name, content in (("comparison.md", text), ("per_query.md", changes)):
+            with atomic_open(os.path.join(cfg.out, name)) as f:
+                f.write(content)
+    return 0
+
+
+def query_changes(cfg, split, runs):
+    """report.query_changes of two (name, per-query metrics, run) on data's split: its queries' texts and
+    the relevant documents' titles (or first words) read from the data."""
+    queries = read_queries(os.path.join(cfg.data, "queries.jsonl"))
+    qrels = read_qrels(os.path.join(cfg.data, "qrels", f"{split}.tsv"))
+    shared = [q for q in runs[0][1] if q in runs[1][1]]
+    docs = {d for q in shared for d, g in qrels.get(q, {}).items() if g > 0}
+    # the titles of only the documents shown: those of the most changed queries (a corpus may be millions)
+    diff = sorted(shared, key=lambda q: runs[1][1][q]["ndcg@10"] - runs[0][1][q]["ndcg@10"])
+    shown = diff[:cfg.per_query_changes] + diff[-cfg.per_query_changes:]
+    docs = {d for q in shown for d, g in qrels.get(q, {}).items() if g > 0} & docs
+    return report.query_changes(*runs, qrels, queries, doc_snippets(os.path.join(cfg.data, "corpus.jsonl"), docs),
+                                n=cfg.per_query_changes)
 
 
 def remembered_parts(data):
@@ -367,6 +436,11 @@ def main(argv=None):
     cfg = load_config(DEFAULTS, sys.argv[1:] if argv is None else argv)
     if cfg.compare:
         return compare(cfg)
+    if cfg.compare_runs:
+        return compare_runs(cfg)
+    if cfg.results:
+        print(report.results_table(cfg.results), end="")
+        return 0
     check_config(cfg)
     rerank_backend = cfg.backend  # the encoder's may come from the index instead
     if not cfg.model:
@@ -436,6 +510,8 @@ def main(argv=None):
         results[name] = {"metrics": mean, "queries": len(per_query), **info, "per_query": per_query, "run": run}
     report.write_results(cfg.out, dataset, cfg.split, results)
     print(report.table(results), end="")
+    tests = report.significance_table(results, report.baseline_column(results, cfg.baseline))
+    print(f"\n{tests}" if tests else "", end="")
     return 0
 
 

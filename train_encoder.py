@@ -73,7 +73,7 @@ DEFAULTS = dict(
     #                            train_file (BM25's beat in-batch alone on val, bench/results/negatives_sweep-h100.md),
     #                            or on a CPU the richest recipe that fits the budget (see AUTO), else 0
     remine_every=0,  # steps; > 0 re-mines train_file's queries with the model being trained (ANCE),
-    # with the strategy and filters of the mine_negatives.py run that wrote it (its config.json)
+    #                with the strategy and filters of the mine_negatives.py run that wrote it (its config.json)
     # model
     model="all-MiniLM-L6-v2",  # a local directory, a hub name, or a packaged short name
     pooling="",  # mean | cls | max; "" or 0 keeps what was saved with the model

@@ -8,8 +8,13 @@ of Auto(kind) is "auto" until the script resolves it from the data and the machi
 work, into the config.json it saves); a value given instead must be of that kind.
 `--key value` and dashes (`--rerank-depth`) are accepted too, because that is what people type.
 """
+import ast
 import difflib
+import io
 import math
+import sys
+import textwrap
+import tokenize
 import types
 
 import yaml
@@ -142,12 +147,106 @@ def _cast(key, value, default, where):
 def _check_key(key, defaults, where):
     if key not in defaults:
         close = difflib.get_close_matches(key, defaults, n=1)
-        hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(sorted(defaults))}"
-        raise ConfigError(f"{where}: unknown key '{key}'{hint}")
+        dashes = "--" if where == "command line" else ""
+        hint = (f"; did you mean {dashes}{close[0]}?" if close else f"; known keys: {', '.join(sorted(defaults))}")
+        raise ConfigError(f"{where}: unknown key '{key}'{hint} (--help lists them all)")
+
+
+def _kind(default):
+    if isinstance(default, Auto):
+        return f"{default.kind.__name__} or auto"
+    if isinstance(default, list):
+        item = getattr(default, "kind", None) or (type(default[0]) if default else str)
+        return f"comma-separated {item.__name__}s"
+    return type(default).__name__
+
+
+def _shown(default):
+    if isinstance(default, list):
+        return ",".join(map(str, default)) or '""'
+    return '""' if default == "" else str(default)
+
+
+def settings_help(defaults, source):
+    """[(group, [(key, kind, default, comment)])] of a DEFAULTS = dict(...) block, read from the script's
+    `source`: a comment line of its own opens a group, a comment after a setting describes it, and comment
+    lines indented past "#  " continue that description. Keys the source does not show go last, bare."""
+    tree = ast.parse(source)
+    call = next((node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "DEFAULTS" for t in node.targets)
+                 and isinstance(node.value, ast.Call)), None)
+    comments = {tok.start[0]: (tok.start[1], tok.string) for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    groups, current, shown = [], None, set()
+    keywords = sorted(call.keywords if call is not None else [], key=lambda kw: kw.value.lineno)
+    line = call.lineno + 1 if call is not None else 0
+    for kw in keywords:
+        if kw.arg not in defaults:
+            continue
+        title = []  # comment lines of their own before this setting (adjacent ones joined): a group's title
+        for n in range(line, kw.value.lineno):
+            if n in comments and not lines[n - 1][:comments[n][0]].strip() and not _continues(comments[n][1]):
+                title = (title if n - 1 in comments else []) + [comments[n][1].lstrip("#").strip()]
+        if title:
+            current = (" ".join(title).rstrip(":"), [])
+            groups.append(current)
+        if current is None:
+            current = ("settings", [])
+            groups.append(current)
+        end = kw.value.end_lineno
+        words = [comments[end][1].lstrip("#").strip()] if end in comments else []
+        n = end + 1
+        while n in comments and not lines[n - 1][:comments[n][0]].strip() and _continues(comments[n][1]):
+            words.append(comments[n][1].lstrip("#").strip())
+            n += 1
+        line = n
+        current[1].append((kw.arg, _kind(defaults[kw.arg]), _shown(defaults[kw.arg]), " ".join(words)))
+        shown.add(kw.arg)
+    rest = [(k, _kind(v), _shown(v), "") for k, v in defaults.items() if k not in shown]
+    return groups + ([("other", rest)] if rest else [])
+
+
+def _continues(comment):
+    """A comment line carrying on the one above it: indented past "#  " to line up under it."""
+    return comment.startswith("#  ")
+
+
+def help_text(defaults, doc, source):
+    """--help: the script's docstring, then every setting with its default, type and comment, grouped as
+    in its DEFAULTS."""
+    out = [(doc or "").strip(), "",
+           "Settings: --key=value on the command line, or key: value in a configs/*.yaml given before them",
+           "(the command line wins). auto = sized from the data and the machine before any work."]
+    for title, rows in settings_help(defaults, source):
+        out += ["", *textwrap.wrap(f"{title}:", 100, subsequent_indent="  ")]
+        for key, kind, default, comment in rows:
+            out.append(f"  --{key}={default}  ({kind})")
+            if comment:
+                out += textwrap.wrap(comment, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(out) + "\n"
+
+
+def _print_help(defaults):
+    """--help for the script whose main() called load_config: its module's docstring and source."""
+    frame = sys._getframe(2)
+    module = sys.modules.get(frame.f_globals.get("__name__"))
+    path = frame.f_globals.get("__file__")
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except (OSError, TypeError):
+        source = ""
+    sys.stdout.write(help_text(defaults, getattr(module, "__doc__", None) or frame.f_globals.get("__doc__"),
+                               source or "DEFAULTS = dict()"))
 
 
 def load_config(defaults, argv):
-    """Resolve DEFAULTS + yaml files + --key=value overrides into a namespace."""
+    """Resolve DEFAULTS + yaml files + --key=value overrides into a namespace. -h or --help prints every
+    setting (help_text) and exits."""
+    if any(a in ("-h", "--help") for a in argv):
+        _print_help(defaults)
+        raise SystemExit(0)
     cfg = {k: "auto" if isinstance(v, Auto) else v for k, v in defaults.items()}
     args = list(argv)
     i = 0

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import random
+import re
+from collections.abc import Sequence
 
 from common.files import atomic_dir, atomic_open
 from common.run import warn
@@ -339,6 +341,48 @@ def read_training_file(path, corpus):
 def doc_text(doc):
     """The text a document is encoded and indexed as: title + " " + text."""
     return f"{doc['title']} {doc['text']}".strip() if doc.get("title") else doc["text"]
+
+
+def doc_snippets(corpus_file, doc_ids, words=12):
+    """{doc id: its title, or its first `words` words} of the few `doc_ids`, read from corpus_file without
+    parsing the other lines (a report names a handful of documents of a corpus of millions)."""
+    wanted, found = set(doc_ids), {}
+    if not wanted:
+        return found
+    with open(corpus_file, encoding="utf-8") as f:
+        for line in f:
+            m = _ID.match(line)
+            if m and json.loads(f'"{m.group(1)}"') not in wanted:
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if doc.get("_id") in wanted:
+                text = (doc.get("title") or "").strip() or " ".join(str(doc.get("text", "")).split()[:words])
+                found[doc["_id"]] = text
+                if len(found) == len(wanted):
+                    break
+    return found
+
+
+_ID = re.compile(r'\s*\{\s*"_id"\s*:\s*"((?:[^"\\]|\\.)*)"')  # a line that opens with its id (as written here)
+
+
+class CorpusTexts(Sequence):
+    """doc_text of each of `doc_ids` in `corpus`, made when asked (an index, a slice, an iteration): a list
+    of them would hold a second copy of every titled document beside the corpus."""
+
+    def __init__(self, corpus, doc_ids):
+        self.corpus, self.doc_ids = corpus, doc_ids
+
+    def __len__(self):
+        return len(self.doc_ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [doc_text(self.corpus[d]) for d in self.doc_ids[i]]
+        return doc_text(self.corpus[self.doc_ids[i]])
 
 
 # ---------------------------------------------------------------------------- writing

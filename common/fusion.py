@@ -25,6 +25,7 @@ import numpy as np
 
 from common.files import atomic_open
 from common.metrics import evaluate_run, ranked
+from common.significance import mean_and_se
 
 FILE = "fusion.json"
 KS = (1, 3, 5, 10, 100)
@@ -152,7 +153,7 @@ def select(qrels, base, candidates, z, metric="ndcg@10", guard=(), tolerance=0.0
     report = {"base": base_mean[metric], "grid": grid, "gain": 0.0, "stderr": 0.0, "chosen": None}
     if not grid or len(base_per_query) < 2:  # one query has no standard error: nothing is beyond noise
         return None, report
-    gains = {key: _paired(values[key] - base_values) for key in candidates}
+    gains = {key: mean_and_se(values[key] - base_values) for key in candidates}
     guard = [row[q] for q in guard if q in row]
     eligible = [key for key in candidates
                 if not guard or np.mean(values[key][guard] - base_values[guard]) >= -tolerance]
@@ -232,13 +233,6 @@ def remembers(choice):
     """Whether a hybrid choice serves an index memory (common/memory.py)."""
     m = choice.get("memory") or {}
     return bool(m.get("dense") or m.get("bm25"))
-
-
-def _paired(diff):
-    """(mean, standard error) of per-query differences."""
-    if len(diff) < 2:
-        return float(diff.mean()) if len(diff) else 0.0, 0.0
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def save(directory, fusion):

@@ -183,14 +183,12 @@ def edit(emb, rows, dirs, strength):
 
 
 def expand(texts, doc_ids, memory, repeat):
-    """Each document's text followed by its remembered queries' text, `repeat` times (0: texts as given)."""
-    if not repeat:
-        return list(texts)
-    out = list(texts)
-    for r in memory.rows(doc_ids):
-        found = " ".join(memory.queries[q] for q in memory.found[doc_ids[r]])
-        out[r] = out[r] + (" " + found) * repeat
-    return out
+    """Each document's text followed by its remembered queries' text, `repeat` times (0: texts as given),
+    made one at a time as they are read (BM25 reads them once)."""
+    found = {r: " " + " ".join(memory.queries[q] for q in memory.found[doc_ids[r]])
+             for r in memory.rows(doc_ids)} if repeat else {}
+    for r, text in enumerate(texts):
+        yield text + found[r] * repeat if r in found else text
 
 
 def remembered_queries(found, qrels):

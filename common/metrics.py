@@ -95,6 +95,30 @@ def rerank_run(score, queries, run, doc_texts, depth=100, batch_size=32):
     return out, seconds
 
 
+def read_trec(path):
+    """{query id: {doc id: score}} of a TREC run file (`qid Q0 docid rank score tag`); a line of another
+    shape is a ValueError naming the file and the line."""
+    run = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                try:
+                    qid, _, doc_id, rank, score, _ = parts
+                    int(rank)
+                    run.setdefault(qid, {})[doc_id] = float(score)
+                except ValueError:
+                    raise ValueError(f"{path}:{lineno}: not a TREC run line (qid Q0 docid rank score tag): "
+                                     f"{line.strip()[:80]!r}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read a TREC run file ({e})") from None
+    if not run:
+        raise ValueError(f"{path}: no lines; a TREC run file holds `qid Q0 docid rank score tag` lines")
+    return run
+
+
 def write_trec(path, run, tag):
     """A TREC run file: `qid Q0 docid rank score tag`, best first."""
     with atomic_open(path) as f:

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common import index as faiss_index
-from common.data import doc_text
+from common.data import CorpusTexts, doc_text
 from common.files import atomic_open
 from common.retrievers import BM25, corpus_bm25, encode_corpus, nearest
 
@@ -88,7 +88,7 @@ class Sources:
         `doc_emb` (the corpus's embeddings by this encoder, encoded here when None)."""
         pos_ids = sorted({p for pos in positives for p in pos})
         if index is None and doc_emb is None:
-            doc_emb = encode_corpus(encoder, [doc_text(self.corpus[d]) for d in self.doc_ids], batch_size, emb_path)
+            doc_emb = encode_corpus(encoder, CorpusTexts(self.corpus, self.doc_ids), batch_size, emb_path)
         if doc_emb is not None:
             pos_emb = {p: doc_emb[self.row[p]] for p in pos_ids}
         else:  # a given index may be approximate: the positives' own scores come from encoding them

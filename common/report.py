@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from common.files import write_json
-from common.metrics import write_trec
+from common.metrics import ranked, write_trec
+from common import significance
 from common.run import UserError, git_commit
 
 HEADLINE = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@10", "precision@10", "success@10")
@@ -29,10 +30,81 @@ def table(results):
     return "\n".join(rows) + "\n"
 
 
-def results_row(run_dir, hparams, results):
-    """One row of results.csv: when, which commit and run, each compared run's headline metrics, and
-    the scalar settings of the config.json files in `hparams` (prefixed with their run's name)."""
-    row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "run": run_dir}
+def baseline_column(results, given=""):
+    """The column others are tested against: `given` (a column's name, or the label of several: its
+    served column), else the first BM25 column, else the first."""
+    if given:
+        if given in results:
+            return given
+        return served_column(results, given)
+    return next((n for n in results if n == "bm25" or n.endswith(" bm25")), next(iter(results)))
+
+
+def significance_table(results, baseline, metric="ndcg@10"):
+    """Markdown: each column against `baseline` on `metric` per query, over the queries both scored:
+    the mean difference, Holm-adjusted p of a paired t and of a randomisation test, wins / ties /
+    losses. "" with a single column."""
+    per_query = {n: {q: s[metric] for q, s in r.get("per_query", {}).items()} for n, r in results.items()}
+    if len(per_query) < 2:
+        return ""
+    rows = significance.against(per_query, baseline)
+    lines = [f"Against **{baseline}**, {metric} per query: two-sided paired tests (Student's t; Fisher's randomisation, "
+             f"{significance.ROUNDS:,} sign flips, seeded), p-values Holm–Bonferroni-adjusted across the "
+             f"{sum('p_t' in r for r in rows.values())} columns tested; **bold** below 0.05.", "",
+             f"| column | queries | Δ {metric} | p (t) | p (randomisation) | wins / ties / losses |", "|---" * 6 + "|"]
+    for name, r in rows.items():
+        ps = [f"**{significance.p_text(r[k])}**" if r[k] < 0.05 else significance.p_text(r[k]) for k in ("p_t", "p_rand")
+              ] if "p_t" in r else [r["why"], ""]
+        dropped = f" ({r['dropped']} not shared, left out)" if r["dropped"] else ""
+        lines.append(f"| {name} | {r['queries']}{dropped} | {r['delta']:+.4f} | {ps[0]} | {ps[1]} | "
+                     f"{r['wins']} / {r['ties']} / {r['losses']} |")
+    return "\n".join(lines) + "\n"
+
+
+def query_changes(before, after, qrels, queries, snippets, metric="ndcg@10", n=10):
+    """Markdown: the n queries `after` gained most on against `before`, and the n it lost most on, each with
+    its text, its most relevant document (`snippets` {doc id: title or first words}) and that document's
+    rank in both runs ("-": not retrieved). `before`, `after`: (name, {qid: {metric: value}}, run {qid: {doc id: score}}), over
+    the queries both scored."""
+    (a_name, a_scores, a_run), (b_name, b_scores, b_run) = before, after
+    shared = [q for q in a_scores if q in b_scores]
+    diff = {q: b_scores[q][metric] - a_scores[q][metric] for q in shared}
+    order = sorted(shared, key=lambda q: (-diff[q], q))
+    gained, lost = [q for q in order if diff[q] > 0][:n], [q for q in reversed(order) if diff[q] < 0][:n]
+    lines = [f"# Per query: {b_name} against {a_name} ({metric})", "",
+             f"{len(shared)} queries: {sum(d > 0 for d in diff.values())} gained, {sum(d < 0 for d in diff.values())} "
+             f"lost, {sum(d == 0 for d in diff.values())} unchanged."
+             + (f" {len(set(a_scores) ^ set(b_scores))} queries scored by one run only are left out."
+                if set(a_scores) != set(b_scores) else "")]
+    for title, picked in (("Gained most", gained), ("Lost most", lost)):
+        lines += ["", f"## {title}", "", f"| query | relevant document | rank: {_cell(a_name)} → {_cell(b_name)} | "
+                  f"{metric} |", "|---|---|---|---|"]
+        for q in picked:
+            relevant = sorted((d for d, g in qrels.get(q, {}).items() if g > 0), key=lambda d: -qrels[q][d])
+            doc = relevant[0] if relevant else ""
+            ranks = [(ranked(run.get(q, {})) + [doc]).index(doc) + 1 if doc else 0 for run in (a_run, b_run)]
+            ranks = [r if r <= len(run.get(q, {})) else 0 for r, run in zip(ranks, (a_run, b_run))]
+            lines.append(f"| {_cell(q)}: {_cell(queries.get(q, ''), 90)} | {_cell(doc)}: {_cell(snippets.get(doc, ''), 70)} | "
+                         f"{' → '.join(str(r) if r else '-' for r in ranks)} | "
+                         f"{a_scores[q][metric]:.2f} → {b_scores[q][metric]:.2f} |")
+        if not picked:
+            lines.append("| (none) | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text, width=None):
+    """Text for one markdown table cell: one line, pipes escaped, cut to `width` characters."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if width is None or len(text) <= width else text[:width - 1] + "…"
+
+
+def results_row(run_dir, hparams, results, dataset="", served=None, wall_s=None):
+    """One row of results.csv: when, which commit and run, the dataset, the served column and its test
+    nDCG@10, the wall time, each compared run's headline metrics, and the scalar settings of the
+    config.json files in `hparams` (prefixed with their run's name)."""
+    row = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "run": run_dir, "dataset": dataset,
+           "served": served or "", "served ndcg@10": round(results[served]["metrics"]["ndcg@10"], 4) if served else "",
+           "wall_s": round(wall_s) if wall_s is not None else ""}
     for path in hparams:
         try:
             with open(path, encoding="utf-8") as f:
@@ -49,21 +121,24 @@ def results_row(run_dir, hparams, results):
 
 
 def read_results(items, what, per_query=False):
-    """{"label name": result} from `label=path/metrics.json` items, in order; with per_query, each
-    result's per-query metrics (the <name>.per_query.json beside it) under "per_query"."""
+    """{"label name": result} from `label=path/metrics.json` items, in order, each with its "split" and
+    its run file's path ("trec"); with per_query, its per-query metrics (the <name>.per_query.json beside
+    it) under "per_query"."""
     results = {}
     for item in items:
         label, _, path = item.rpartition("=")
         label = label or os.path.basename(os.path.dirname(os.path.abspath(path)))
         try:
             with open(path, encoding="utf-8") as f:
-                saved = json.load(f)["results"]
-            for name, result in saved.items():
+                whole = json.load(f)
+            for name, result in whole["results"].items():
+                result["split"] = whole.get("split")
+                result["trec"] = os.path.join(os.path.dirname(path), f"{name}.trec")
                 if per_query:
                     with open(os.path.join(os.path.dirname(path), f"{name}.per_query.json"), encoding="utf-8") as f:
                         result["per_query"] = json.load(f)
                 results[f"{label} {name}"] = result
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
             raise UserError(f"{path}: not a metrics.json written by evaluate.py or a training script ({e}); "
                             f"fix or drop it from --{what}") from None
     return results
@@ -111,6 +186,37 @@ def summary_table(results, val, served=None, metric="ndcg@10", remembered=None):
                     f"{v.get('chosen') or r.get('chosen') or ''} | {r['metrics'][metric]:.4f} |"
                     f"{part_cells(r.get('per_query'), 'test')} {r['metrics'].get('recall@100', float('nan')):.4f} |")
     return "\n".join(rows) + "\n"
+
+
+def results_table(path, last=20):
+    """Markdown: the last `last` rows of a results.csv (one a pipeline), newest last: commit, dataset, model,
+    the served column, its test nDCG@10, wall time. Rows written before those columns existed are read
+    from what they hold (the run's directory, its encoder's model, the served columns' scores)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UserError(f"{path}: no results yet ({e.strerror}); `make pipeline` appends a row per run") from None
+    lines = ["| time | commit | dataset | model | served | test ndcg@10 | wall |", "|---" * 7 + "|"]
+    for row in rows[-last:]:
+        served = row.get("served") or next((c[:-len(" ndcg@10")] for c in reversed(list(row)) if c.startswith("served ")
+                                            and c.endswith(" ndcg@10") and row[c]), "")
+        model = next((row[k] for k in ("encoder.model", "index.model") if row.get(k)), "")
+        dataset = row.get("dataset") or os.path.basename(row.get("index.data", "")) or row.get("run", "")
+        wall = f"{int(float(row['wall_s'])) // 60} min" if row.get("wall_s") else ""
+        lines.append(f"| {row.get('time', '')} | {row.get('commit', '')[:12]} | {dataset} | {os.path.basename(model)} | "
+                     f"{served} | {row.get(f'{served} ndcg@10', '')} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+def tensorboard_text(log_dir, tag, markdown):
+    """`markdown` as a TensorBoard text entry in log_dir (TensorBoard renders markdown tables)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir) as writer:
+        writer.add_text(tag, markdown)
 
 
 def write_results(out_dir, dataset, split, results):

@@ -9,6 +9,7 @@ import sys
 import time
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from itertools import chain, islice
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from common import fusion
 from common import index as faiss_index
 from common.backends import load_encoder, load_reranker
-from common.data import doc_text
+from common.data import CorpusTexts
 from common.files import atomic_dir, atomic_open, file_sha1, write_json
 from common.memory import Memory
 from common.metrics import cut_run
@@ -624,7 +625,7 @@ def first_stage_run(spec, data_dir, corpus, queries, depth, device="auto", batch
     doc_ids, qids = list(corpus), list(queries)
     texts = [queries[q] for q in qids]
     if spec == "bm25":
-        bm25 = BM25(doc_ids, [doc_text(corpus[d]) for d in doc_ids], backend=bm25_backend)
+        bm25 = BM25(doc_ids, CorpusTexts(corpus, doc_ids), backend=bm25_backend)
         run = {q: dict(hits) for q, hits in zip(qids, bm25.search_many(texts, depth + 1))}
     elif faiss_index.is_index(spec):
         retriever = Retriever.from_index(spec, os.path.join(data_dir, "corpus.jsonl"), corpus, device=device,
@@ -632,7 +633,7 @@ def first_stage_run(spec, data_dir, corpus, queries, depth, device="auto", batch
         run = {q: dict(hits) for q, hits in zip(qids, retriever.batch_retrieve(texts, depth + 1))}
     else:
         encoder = load_encoder(spec, "torch", device)
-        doc_emb = encode_corpus(encoder, [doc_text(corpus[d]) for d in doc_ids], batch_size)
+        doc_emb = encode_corpus(encoder, CorpusTexts(corpus, doc_ids), batch_size)
         scores, rows = dense_search(encoder.encode(texts, "query", batch_size), doc_emb, depth + 1)
         run = {q: {doc_ids[r]: float(s) for r, s in zip(rr, ss) if r >= 0} for q, rr, ss in zip(qids, rows, scores)}
     return cut_run(run, depth)
@@ -659,7 +660,7 @@ class Retriever:
         mix with the dense ones (common/fusion.py; None = dense alone). batch_size applies to encoding
         and reranking."""
         self.encoder, self.reranker, self.batch_size = encoder, reranker, batch_size
-        self.doc_ids, self.texts = list(doc_ids), list(texts)
+        self.doc_ids, self.texts = list(doc_ids), texts if isinstance(texts, Sequence) else list(texts)
         if len(self.doc_ids) != len(self.texts):
             raise ValueError(f"{len(self.doc_ids)} doc ids but {len(self.texts)} texts")
         self.hybrid, self.bm25 = dict(hybrid or fusion.DENSE_ONLY), bm25
@@ -699,7 +700,7 @@ class Retriever:
         encoder = load_encoder(model, backend, device)
         cross = load_reranker(reranker, backend, device) if reranker else None
         corpus = read_corpus(path)
-        return cls(encoder, list(corpus), [doc_text(d) for d in corpus.values()], reranker=cross,
+        return cls(encoder, list(corpus), CorpusTexts(corpus, list(corpus)), reranker=cross,
                    batch_size=batch_size)
 
     @classmethod
@@ -714,7 +715,7 @@ class Retriever:
         encoder = load_encoder(model, encoder_backend, device)
         cross = load_reranker(reranker, backend, device) if reranker else None
         doc_ids = list(corpus)
-        texts = [doc_text(corpus[d]) for d in doc_ids]
+        texts = CorpusTexts(corpus, doc_ids)
         index = faiss_index.load(index_dir, doc_ids, encoder)
         hybrid = fusion.load(index_dir, fusion.DENSE_ONLY)
         bm25 = BM25.load(index_dir, doc_ids, corpus_file) if fusion.uses_bm25(hybrid) else None

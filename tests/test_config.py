@@ -1,3 +1,8 @@
+import importlib
+import os
+import subprocess
+import sys
+
 import pytest
 
 from common.config import ConfigError, check_choice, load_config
@@ -19,7 +24,7 @@ def test_lists_and_dashes():
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--stpes=3"], "did you mean steps"),
+    (["--stpes=3"], "did you mean --steps"),
     (["--steps=ten"], "not a int"),
     (["--steps=1.5"], "not a int"),
     (["--amp=maybe"], "not a bool"),
@@ -211,3 +216,52 @@ def test_a_prepared_set_without_train_or_val_still_runs_to_its_comparison(tmp_pa
     assert (f"--model={tmp_path}/m " in index) != trains
     compare = next(line for line in lines if "--compare=" in line)
     assert "--compare_val" not in compare and ("fine-tuned=" in compare) == trains
+
+
+SCRIPTS = ["prepare_data", "mine_negatives", "train_encoder", "train_reranker", "evaluate", "build_index",
+           "export_onnx", "search"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_shows_the_usage_and_every_setting(name, capsys):
+    module = importlib.import_module(name)
+    with pytest.raises(SystemExit) as done:
+        module.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(module.__doc__.strip().splitlines()[0])
+    missing = [key for key in module.DEFAULTS if f"\n  --{key}=" not in out]
+    assert not missing
+
+
+def test_help_groups_and_comments_come_from_the_source():
+    from common.config import Auto, ListOf, help_text
+
+    source = '''"""doc"""
+DEFAULTS = dict(
+    # data
+    data="d",  # where it is
+    steps=Auto(int),  # how many; auto = sized
+    #                   from the data
+    # model: what
+    # is trained
+    dims=ListOf(int),
+    lr=1e-4,
+)
+'''
+    defaults = dict(data="d", steps=Auto(int), dims=ListOf(int), lr=1e-4, extra=True)
+    out = help_text(defaults, "Usage: run it.", source)
+    assert out.startswith("Usage: run it.")
+    assert "\ndata:\n  --data=d  (str)\n      where it is\n" in out
+    assert "  --steps=auto  (int or auto)\n      how many; auto = sized from the data\n" in out
+    assert "\nmodel: what is trained:\n  --dims=\"\"  (comma-separated ints)\n  --lr=0.0001  (float)\n" in out
+    assert "\nother:\n  --extra=True  (bool)\n" in out
+
+
+def test_help_on_the_command_line_exits_zero():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "evaluate.py", "-h"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0 and "--hybrid_weight=auto  (float or auto)" in proc.stdout
+    proc = subprocess.run([sys.executable, "train_encoder.py", "--max_step=3"], cwd=root, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "did you mean --max_steps?" in proc.stderr

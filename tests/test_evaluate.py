@@ -133,8 +133,37 @@ def test_compare_puts_earlier_runs_side_by_side(toy_beir, tiny_model, tmp_path, 
     bm25 = json.loads((tmp_path / "a" / "metrics.json").read_text())["results"]["bm25"]["metrics"]["ndcg@10"]
     assert f"| ndcg@10 | {bm25:.4f} |" in table
     assert (tmp_path / "cmp" / "comparison.md").read_text() == table
+    # each column tested against BM25, query by query
+    assert "Against **zero-shot bm25**, ndcg@10 per query" in table and "| zero-shot dense | " in table
     with pytest.raises(UserError, match="not a metrics.json"):
         evaluate.main([f"--compare=x={tmp_path}/a/config.json"])
+
+
+def test_compare_runs_scores_two_run_files_and_names_a_bad_one(toy_beir, tiny_model, tmp_path, capsys):
+    import pytest
+
+    from common.run import UserError
+
+    evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/a", "--k=4",
+                   "--retrievers=bm25,dense"])
+    capsys.readouterr()
+    a, b = tmp_path / "a" / "bm25.trec", tmp_path / "a" / "dense.trec"
+    assert evaluate.main([f"--data={toy_beir}", f"--compare_runs=one={a},two={b}", f"--out={tmp_path}/ab"]) == 0
+    out = capsys.readouterr().out
+    assert "| metric | one | two |" in out and "Against **one**" in out and "# Per query: two against one" in out
+    assert (tmp_path / "ab" / "per_query.md").read_text() in out
+    # the same file twice: every query tied, p = 1
+    evaluate.main([f"--data={toy_beir}", f"--compare_runs={a},x={a}"])
+    assert "| x | " in (same := capsys.readouterr().out) and "| +0.0000 | 1 | 1 |" in same
+    bad = tmp_path / "bad.trec"
+    bad.write_text(a.read_text() + "q1 Q0 d1 one 0.5 tag\n")
+    lines = len(a.read_text().splitlines()) + 1
+    with pytest.raises(UserError, match=f"bad.trec:{lines}: not a TREC run line"):
+        evaluate.main([f"--data={toy_beir}", f"--compare_runs={a},{bad}"])
+    with pytest.raises(UserError, match="missing.trec: cannot read"):
+        evaluate.main([f"--data={toy_beir}", f"--compare_runs={a},{tmp_path}/missing.trec"])
+    with pytest.raises(UserError, match="give two"):
+        evaluate.main([f"--data={toy_beir}", f"--compare_runs={a}"])
 
 
 def test_results_csv_gains_a_row_per_run_and_keeps_the_old_ones(toy_beir, tiny_model, tmp_path, capsys):
@@ -158,6 +187,16 @@ def test_results_csv_gains_a_row_per_run_and_keeps_the_old_ones(toy_beir, tiny_m
     with pytest.raises(UserError, match="config.json"):
         evaluate.main(base + [f"--hparams={tmp_path}/nope/config.json"])
     assert len(csv_path.read_text().splitlines()) == 3  # the refused run added nothing
+    # `make results`: one line a run, with the served column and its score when one is served
+    assert evaluate.main(base + ["--served=zs", f"--data={toy_beir}"]) == 0
+    capsys.readouterr()
+    assert evaluate.main([f"--results={csv_path}"]) == 0
+    header, _, *lines = capsys.readouterr().out.splitlines()
+    assert header.startswith("| time | commit | dataset | model | served | test ndcg@10 | wall |") and len(lines) == 3
+    assert f"| {os.path.basename(toy_beir)} |" in lines[-1] and f"| zs bm25 | {round(ndcg, 4)} |" in lines[-1]
+    assert lines[-1].endswith(" min |")
+    with pytest.raises(UserError, match="no results yet"):
+        evaluate.main([f"--results={tmp_path}/none.csv"])
 
 
 @pytest.fixture(scope="module")

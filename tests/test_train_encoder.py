@@ -239,7 +239,7 @@ def test_mined_file_with_teacher_trains_margin_mse(train_beir, tiny_model, tmp_p
     (["--hard_negatives=2"], "needs --train_file"),
     (["--remine_every=10"], "remine_every needs"),
     (["--loss=triplet"], "choose one of"),
-    (["--batchsize=8"], "did you mean batch_size"),
+    (["--batchsize=8"], "did you mean --batch_size"),
     (["--lr=0"], "lr=0.0: must be above 0"),
     (["--warmup_ratio=1.5"], "warmup_ratio=1.5: must be at least 0 and at most 1"),
     (["--loss=infonce,cosine", "--loss_weights=1,-1"], "loss_weights=-1.0: must be at least 0"),
