@@ -16,6 +16,8 @@ import random
 import re
 from collections.abc import Sequence
 
+from tqdm import tqdm
+
 from common.files import atomic_dir, atomic_open
 from common.run import warn
 
@@ -39,8 +41,16 @@ def _open_lines(path):
         raise DataError(f"{path}: is a directory, expected a file")
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
-    with open(path, "rb") as f:
+    size = os.path.getsize(path)
+    # A corpus of millions of lines takes a while to read: a bar with an ETA, by bytes, updated every
+    # 10,000 lines (per line would cost more than the reading).
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"read {os.path.basename(path)}",
+                                     disable=size < BAR_ABOVE, leave=False) as bar:
+        done = 0
         for lineno, raw in enumerate(f, 1):
+            done += len(raw)
+            if lineno % 10_000 == 0:
+                bar.update(done - bar.n)
             ended = raw.endswith(b"\n")
             try:
                 line = raw.decode("utf-8")
@@ -53,6 +63,9 @@ def _open_lines(path):
             line = line.rstrip("\r\n")
             if line.strip():
                 yield lineno, line, ended
+
+
+BAR_ABOVE = 256 * 2**20  # bytes: a file this large is read with a progress bar
 
 
 def read_jsonl(path):

@@ -49,8 +49,9 @@ def significance_table(results, baseline, metric="ndcg@10"):
         return ""
     rows = significance.against(per_query, baseline)
     lines = [f"Against **{baseline}**, {metric} per query: two-sided paired tests (Student's t; Fisher's randomisation, "
-             f"{significance.ROUNDS:,} sign flips, seeded), p-values Holm–Bonferroni-adjusted across the "
-             f"{sum('p_t' in r for r in rows.values())} columns tested; **bold** below 0.05.", "",
+             f"{significance.ROUNDS:,} sign flips, seeded: its smallest p is 1/{significance.ROUNDS + 1:,}), p-values "
+             f"Holm–Bonferroni-adjusted across the {sum('p_t' in r for r in rows.values())} columns tested; **bold** "
+             "below 0.05.", "",
              f"| column | queries | Δ {metric} | p (t) | p (randomisation) | wins / ties / losses |", "|---" * 6 + "|"]
     for name, r in rows.items():
         ps = [f"**{significance.p_text(r[k])}**" if r[k] < 0.05 else significance.p_text(r[k]) for k in ("p_t", "p_rand")
