@@ -306,10 +306,11 @@ def compare(cfg):
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
             f.write(text)
-    zero_shot = next((n for n in results if n.endswith(" dense")), None)
-    if cfg.out and served and zero_shot and cfg.per_query_changes and os.path.isdir(cfg.data):
-        changes = query_changes(cfg, results[served]["split"] or "test", [(n, results[n]["per_query"], read_trec(results[n]["trec"]))
-                                             for n in (zero_shot, served)])
+    zero_shot = next((n for n in results if n.endswith(" dense")), None)  # the first label's: the baseline's
+    if (cfg.out and served and zero_shot and cfg.per_query_changes and os.path.isdir(cfg.data)
+            and all(os.path.isfile(results[n]["trec"]) for n in (zero_shot, served))):
+        runs = [(n, results[n]["per_query"], read_trec(results[n]["trec"])) for n in (zero_shot, served)]
+        changes = query_changes(cfg, results[served]["split"] or "test", runs)
         with atomic_open(os.path.join(cfg.out, "per_query.md")) as f:
             f.write(changes)
         report.tensorboard_text(cfg.out, "per_query", changes)
@@ -359,12 +360,11 @@ def query_changes(cfg, split, runs):
     the relevant documents' titles (or first words) read from the data."""
     queries = read_queries(os.path.join(cfg.data, "queries.jsonl"))
     qrels = read_qrels(os.path.join(cfg.data, "qrels", f"{split}.tsv"))
-    shared = [q for q in runs[0][1] if q in runs[1][1]]
-    docs = {d for q in shared for d, g in qrels.get(q, {}).items() if g > 0}
     # the titles of only the documents shown: those of the most changed queries (a corpus may be millions)
-    diff = sorted(shared, key=lambda q: runs[1][1][q]["ndcg@10"] - runs[0][1][q]["ndcg@10"])
-    shown = diff[:cfg.per_query_changes] + diff[-cfg.per_query_changes:]
-    docs = {d for q in shown for d, g in qrels.get(q, {}).items() if g > 0} & docs
+    shared = sorted((q for q in runs[0][1] if q in runs[1][1]),
+                    key=lambda q: runs[1][1][q]["ndcg@10"] - runs[0][1][q]["ndcg@10"])
+    shown = shared[:cfg.per_query_changes] + shared[-cfg.per_query_changes:]
+    docs = {d for q in shown for d, g in qrels.get(q, {}).items() if g > 0}
     return report.query_changes(*runs, qrels, queries, doc_snippets(os.path.join(cfg.data, "corpus.jsonl"), docs),
                                 n=cfg.per_query_changes)
 

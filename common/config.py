@@ -175,8 +175,8 @@ def settings_help(defaults, source):
     call = next((node.value for node in tree.body if isinstance(node, ast.Assign)
                  and any(getattr(t, "id", None) == "DEFAULTS" for t in node.targets)
                  and isinstance(node.value, ast.Call)), None)
-    comments = {tok.start[0]: (tok.start[1], tok.string) for tok in tokenize.generate_tokens(io.StringIO(source).readline)
-                if tok.type == tokenize.COMMENT}
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    comments = {tok.start[0]: (tok.start[1], tok.string) for tok in tokens if tok.type == tokenize.COMMENT}
     lines = source.splitlines()
     groups, current, shown = [], None, set()
     keywords = sorted(call.keywords if call is not None else [], key=lambda kw: kw.value.lineno)

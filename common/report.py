@@ -48,14 +48,14 @@ def significance_table(results, baseline, metric="ndcg@10"):
     if len(per_query) < 2:
         return ""
     rows = significance.against(per_query, baseline)
-    lines = [f"Against **{baseline}**, {metric} per query: two-sided paired tests (Student's t; Fisher's randomisation, "
-             f"{significance.ROUNDS:,} sign flips, seeded: its smallest p is 1/{significance.ROUNDS + 1:,}), p-values "
+    lines = [f"Against **{baseline}**, {metric} per query: two-sided paired tests (Student's t; Fisher's "
+             f"randomisation, {significance.ROUNDS:,} sign flips, seeded: its smallest p is 1/{significance.ROUNDS + 1:,}), p-values "
              f"Holm–Bonferroni-adjusted across the {sum('p_t' in r for r in rows.values())} columns tested; **bold** "
              "below 0.05.", "",
              f"| column | queries | Δ {metric} | p (t) | p (randomisation) | wins / ties / losses |", "|---" * 6 + "|"]
     for name, r in rows.items():
-        ps = [f"**{significance.p_text(r[k])}**" if r[k] < 0.05 else significance.p_text(r[k]) for k in ("p_t", "p_rand")
-              ] if "p_t" in r else [r["why"], ""]
+        ps = ([f"**{significance.p_text(r[k])}**" if r[k] < 0.05 else significance.p_text(r[k])
+               for k in ("p_t", "p_rand")] if "p_t" in r else [r["why"], ""])
         dropped = f" ({r['dropped']} not shared, left out)" if r["dropped"] else ""
         lines.append(f"| {name} | {r['queries']}{dropped} | {r['delta']:+.4f} | {ps[0]} | {ps[1]} | "
                      f"{r['wins']} / {r['ties']} / {r['losses']} |")
@@ -65,8 +65,8 @@ def significance_table(results, baseline, metric="ndcg@10"):
 def query_changes(before, after, qrels, queries, snippets, metric="ndcg@10", n=10):
     """Markdown: the n queries `after` gained most on against `before`, and the n it lost most on, each with
     its text, its most relevant document (`snippets` {doc id: title or first words}) and that document's
-    rank in both runs ("-": not retrieved). `before`, `after`: (name, {qid: {metric: value}}, run {qid: {doc id: score}}), over
-    the queries both scored."""
+    rank in both runs ("-": not retrieved). `before`, `after`: (name, {qid: {metric: value}}, run {qid: {doc id:
+    score}}), over the queries both scored."""
     (a_name, a_scores, a_run), (b_name, b_scores, b_run) = before, after
     shared = [q for q in a_scores if q in b_scores]
     diff = {q: b_scores[q][metric] - a_scores[q][metric] for q in shared}
@@ -85,7 +85,8 @@ def query_changes(before, after, qrels, queries, snippets, metric="ndcg@10", n=1
             doc = relevant[0] if relevant else ""
             ranks = [(ranked(run.get(q, {})) + [doc]).index(doc) + 1 if doc else 0 for run in (a_run, b_run)]
             ranks = [r if r <= len(run.get(q, {})) else 0 for r, run in zip(ranks, (a_run, b_run))]
-            lines.append(f"| {_cell(q)}: {_cell(queries.get(q, ''), 90)} | {_cell(doc)}: {_cell(snippets.get(doc, ''), 70)} | "
+            lines.append(f"| {_cell(q)}: {_cell(queries.get(q, ''), 90)} | "
+                         f"{_cell(doc)}: {_cell(snippets.get(doc, ''), 70)} | "
                          f"{' → '.join(str(r) if r else '-' for r in ranks)} | "
                          f"{a_scores[q][metric]:.2f} → {b_scores[q][metric]:.2f} |")
         if not picked:
@@ -207,7 +208,8 @@ def results_table(path, last=20):
         model = next((row[k] for k in ("encoder.model", "index.model") if row.get(k)), "")
         dataset = row.get("dataset") or os.path.basename(row.get("index.data", "")) or row.get("run", "")
         wall = f"{int(float(row['wall_s'])) // 60} min" if row.get("wall_s") else ""
-        lines.append(f"| {row.get('time', '')} | {row.get('commit', '')[:12]} | {dataset} | {os.path.basename(model)} | "
+        lines.append(f"| {row.get('time', '')} | {row.get('commit', '')[:12]} | {dataset} | "
+                     f"{os.path.basename(model)} | "
                      f"{served} | {row.get(f'{served} ndcg@10', '')} | {wall} |")
     return "\n".join(lines) + "\n"
 
