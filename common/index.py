@@ -54,16 +54,19 @@ def vector_bytes(factory, dim):
 
 
 # What the rest of a stage holds beside the index, in bytes per byte of corpus.jsonl: the corpus read into
-# Python, its texts, and BM25 while it is built (measured at a million documents: bench/results/scale-cpu.md).
-CORPUS_RAM_FACTOR = 8
+# Python and BM25 while it is built (measured at 5M documents, bench/results/scale-cpu.md: 5.3; the 8 measured
+# at 1M before BM25 filled its CSR directly refused a 5M index that fit).
+CORPUS_RAM_FACTOR = 6
 
 
 def check_fits(factory, n, dim, corpus_bytes, where):
     """One error before any work when the index plus the corpus's share will not fit in the memory this
-    machine has free, naming a factory that fits. (The vectors themselves are memory-mapped.)"""
+    machine has free, naming a factory that fits. (The vectors themselves are memory-mapped.) What this
+    process holds already (the corpus, read before) counts as free: it is part of that share."""
     available = memory_available()
     if available is None:
         return
+    available += resident_bytes()
     rest = CORPUS_RAM_FACTOR * corpus_bytes
     need = rest + n * vector_bytes(factory, dim)
     if need <= available:
@@ -76,6 +79,15 @@ def check_fits(factory, n, dim, corpus_bytes, where):
     raise UserError(f"{where}: {n:,} documents need about {gb(need)} of memory at factory={factory} (the vectors "
                     f"{gb(n * vector_bytes(factory, dim))}, the corpus and BM25 {gb(rest)}), and {gb(available)} is "
                     f"free; {fix}")
+
+
+def resident_bytes():
+    """This process's resident memory in bytes (0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def memory_available():

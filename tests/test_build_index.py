@@ -199,12 +199,17 @@ def test_an_index_that_cannot_fit_in_memory_is_one_error_before_any_work(toy_bei
     memory and a factory that fits; a corpus too large on its own says so; the run directory is never made."""
     gb = 2**30
     monkeypatch.setattr(faiss_index, "memory_available", lambda: 8 * gb)
+    monkeypatch.setattr(faiss_index, "resident_bytes", lambda: 0)  # this test process's own share
     assert faiss_index.check_fits("IVF,PQ48", 10_000_000, 384, 100 * 2**20, "c") is None
     with pytest.raises(UserError, match=r"10,000,000 documents need about .* GB .* 8.0 GB is free; "
                                          r"--factory=IVF,PQ64 holds them in 0.7 GB"):
         faiss_index.check_fits("IVF,Flat", 10_000_000, 384, 100 * 2**20, "c")
     with pytest.raises(UserError, match="the corpus alone needs more"):
         faiss_index.check_fits("Flat", 1000, 384, 2 * gb, "c")
+    # what the process holds already (the corpus it read) is part of the need, so it counts as free
+    monkeypatch.setattr(faiss_index, "resident_bytes", lambda: 5 * gb)
+    assert faiss_index.check_fits("Flat", 1000, 384, 2 * gb, "c") is None
+    monkeypatch.setattr(faiss_index, "resident_bytes", lambda: 0)
     monkeypatch.setattr(faiss_index, "memory_available", lambda: 1000)
     out = tmp_path / "index"
     with pytest.raises(UserError, match="corpus.jsonl: 6 documents need about"):
