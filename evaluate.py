@@ -361,10 +361,8 @@ def query_changes(cfg, split, runs):
     queries = read_queries(os.path.join(cfg.data, "queries.jsonl"))
     qrels = read_qrels(os.path.join(cfg.data, "qrels", f"{split}.tsv"))
     # the titles of only the documents shown: those of the most changed queries (a corpus may be millions)
-    shared = sorted((q for q in runs[0][1] if q in runs[1][1]),
-                    key=lambda q: runs[1][1][q]["ndcg@10"] - runs[0][1][q]["ndcg@10"])
-    shown = shared[:cfg.per_query_changes] + shared[-cfg.per_query_changes:]
-    docs = {d for q in shown for d, g in qrels.get(q, {}).items() if g > 0}
+    gained, lost = report.most_changed(runs[0][1], runs[1][1], n=cfg.per_query_changes)
+    docs = {d for q in gained + lost for d, g in qrels.get(q, {}).items() if g > 0}
     return report.query_changes(*runs, qrels, queries, doc_snippets(os.path.join(cfg.data, "corpus.jsonl"), docs),
                                 n=cfg.per_query_changes)
 

@@ -70,8 +70,7 @@ def query_changes(before, after, qrels, queries, snippets, metric="ndcg@10", n=1
     (a_name, a_scores, a_run), (b_name, b_scores, b_run) = before, after
     shared = [q for q in a_scores if q in b_scores]
     diff = {q: b_scores[q][metric] - a_scores[q][metric] for q in shared}
-    order = sorted(shared, key=lambda q: (-diff[q], q))
-    gained, lost = [q for q in order if diff[q] > 0][:n], [q for q in reversed(order) if diff[q] < 0][:n]
+    gained, lost = most_changed(a_scores, b_scores, metric, n)
     lines = [f"# Per query: {b_name} against {a_name} ({metric})", "",
              f"{len(shared)} queries: {sum(d > 0 for d in diff.values())} gained, {sum(d < 0 for d in diff.values())} "
              f"lost, {sum(d == 0 for d in diff.values())} unchanged."
@@ -92,6 +91,14 @@ def query_changes(before, after, qrels, queries, snippets, metric="ndcg@10", n=1
         if not picked:
             lines.append("| (none) | | | |")
     return "\n".join(lines) + "\n"
+
+
+def most_changed(before, after, metric="ndcg@10", n=10):
+    """([the n queries `after` gained most on], [the n it lost most on]) against `before`, both
+    {qid: {metric: value}}, over the queries both scored; ties by query id."""
+    diff = {q: after[q][metric] - before[q][metric] for q in before if q in after}
+    order = sorted(diff, key=lambda q: (-diff[q], q))
+    return [q for q in order if diff[q] > 0][:n], [q for q in reversed(order) if diff[q] < 0][:n]
 
 
 def _cell(text, width=None):

@@ -151,7 +151,9 @@ def test_compare_runs_scores_two_run_files_and_names_a_bad_one(toy_beir, tiny_mo
     assert evaluate.main([f"--data={toy_beir}", f"--compare_runs=one={a},two={b}", f"--out={tmp_path}/ab"]) == 0
     out = capsys.readouterr().out
     assert "| metric | one | two |" in out and "Against **one**" in out and "# Per query: two against one" in out
-    assert (tmp_path / "ab" / "per_query.md").read_text() in out
+    changes = (tmp_path / "ab" / "per_query.md").read_text()
+    assert changes in out
+    assert ":  |" not in changes  # every relevant document shown has its title or first words
     # the same file twice: every query tied, p = 1
     evaluate.main([f"--data={toy_beir}", f"--compare_runs={a},x={a}"])
     assert "| x | " in (same := capsys.readouterr().out) and "| +0.0000 | 1 | 1 |" in same
@@ -290,3 +292,22 @@ def test_under_torchrun_the_ranks_share_the_corpus_encode(toy_beir, tiny_model, 
         assert two[name]["metrics"] == pytest.approx(one[name]["metrics"], abs=1e-6)
     assert sorted(os.listdir(tmp_path / "two")) == [".cache", "run"]
     assert len([f for f in os.listdir(tmp_path / "two" / ".cache") if f.endswith(".npy")]) == 1  # rank 0's
+
+
+def test_per_query_changes_name_the_documents_of_the_queries_shown(tmp_path):
+    """Many queries tied on their gain: the ones shown are the ones whose documents' titles were read."""
+    import types
+
+    from common.data import write_beir
+
+    corpus = {f"d{i}": {"title": f"title {i}", "text": f"text {i}"} for i in range(30)}
+    queries = {f"q{i}": f"query {i}" for i in range(30)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(30)}
+    write_beir(str(tmp_path / "data"), corpus, queries, {"test": qrels})
+    before = {q: {"ndcg@10": 0.0} for q in queries}
+    after = {q: {"ndcg@10": 1.0} for q in queries}
+    runs = [("a", before, {q: {"dx": 1.0} for q in queries}), ("b", after, {q: {f"d{q[1:]}": 1.0} for q in queries})]
+    cfg = types.SimpleNamespace(data=str(tmp_path / "data"), per_query_changes=10)
+    changes = evaluate.query_changes(cfg, "test", runs)
+    assert "30 queries: 30 gained, 0 lost" in changes and changes.count("| - → 1 |") == 10
+    assert ":  |" not in changes and "d1: title 1" in changes
