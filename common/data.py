@@ -364,8 +364,8 @@ def doc_snippets(corpus_file, doc_ids, words=12):
         return found
     with open(corpus_file, encoding="utf-8") as f:
         for line in f:
-            m = _ID.match(line)
-            if m and json.loads(f'"{m.group(1)}"') not in wanted:
+            key = _unescaped(m.group(1)) if (m := _ID.match(line)) else None
+            if key is not None and key not in wanted:
                 continue
             try:
                 doc = json.loads(line)
@@ -380,6 +380,15 @@ def doc_snippets(corpus_file, doc_ids, words=12):
 
 
 _ID = re.compile(r'\s*\{\s*"_id"\s*:\s*"((?:[^"\\]|\\.)*)"')  # a line that opens with its id (as written here)
+
+
+def _unescaped(raw):
+    """A JSON string's contents, unescaped; None where an escape is not valid JSON (the line is then parsed
+    whole)."""
+    try:
+        return json.loads(f'"{raw}"')
+    except ValueError:
+        return None
 
 
 class CorpusTexts(Sequence):

@@ -129,3 +129,16 @@ def test_training_file_reader_checks_ids_and_positives(tmp_path):
         bad.write_text(good.read_text() + line + "\n")
         with pytest.raises(DataError, match=message):
             read_training_file(str(bad), corpus)
+
+
+def test_doc_snippets_reads_only_the_documents_asked_for(tmp_path):
+    import json
+
+    from common.data import doc_snippets
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"_id": 'a"b', "title": "T1", "text": "x"}) + "\n"
+                    + '{"_id": "c\\q", "title": "T2", "text": "not JSON: a bad escape"}\n'
+                    + json.dumps({"_id": "z", "title": "", "text": "one two three four"}) + "\n")
+    assert doc_snippets(str(path), ['a"b', "z", "missing"], words=3) == {'a"b': "T1", "z": "one two three"}
+    assert doc_snippets(str(path), []) == {}
