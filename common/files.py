@@ -77,14 +77,17 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def read_csv_rows(path):
+    """(columns, [row dicts]) of a CSV with a header line."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
 def append_csv_row(path, row):
     """Add `row` (a dict) to the CSV at path. A row with new columns rewrites the file with the union
     of the columns (older rows blank there), atomically, so earlier rows are never lost."""
-    rows, columns = [], []
-    if os.path.isfile(path):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns, rows = list(reader.fieldnames or []), list(reader)
+    columns, rows = read_csv_rows(path) if os.path.isfile(path) else ([], [])
     columns += [c for c in row if c not in columns]
     with atomic_open(path) as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")

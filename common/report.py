@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from common.files import write_json
+from common.files import read_csv_rows, write_json
 from common.metrics import ranked, write_trec
 from common import significance
 from common.run import UserError, git_commit
@@ -201,11 +201,8 @@ def results_table(path, last=20):
     """Markdown: the last `last` rows of a results.csv (one a pipeline), newest last: commit, dataset, model,
     the served column, its test nDCG@10, wall time. Rows written before those columns existed are read
     from what they hold (the run's directory, its encoder's model, the served columns' scores)."""
-    import csv
-
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        _, rows = read_csv_rows(path)
     except OSError as e:
         raise UserError(f"{path}: no results yet ({e.strerror}); `make pipeline` appends a row per run") from None
     lines = ["| time | commit | dataset | model | served | test ndcg@10 | wall |", "|---" * 7 + "|"]
