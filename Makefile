@@ -50,6 +50,7 @@ RERANKER_ARGS ?=
 MINE_DIR := $(RUN_DIR)/mine
 ENCODER_DIR := $(RUN_DIR)/encoder
 INDEX_DIR := $(RUN_DIR)/index
+ZS_DIR := $(RUN_DIR)/zero-shot
 RERANK_MINE_DIR := $(RUN_DIR)/mine-reranker
 RERANKER_DIR := $(RUN_DIR)/reranker
 FINAL_DIR := $(RUN_DIR)/final-test
@@ -61,6 +62,9 @@ prepared = $(if $(wildcard $(DATA_DIR)/prepare.json),$(wildcard $(DATA_DIR)/qrel
 HAS_TRAIN := $(call prepared,train)
 HAS_VAL := $(call prepared,val)
 INDEX_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
+# The zero-shot encoder's index: with a train split, the bar built before training (`make bar`); without one,
+# the index itself. The baseline columns' hybrid serves the mix chosen there.
+ZS_INDEX := $(if $(HAS_TRAIN),$(ZS_DIR),$(INDEX_DIR))
 # The reranker stages run where torch sees a GPU (resolved once the venv exists: `pipeline` re-reads
 # this file after setup), or as RERANKER says.
 RERANKER ?= auto
@@ -72,7 +76,7 @@ SERVED_VAL := $(if $(RERANK_ON),$(RERANKER_DIR)/val/metrics.json,$(RUN_DIR)/serv
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 
-.PHONY: setup setup-gpu data baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
+.PHONY: setup setup-gpu data bar baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
         adapted smoke reranker-on \
         tensorboard test bench-encode bench-st bench-st-setup clean help results FORCE
 
@@ -102,11 +106,19 @@ data: $(DATA_DIR)/prepare.json  ## prepare_data.py: DATA into data/<dataset>/ (B
 $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) | setup
 	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
 
-# BM25, the zero-shot encoder and their hybrid (its BM25 weight chosen on val), side by side, on a split
-# (val: the numbers to beat; test: to report).
+# The bar (build_index.py on the zero-shot encoder, before any training): its mix with BM25 and its memory of the
+# train queries chosen on val (common/decision.py). What is served unless the fine-tuned encoder beats it beyond
+# noise, and what training weighs each of its val evaluations against.
+bar: $(ZS_INDEX)/index.json  ## the zero-shot index and its val choices: the bar fine-tuning must beat
+$(ZS_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt
+	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(ZS_DIR) $(INDEX_ARGS)
+
+# BM25, the zero-shot encoder and their hybrid (the BM25 weight the zero-shot index chose), side by side, on a
+# split (val: the numbers to beat; test: to report).
 baseline: $(RUN_DIR)/baseline-$(SPLIT)/metrics.json  ## BM25, zero-shot encoder and their hybrid on SPLIT (val: to beat; test: to report)
-$(RUN_DIR)/baseline-%/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
-	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(MODEL) \
+$(RUN_DIR)/baseline-%/metrics.json: $(DATA_DIR)/prepare.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt \
+                                    $(ZS_INDEX)/index.json
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(MODEL) --choices=$(ZS_INDEX) \
 	    --out=$(RUN_DIR)/baseline-$* $(EVAL_ARGS)
 
 # BM25 hard negatives for the train queries: what the encoder trains on.
@@ -115,24 +127,24 @@ $(MINE_DIR)/train.jsonl: $(DATA_DIR)/prepare.json mine_negatives.py $(COMMON) $(
 	$(PY) mine_negatives.py $(MINE_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(MINE_DIR) $(MINE_ARGS)
 
 # The bi-encoder on those negatives (the script's defaults: the recipe, sized to the data and the
-# machine), best on val.
+# machine), val scored as the bar serves (its memory and mix), best on val; it stops once it cannot beat the bar.
 train-encoder: $(ENCODER_DIR)/metrics.json  ## fine-tune the bi-encoder (the recipe, sized to data and machine)
-$(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt
+$(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) $(ENCODER_CONFIG) $(ENCODER_DIR)/make-args.txt \
+                             $(ZS_DIR)/index.json
 	$(PY) train_encoder.py $(ENCODER_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --train_file=$(MINE_DIR)/train.jsonl \
-	    --out=$(ENCODER_DIR) --test_eval=false $(TRAIN_ARGS)
+	    $(if $(HAS_VAL),--bar=$(ZS_DIR)) --out=$(ENCODER_DIR) --test_eval=false $(TRAIN_ARGS)
 
 # The first stage the pipeline serves (build_index.py): the fine-tuned encoder (unless INDEX_MODEL says
-# otherwise) or the zero-shot one, whichever val scores best, each with BM25 mixed in as val chooses
-# and with the train queries' memory at the strengths val chooses (none included: common/memory.py)
-# (fine-tuning that does not beat the zero-shot hybrid on val is not served); a FAISS index of the
-# corpus, BM25, memory.json and fusion.json. search.py --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR)
-# then serve it. The baseline's corpus embeddings come from its evaluation's cache. Its make-args.txt
-# lives outside the directory, which build_index.py replaces whole.
+# otherwise), with BM25 mixed in and the train queries' memory at the strengths val chooses (none included:
+# common/memory.py), where it beats the bar beyond noise on val; else the bar's own files (common/decision.py).
+# A FAISS index of the corpus, BM25, memory.json and fusion.json: search.py --index=$(INDEX_DIR) and evaluate.py
+# --index=$(INDEX_DIR) then serve it. Without a train split it is the zero-shot encoder's index. Its
+# make-args.txt lives outside the directory, which build_index.py replaces whole.
 index: $(INDEX_DIR)/index.json  ## build_index.py: FAISS index, BM25, memory and the first stage chosen on val
 $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt \
                          $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json) \
-                         | $(if $(HAS_VAL),$(RUN_DIR)/baseline-val/metrics.json)
-	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) --baseline=$(MODEL) \
+                         $(if $(HAS_TRAIN),$(ZS_DIR)/index.json)
+	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) $(if $(HAS_TRAIN),--baseline=$(ZS_DIR)) \
 	    --out=$(INDEX_DIR) $(INDEX_ARGS)
 
 # The fine-tuned encoder alone and its hybrid, on a split, for comparison.md (the corpus embeddings
@@ -140,7 +152,7 @@ $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(IND
 fine-tuned: $(TUNED_DIR)-$(SPLIT)/metrics.json  ## the fine-tuned encoder alone and its hybrid on SPLIT
 $(TUNED_DIR)-%/metrics.json: $(ENCODER_DIR)/metrics.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt \
                              | $(INDEX_DIR)/index.json
-	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(ENCODER_DIR)/best \
+	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=$* --model=$(ENCODER_DIR)/best --choices=$(INDEX_DIR) \
 	    --retrievers=dense,hybrid --latency=false --out=$(TUNED_DIR)-$* $(EVAL_ARGS)
 
 # The reranker's training file (LCE): the served first stage's own candidates (through the index: only

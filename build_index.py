@@ -18,9 +18,11 @@ common.retrievers.Retriever load in one line.
     python build_index.py --embeddings=runs/scifact-all-MiniLM-L6-v2/index/embeddings.npy --factory=HNSW32 --out=...
 
 The first stage served: each candidate encoder (model, and baseline when given) is scored on the val
-split alone, dense and mixed with BM25 (common.fusion.choose_hybrid: a convex weight or RRF, kept
-only when it beats dense beyond noise); the best is indexed, the fine-tuned model only when it beats
-the baseline. Without a val split the model is indexed with BM25 at the default weight, saying so.
+split alone, dense and mixed with BM25, with and without the memory, and common/decision.py chooses
+what is served: the mix, the memory's strengths, and the fine-tuned model only when it beats the
+baseline beyond noise. A baseline that is an index directory (`make index`: the zero-shot index built
+before training, the bar) is read, not rebuilt: its choice and its val scores (val.json) are weighed
+against the model's, and where the model does not beat it, its files are the index. Without a val split the model is indexed with BM25 at the default weight, saying so.
 One process does it all (torchrun adds nothing: FAISS uses every GPU it sees). The search settings
 (nprobe for IVF, efSearch for HNSW) are tuned on `tune_split`'s queries, which need no labels, as the
 smallest that reach `target_recall` recall@10 against exact search, and saved with the index.
@@ -33,6 +35,7 @@ rebuilds and mining), metrics.json (timings, index size, recall against exact se
 on `split`), config.json and command.txt. Corpus embeddings are shared with evaluate.py through the
 run directory's parent's .cache/, so an encoder the baseline evaluation encoded is not encoded again.
 """
+import json
 import os
 import shutil
 import sys
@@ -40,17 +43,17 @@ import time
 
 import numpy as np
 
-from common import fusion
+from common import decision, fusion
 from common import index as faiss_index
 from common import memory as mem
-from common.backends import BACKENDS, load_encoder
+from common.backends import BACKENDS, encoder_name, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import (SMALL_VAL, CorpusTexts, choice_queries, describe_choice_queries, folds, load_beir, load_val,
-                         read_corpus, read_qrels, read_queries, splits)
+from common.data import (CorpusTexts, folds, load_beir, load_train, load_val, read_corpus, read_qrels, read_queries,
+                         splits)
 from common.files import atomic_dir, write_json
-from common.metrics import evaluate_run
-from common.retrievers import BM25, BM25_FILES, corpus_bm25, corpus_embeddings, dense_search, embeddings_cache
-from common.run import UserError, cli, join_ranks, start_run, trained_on, warn
+from common.retrievers import (BM25, BM25_FILES, corpus_bm25, corpus_embeddings, dense_search, embeddings_cache,
+                               join_ranks)
+from common.run import UserError, cli, start_run, trained_on, warn
 from common.run import cache_dir as run_cache_dir
 
 DEFAULTS = dict(
@@ -177,7 +180,7 @@ def memory_grid(cfg, memory, val_qrels):
         return (0.0,), (0,)
     if given:
         return tuple(sorted({0.0, given["dense"]})), tuple(sorted({0, given["bm25"]}))
-    return mem.STRENGTHS, (mem.REPEATS if cfg.hybrid else (0,))
+    return decision.STRENGTHS, (decision.REPEATS if cfg.hybrid else (0,))
 
 
 def bm25_val_runs(val_queries, bm25_of, repeats, keep):
@@ -214,8 +217,7 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
     dense = {0.0: search_runs(doc_ids, emb, q_emb, qids)}
     bm25 = {0: {q: dict(h) for q, h in zip(qids, bm25_of(0).search_many([queries[q] for q in qids],
                                                                        fusion.HYBRID_DEPTH))}} if cfg.hybrid else None
-    choice = fusion.choose_hybrid(qrels, dense[0.0], bm25[0] if bm25 else {},
-                                  given=given if bm25 else fusion.DENSE_ONLY)
+    choice = decision.hybrid(qrels, dense[0.0], bm25[0] if bm25 else {}, given=given if bm25 else fusion.DENSE_ONLY)
     fixed, remembered, parts = given_memory(cfg), set(), folds(qids)
     if not fixed and not train_memory.empty():
         for fold in parts:  # the memory of the other folds, searched by this one's queries
@@ -224,16 +226,16 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
             remembered |= mem.remembered_queries(other.found, {q: qrels[q] for q in held})
             rows, dirs = mem.directions(other, doc_ids, by_qid)
             fold_emb = q_emb[[rows_of[q] for q in held]]
-            for a in mem.STRENGTHS[1:]:
+            for a in decision.STRENGTHS[1:]:
                 dense.setdefault(a, {}).update(search_runs(doc_ids, mem.edit(emb, rows, dirs, a), fold_emb, held))
-            for r in (mem.REPEATS[1:] if bm25 else ()):
+            for r in (decision.REPEATS[1:] if bm25 else ()):
                 expanded = BM25(doc_ids, mem.expand(texts, doc_ids, other, r), cfg.bm25_k1, cfg.bm25_b)
                 bm25.setdefault(r, {}).update(zip(held, map(dict, expanded.search_many(
                     [queries[q] for q in held], fusion.HYBRID_DEPTH))))
     strength, report = fixed or dict(mem.NONE), None
     if remembered:
-        strength, mix, report = mem.choose(qrels, dense, bm25, choice, remembered, mixes=[given] if given else None)
-        choice = {**choice, **mix}
+        strength, mix, report = decision.memory(qrels, dense, bm25, choice, remembered, mixes=[given] if given else None)
+        plain, choice = plain_mix(choice), {**choice, **mix}
     # as served: on val (pooled: its runs without memory are in hand), with the memory of train alone (its
     # queries are pooled too: their embeddings in hand)
     val_queries, val_qrels = val
@@ -246,48 +248,58 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
     served = (search_runs(doc_ids, mem.edit(emb, *mem.directions(train_memory, doc_ids, by_qid), strength["dense"]),
                           q_emb[[rows_of[q] for q in vids]], vids) if strength["dense"] else v_dense)
     served = fusion.hybrid(served, v_bm25[strength["bm25"]], choice) if v_bm25 else served
-    score = lambda run: evaluate_run(val_qrels, run, (10,))[0]["ndcg@10"]  # noqa: E731
+    score = lambda run: decision.per_query(val_qrels, run)[0]  # noqa: E731
     chosen_on = {**how, **choice["val"], "served": report["served"] if report else choice["val"]["served"]}
-    choice = {**choice, "queries": len(val_qrels), "chosen_on": chosen_on, "val": {
-        "dense": score(v_dense), "bm25": score(fusion.hybrid(v_dense, v_bm25[0], {"weight": 1.0})) if v_bm25 else None,
-        "served": score(served)}}
+    on_val = {"dense": score(v_dense), "bm25": score(fusion.hybrid(v_dense, v_bm25[0], {"weight": 1.0})) if v_bm25
+              else None}
+    choice = {**choice, "queries": len(val_qrels), "chosen_on": chosen_on, "val": {**on_val, "served": score(served)}}
+    if report:  # the mix without memory, scored on val alone: what a hybrid column of this encoder serves
+        choice["plain"] = {**plain, "val": {**on_val, "served": score(fusion.hybrid(v_dense, v_bm25[0], plain))
+                                            if v_bm25 else on_val["dense"]}}
     if not train_memory.empty():
         choice["memory"] = ({**fixed, "given": True} if fixed else {**strength, **report, "folds": len(parts)}
                             if report else {**mem.NONE, "queries": len(qrels), "remembered": 0, "folds": len(parts)})
     return choice, served
 
 
-def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions, strengths, texts, bm25_of):
+def plain_mix(choice):
+    """The mix of a hybrid choice, as served without memory (what evaluate.py's hybrid columns serve)."""
+    return {k: choice[k] for k in ("method", "weight", "rrf_k", "depth") if k in choice}
+
+
+def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directions, strengths, texts, bm25_of,
+               bar=None):
     """Score each candidate {label: (model, encoder, vectors in doc_ids' order)} on val, dense and mixed
     with BM25 (as `given`, or chosen), each with the memory at every strength (`bm25_runs`: {repeat: val
     run of BM25 over the texts expanded so}, None for dense alone; `directions` {label:
     memory_directions'}; `strengths` memory_grid's); return (label served, its hybrid choice, {label:
-    choice}). The first candidate is served unless a later one scores higher on val. A candidate that
-    never saw the train split, where val is small, chooses on train + val (pooled_choice: `texts`,
-    `bm25_of(repeat)`)."""
+    choice}, the served val run). `bar` (label, its choice, its val per-query scores), the zero-shot
+    index built before training, joins them as it was chosen. The zero-shot candidate (the bar) is served
+    unless another beats it beyond noise (common.decision.encoder). A candidate that never saw the train
+    split, where val is small, chooses on train + val (pooled_choice: `texts`, `bm25_of(repeat)`)."""
     val_queries, val_qrels = val
     remembered = mem.remembered_queries(memory.found, val_qrels)
     choices, runs = {}, {}  # each candidate's choice, and its val run as served
     for label, (model, encoder, emb) in candidates.items():
-        queries, qrels, how = choice_queries(cfg.data, val, trained_on(model, cfg.data))
-        print(f"{label} ({model}): its mix and memory are chosen on {describe_choice_queries(how)}")
+        queries, qrels, how = decision.pooled(val, load_train(cfg.data), trained_on(model, cfg.data))
+        print(f"{label} ({model}): its mix and memory are chosen on {decision.describe_pooled(how)}")
         if how["split"] != "val":
             choices[label], runs[label] = pooled_choice(cfg, doc_ids, texts, encoder, emb, (queries, qrels, how), val,
                                                         given, bm25_of, memory)
-            print(f"{label} ({model}): {fusion.describe_hybrid(choices[label])}")
+            print(f"{label} ({model}): {decision.describe_hybrid(choices[label])}")
             m = choices[label].get("memory", {})
             if "without" in m:
-                print(f"  {mem.describe_choice(m, m)}")
+                print(f"  {decision.describe_memory(m, m)}")
             elif "folds" in m:
                 print(f"  memory: none served: cross-validated in {m['folds']} folds of train + val, no query has a "
                       "relevant document another fold's query found, so nothing shows it helping")
             continue
         dense_runs = memory_runs(cfg, doc_ids, encoder, emb, directions[label], val_queries, strengths)
         if bm25_runs is None:  # dense alone, scored
-            choice = fusion.choose_hybrid(val_qrels, dense_runs[0.0], {}, given=fusion.DENSE_ONLY)
+            choice = decision.hybrid(val_qrels, dense_runs[0.0], {}, given=fusion.DENSE_ONLY)
         else:
-            choice = fusion.choose_hybrid(val_qrels, dense_runs[0.0], bm25_runs[0], given=given)
-        print(f"val of {cfg.data}, {label} ({candidates[label][0]}): {fusion.describe_hybrid(choice)}")
+            choice = decision.hybrid(val_qrels, dense_runs[0.0], bm25_runs[0], given=given)
+        print(f"val of {cfg.data}, {label} ({candidates[label][0]}): {decision.describe_hybrid(choice)}")
         fixed = given_memory(cfg)
         if memory.empty():
             pass
@@ -296,33 +308,39 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
             print(f"  memory: none served: no val query has a relevant document a train query found, so val "
                   f"cannot show it helping ({len(memory.found)} docs remembered, none of val's)")
         elif fixed:  # as given: the hybrid's mix chosen with it
-            with_memory = fusion.choose_hybrid(val_qrels, dense_runs[fixed["dense"]],
-                                               bm25_runs[fixed["bm25"]] if bm25_runs else {},
-                                               given=given if bm25_runs else fusion.DENSE_ONLY)
-            choice = {**with_memory, "memory": {**fixed, "given": True}}
-            print(f"  memory as given: {fusion.describe_hybrid(choice)}")
+            with_memory = decision.hybrid(val_qrels, dense_runs[fixed["dense"]],
+                                          bm25_runs[fixed["bm25"]] if bm25_runs else {},
+                                          given=given if bm25_runs else fusion.DENSE_ONLY)
+            choice = {**with_memory, "memory": {**fixed, "given": True},
+                      "plain": {**plain_mix(choice), "val": choice["val"]}}
+            print(f"  memory as given: {decision.describe_hybrid(choice)}")
         else:
-            strength, mix, report = mem.choose(val_qrels, dense_runs, bm25_runs, choice, remembered,
-                                               mixes=[given] if given else None)
-            print(f"  {mem.describe_choice(strength, report)}")
+            strength, mix, report = decision.memory(val_qrels, dense_runs, bm25_runs, choice, remembered,
+                                                    mixes=[given] if given else None)
+            print(f"  {decision.describe_memory(strength, report)}")
             if strength != mem.NONE:
-                choice = {**choice, **mix, "val": {**choice["val"], "served": report["served"]}}
+                choice = {**choice, **mix, "plain": {**plain_mix(choice), "val": choice["val"]},
+                          "val": {**choice["val"], "served": report["served"]}}
             choice["memory"] = {**strength, **report}
         choices[label] = choice
         m = choice.get("memory", mem.NONE)
         runs[label] = (fusion.hybrid(dense_runs[m["dense"]], bm25_runs[m["bm25"]], choice) if bm25_runs
                        else dense_runs[m["dense"]])
-    served = max(choices, key=lambda label: choices[label]["val"]["served"])  # the first of equals
-    if served == "model" and "baseline" in choices and len(val_qrels) < SMALL_VAL:
-        # on a handful of val queries, the fine-tuned encoder (its choices made on them alone) is served only
-        # beyond noise over the zero-shot one, whose choices rest on train + val
-        ahead, report = fusion.select(val_qrels, runs["baseline"], {"model": runs["model"]}, fusion.HYBRID_Z)
-        if ahead is None:
-            print(f"{candidates['model'][0]} scores {choices['model']['val']['served']:.4f} on val against the "
-                  f"zero-shot {choices['baseline']['val']['served']:.4f}: within noise on {len(val_qrels)} queries "
-                  f"(gain {report['gain']:+.4f}, standard error {report['stderr']:.4f}); serving the zero-shot encoder")
-            served = "baseline"
-    return served, choices[served], choices
+    if bar is not None:
+        label, choices[label], runs[label] = bar
+    served, report = (decision.encoder(val_qrels, runs, "baseline", remembered if not memory.empty() else None)
+                      if "baseline" in choices else ("model", None))
+    if report is not None:
+        why = (f"the {'fine-tuned' if served == 'model' else 'zero-shot'} encoder: {candidates['model'][0]} scores "
+               f"{choices['model']['val']['served']:.4f} on val against the zero-shot's "
+               f"{choices['baseline']['val']['served']:.4f} (gain {report['gain']:+.4f}, standard error "
+               f"{report['stderr']:.4f}{decision.describe_guard(report['guard'])})"
+               + ("" if served == "model" else ", not beyond noise" if not report["guard"]["vetoed"] else
+                  ", at a cost beyond noise to the queries no memory can help"))
+        print(f"encoder served: {why}")
+        choices[served] = {**choices[served], "encoder": {"gain": report["gain"], "stderr": report["stderr"],
+                                                          "guard": report["guard"], "why": why}}
+    return served, choices[served], choices, runs[served]
 
 
 def train_memory(cfg, doc_ids):
@@ -422,9 +440,15 @@ def main(argv=None):
     factory = faiss_index.resolve_factory(cfg.factory, len(doc_ids))
     # Models that fail, fail before any work.
     candidates = {"model": (cfg.model, load_encoder(cfg.model, cfg.backend, cfg.device))}
-    if cfg.baseline and os.path.abspath(cfg.baseline) != os.path.abspath(cfg.model):
-        candidates["baseline"] = (cfg.baseline, load_encoder(cfg.baseline, cfg.backend, cfg.device))
     encoder = candidates["model"][1]
+    bar = read_bar(cfg.baseline, encoder) if cfg.baseline and faiss_index.is_index(cfg.baseline) else None
+    if cfg.baseline and not bar and os.path.abspath(cfg.baseline) != os.path.abspath(cfg.model):
+        candidates["baseline"] = (cfg.baseline, load_encoder(cfg.baseline, cfg.backend, cfg.device))
+    if bar and bar["same"]:  # nothing to choose: the model is the one the bar was built with
+        with atomic_dir(cfg.out) as tmp:
+            serve_bar(cfg, tmp, argv, bar, {}, f"{cfg.model} embeds as the zero-shot encoder {bar['model']} does "
+                      "(training kept step 0, or stopped before it): serving the zero-shot index")
+        return 0
     if cfg.dim:
         trained = encoder.settings().get("matryoshka_dims") or []
         if not 0 < cfg.dim <= encoder.dim:
@@ -437,8 +461,8 @@ def main(argv=None):
     val = ({}, {})
     given = None if cfg.hybrid_weight == "auto" else {"method": "convex", "weight": cfg.hybrid_weight,
                                                       "depth": fusion.HYBRID_DEPTH}
-    if (cfg.hybrid and given is None) or len(candidates) > 1:
-        without = f"serving {cfg.model}" + (f", {fusion.describe_hybrid(fusion.NO_VAL)}, measured across datasets"
+    if (cfg.hybrid and given is None) or len(candidates) > 1 or bar:
+        without = f"serving {cfg.model}" + (f", {decision.describe_hybrid(decision.NO_VAL)}, measured across datasets"
                                             if cfg.hybrid else "")
         val = load_val(cfg.data, without)
     print(f"{dataset}: {len(doc_ids)} docs, {factory} ({'GPU' if use_gpu else 'CPU'} FAISS) -> {cfg.out}")
@@ -472,19 +496,17 @@ def main(argv=None):
         directions = {label: memory_directions(cfg, doc_ids, enc, memory) if max(strengths) > 0 else
                       (np.zeros(0, np.int64), np.zeros((0, enc.dim), np.float32))
                       for label, (_, enc, _) in searched.items()}
+        val_run = None
         if val[0]:
-            served, choice, choices = val_choice(cfg, doc_ids, searched, bm25_runs, val, given, memory, directions,
-                                                 strengths, texts, bm25_of)
+            served, choice, choices, val_run = val_choice(
+                cfg, doc_ids, searched, bm25_runs, val, given, memory, directions, strengths, texts, bm25_of,
+                bar=("baseline", bar["choice"], bar["values"]) if bar and bar["values"] else None)
         else:
-            served, choice, choices = "model", given or (fusion.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
+            served, choice, choices = "model", given or (decision.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
             if not memory.empty():  # strengths as given, or none: nothing to choose them on
                 choice = {**choice, "memory": given_memory(cfg) or dict(mem.NONE)}
-        zero_shot = choices.get("baseline", {})
-        if fusion.remembers(zero_shot):
-            tuned = choices["model"].get("memory", {}).get("without", choices["model"]["val"]["served"])
-            if zero_shot["val"]["served"] > tuned:
-                print(f"memory on the zero-shot encoder {cfg.baseline} ({zero_shot['val']['served']:.4f} on val) "
-                      f"already beats the fine-tuned {cfg.model} without memory ({tuned:.4f})")
+        if bar and served == "baseline":
+            return serve_bar(cfg, tmp, argv, bar, choices["model"], choice["encoder"]["why"])
         model, encoder, emb = searched[served]
         memory.strengths = {k: choice.get("memory", mem.NONE)[k] for k in mem.NONE}
         r = memory.strengths["bm25"]
@@ -495,9 +517,6 @@ def main(argv=None):
             emb = mem.edit(emb, *moved, memory.strengths["dense"])
         if not memory.empty():
             print(memory.describe())
-        if served != "model" and choices["model"]["val"]["served"] <= choice["val"]["served"]:
-            print(f"{cfg.model} does not beat {model} on val ({choices['model']['val']['served']:.4f} against "
-                  f"{choice['val']['served']:.4f}): indexing {model}")
         if cfg.hybrid and not fusion.uses_bm25(choice):
             print("BM25 does not help this encoder on val: the index serves dense alone (its BM25 is saved all "
                   "the same)")
@@ -547,8 +566,12 @@ def main(argv=None):
             bm25.save(tmp, corpus_file)
         if not memory.empty():
             memory.save(tmp, {"split": "train", "model": model})
+        names = {**{label: m for label, (m, _) in candidates.items()}, **({"baseline": bar["model"]} if bar else {})}
         fusion.save(tmp, {**choice, "model": model, "candidates": {
-            candidates[label][0]: {k: v for k, v in c.items() if k != "grid"} for label, c in choices.items()}})
+            names[label]: {k: v for k, v in c.items() if k != "grid"} for label, c in choices.items()}})
+        if val_run is not None:  # what a later build weighs against this one (the bar: serve_bar, read_bar)
+            write_json(os.path.join(tmp, VAL_FILE), {"split": "val", "metric": "ndcg@10",
+                                                     "per_query": decision.per_query(val[1], val_run)[1]})
         if cfg.keep_embeddings:
             keep_vectors(vectors[served], os.path.join(tmp, "embeddings.npy"))
         del emb, vectors, searched  # the memory maps, before the files under them go
@@ -556,7 +579,45 @@ def main(argv=None):
         write_json(os.path.join(tmp, "metrics.json"), {"dataset": dataset, "docs": len(doc_ids), "served": model,
                                                        "hybrid": choice, **info})
     print(f"wrote {cfg.out}: index.faiss {info['index_bytes'] / 2**20:.1f} MiB; serving {model}, "
-          f"{fusion.describe_hybrid({k: v for k, v in choice.items() if k != 'val'})}")
+          f"{decision.describe_hybrid({k: v for k, v in choice.items() if k != 'val'})}")
+    return 0
+
+
+VAL_FILE = "val.json"  # the served first stage's nDCG@10 on each val query
+
+
+def read_bar(directory, encoder):
+    """The zero-shot index built before training (`make index` weighs the fine-tuned encoder against it):
+    {"dir", "model", "choice" (its fusion.json), "values" ({qid: val nDCG@10} as served, {} without val),
+    "same": whether `encoder` embeds as its encoder does (a fine-tuning that kept step 0)}."""
+    with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    values = {}
+    if os.path.isfile(os.path.join(directory, VAL_FILE)):
+        with open(os.path.join(directory, VAL_FILE), encoding="utf-8") as f:
+            values = json.load(f)["per_query"]
+    probe = np.asarray(meta.get("probe", []), np.float32)
+    same = probe.shape == (encoder.dim,) and bool(np.allclose(faiss_index.probe_embedding(encoder), probe, atol=1e-5))
+    return {"dir": directory, "model": meta["model"], "choice": fusion.load(directory, fusion.DENSE_ONLY),
+            "values": values, "same": same}
+
+
+def serve_bar(cfg, tmp, argv, bar, tuned, why):
+    """The index directory `tmp` made the bar's (its files linked, nothing rebuilt), with this run's provenance
+    and a fusion.json saying why: the fine-tuned encoder (`tuned`: its choice on val, {} when not scored)
+    did not beat the zero-shot one beyond noise."""
+    for name in os.listdir(bar["dir"]):
+        source = os.path.join(bar["dir"], name)
+        if os.path.isfile(source):
+            keep_vectors(None, os.path.join(tmp, name), source)
+    start_run(tmp, cfg, argv)
+    saved = bar["choice"]
+    candidates = {**saved.get("candidates", {}), **({cfg.model: {k: v for k, v in tuned.items() if k != "grid"}}
+                                                     if tuned else {})}
+    fusion.save(tmp, {**saved, "candidates": candidates, "encoder": {**tuned.get("encoder", {}), "why": why},
+                      "bar": os.path.abspath(bar["dir"])})
+    print(f"encoder served: {why}\nwrote {cfg.out}: the zero-shot index {bar['dir']}, "
+          f"{decision.describe_hybrid({k: v for k, v in saved.items() if k != 'val'})}")
     return 0
 
 
@@ -572,16 +633,6 @@ def keep_vectors(emb, path, source=None):
             shutil.copyfile(source, path)
             return
     np.save(path, np.asarray(emb, dtype=np.float32))
-
-
-def encoder_name(model, backend):
-    """What index.json records as the encoder: an absolute path for local models, so the index
-    finds it from any working directory, else the name."""
-    if backend == "torch":
-        from common.models import resolve_model
-
-        model = resolve_model(model)
-    return os.path.abspath(model) if os.path.isdir(model) else model
 
 
 if __name__ == "__main__":

@@ -43,15 +43,16 @@ import time
 
 import numpy as np
 
-from common import backends, fusion, memory, report, retrievers
+from common import backends, decision, fusion, memory, report, retrievers
+from common.backends import encoder_name
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import (CorpusTexts, choice_queries, doc_snippets, doc_text, load_beir, load_val, read_qrels,
+from common.data import (CorpusTexts, doc_snippets, doc_text, load_beir, load_train, load_val, read_qrels,
                          read_queries, splits)
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run, read_trec
-from common.retrievers import BM25, BM25_FILES, corpus_bm25, dense_run, embeddings_cache, nearest
-from common.run import UserError, cli, join_ranks, start_run, trained_on, warn
+from common.retrievers import BM25, BM25_FILES, corpus_bm25, dense_run, embeddings_cache, join_ranks, nearest
+from common.run import UserError, cli, start_run, trained_on, warn
 from common.run import cache_dir as run_cache_dir
 
 DEFAULTS = dict(
@@ -65,6 +66,8 @@ DEFAULTS = dict(
     #            encoder (model and backend) with --index, else all-MiniLM-L6-v2
     backend="torch",  # torch | onnx | onnx-int8: export_onnx.py directories run by onnxruntime, no torch
     index="",  # a build_index.py directory over this corpus; "" = exact search over the embeddings
+    choices="",  # a build_index.py directory whose choice for `model` the hybrid column serves (its mix without
+    #              memory: `make pipeline` decides once, there); "" or none made for this model = chosen on val here
     pooling="",  # mean | cls | max
     max_query_length=0,
     max_passage_length=0,
@@ -189,9 +192,9 @@ def dense_searcher(cfg, corpus, encoder):
 
 
 def hybrid_choice(cfg, searchers, split_runs):
-    """The hybrid's mix: as given (hybrid_method / hybrid_weight), the index's saved one, or chosen on
-    the val split (common.fusion.choose_hybrid) from val runs searched like this split's. One line says
-    which."""
+    """The hybrid's mix: as given (hybrid_method / hybrid_weight), the index's saved one, the one build_index.py
+    chose for this encoder (`choices`: its mix without memory), or chosen on the val split
+    (common.decision.hybrid) from val runs searched like this split's. One line says which."""
     depth = fusion.HYBRID_DEPTH
     if cfg.hybrid_method == "rrf":
         return {"method": "rrf", "rrf_k": cfg.rrf_k, "depth": depth}
@@ -199,24 +202,40 @@ def hybrid_choice(cfg, searchers, split_runs):
         return {"method": "convex", "weight": cfg.hybrid_weight, "depth": depth}
     if cfg.index and os.path.isfile(os.path.join(cfg.index, fusion.FILE)):
         saved = fusion.load(cfg.index, fusion.DENSE_ONLY)
-        print(f"hybrid: {fusion.describe_hybrid(saved)} (saved with {cfg.index})")
+        print(f"hybrid: {decision.describe_hybrid(saved)} (saved with {cfg.index})")
         return saved
-    val_queries, val_qrels = load_val(cfg.data, f"hybrid: {fusion.describe_hybrid(fusion.NO_VAL)}, measured "
+    chosen = chosen_for(cfg.choices, cfg.model, cfg.backend) if cfg.choices else None
+    if chosen is not None:
+        print(f"hybrid: {decision.describe_hybrid(chosen)} (chosen for {cfg.model} by {cfg.choices})")
+        return chosen
+    val_queries, val_qrels = load_val(cfg.data, f"hybrid: {decision.describe_hybrid(decision.NO_VAL)}, measured "
                                                 "across datasets")
     if not val_queries:
-        return dict(fusion.NO_VAL)
+        return dict(decision.NO_VAL)
     # an encoder that never saw the train split chooses on train + val where val is small (build_index.py alike)
-    queries, qrels, how = choice_queries(cfg.data, (val_queries, val_qrels), trained_on(cfg.model, cfg.data))
+    queries, qrels, how = decision.pooled((val_queries, val_qrels), load_train(cfg.data), trained_on(cfg.model, cfg.data))
     runs = split_runs if cfg.split == "val" and how["split"] == "val" else first_stages(queries, searchers, depth,
                                                                                          timed=False)
     dense, bm25 = cut_run(runs["dense"][0], depth, False), cut_run(runs["bm25"][0], depth, False)
-    choice = fusion.choose_hybrid(qrels, dense, bm25)
+    choice = decision.hybrid(qrels, dense, bm25)
     if how["split"] != "val":  # the choice's scores on val alone, beside those it was chosen on
-        on_val = fusion.choose_hybrid(val_qrels, {q: dense[q] for q in val_qrels}, {q: bm25[q] for q in val_qrels},
-                                      given=choice)
+        on_val = decision.hybrid(val_qrels, {q: dense[q] for q in val_qrels}, {q: bm25[q] for q in val_qrels},
+                                 given=choice)
         choice = {**choice, "chosen_on": {**how, **choice["val"]}, "val": on_val["val"], "queries": len(val_qrels)}
-    print(f"hybrid: {fusion.describe_hybrid(choice)}")
+    print(f"hybrid: {decision.describe_hybrid(choice)}")
     return choice
+
+
+def chosen_for(index, model, backend):
+    """The hybrid choice build_index.py made for `model` in an index directory's fusion.json (its mix without
+    memory: what a hybrid column of this encoder alone serves), or None when it holds none for it."""
+    saved = fusion.load(index, {}) if os.path.isdir(index) else {}
+    name = encoder_name(model, backend)
+    for candidate, choice in saved.get("candidates", {}).items():
+        if candidate in (name, model) and "val" in choice:
+            kept = {k: v for k, v in choice.items() if k not in ("memory", "plain", "encoder")}
+            return {**kept, **choice.get("plain", {})}
+    return None
 
 
 def corpus_embeddings(cfg, encoder, doc_ids, texts):
@@ -300,7 +319,7 @@ def compare(cfg):
         report.table(results)
     tests = report.significance_table(results, report.baseline_column(results, cfg.baseline or cfg.served))
     text += f"\nOn {'test' if val else 'these runs'}: {tests}" if tests else ""
-    memory_line = served_memory(cfg.compare_val + cfg.compare, cfg.served) if cfg.served else ""
+    memory_line = served_choices(cfg.compare_val + cfg.compare, cfg.served) if cfg.served else ""
     text += f"\n{memory_line}\n" if memory_line else ""
     print(text, end="")
     if cfg.out:
@@ -378,9 +397,9 @@ def remembered_parts(data):
             for k in ("val", "test")}
 
 
-def served_memory(items, label):
-    """One line for comparison.md: the memory the served column's index holds (its val run's
-    metrics.json names the index), or "" when it holds none."""
+def served_choices(items, label):
+    """comparison.md's lines on what the served column's index decided (its val run's metrics.json names the
+    index): the encoder and why, the memory it holds, and the rule behind both; "" without an index."""
     for item in items:
         name, _, path = item.rpartition("=")
         if name != label:
@@ -390,11 +409,14 @@ def served_memory(items, label):
                 index = next((r.get("index") for r in json.load(f)["results"].values() if r.get("index")), "")
         except (OSError, ValueError, KeyError):
             continue
-        if index and os.path.isfile(os.path.join(index, memory.FILE)):
-            saved = fusion.load(index, fusion.DENSE_ONLY)
+        if not index or not os.path.isfile(os.path.join(index, fusion.FILE)):
+            continue
+        saved = fusion.load(index, fusion.DENSE_ONLY)
+        lines = [f"Encoder served: {saved['encoder']['why']}."] if saved.get("encoder", {}).get("why") else []
+        if os.path.isfile(os.path.join(index, memory.FILE)):
             chosen, held = saved.get("memory", {}), memory.Memory.load(index)
             if "without" in chosen:
-                line = memory.describe_choice({k: chosen.get(k, 0) for k in memory.NONE}, chosen)
+                line = decision.describe_memory({k: chosen.get(k, 0) for k in memory.NONE}, chosen)
             elif chosen.get("remembered") == 0:
                 line = ("none served: no val query has a relevant document a train query found, so val cannot "
                         "show it helping")
@@ -402,9 +424,10 @@ def served_memory(items, label):
                 line = "served at " + ("the strengths given" if fusion.remembers(chosen) else "strength 0 (none)")
             each = "; ".join(f"{model}: {c['memory']['without']:.4f} without memory, {c['val']['served']:.4f} served"
                              for model, c in saved.get("candidates", {}).items() if "without" in c.get("memory", {}))
-            return (f"Index memory ({index}, {len(held.queries)} queries remembered for {len(held.found)} docs): "
-                    f"{line.removeprefix('memory: ')}." + (f" Each encoder's hybrid on val: {each}." if each else "")
-                    + " \"Remembered\": the queries with a relevant document some train query also found.")
+            lines.append(f"Index memory ({index}, {len(held.queries)} queries remembered for {len(held.found)} docs): "
+                         f"{line.removeprefix('memory: ')}." + (f" Each encoder's hybrid on val: {each}." if each else "")
+                         + " \"Remembered\": the queries with a relevant document some train query also found.")
+        return "\n\n".join(lines + [f"The rule behind every choice on val (common/decision.py): {decision.RULE}"])
     return ""
 
 
@@ -479,7 +502,7 @@ def main(argv=None):
         # One after the other, as a single service would.
         latencies = [b + d + mixing for b, d in zip(parts["bm25"][1], parts["dense"][1])] if cfg.latency else []
         parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice, "chosen": hybrid_chosen(choice),
-                                            "note": fusion.describe_hybrid(choice)})
+                                            "note": decision.describe_hybrid(choice)})
 
     results = {}
     doc_texts = {d: doc_text(doc) for d, doc in corpus.items()} if reranker is not None else None
@@ -497,7 +520,7 @@ def main(argv=None):
                 stages.append((f"{first}+fused", fusion.fuse(run, reranked, **mix),
                                latencies if cfg.fusion_weight == 0 else [a + b for a, b in zip(latencies, rerank_latencies)],
                                {**rerank_info, "fusion": mix, "chosen": f"weight {mix['weight']:g}, depth {mix['depth']}",
-                                "note": fusion.describe(mix)}))
+                                "note": decision.describe_rerank(mix)}))
         for name, run, latencies, info in stages:
             mean, per_query = evaluate_run(qrels, run, cfg.ks)
             timed = {"latency_ms": percentiles_ms(latencies)} if latencies else {}

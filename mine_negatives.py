@@ -36,8 +36,8 @@ from common.data import load_beir
 from common.files import write_json
 from common.memory import Memory
 from common.models import BiEncoder, CrossEncoder, autocast, autocast_dtype, dtype_name, pick_device, slow_autocast
-from common.retrievers import Retriever
-from common.run import cache_dir, cli, join_ranks, start_run, warn
+from common.retrievers import Retriever, join_ranks
+from common.run import cache_dir, cli, start_run, warn
 
 DEFAULTS = dict(
     # data

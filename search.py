@@ -24,7 +24,7 @@ import sys
 
 from common.backends import BACKENDS
 from common.config import ConfigError, check_choice, load_config
-from common.fusion import describe_hybrid
+from common.decision import describe_hybrid
 from common.retrievers import Retriever
 from common.run import cli
 

@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from common import losses, mining, sizing
+from common import decision, fusion, losses, mining, sizing
+from common import memory as mem
 from common.batching import Example, batches_fill, false_negatives, make_batches, sample_groups
 from common.config import Auto, ConfigError, ListOf, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
@@ -58,10 +59,10 @@ from common.metrics import cut_run, evaluate_run
 from common.index import truncate
 from common.models import BiEncoder, CrossEncoder, autocast, principal_axes
 from common.report import write_results
-from common.retrievers import corpus_bm25, dense_run
+from common.retrievers import BM25, corpus_bm25, dense_run
 from common.run import UserError, cache_dir, cli, warn
-from common.training import (Health, StopSignals, Throughput, check_finite, check_lora, device_memory_mb, finish,
-                             gather_with_grad, keep_freed_memory, log, log_train, log_val, lr_at, open_run,
+from common.training import (Health, StopSignals, Throughput, any_rank, check_finite, check_lora, device_memory_mb,
+                             finish, gather_with_grad, keep_freed_memory, log, log_train, log_val, lr_at, open_run,
                              optimizer_and_scaler, optimizer_step, peak_memory_mb, restore, resume, rng_state,
                              run_dtype, save_last, set_lr, set_rng_state, setup, setup_lora, summary, write_card)
 
@@ -135,6 +136,10 @@ DEFAULTS = dict(
     device="auto",  # auto | cpu | cuda; under torchrun each rank takes its own GPU
     # evaluation, on rank 0
     eval_every=Auto(int),  # steps; 0 = only at the end. Step 0 is the model before training.
+    bar="",  # a build_index.py directory of the model training starts from (`make pipeline`'s zero-shot index):
+    #          val scores each step as that index serves (its memory and its mix with BM25), the step-0
+    #          score is the bar, and training stops once the model cannot beat it beyond noise
+    #          (common.decision.keep_training); "" = val scores dense retrieval alone, the steps run whole
     best_metric="ndcg@10",
     val_queries=Auto(int),  # val queries evaluated; 0 = all
     val_full_corpus=Auto(bool),  # score val against every doc, or (false) against the sub-corpus of
@@ -406,16 +411,32 @@ def val_corpus(cfg, corpus, queries, qrels):
     return [d for d in corpus if d in keep]
 
 
-def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=100, dims=(), rotate=False):
+def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=100, dims=(), rotate=False, bar=None):
     """(mean metrics, per-query metrics, run, rotation) of dense retrieval, as evaluate.py computes
-    them. With `dims` (Matryoshka), also ndcg@10@<d>: the embeddings cut to their first d values,
-    with `rotate` after a rotation onto the principal axes of these docs' (`rotation`, what best/ is
-    saved with; else None)."""
+    them; with `bar` (load_bar's), of the first stage as the bar's index serves it: the docs moved by its
+    memory (toward the remembered queries as this encoder embeds them) and mixed with its BM25, dense
+    alone's nDCG@10 beside as "dense_ndcg@10". With `dims` (Matryoshka), also ndcg@10@<d>: the embeddings
+    cut to their first d values, with `rotate` after a rotation onto the principal axes of these docs'
+    (`rotation`, what best/ is saved with; else None)."""
     doc_emb = encoder.encode([doc_text(corpus[d]) for d in doc_ids], "passage", batch_size)
     qids = list(queries)
     q_emb = encoder.encode([queries[q] for q in qids], "query", batch_size)
     run = cut_run(dense_run(qids, q_emb, doc_ids, doc_emb, depth + 1), depth)
     mean, per_query = evaluate_run(qrels, run, VAL_KS)
+    if bar is not None:
+        served_emb = doc_emb
+        if bar["memory"].on() and bar["memory"].strengths["dense"]:
+            remembered = list(bar["memory"].queries)
+            by_qid = dict(zip(remembered, encoder.encode([bar["memory"].queries[q] for q in remembered], "query",
+                                                         batch_size)))
+            served_emb = mem.edit(doc_emb, *mem.directions(bar["memory"], doc_ids, by_qid),
+                                  bar["memory"].strengths["dense"])
+        served = cut_run(dense_run(qids, q_emb, doc_ids, served_emb, depth + 1), depth) if served_emb is not doc_emb \
+            else run
+        run = fusion.hybrid(served, bar["bm25"], bar["choice"]) if bar["bm25"] else served
+        dense_ndcg = mean["ndcg@10"]
+        mean, per_query = evaluate_run(qrels, run, VAL_KS)
+        mean["dense_ndcg@10"] = dense_ndcg
     rotation = principal_axes(doc_emb) if dims and rotate else None
     if rotation is not None:
         q_emb, doc_emb = q_emb @ rotation.T, doc_emb @ rotation.T
@@ -423,6 +444,36 @@ def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=1
         cut = dense_run(qids, truncate(q_emb, dim), doc_ids, truncate(doc_emb, dim), depth + 1)
         mean[f"ndcg@10@{dim}"] = evaluate_run(qrels, cut_run(cut, depth), (10,))[0]["ndcg@10"]
     return mean, per_query, run, rotation
+
+
+def load_bar(cfg, corpus, queries, doc_ids):
+    """What val serves as the bar's index (cfg.bar) does, over val's docs `doc_ids`: {"choice": its
+    fusion.json, "memory": its memory at its strengths (the remembered docs among doc_ids), "bm25": each val
+    query's top HYBRID_DEPTH of doc_ids by its BM25 (over the texts its memory expanded), or None where its
+    mix has no BM25}."""
+    choice = fusion.load(cfg.bar, fusion.DENSE_ONLY)
+    saved, keep = mem.Memory.load(cfg.bar), set(doc_ids)
+    found = {d: row for d, row in saved.found.items() if d in keep}
+    memory = mem.Memory({q: saved.queries[q] for row in found.values() for q in row}, found,
+                        {k: choice.get("memory", {}).get(k, mem.NONE[k]) for k in mem.NONE})
+    bm25 = None
+    if fusion.uses_bm25(choice):
+        index = BM25.load(cfg.bar, list(corpus), os.path.join(cfg.data, "corpus.jsonl"))
+        position = {d: i for i, d in enumerate(index.doc_ids)}
+        rows, bm25 = [position[d] for d in doc_ids], {}
+        for q, text in queries.items():
+            row = index.scores(text, rows)
+            bm25[q] = {doc_ids[i]: float(row[i]) for i in np.argsort(-row, kind="stable")[:fusion.HYBRID_DEPTH]}
+    return {"choice": choice, "memory": memory, "bm25": bm25}
+
+
+def describe_bar(cfg, bar):
+    """The plan's line: what the bar serves and scores."""
+    choice = bar["choice"]
+    what = decision.describe_hybrid({k: v for k, v in choice.items() if k != "val"})
+    score = f"{choice['val']['served']:.4f} on val as built" if "val" in choice else "no val score"
+    return (f"bar: {cfg.bar} ({what}; {score}): val scores each step with its memory and mix, and training stops "
+            "once the model cannot beat step 0 so scored beyond noise")
 
 
 def save_best(cfg, encoder, rotation, best, total_steps):
@@ -582,9 +633,11 @@ def main(argv=None):
     negatives = richest if cfg.hard_negatives == "auto" else cfg.hard_negatives  # the most a recipe draws
     resolve_false_negatives(cfg, examples, negatives, cfg.train_file or cfg.data)
     few_epochs = resolve_epochs(cfg, table, examples, negatives)
+    bar = None
     if has_val and master:
         val_queries, val_qrels = sample_queries(val_queries, val_qrels, cfg.val_queries, cfg.seed)
         val_doc_ids = val_corpus(cfg, corpus, val_queries, val_qrels)
+        bar = load_bar(cfg, corpus, val_queries, val_doc_ids) if cfg.bar else None
     if cfg.remine_every > 0:
         remine_cfg, teacher_dir = remine_settings(cfg)
         teacher = CrossEncoder.from_pretrained(teacher_dir).to(device) if master and teacher_dir else None
@@ -682,6 +735,8 @@ def main(argv=None):
         if remined["epoch"] == epoch:  # a re-mine rebuilt this epoch's batches: they cannot be redrawn
             batches, groups_of = state["epoch_batches"]
     resumed_at = step if cfg.resume else -1  # that step's eval ran before its checkpoint was saved
+    # against the bar: [(step, per-query differences from step 0, as served)], and why training stopped
+    bar_history, stopped_early = (state or {}).get("bar_history", []), ""
     writer = open_run(cfg, argv, encoder, step) if master else None
     if master:
         sizing.print_plan("train_encoder.py", [
@@ -695,7 +750,8 @@ def main(argv=None):
             (f"val: {len(val_queries)} queries against {len(val_doc_ids):,} of {len(corpus):,} docs, "
              + (f"at step 0 and every {cfg.eval_every} steps" if cfg.eval_every else "at the end"))
             if has_val else "val: none",
-            *([recipe_line] if recipe_line else []), *plan["lines"]], plan["notes"])
+            *([recipe_line] if recipe_line else []), *([describe_bar(cfg, bar)] if bar else []), *plan["lines"]],
+            plan["notes"])
 
     stop = StopSignals()  # Ctrl-C: finish the step, save last/, exit
     health = Health()  # loss spikes and embedding collapse, warned about as they happen
@@ -709,16 +765,29 @@ def main(argv=None):
         if (master and has_val and step != resumed_at
                 and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))):
             t0 = time.time()
-            metrics, _, _, rotation = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels,
-                                                     cfg.eval_batch_size, dims=cfg.matryoshka_dims,
-                                                     rotate=cfg.matryoshka_rotation == "pca")
+            metrics, per_query, _, rotation = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels,
+                                                             cfg.eval_batch_size, dims=cfg.matryoshka_dims,
+                                                             rotate=cfg.matryoshka_rotation == "pca", bar=bar)
             encoder.train()
             improved = metrics[cfg.best_metric] > best["metric"]
             if improved:
                 best = {"metric": metrics[cfg.best_metric], "step": step, "val": metrics}
                 save_best(cfg, encoder, rotation, best, total_steps)
-            log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@100", *matryoshka_keys), improved,
-                    time.time() - t0)
+            log_val(cfg, writer, step, metrics, ("ndcg@10", "mrr@10", "recall@100", *matryoshka_keys,
+                                                 *(["dense_ndcg@10"] if bar else [])), improved, time.time() - t0)
+            if bar is not None:  # the bar: step 0 as its index serves it; stop once it cannot be beaten
+                values = [per_query[q][cfg.best_metric] for q in sorted(per_query)]
+                if step == 0:
+                    bar_history = [(0, values)]
+                    stopped_early = decision.can_judge(values)[1]
+                else:
+                    bar_history.append((step, values))
+                    stopped_early = decision.keep_training(
+                        [(s, np.subtract(v, bar_history[0][1])) for s, v in bar_history], total_steps)[1]
+                if stopped_early:
+                    tqdm.write(f"{stopped_early}; best/ is step {best['step']} (val {cfg.best_metric} "
+                               f"{best['metric']:.4f}, the bar {np.mean(bar_history[0][1]):.4f})")
+                    last_step = True
         if (cfg.remine_every > 0 and step > 0 and step % cfg.remine_every == 0 and step != remined["step"]
                 and not last_step):
             remined, examples, batches, groups_of = remine(
@@ -730,10 +799,12 @@ def main(argv=None):
                 epoch, position = epoch + 1, 0
             groups_of = sample_groups(examples, cfg.hard_negatives, cfg.seed + epoch)
             batches = batches_of(cfg, examples, groups_of, cfg.seed + epoch)
+        last_step = any_rank(last_step, world, device) if cfg.bar else last_step  # rank 0 alone weighs the bar
         stop.agree(world, device)
         if step > 0 and (last_step or stop.requested or (cfg.save_every > 0 and step % cfg.save_every == 0)):
             save_last(cfg, encoder, optimizer, scaler, world, step=step, epoch=epoch, position=position, best=best,
-                      remined=remined, epoch_batches=(batches, groups_of) if remined["epoch"] == epoch else None)
+                      remined=remined, epoch_batches=(batches, groups_of) if remined["epoch"] == epoch else None,
+                      bar_history=bar_history)
         if last_step or stop.requested:
             break
 
@@ -782,6 +853,8 @@ def main(argv=None):
                  f"{best['metric']:.4f}); best/ is that model")
         result = summary(dataset, step, total_steps, best, t_start, throughput, device)
         result["val_docs"] = len(val_doc_ids) if has_val else 0
+        if stopped_early:
+            result["stopped_early"] = stopped_early
         if cfg.test_eval and "test" in splits(cfg.data):
             _, test_queries, test_qrels = load_beir(cfg.data, "test")
             final = BiEncoder.from_pretrained(best_dir).to(device)

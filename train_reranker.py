@@ -46,7 +46,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from common import fusion, losses, sizing
+from common import decision, fusion, losses, sizing
 from common.batching import Example, make_batches, sample_groups
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
@@ -381,7 +381,7 @@ def main(argv=None):
             final.score_dtype = cfg.dtype
             if best_scores is None:  # resumed after the best step's evaluation
                 best_scores, _ = score_candidates(final, val_queries, val_first, doc_texts, cfg.eval_batch_size)
-            chosen, grid = fusion.choose(val_qrels, val_first, best_scores, depths, cfg.fusion_weights, cfg.best_metric)
+            chosen, grid = decision.rerank(val_qrels, val_first, best_scores, depths, cfg.fusion_weights, cfg.best_metric)
             chosen.update(first_stage=cfg.first_stage, metric=cfg.best_metric, grid=grid)
             results = stage_results(val_qrels, val_first, best_scores, chosen, cfg, best)
             chosen["val"] = {name: r["metrics"][cfg.best_metric] for name, r in results.items()}
@@ -391,7 +391,7 @@ def main(argv=None):
             names = list(results)
             print(f"val ({len(val_queries)} queries): {names[0]} {cfg.best_metric} {chosen['val'][names[0]]:.4f}, "
                   f"reranked {chosen['val'][names[1]]:.4f}, fused {chosen['val'][names[2]]:.4f}: "
-                  f"{fusion.describe(chosen)}")
+                  f"{decision.describe_rerank(chosen)}")
         else:
             cross.save(best_dir)
             chosen = fusion.load(best_dir)

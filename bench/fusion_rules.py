@@ -8,7 +8,7 @@ Each case is a dataset and an encoder: BM25's and the encoder's top-100 runs on 
 the choice on the other (against dense alone on that half), both ways, over `--repeats` random splits;
 with --groups=title, halves keep the queries of one source module together (python-source splits by
 file, so val and test differ by module, not by query). The rule with the best mean held-out gain over
-every case, without a large loss on any, is the product's (common/fusion.choose).
+every case, without a large loss on any, is the product's (common/decision.rerank).
 """
 import argparse
 import os

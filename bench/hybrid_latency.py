@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import fusion  # noqa: E402
+from common import decision, fusion  # noqa: E402
 from common import index as faiss_index  # noqa: E402
 from common.config import load_config  # noqa: E402
 from common.data import load_beir, write_beir  # noqa: E402
@@ -37,7 +37,7 @@ CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 from common.retrievers import Retriever
-from common import fusion
+from common import decision, fusion
 dense = sys.argv[3] == "dense"
 if dense:  # the same index served as dense alone: its BM25 never read
     fusion_load = fusion.load
@@ -106,7 +106,7 @@ def main(argv=None):
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         ms = np.asarray(result["seconds"]) * 1000
         rows[kind] = {"load_s": result["load_s"], "p50_ms": float(np.percentile(ms, 50)),
-                      "p95_ms": float(np.percentile(ms, 95)), "served": fusion.describe_hybrid(result["hybrid"])}
+                      "p95_ms": float(np.percentile(ms, 95)), "served": decision.describe_hybrid(result["hybrid"])}
     docs = sum(1 for _ in open(os.path.join(data, "corpus.jsonl")))
     print(f"{docs:,} docs, {len(texts)} queries one at a time{f', index built in {build:.0f} s' if build else ''}")
     print("| served | load s | p50 ms | p95 ms |\n|---|---|---|---|")

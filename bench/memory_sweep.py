@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import fusion, memory as mem  # noqa: E402
+from common import decision, fusion, memory as mem  # noqa: E402
 from common.backends import load_encoder  # noqa: E402
 from common.data import doc_text, load_beir  # noqa: E402
 from common.metrics import evaluate_run  # noqa: E402
@@ -114,7 +114,7 @@ def main():
     print("| dense x bm25: best weight (select) | all | remembered | un-remembered |\n|---|---|---|---|")
     for dk in ("step 0", "step 1", "step 2", "rotate 0.5", "rotate 1"):
         for bk in ("repeat 0", "repeat 2", "repeat 3", "field 1"):
-            choice = fusion.choose_hybrid(qrels, dense_runs[dk], bm25_runs[bk])
+            choice = decision.hybrid(qrels, dense_runs[dk], bm25_runs[bk])
             run = fusion.hybrid(dense_runs[dk], bm25_runs[bk], choice)
             w = fusion.hybrid_chosen(choice) if hasattr(fusion, "hybrid_chosen") else choice.get("weight")
             print(f"| {dk} / {bk} (w {w}) | " + " | ".join(f"{x:.4f}" for x in parts(qrels, run, remembered))

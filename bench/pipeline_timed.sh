@@ -26,6 +26,7 @@ stage() {  # stage <label> <make args...>
     printf '%-16s %6d s %7.2f GB\n' "$label" $(( $(date +%s) - t0 )) "$(awk '{print $1 / 1048576}' "$rss")" | tee -a "$LOG"
 }
 stage data data "$@"
+stage bar bar "$@"
 stage baseline-val baseline SPLIT=val "$@"
 stage baseline-test baseline SPLIT=test "$@"
 stage mine mine "$@"

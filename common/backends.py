@@ -2,7 +2,19 @@
 an export_onnx.py directory). The onnx backends never import torch."""
 
 
+import os
+
 BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def encoder_name(model, backend):
+    """What an index records as its encoder: an absolute path for local models, so the index finds it from
+    any working directory, else the name."""
+    if backend == "torch":
+        from common.models import resolve_model
+
+        model = resolve_model(model)
+    return os.path.abspath(model) if os.path.isdir(model) else model
 
 
 def load_encoder(model, backend="torch", device="auto", **overrides):

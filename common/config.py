@@ -19,8 +19,10 @@ import types
 
 import yaml
 
+from common.run import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     pass
 
 

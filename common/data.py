@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from common.files import atomic_dir, atomic_open
-from common.run import warn
+from common.run import UserError, warn
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     pass
 
 
@@ -234,35 +234,17 @@ def load_val(data_dir, without):
     return {}, {}
 
 
-# Val under this many queries is too few to choose on alone: what can be chosen without retraining
-# (the hybrid's weight, the memory's strengths, dense against BM25, for an encoder that never saw the
-# train split) is chosen on train and val together, memory cross-validated in FOLDS folds.
-SMALL_VAL = 50
-FOLDS = 5
+FOLDS = 5  # pooled choices' memory is cross-validated in this many folds (common/decision.py)
 
 
-def choice_queries(data_dir, val, saw_train):
-    """(queries, qrels, how) that a choice needing no retraining is made on: `val` ((queries, qrels)),
-    or, where val holds under SMALL_VAL queries (but some) and the encoder never saw the train split
-    (`saw_train` false), train's and val's together. how: {"split": "val" | "train+val", "queries",
-    "val"} for the plan and the choice's record."""
-    queries, qrels = val
-    how = {"split": "val", "queries": len(qrels), "val": len(qrels)}
-    if not qrels or len(qrels) >= SMALL_VAL or saw_train or "train" not in splits(data_dir):
-        return queries, qrels, how
+def load_train(data_dir):
+    """(queries, qrels) of the train split, or None when there is none or it is empty."""
+    if "train" not in splits(data_dir):
+        return None
     try:
-        _, train_queries, train_qrels = load_beir(data_dir, "train")
+        return load_beir(data_dir, "train")[1:]
     except EmptySplit:
-        return queries, qrels, how
-    pooled = {**train_qrels, **qrels}
-    return {**train_queries, **queries}, pooled, {**how, "split": "train+val", "queries": len(pooled)}
-
-
-def describe_choice_queries(how):
-    """What a choice was made on, for a plan line."""
-    if how["split"] == "val":
-        return f"val ({how['queries']} queries)"
-    return f"train + val ({how['queries']} queries: val's {how['val']} are under {SMALL_VAL})"
+        return None
 
 
 def folds(qids, k=FOLDS, seed=0):

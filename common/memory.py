@@ -10,8 +10,8 @@ is served, and the encoder stays as it was (nothing is re-encoded):
 - BM25: each judged document's indexed text followed by its queries' text, `repeat` times (document
   expansion, as doc2query does with generated queries; here they are real).
 
-Strengths are chosen on val (build_index.py, by common.fusion.select: none is always a candidate), and
-never from val's or test's own judgements. A document no query found keeps its vector bit for bit.
+Strengths are chosen on val (common.decision.memory: none is always a candidate), and never from val's
+or test's own judgements. A document no query found keeps its vector bit for bit.
 An index directory holds its memory in memory.json: the queries, what each found, the strengths.
 """
 import hashlib
@@ -20,14 +20,10 @@ import os
 
 import numpy as np
 
-from common import fusion
 from common.data import DataError, _open_lines, read_jsonl, read_qrels, read_queries
 from common.files import atomic_open
 
 FILE = "memory.json"
-# The dense strengths and BM25 repeats val chooses among (0 = none).
-STRENGTHS = (0.0, 0.5, 1.0, 2.0, 4.0)
-REPEATS = (0, 1, 2, 3, 5)
 NONE = {"dense": 0.0, "bm25": 0}
 
 
@@ -199,68 +195,3 @@ def remembered_queries(found, qrels):
 
 def _normalise(x):
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-# A memory is served only when its val gain over the hybrid without it clears this many standard errors
-# (its grid is the strengths x the repeats x the mixes: the best of that many is ahead partly by luck),
-# and never when it costs the val queries it cannot help (no relevant document remembered) more than
-# UNSEEN_TOLERANCE on average: remembered documents crowding the others out is the failure to avoid.
-MEMORY_Z = 2.0
-UNSEEN_TOLERANCE = 0.01
-
-
-def choose(qrels, dense_runs, bm25_runs, base, remembered, mixes=None, metric="ndcg@10"):
-    """The memory to serve, chosen on val: `dense_runs` {strength: run} and `bm25_runs` {repeat: run}
-    (None: dense alone) are val's top lists with each memory, `base` the hybrid choice without one
-    (common.fusion.choose_hybrid's), `remembered` the val queries a memory can help. Every strength,
-    repeat and mix (convex weights and RRF, or `mixes` when given) is a candidate against `base`
-    (common.fusion.select at MEMORY_Z, guarded on the other queries). Returns (strengths, the hybrid
-    choice to serve with them, a report for fusion.json)."""
-    if mixes is None:
-        mixes = [{"method": "convex", "weight": w, "depth": fusion.HYBRID_DEPTH} for w in fusion.HYBRID_WEIGHTS]
-        mixes.append({"method": "rrf", "rrf_k": fusion.RRF_K, "depth": fusion.HYBRID_DEPTH})
-    base_run = fusion.hybrid(dense_runs[0.0], bm25_runs[0], base) if bm25_runs else dense_runs[0.0]
-    candidates, keys = {}, {}
-    for a, dense in dense_runs.items():
-        for r, bm25 in (bm25_runs or {0: None}).items():
-            for m, mix in enumerate(mixes if bm25 is not None else [fusion.DENSE_ONLY]):
-                weight = mix.get("weight")
-                if (a, r) == (0.0, 0) or (weight == 0 and r) or (weight == 1 and a):  # none, or a repeat of another
-                    continue
-                key = f"{a:g},{r},{m}"
-                candidates[key] = (dense if bm25 is None else  # made when scored: hundreds of runs otherwise
-                                   lambda dense=dense, bm25=bm25, mix=mix: fusion.hybrid(dense, bm25, mix))
-                keys[key] = (a, r, mix)
-    unseen = [q for q in qrels if q not in remembered]
-    key, report = fusion.select(qrels, base_run, candidates, MEMORY_Z, metric, guard=unseen,
-                                tolerance=UNSEEN_TOLERANCE)
-    best = key or max(report["grid"], key=report["grid"].get, default=None)
-    summary = {"queries": len(qrels), "remembered": len(remembered), "gain": report["gain"],
-               "stderr": report["stderr"], "without": report["base"],
-               "best": {"strengths": dict(zip(("dense", "bm25"), keys[best][:2])), "val": report["grid"][best]}
-               if best else None}
-    if key is None:
-        return dict(NONE), base, {**summary, "served": report["base"]}
-    a, r, mix = keys[key]
-    return {"dense": a, "bm25": r}, dict(mix), {**summary, "served": report["grid"][key]}
-
-
-def describe_choice(strengths, summary):
-    """One line: the memory val chose, and why."""
-    on = (f"train + val cross-validated in {summary['folds']} folds (each scored with the others' memory), "
-          if "folds" in summary else "val ")
-    why = (f"{on}{summary['queries']} queries ({summary['remembered']} with a remembered relevant doc): "
-           f"{summary['without']:.4f} without memory")
-    if strengths["dense"] or strengths["bm25"]:
-        return (f"memory: dense strength {strengths['dense']:g}, BM25 repeat {strengths['bm25']}: {why}, "
-                f"{summary['served']:.4f} with it (gain {summary['gain']:+.4f}, standard error "
-                f"{summary['stderr']:.4f})")
-    best = summary.get("best")
-    if not best:
-        ahead = ""
-    elif best["val"] <= summary["without"]:
-        ahead = f"; no memory scored higher (the best {best['val']:.4f})"
-    else:
-        ahead = (f"; the best memory scored {best['val']:.4f}, not beyond noise (gain {summary['gain']:+.4f}, "
-                 f"standard error {summary['stderr']:.4f}) or at a cost to the queries it cannot help")
-    return f"memory: none served: {why}{ahead}"

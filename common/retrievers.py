@@ -536,10 +536,41 @@ def _rows_written(path, shape):
         return 0
 
 
-# Set by common.run.join_ranks in the scripts whose every rank encodes every corpus alike (evaluate.py,
-# build_index.py, mine_negatives.py). Not by the training scripts: there rank 0 alone encodes (to evaluate, to
-# re-mine) while the others wait, so a collective here would never be met.
+# Set by join_ranks in the scripts whose every rank encodes every corpus alike (evaluate.py, build_index.py,
+# mine_negatives.py). Not by the training scripts: there rank 0 alone encodes (to evaluate, to re-mine) while
+# the others wait, so a collective here would never be met.
 SHARD_ENCODE = False
+
+
+def join_ranks(cfg):
+    """This process's rank. Under torchrun (WORLD_SIZE > 1, one machine) the process group starts and every
+    corpus encode is shared out between the ranks (encode_corpus): every rank runs the whole script alike,
+    rank 0 writes its outputs and the embeddings cache (cfg.cache_dir, resolved here so that every rank
+    names the same one), the others write into a scratch directory removed at exit and print nothing. A
+    plain run: rank 0, nothing changes."""
+    global SHARD_ENCODE
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return 0
+    import atexit
+    import shutil
+    import tempfile
+
+    import torch.distributed as dist
+
+    from common import run
+    from common.training import setup_distributed
+
+    rank = setup_distributed()[0]
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    SHARD_ENCODE = True
+    run.SHARED_CACHE = run.cache_dir(cfg)  # before `out` moves below: every rank names rank 0's
+    if hasattr(cfg, "cache_dir"):
+        cfg.cache_dir = run.SHARED_CACHE
+    if rank > 0:
+        cfg.out = tempfile.mkdtemp(prefix=f"rank{rank}-")
+        atexit.register(shutil.rmtree, cfg.out, True)
+        sys.stdout = open(os.devnull, "w")
+    return rank
 
 
 def _shards():

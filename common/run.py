@@ -1,18 +1,17 @@
-"""Run directories and their provenance, and the one-line error exit every script shares."""
-import atexit
+"""Run directories and their provenance, and the one-line error exit every script shares. Below every
+other module of common/: it imports none but files.py."""
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 
 from common.files import atomic_open, write_json
 
 
 class UserError(Exception):
-    """Bad input a user can fix; scripts print it as one line instead of a stack trace."""
+    """Bad input a user can fix; scripts print it as one line instead of a stack trace. Every other such
+    error (common.config.ConfigError, common.data.DataError, common.models.ModelNotFound) is one of these."""
 
 
 def warn(msg):
@@ -49,41 +48,16 @@ def start_run(out_dir, cfg, argv):
     return out_dir
 
 
-_RANK0_CACHE = ""  # under torchrun: rank 0's cache_dir, which every rank shares (join_ranks)
+# Under torchrun: rank 0's cache_dir, which every rank shares (set by common.retrievers.join_ranks, which
+# moves the other ranks' `out` to scratch directories).
+SHARED_CACHE = ""
 
 
 def cache_dir(cfg):
     """Where a run keeps what its sibling runs reuse (corpus embeddings, BM25): cfg.cache_dir when the
     script has one and it is set, else <out>/../.cache, shared by every stage of one pipeline."""
-    return (getattr(cfg, "cache_dir", "") or _RANK0_CACHE
+    return (getattr(cfg, "cache_dir", "") or SHARED_CACHE
             or os.path.join(os.path.dirname(os.path.abspath(cfg.out)), ".cache"))
-
-
-def join_ranks(cfg):
-    """This process's rank. Under torchrun (WORLD_SIZE > 1, one machine) the process group starts and every
-    corpus encode is shared out between the ranks (common.retrievers.encode_corpus): every rank runs the
-    whole script alike, rank 0 writes its outputs and the embeddings cache (cfg.cache_dir, resolved here
-    so that every rank names the same one), the others write into a scratch directory removed at exit and
-    print nothing. A plain run: rank 0, nothing changes."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return 0
-    import torch.distributed as dist
-
-    from common import retrievers
-    from common.training import setup_distributed
-
-    rank = setup_distributed()[0]
-    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    retrievers.SHARD_ENCODE = True
-    global _RANK0_CACHE
-    _RANK0_CACHE = cache_dir(cfg)  # before `out` moves below: every rank names rank 0's
-    if hasattr(cfg, "cache_dir"):
-        cfg.cache_dir = _RANK0_CACHE
-    if rank > 0:
-        cfg.out = tempfile.mkdtemp(prefix=f"rank{rank}-")
-        atexit.register(shutil.rmtree, cfg.out, True)
-        sys.stdout = open(os.devnull, "w")
-    return rank
 
 
 def trained_on(model, data):
@@ -102,12 +76,9 @@ def trained_on(model, data):
 
 def cli(main):
     """Run main(sys.argv[1:]); known user errors become one line on stderr and exit code 2."""
-    from common.config import ConfigError
-    from common.data import DataError
-
     try:
         sys.exit(main(sys.argv[1:]))
-    except (ConfigError, DataError, UserError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -294,10 +294,8 @@ class StopSignals:
 
     def agree(self, world, device):
         """Under torchrun a signal reaches ranks at different moments; they must stop at the same step."""
-        if world > 1:
-            flag = torch.tensor([1 if self.requested else 0], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.requested = self.requested or (signal.SIGTERM if flag.item() else None)
+        if any_rank(self.requested, world, device):
+            self.requested = self.requested or signal.SIGTERM
         return self.requested
 
     def restore(self):
@@ -315,6 +313,15 @@ class StopSignals:
         if world > 1:
             dist.destroy_process_group()
         return True
+
+
+def any_rank(flag, world, device):
+    """Whether `flag` is true on any rank (itself in a plain run): what one rank decides, every rank does."""
+    if world <= 1:
+        return bool(flag)
+    tensor = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 def all_rng_states(world):

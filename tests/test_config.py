@@ -136,12 +136,19 @@ def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
     step = {name: next(line for line in lines if line.startswith(f"true {script}") and all(w in line for w in words))
             for name, script, words in [
                 ("mine", "mine_negatives.py", [f"--out={run}/mine"]),
-                ("encoder", "train_encoder.py", []), ("index", "build_index.py", []),
+                ("encoder", "train_encoder.py", []), ("bar", "build_index.py", [f"--out={run}/zero-shot"]),
+                ("index", "build_index.py", [f"--out={run}/index"]),
+                ("baseline", "evaluate.py", [f"--out={run}/baseline-val"]),
                 ("mine-reranker", "mine_negatives.py", [f"--out={run}/mine-reranker"]),
                 ("reranker", "train_reranker.py", []), ("final", "evaluate.py", ["--split=test", "--index="]),
                 ("compare", "evaluate.py", ["--compare="])]}
     assert f"--train_file={run}/mine/train.jsonl" in step["encoder"]
-    assert f"--model={run}/encoder/best" in step["index"] and "--baseline=" in step["index"]  # zero-shot, if it is better
+    # the bar first: the zero-shot encoder's index, whose mix the baseline columns serve and training weighs each
+    # step against; then the fine-tuned encoder's, the bar's files where it does not beat it beyond noise
+    assert f"--model={tmp_path}/m" in step["bar"] and f"--choices={run}/zero-shot" in step["baseline"]
+    assert lines.index(step["bar"]) < lines.index(step["baseline"]) < lines.index(step["encoder"])
+    assert f"--bar={run}/zero-shot" in step["encoder"]
+    assert f"--model={run}/encoder/best" in step["index"] and f"--baseline={run}/zero-shot" in step["index"]
     assert f"--index={run}/index" in step["mine-reranker"] and "--strategy=index," in step["mine-reranker"]
     assert f"--train_file={run}/mine-reranker/train.jsonl" in step["reranker"]
     assert f"--first_stage={run}/index" in step["reranker"]  # val reranks the encoder's candidates
@@ -191,7 +198,7 @@ def test_adapt_trains_on_pseudo_queries_and_tests_on_the_labelled_split(tmp_path
                for line in labelled), lines
     # the labelled directory is read by evaluations and by build_index.py's choice on its val split, never in training
     assert all(("evaluate.py" in line or "build_index.py" in line) for line in labelled), labelled
-    index = next(line for line in labelled if "build_index.py" in line)
+    index = next(line for line in labelled if "build_index.py" in line and "/adapted/index" in line)
     assert "--model=runs/dry-adapt-pseudo-m/encoder/best" in index and f"--baseline={tmp_path}/m" in index
     assert any("evaluate.py" in line and "--split=test" in line and "--index=runs/dry-adapt-pseudo-m/adapted/index" in line
                for line in labelled), labelled
@@ -212,7 +219,7 @@ def test_a_prepared_set_without_train_or_val_still_runs_to_its_comparison(tmp_pa
     assert any(line.startswith("true train_encoder.py") for line in lines) == trains, lines
     assert any(line.startswith("true mine_negatives.py") for line in lines) == trains, lines
     assert not any("--split=val" in line for line in lines), lines
-    index = next(line for line in lines if line.startswith("true build_index.py"))
+    index = next(line for line in lines if line.startswith("true build_index.py") and "--out=runs/dry-splits-m/index" in line)
     assert (f"--model={tmp_path}/m " in index) != trains
     compare = next(line for line in lines if "--compare=" in line)
     assert "--compare_val" not in compare and ("fine-tuned=" in compare) == trains

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import evaluate
-from common import fusion
+from common import decision, fusion
 from common.data import doc_text, load_beir
 from common.models import CrossEncoder
 from conftest import write_beir_dir
@@ -20,7 +20,7 @@ def test_bm25_dense_and_hybrid_side_by_side(toy_beir, tiny_model, tmp_path, caps
     assert evaluate.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={out}", "--k=4"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())["results"]
     assert set(metrics) == {"bm25", "dense", "hybrid"}
-    assert metrics["hybrid"]["hybrid"]["weight"] == fusion.NO_VAL["weight"]  # toy_beir has no val to choose on
+    assert metrics["hybrid"]["hybrid"]["weight"] == decision.NO_VAL["weight"]  # toy_beir has no val to choose on
     assert metrics["bm25"]["metrics"]["ndcg@10"] == 1.0  # six distinct topics: BM25 gets every one
     assert 0.0 <= metrics["dense"]["metrics"]["ndcg@10"] <= 1.0
     for r in metrics.values():

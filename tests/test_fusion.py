@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from common import fusion
+from common import decision, fusion
 from common.data import doc_text, load_beir
 from common.metrics import evaluate_run, ranked
 from common.models import BiEncoder, CrossEncoder
@@ -53,23 +53,23 @@ def test_a_mix_lies_between_and_depth_limits_what_moves():
 
 def test_choose_picks_the_best_on_val_and_weight_zero_when_the_reranker_only_hurts():
     first, rerank, qrels = runs(n_queries=300)
-    choice, grid = fusion.choose(qrels, first, rerank, depths=[5, 10, 20])
+    choice, grid = decision.rerank(qrels, first, rerank, depths=[5, 10, 20])
     served = evaluate_run(qrels, fusion.fuse(first, rerank, choice["weight"], choice["depth"]))[0]["ndcg@10"]
     assert choice["weight"] > 0 and served == pytest.approx(grid[f"{choice['weight']:g},{choice['depth']}"])
     # served: the mix whose val gain less two standard errors is largest (select), a gain beyond noise
-    assert choice["gain"] - fusion.RERANK_Z * choice["stderr"] > 0
+    assert choice["gain"] - decision.RERANK_Z * choice["stderr"] > 0
     assert served == pytest.approx(evaluate_run(qrels, first)[0]["ndcg@10"] + choice["gain"])
     # a reranker that is noise: some mix of it beats the first stage on these queries by luck, and is refused
     noise = {q: {d: float(s) for d, s in zip(row, np.random.default_rng(7).normal(size=len(row)))}
              for q, row in first.items()}
-    choice, grid = fusion.choose(qrels, first, noise, depths=[5, 10, 20])
+    choice, grid = decision.rerank(qrels, first, noise, depths=[5, 10, 20])
     assert max(grid.values()) > grid["0,5"] and choice["weight"] == 0.0 and choice["gain"] > 0
-    assert "within noise" in fusion.describe(choice)
+    assert "within noise" in decision.describe_rerank(choice)
     # a reranker that scores every relevant document lowest: val keeps the first stage, at the cheapest depth
     adverse = {q: {d: (-10.0 if d in qrels[q] else 0.0) for d in row} for q, row in first.items()}
-    choice, _ = fusion.choose(qrels, first, adverse, depths=[5, 10, 20])
+    choice, _ = decision.rerank(qrels, first, adverse, depths=[5, 10, 20])
     assert (choice["weight"], choice["depth"]) == (0.0, 5)
-    assert fusion.describe(choice).startswith("fusion weight 0: the reranker does not help this first stage")
+    assert decision.describe_rerank(choice).startswith("fusion weight 0: the reranker does not help this first stage")
 
 
 def test_saved_fusion_loads_with_the_reranker_and_defaults_to_the_reranker_alone(tiny_model, tmp_path):
@@ -150,7 +150,7 @@ def test_one_val_query_chooses_nothing_and_the_hybrid_takes_the_default():
     qrels = {"q": {"a": 1}}
     dense = {"q": {"b": 0.9, "a": 0.1}}
     bm25 = {"q": {"a": 9.0, "b": 1.0}}
-    assert fusion.select(qrels, dense, {"mix": bm25}, z=1.0)[0] is None
-    choice = fusion.choose_hybrid(qrels, dense, bm25)
-    assert choice["weight"] == fusion.NO_VAL["weight"] and choice["one_query"]
-    assert "one val query tells no weight from another" in fusion.describe_hybrid(choice)
+    assert decision.select(qrels, dense, {"mix": bm25}, z=1.0)[0] is None
+    choice = decision.hybrid(qrels, dense, bm25)
+    assert choice["weight"] == decision.NO_VAL["weight"] and choice["one_query"]
+    assert "one val query tells no weight from another" in decision.describe_hybrid(choice)

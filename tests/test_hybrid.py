@@ -11,7 +11,7 @@ import pytest
 import build_index
 import evaluate
 import search
-from common import fusion
+from common import decision, fusion
 from common.data import doc_text, load_beir, read_corpus
 from common.metrics import ranked
 from common.retrievers import BM25, Retriever
@@ -73,13 +73,13 @@ def test_a_mix_chosen_on_val_beats_dense_or_is_not_served():
         lexical = [relevant] + [d for d in docs if d != relevant][:30] if q % 2 else docs[5:36]
         good[f"q{q}"] = {d: 10.0 - 0.2 * i for i, d in enumerate(lexical)}
         noise[f"q{q}"] = {d: float(s) for d, s in zip(rng.permutation(docs)[:30], rng.uniform(1, 10, 30))}
-    choice = fusion.choose_hybrid(qrels, dense, good)
+    choice = decision.hybrid(qrels, dense, good)
     assert fusion.uses_bm25(choice) and choice["val"]["served"] > choice["val"]["dense"] + 2 * choice["stderr"]
     assert choice["queries"] == 200 and set(choice["grid"]) >= {"0.5", "1", "rrf"}
-    refused = fusion.choose_hybrid(qrels, dense, noise)
+    refused = decision.hybrid(qrels, dense, noise)
     assert refused["weight"] == 0 and refused.get("method") == "convex"
     assert refused["val"]["served"] == refused["val"]["dense"]
-    assert fusion.describe_hybrid(refused).startswith("dense alone: chosen on val (200 queries")
+    assert decision.describe_hybrid(refused).startswith("dense alone: chosen on val (200 queries")
 
 
 def test_bm25_saved_and_loaded_scores_the_same_and_knows_its_corpus(toy_beir, tmp_path):
@@ -192,27 +192,28 @@ def test_a_query_bm25_matches_no_word_of_gets_the_dense_list(hybrid_index, train
 def test_without_val_the_default_weight_is_served_and_said(toy_beir, tiny_model, tmp_path, capsys):
     assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", f"--out={tmp_path}/index"]) == 0
     saved = fusion.load(str(tmp_path / "index"), fusion.DENSE_ONLY)
-    assert (saved["method"], saved["weight"]) == ("convex", fusion.NO_VAL["weight"])
+    assert (saved["method"], saved["weight"]) == ("convex", decision.NO_VAL["weight"])
     err = capsys.readouterr().err
-    assert "no val split" in err and f"BM25 weight {fusion.NO_VAL['weight']:g} (the default: no val" in err
+    assert "no val split" in err and f"BM25 weight {decision.NO_VAL['weight']:g} (the default: no val" in err
     assert build_index.main([f"--data={toy_beir}", f"--model={tiny_model}", "--hybrid=false",
                              f"--out={tmp_path}/dense"]) == 0
     assert "bm25.json" not in os.listdir(tmp_path / "dense")
     assert fusion.load(str(tmp_path / "dense"), fusion.DENSE_ONLY)["weight"] == 0
 
 
-def test_a_baseline_that_scores_better_on_val_is_indexed_instead(train_beir, tiny_model, tmp_path, capsys):
+def test_the_baseline_is_indexed_unless_the_model_beats_it_beyond_noise(train_beir, tiny_model, tmp_path, capsys):
     from conftest import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", seed=7)
     args = [f"--data={train_beir}", f"--model={other}", f"--baseline={tiny_model}", "--hybrid_weight=0"]
     assert build_index.main(args + [f"--out={tmp_path}/index"]) == 0
     saved = fusion.load(str(tmp_path / "index"), fusion.DENSE_ONLY)
-    scores = {os.path.basename(m): c["val"]["served"] for m, c in saved["candidates"].items()}
-    winner = max(scores, key=scores.get) if scores["other"] != scores[os.path.basename(tiny_model)] else "other"
-    assert os.path.basename(json.load(open(tmp_path / "index" / "index.json"))["model"]) == winner
-    if winner != "other":
-        assert "does not beat" in capsys.readouterr().out
+    assert {os.path.basename(m) for m in saved["candidates"]} == {"other", os.path.basename(tiny_model)}
+    report = saved["encoder"]  # common.decision.encoder's, on the served one's record
+    beyond = report["gain"] - decision.ENCODER_Z * report["stderr"] > 0 and not report["guard"]["vetoed"]
+    served = os.path.basename(json.load(open(tmp_path / "index" / "index.json"))["model"])
+    assert served == ("other" if beyond else os.path.basename(tiny_model))
+    assert f"encoder served: the {'fine-tuned' if beyond else 'zero-shot'} encoder" in capsys.readouterr().out
 
 
 def test_settings_that_make_no_sense_fail_before_any_work(toy_beir, tiny_model, tmp_path):

@@ -142,7 +142,7 @@ def test_val_chooses_memory_where_it_helps_and_none_where_it_cannot(memory_beir,
     assert fusion.remembers(saved) and saved["memory"]["remembered"] == 30  # of 48, by the other folds' memory
     assert saved["chosen_on"]["served"] > saved["memory"]["without"]
     assert "memory: dense strength" in capsys.readouterr().out
-    monkeypatch.setattr("common.data.SMALL_VAL", 0)  # val alone, however small
+    monkeypatch.setattr("common.decision.SMALL_VAL", 0)  # val alone, however small
     out = build(memory_beir, tiny_model, tmp_path / "auto")
     saved = fusion.load(out, fusion.DENSE_ONLY)
     assert fusion.remembers(saved) and saved["memory"]["remembered"] == 16 and "chosen_on" not in saved
@@ -164,40 +164,6 @@ def test_val_chooses_memory_where_it_helps_and_none_where_it_cannot(memory_beir,
     assert saved["memory"]["remembered"] == 0 and not fusion.remembers(saved)
     assert np.array_equal(vectors(other), np.load(os.path.join(other, "embeddings.npy")))
     assert "memory: none served" in capsys.readouterr().out
-
-
-def runs_for(n=60, remembered=30, lift=0.5, hurt=0.0, seed=0):
-    """Val runs of n queries, each with one relevant doc: without memory it sits at rank 3; with a
-    memory of strength 1, the remembered queries' doc goes to rank 1 by `lift`, and the others' drops to
-    rank 11 (out of the top 10) for a `hurt` share of them."""
-    rng = np.random.default_rng(seed)
-    qrels = {f"q{i}": {f"rel{i}": 1} for i in range(n)}
-
-    def run(strength):
-        out = {}
-        for i in range(n):
-            docs = [f"x{i}-{j}" for j in range(12)]
-            pos = 2
-            if strength and i < remembered and rng.uniform() < lift + 0.5:
-                pos = 0
-            if strength and i >= remembered and (i - remembered) < hurt * (n - remembered):
-                pos = 11
-            docs.insert(pos, f"rel{i}")
-            out[f"q{i}"] = {d: 1.0 - 0.01 * k for k, d in enumerate(docs)}
-        return out
-    return qrels, {0.0: run(0.0), 1.0: run(1.0)}, {f"q{i}" for i in range(remembered)}
-
-
-def test_the_choice_is_noise_aware_and_guards_the_queries_memory_cannot_help():
-    dense_only = dict(fusion.DENSE_ONLY)
-    qrels, dense, remembered = runs_for()
-    strengths, _, report_ = mem.choose(qrels, dense, None, dense_only, remembered)
-    assert strengths["dense"] == 1.0 and report_["gain"] > 0
-    qrels, dense, remembered = runs_for(hurt=0.2)  # the others lose: refused, however large the gain
-    strengths, _, report_ = mem.choose(qrels, dense, None, dense_only, remembered)
-    assert strengths == mem.NONE and report_["best"]["strengths"]["dense"] == 1.0
-    qrels, dense, remembered = runs_for(n=6, remembered=3, lift=0.0, seed=3)  # a few queries: not beyond noise
-    assert mem.choose(qrels, dense, None, dense_only, remembered)[0] == mem.NONE
 
 
 def test_add_queries_updates_the_index_in_place_and_counts_what_it_skips(remembering, memory_beir, tmp_path, capsys):
@@ -294,3 +260,37 @@ def test_an_index_without_memory_loads_and_serves_as_before(remembering, memory_
     texts = list(load_beir(memory_beir, "test")[1].values())
     assert retriever.batch_retrieve(texts, 5) == Retriever.load("", memory_beir, index_dir=remembering).batch_retrieve(
         texts, 5)
+
+
+def test_training_scores_val_as_the_bar_serves_and_stops_when_it_cannot_beat_it(memory_beir, tiny_model, tmp_path,
+                                                                               fp32_cpu, monkeypatch, capsys):
+    """train_encoder.py --bar: step 0 is scored as the bar's index serves val (its memory, its mix), each
+    later step alike against it, and common.decision.keep_training's stop ends the run at that step."""
+    import train_encoder
+    from common import decision
+
+    bar = build(memory_beir, tiny_model, tmp_path / "bar", "--memory_dense=2", "--memory_bm25=0")
+    calls = []
+
+    def stop_at_second(history, total_steps):
+        calls.append([s for s, _ in history])
+        return (False, "step 4: cannot beat the bar (a test's rule)") if len(history) > 1 else (True, "")
+    monkeypatch.setattr(decision, "keep_training", stop_at_second)
+    args = [f"--data={memory_beir}", f"--model={tiny_model}", "--max_steps=12", "--eval_every=4", "--batch_size=8",
+            "--time_budget_min=0", "--test_eval=false", "--tensorboard=false"]
+    assert train_encoder.main(args + [f"--bar={bar}", f"--out={tmp_path / 'encoder'}"]) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "encoder" / "metrics.jsonl") if '"split": "val"' in line]
+    assert [r["step"] for r in rows] == [0, 4] and calls == [[0, 4]]
+    saved = fusion.load(bar, fusion.DENSE_ONLY)
+    assert saved["memory"]["dense"] == 2 and saved["memory"]["bm25"] == 0
+    assert rows[0]["ndcg@10"] == pytest.approx(saved["val"]["served"], abs=1e-6)  # the bar, as build_index scored it
+    assert rows[0]["ndcg@10"] > rows[0]["dense_ndcg@10"]  # the memory, on top of dense alone
+    summary = json.load(open(tmp_path / "encoder" / "metrics.json"))
+    assert summary["steps"] == 4 and summary["stopped_early"].startswith("step 4: cannot beat the bar")
+    assert "bar: " in capsys.readouterr().out  # the plan says what the bar is
+
+    # a bar val cannot tell a better encoder from (BM25 with the memory: 0.99 on 32 queries): no step is taken
+    perfect = build(memory_beir, tiny_model, tmp_path / "perfect", "--memory_dense=2", "--memory_bm25=2")
+    assert train_encoder.main(args + [f"--bar={perfect}", f"--out={tmp_path / 'none'}"]) == 0
+    summary = json.load(open(tmp_path / "none" / "metrics.json"))
+    assert summary["steps"] == 0 and summary["stopped_early"].startswith("val cannot tell a better encoder")

@@ -197,8 +197,7 @@ def _encode_on_rank(rank, world, model, texts, out_dir, port):
 
     from common import models, retrievers
     from common.backends import load_encoder
-    from common.retrievers import corpus_embeddings
-    from common.run import join_ranks
+    from common.retrievers import corpus_embeddings, join_ranks
 
     models.cpu_flags = lambda: set()  # fp32: the vectors compared exactly
     retrievers.encode_corpus = functools.partial(real_encode_corpus, chunk=5)  # 23 texts: 3 steps of 2 x 5
@@ -212,7 +211,7 @@ def _encode_on_rank(rank, world, model, texts, out_dir, port):
 
 
 def test_two_gloo_ranks_encode_the_corpus_as_one_process_does(tiny_model, fp32_cpu, tmp_path):
-    """torchrun's way (common.run.join_ranks, as evaluate.py, build_index.py and mine_negatives.py start):
+    """torchrun's way (common.retrievers.join_ranks, as evaluate.py, build_index.py and mine_negatives.py start):
     each rank encodes its slice of every chunk, and every rank ends with all the vectors in corpus order
     (rank 0 wrote the cache file); they equal one process's."""
     import socket

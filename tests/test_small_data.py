@@ -107,17 +107,19 @@ def unique_beir(path, n_train=30, n_val=5):
 
 
 def test_small_val_pools_train_for_an_encoder_that_never_saw_it(tmp_path):
-    from common.data import SMALL_VAL, choice_queries, folds, load_beir
+    from common.data import folds, load_beir, load_train
+    from common.decision import SMALL_VAL, pooled
     from common.run import trained_on
 
     data = unique_beir(tmp_path / "u")
-    val = load_beir(data, "val")[1:]
-    queries, qrels, how = choice_queries(data, val, saw_train=False)
+    val, train = load_beir(data, "val")[1:], load_train(data)
+    queries, qrels, how = pooled(val, train, saw_train=False)
     assert how == {"split": "train+val", "queries": 35, "val": 5} and len(qrels) == len(queries) == 35
-    assert choice_queries(data, val, saw_train=True)[2]["split"] == "val"  # a fine-tuned encoder: val alone
-    assert choice_queries(data, ({}, {}), saw_train=False)[2]["split"] == "val"  # no val: nothing pooled
+    assert pooled(val, train, saw_train=True)[2]["split"] == "val"  # a fine-tuned encoder: val alone
+    assert pooled(({}, {}), train, saw_train=False)[2]["split"] == "val"  # no val: nothing pooled
+    assert pooled(val, None, saw_train=False)[2]["split"] == "val"  # no train split: nothing to pool
     big = {f"v{i}": {"d0": 1} for i in range(SMALL_VAL)}
-    assert choice_queries(data, ({q: "x" for q in big}, big), saw_train=False)[1] is big
+    assert pooled(({q: "x" for q in big}, big), train, saw_train=False)[1] is big
     parts = folds(list(qrels))
     assert len(parts) == 5 and set().union(*parts) == set(qrels) and sum(map(len, parts)) == 35
     assert [len(p) for p in folds(["a", "b"])] == [1, 1]
@@ -171,7 +173,7 @@ def test_a_fine_tuned_encoder_chooses_on_val_alone(tmp_path, tiny_model, capsys)
     # the same weights under another name: nothing beyond noise on 5 val queries, so the zero-shot is served
     assert saved["model"] == str(tiny_model)
     printed = capsys.readouterr().out
-    assert "serving the zero-shot encoder" in printed or "does not beat" in printed
+    assert "encoder served: the zero-shot encoder" in printed and "not beyond noise" in printed
 
 
 def test_a_few_dozen_queries_train_for_min_steps_and_epochs_given_stay(overlap_beir):
