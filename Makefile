@@ -72,7 +72,7 @@ RERANK_ON := $(if $(HAS_TRAIN),$(if $(filter auto,$(RERANKER)),$(if $(wildcard $
     "import torch; print('yes' if torch.cuda.is_available() else 'no')" 2>/dev/null))),$(filter yes,$(RERANKER))))
 NO_RERANKER = $(if $(filter auto,$(RERANKER)),no GPU here$(comma) and on a CPU its minutes buy no reranker that helps \
     the first stage on val (bench/results/cpu-bf16.md); RERANKER=yes trains one,RERANKER=$(RERANKER))
-SERVED_VAL := $(if $(RERANK_ON),$(RERANKER_DIR)/val/metrics.json,$(RUN_DIR)/served-val/metrics.json)
+SERVED_VAL := $(if $(RERANK_ON),$(RERANKER_DIR)/val/metrics.json,$(INDEX_DIR)/val/metrics.json)
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 
@@ -111,7 +111,8 @@ $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-o
 # noise, and what training weighs each of its val evaluations against.
 bar: $(ZS_INDEX)/index.json  ## the zero-shot index and its val choices: the bar fine-tuning must beat
 $(ZS_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt
-	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --out=$(ZS_DIR) $(INDEX_ARGS)
+	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(MODEL) --memory_val=false --out=$(ZS_DIR) \
+	    $(INDEX_ARGS)
 
 # BM25, the zero-shot encoder and their hybrid (the BM25 weight the zero-shot index chose), side by side, on a
 # split (val: the numbers to beat; test: to report).
@@ -137,15 +138,17 @@ $(ENCODER_DIR)/metrics.json: $(MINE_DIR)/train.jsonl train_encoder.py $(COMMON) 
 # The first stage the pipeline serves (build_index.py): the fine-tuned encoder (unless INDEX_MODEL says
 # otherwise), with BM25 mixed in and the train queries' memory at the strengths val chooses (none included:
 # common/memory.py), where it beats the bar beyond noise on val; else the bar's own files (common/decision.py).
-# A FAISS index of the corpus, BM25, memory.json and fusion.json: search.py --index=$(INDEX_DIR) and evaluate.py
-# --index=$(INDEX_DIR) then serve it. Without a train split it is the zero-shot encoder's index. Its
-# make-args.txt lives outside the directory, which build_index.py replaces whole.
+# Once val has chosen, the memory also holds val's judged queries (every label used), unless a reranker is to
+# choose its fusion on val over this first stage; val/ keeps the choice's val scores, train's memory alone,
+# which comparison.md reports. A FAISS index of the corpus, BM25, memory.json and fusion.json: search.py
+# --index=$(INDEX_DIR) and evaluate.py --index=$(INDEX_DIR) then serve it. Without a train split it is the
+# zero-shot encoder's index. Its make-args.txt lives outside the directory, which build_index.py replaces whole.
 index: $(INDEX_DIR)/index.json  ## build_index.py: FAISS index, BM25, memory and the first stage chosen on val
 $(INDEX_DIR)/index.json: $(DATA_DIR)/prepare.json build_index.py $(COMMON) $(INDEX_CONFIG) $(RUN_DIR)/.index/make-args.txt \
                          $(if $(filter $(ENCODER_DIR)/best,$(INDEX_MODEL)),$(ENCODER_DIR)/metrics.json) \
                          $(if $(HAS_TRAIN),$(ZS_DIR)/index.json)
 	$(PY) build_index.py $(INDEX_CONFIG) --data=$(DATA_DIR) --model=$(INDEX_MODEL) $(if $(HAS_TRAIN),--baseline=$(ZS_DIR)) \
-	    --out=$(INDEX_DIR) $(INDEX_ARGS)
+	    $(if $(RERANK_ON),--memory_val=false) --out=$(INDEX_DIR) $(INDEX_ARGS)
 
 # The fine-tuned encoder alone and its hybrid, on a split, for comparison.md (the corpus embeddings
 # come from the index's cache; latency is the served column's, in final).
@@ -179,10 +182,8 @@ $(FINAL_DIR)/metrics.json: $(INDEX_DIR)/index.json $(if $(RERANK_ON),$(RERANKER_
 	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=test --retrievers=hybrid --index=$(INDEX_DIR) \
 	    $(if $(RERANK_ON),--rerank=$(RERANKER_DIR)/best) --out=$(FINAL_DIR) $(EVAL_ARGS)
 
-# Without a reranker, what the pipeline serves on val, for comparison.md (with one, its run has it).
-$(RUN_DIR)/served-val/metrics.json: $(INDEX_DIR)/index.json evaluate.py $(COMMON) $(EVAL_CONFIG) $(RUN_DIR)/.eval/make-args.txt
-	$(PY) evaluate.py $(EVAL_CONFIG) --data=$(DATA_DIR) --split=val --retrievers=hybrid --index=$(INDEX_DIR) \
-	    --latency=false --out=$(RUN_DIR)/served-val $(EVAL_ARGS)
+# Without a reranker, what the pipeline serves on val is the index's own record of its choice (its val/).
+$(INDEX_DIR)/val/metrics.json: $(INDEX_DIR)/index.json
 
 # The encoder as ONNX, fp32 and int8 (export_onnx.py checks parity on this data before writing);
 # then evaluate.py, build_index.py and search.py take --backend=onnx or onnx-int8 --model=$(EXPORT_DIR).

@@ -51,6 +51,8 @@ from common.config import Auto, ConfigError, check_choice, check_range, load_con
 from common.data import (CorpusTexts, folds, load_beir, load_train, load_val, read_corpus, read_qrels, read_queries,
                          splits)
 from common.files import atomic_dir, write_json
+from common.metrics import cut_run, evaluate_run
+from common.report import write_results
 from common.retrievers import (BM25, BM25_FILES, corpus_bm25, corpus_embeddings, dense_search, embeddings_cache,
                                join_ranks)
 from common.run import UserError, cli, start_run, trained_on, warn
@@ -80,6 +82,9 @@ DEFAULTS = dict(
     memory=True,  # false = an index without memory
     memory_dense=Auto(float),  # the vectors' step toward their queries, 0 = none; auto = chosen on val
     memory_bm25=Auto(int),  # times each doc's queries are appended to its BM25 text, 0 = none; auto = on val
+    memory_val=True,  # once val has chosen, the index also remembers val's judged queries (every label used; the
+    #                   val scores reported are the choice's, train's memory alone); false = train's alone (the bar
+    #                   training is scored against, and a first stage a reranker chooses its fusion over on val)
     add_queries="",  # a file of judged queries (TREC qrels over data's queries.jsonl, or JSONL {"query",
     #                  "doc_id", "grade"}) remembered by the index at `out`, updated in place: nothing else
     #                  re-encoded, the strengths it was built with kept (unless memory_* are given)
@@ -284,8 +289,9 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
         queries, qrels, how = decision.pooled(val, load_train(cfg.data), trained_on(model, cfg.data))
         print(f"{label} ({model}): its mix and memory are chosen on {decision.describe_pooled(how)}")
         if how["split"] != "val":
-            choices[label], runs[label] = pooled_choice(cfg, doc_ids, texts, encoder, emb, (queries, qrels, how), val,
-                                                        given, bm25_of, memory)
+            choices[label], run = pooled_choice(cfg, doc_ids, texts, encoder, emb, (queries, qrels, how), val, given,
+                                                bm25_of, memory)
+            runs[label] = cut_run(run, fusion.HYBRID_DEPTH, True)
             print(f"{label} ({model}): {decision.describe_hybrid(choices[label])}")
             m = choices[label].get("memory", {})
             if "without" in m:
@@ -324,8 +330,8 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
             choice["memory"] = {**strength, **report}
         choices[label] = choice
         m = choice.get("memory", mem.NONE)
-        runs[label] = (fusion.hybrid(dense_runs[m["dense"]], bm25_runs[m["bm25"]], choice) if bm25_runs
-                       else dense_runs[m["dense"]])
+        runs[label] = cut_run(fusion.hybrid(dense_runs[m["dense"]], bm25_runs[m["bm25"]], choice) if bm25_runs
+                              else dense_runs[m["dense"]], fusion.HYBRID_DEPTH, True)  # as evaluate.py scores it
     if bar is not None:
         label, choices[label], runs[label] = bar
     served, report = (decision.encoder(val_qrels, runs, "baseline", remembered if not memory.empty() else None)
@@ -393,32 +399,57 @@ def add_queries(cfg, argv):
                 keep_vectors(None, os.path.join(tmp, name), source)
             elif os.path.isfile(source):
                 shutil.copyfile(source, os.path.join(tmp, name))
-        if memory.strengths["dense"]:
-            emb = faiss_index.stored_embeddings(cfg.out, len(doc_ids), encoder)
-            if emb is None:
-                raise UserError(f"{cfg.out}: no embeddings.npy of the encoder's own vectors to move; rebuild the index "
-                                "with --keep_embeddings=true")
-            exact = isinstance(index, faiss_index.faiss_module().IndexFlat)  # else refilled: every memory row
-            sub = mem.Memory(memory.queries, {d: memory.found[d] for d in (touched if exact else memory.found)})
-            rows, dirs = memory_directions(cfg, doc_ids, encoder, sub)
-            own = np.asarray(emb[rows], dtype=np.float32)
-            own = faiss_index.truncate(own, index.d) if own.shape[1] > index.d else own  # a --dim index
-            faiss_index.replace_rows(index, rows, mem.edit(own, np.arange(len(rows)), dirs,
-                                                           memory.strengths["dense"]), emb)
-            faiss_index.write(tmp, index)
-        if old_bm25 is not None:
-            texts = CorpusTexts(corpus, doc_ids)
-            BM25(doc_ids, mem.expand(texts, doc_ids, memory, memory.strengths["bm25"]), old_bm25.k1,
-                 old_bm25.b).save(tmp, corpus_file)
-        saved = fusion.load(cfg.out, fusion.DENSE_ONLY)
-        fusion.save(tmp, {**saved, "memory": {**saved.get("memory", {}), **memory.strengths}})
+            elif os.path.isdir(source):  # val/: the choice's record
+                shutil.copytree(source, os.path.join(tmp, name))
         added = mem.saved_extra(cfg.out).get("added", []) + [{"file": os.path.abspath(cfg.add_queries), **counts,
                                                               **stats}]
-        memory.save(tmp, {**mem.saved_extra(cfg.out), "added": added})
+        write_memory(cfg, cfg.out, tmp, memory, touched, corpus, encoder, index, old_bm25, {"added": added})
         with open(os.path.join(tmp, "command.txt"), "a", encoding="utf-8") as f:
             f.write(f"added: {' '.join(argv)}\n")
     print(f"{cfg.out}: {memory.describe()}; {len(touched)} documents updated in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def write_memory(cfg, source, tmp, memory, touched, corpus, encoder, index, bm25, extra):
+    """Into `tmp`, a copy of the index directory `source` (its files copied or linked), what `memory` serves at
+    its strengths: the vectors of the documents `touched` moved toward their queries (every remembered one
+    where the index is not exact: refilled), BM25 (`bm25`'s k1 and b; None: the index has none) over the
+    texts expanded, the strengths in fusion.json, and memory.json with `extra`."""
+    doc_ids, corpus_file = list(corpus), os.path.join(cfg.data, "corpus.jsonl")
+    if memory.strengths["dense"]:
+        emb = faiss_index.stored_embeddings(source, len(doc_ids), encoder)
+        if emb is None:
+            raise UserError(f"{source}: no embeddings.npy of the encoder's own vectors to move; rebuild the index "
+                            "with --keep_embeddings=true")
+        exact = isinstance(index, faiss_index.faiss_module().IndexFlat)  # else refilled: every memory row
+        sub = mem.Memory(memory.queries, {d: memory.found[d] for d in (touched if exact else memory.found)})
+        rows, dirs = memory_directions(cfg, doc_ids, encoder, sub)
+        own = np.asarray(emb[rows], dtype=np.float32)
+        own = faiss_index.truncate(own, index.d) if own.shape[1] > index.d else own  # a --dim index
+        faiss_index.replace_rows(index, rows, mem.edit(own, np.arange(len(rows)), dirs, memory.strengths["dense"]),
+                                 emb)
+        faiss_index.write(tmp, index)
+    if bm25 is not None:
+        texts = CorpusTexts(corpus, doc_ids)
+        BM25(doc_ids, mem.expand(texts, doc_ids, memory, memory.strengths["bm25"]), bm25.k1, bm25.b).save(
+            tmp, corpus_file)
+    saved = fusion.load(source, fusion.DENSE_ONLY)
+    fusion.save(tmp, {**saved, "memory": {**saved.get("memory", {}), **memory.strengths}})
+    memory.save(tmp, {**mem.saved_extra(source), **extra})
+
+
+def remember_val(cfg, memory, val, doc_ids):
+    """Once val has chosen, the served memory also holds val's judged queries (every label used), where a
+    memory is served at all; the val scores reported stay the choice's, with train's memory alone. Returns
+    the documents val's queries touched."""
+    if not (cfg.memory_val and val[1] and memory.on()):
+        return []
+    before = set(memory.found)
+    stats = memory.add(*val, doc_ids)
+    print(f"memory: val's {len(val[1])} judged queries remembered too, now that val has chosen ({stats['new']} new "
+          "pairs); the val scores above are those of train's memory alone")
+    return sorted({d for row in val[1].values() for d, g in row.items() if g > 0 and d in memory.found}
+                  | (set(memory.found) - before))
 
 
 def main(argv=None):
@@ -445,9 +476,12 @@ def main(argv=None):
     if cfg.baseline and not bar and os.path.abspath(cfg.baseline) != os.path.abspath(cfg.model):
         candidates["baseline"] = (cfg.baseline, load_encoder(cfg.baseline, cfg.backend, cfg.device))
     if bar and bar["same"]:  # nothing to choose: the model is the one the bar was built with
+        val = load_val(cfg.data, f"serving the zero-shot index {cfg.baseline}")
+        why = (f"{cfg.model} embeds as the zero-shot encoder {bar['model']} does (training kept step 0, or stopped "
+               "before it): serving the zero-shot index")
+        print(f"encoder served: {why}")
         with atomic_dir(cfg.out) as tmp:
-            serve_bar(cfg, tmp, argv, bar, {}, f"{cfg.model} embeds as the zero-shot encoder {bar['model']} does "
-                      "(training kept step 0, or stopped before it): serving the zero-shot index")
+            serve_bar(cfg, tmp, argv, bar, {}, {"why": why}, corpus, encoder, val)
         return 0
     if cfg.dim:
         trained = encoder.settings().get("matryoshka_dims") or []
@@ -506,14 +540,17 @@ def main(argv=None):
             if not memory.empty():  # strengths as given, or none: nothing to choose them on
                 choice = {**choice, "memory": given_memory(cfg) or dict(mem.NONE)}
         if bar and served == "baseline":
-            return serve_bar(cfg, tmp, argv, bar, choices["model"], choice["encoder"]["why"])
+            return serve_bar(cfg, tmp, argv, bar, choices["model"], choice["encoder"], corpus, encoder, val)
         model, encoder, emb = searched[served]
         memory.strengths = {k: choice.get("memory", mem.NONE)[k] for k in mem.NONE}
+        if val_run is not None:  # the choice's val scores, before val's queries join the memory
+            write_val_record(tmp, cfg, dataset, val[1], val_run, choice)
+        val_touched = remember_val(cfg, memory, val, doc_ids)
         r = memory.strengths["bm25"]
         bm25 = (bm25s[r] if r in bm25s else bm25_of(r)) if cfg.hybrid else None
         if memory.strengths["dense"]:  # the index holds the moved vectors; embeddings.npy keeps the encoder's own
-            moved = directions[served] if len(directions[served][0]) else memory_directions(cfg, doc_ids, encoder,
-                                                                                            memory)
+            moved = (directions[served] if len(directions[served][0]) and not val_touched
+                     else memory_directions(cfg, doc_ids, encoder, memory))
             emb = mem.edit(emb, *moved, memory.strengths["dense"])
         if not memory.empty():
             print(memory.describe())
@@ -565,13 +602,10 @@ def main(argv=None):
         if bm25 is not None:
             bm25.save(tmp, corpus_file)
         if not memory.empty():
-            memory.save(tmp, {"split": "train", "model": model})
+            memory.save(tmp, {"split": "train+val" if val_touched else "train", "model": model})
         names = {**{label: m for label, (m, _) in candidates.items()}, **({"baseline": bar["model"]} if bar else {})}
         fusion.save(tmp, {**choice, "model": model, "candidates": {
             names[label]: {k: v for k, v in c.items() if k != "grid"} for label, c in choices.items()}})
-        if val_run is not None:  # what a later build weighs against this one (the bar: serve_bar, read_bar)
-            write_json(os.path.join(tmp, VAL_FILE), {"split": "val", "metric": "ndcg@10",
-                                                     "per_query": decision.per_query(val[1], val_run)[1]})
         if cfg.keep_embeddings:
             keep_vectors(vectors[served], os.path.join(tmp, "embeddings.npy"))
         del emb, vectors, searched  # the memory maps, before the files under them go
@@ -602,23 +636,54 @@ def read_bar(directory, encoder):
             "values": values, "same": same}
 
 
-def serve_bar(cfg, tmp, argv, bar, tuned, why):
-    """The index directory `tmp` made the bar's (its files linked, nothing rebuilt), with this run's provenance
-    and a fusion.json saying why: the fine-tuned encoder (`tuned`: its choice on val, {} when not scored)
-    did not beat the zero-shot one beyond noise."""
+def serve_bar(cfg, tmp, argv, bar, tuned, report, corpus, encoder, val):
+    """The index directory `tmp` made the bar's (its large files linked, nothing rebuilt), with this run's
+    provenance and a fusion.json saying why (`report`: common.decision.encoder's, its "why"): the fine-tuned
+    encoder (`tuned`: its choice on val, {} when not scored) did not beat the zero-shot one beyond noise.
+    `encoder` embeds as the bar's does; with memory_val, val's judged queries join its memory (remember_val)."""
     for name in os.listdir(bar["dir"]):
-        source = os.path.join(bar["dir"], name)
-        if os.path.isfile(source):
-            keep_vectors(None, os.path.join(tmp, name), source)
+        source, target = os.path.join(bar["dir"], name), os.path.join(tmp, name)
+        if name in ("index.faiss", "embeddings.npy", "bm25.npz"):  # written only as new files: safe to share
+            keep_vectors(None, target, source)
+        elif os.path.isfile(source):  # fresh copies: their times are this run's (make reads index.json's)
+            shutil.copyfile(source, target)
+        elif name == "val":
+            shutil.copytree(source, target)
     start_run(tmp, cfg, argv)
     saved = bar["choice"]
     candidates = {**saved.get("candidates", {}), **({cfg.model: {k: v for k, v in tuned.items() if k != "grid"}}
                                                      if tuned else {})}
-    fusion.save(tmp, {**saved, "candidates": candidates, "encoder": {**tuned.get("encoder", {}), "why": why},
-                      "bar": os.path.abspath(bar["dir"])})
-    print(f"encoder served: {why}\nwrote {cfg.out}: the zero-shot index {bar['dir']}, "
+    fusion.save(tmp, {**saved, "candidates": candidates, "encoder": report, "bar": os.path.abspath(bar["dir"])})
+    if os.path.isfile(os.path.join(tmp, "val", "metrics.json")):  # the record names the index that serves it
+        with open(os.path.join(tmp, "val", "metrics.json"), encoding="utf-8") as f:
+            record = json.load(f)
+        for result in record["results"].values():
+            result["index"] = os.path.abspath(cfg.out)
+        write_json(os.path.join(tmp, "val", "metrics.json"), record)
+    memory = mem.Memory.load(bar["dir"])
+    touched = remember_val(cfg, memory, val, list(corpus))
+    if touched:
+        has_bm25 = os.path.isfile(os.path.join(bar["dir"], BM25_FILES[1]))
+        write_memory(cfg, bar["dir"], tmp, memory, touched, corpus, encoder,
+                     faiss_index.load(bar["dir"], list(corpus), encoder, use_gpu=False),
+                     BM25.load(bar["dir"], list(corpus), os.path.join(cfg.data, "corpus.jsonl")) if has_bm25 else None,
+                     {"split": "train+val"})
+    print(f"wrote {cfg.out}: the zero-shot index {bar['dir']}, "
           f"{decision.describe_hybrid({k: v for k, v in saved.items() if k != 'val'})}")
     return 0
+
+
+def write_val_record(tmp, cfg, dataset, qrels, run, choice):
+    """val/ in the index directory: the served first stage's val run as the choice scored it (train's memory
+    alone), in evaluate.py's layout (comparison.md reads it as the served column's val), and val.json: its
+    nDCG@10 per query, what a later build weighs against this one (read_bar)."""
+    mean, per_query = evaluate_run(qrels, run, fusion.KS)
+    write_results(os.path.join(tmp, "val"), dataset, "val", {"hybrid": {
+        "metrics": mean, "queries": len(per_query), "per_query": per_query, "run": run,
+        "index": os.path.abspath(cfg.out), "hybrid": {k: v for k, v in choice.items() if k != "grid"},
+        "chosen": decision.chosen_cell(choice), "note": decision.describe_hybrid(choice)}})
+    write_json(os.path.join(tmp, VAL_FILE), {"split": "val", "metric": "ndcg@10",
+                                             "per_query": {q: m["ndcg@10"] for q, m in per_query.items()}})
 
 
 def keep_vectors(emb, path, source=None):

@@ -501,7 +501,7 @@ def main(argv=None):
         mixing = (time.perf_counter() - t0) / max(len(queries), 1)
         # One after the other, as a single service would.
         latencies = [b + d + mixing for b, d in zip(parts["bm25"][1], parts["dense"][1])] if cfg.latency else []
-        parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice, "chosen": hybrid_chosen(choice),
+        parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice, "chosen": decision.chosen_cell(choice),
                                             "note": decision.describe_hybrid(choice)})
 
     results = {}
@@ -534,20 +534,6 @@ def main(argv=None):
     tests = report.significance_table(results, report.baseline_column(results, cfg.baseline))
     print(f"\n{tests}" if tests else "", end="")
     return 0
-
-
-def hybrid_chosen(choice):
-    """The "chosen on val" cell of a hybrid column."""
-    remembers = (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
-                 if fusion.remembers(choice) else "")
-    on = choice.get("chosen_on", {})
-    remembers += f" (on train + val: {on['queries']} queries)" if on.get("split") == "train+val" else ""
-    if choice.get("method") == "rrf":
-        return "rrf" + remembers
-    alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")
-    return (f"BM25 weight {choice['weight']:g}{alone}{remembers}"
-            + (f" (the default: {'one val query' if choice.get('one_query') else 'no val'})" if choice.get("default")
-               else ""))
 
 
 if __name__ == "__main__":

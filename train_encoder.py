@@ -56,7 +56,7 @@ from common.batching import Example, batches_fill, false_negatives, make_batches
 from common.config import Auto, ConfigError, ListOf, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
 from common.metrics import cut_run, evaluate_run
-from common.index import truncate
+from common.index import probe_embedding, stored_embeddings, truncate
 from common.models import BiEncoder, CrossEncoder, autocast, principal_axes
 from common.report import write_results
 from common.retrievers import BM25, corpus_bm25, dense_run
@@ -411,14 +411,16 @@ def val_corpus(cfg, corpus, queries, qrels):
     return [d for d in corpus if d in keep]
 
 
-def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=100, dims=(), rotate=False, bar=None):
+def evaluate_dense(encoder, corpus, doc_ids, queries, qrels, batch_size, depth=100, dims=(), rotate=False, bar=None,
+                   doc_emb=None):
     """(mean metrics, per-query metrics, run, rotation) of dense retrieval, as evaluate.py computes
     them; with `bar` (load_bar's), of the first stage as the bar's index serves it: the docs moved by its
     memory (toward the remembered queries as this encoder embeds them) and mixed with its BM25, dense
     alone's nDCG@10 beside as "dense_ndcg@10". With `dims` (Matryoshka), also ndcg@10@<d>: the embeddings
     cut to their first d values, with `rotate` after a rotation onto the principal axes of these docs'
-    (`rotation`, what best/ is saved with; else None)."""
-    doc_emb = encoder.encode([doc_text(corpus[d]) for d in doc_ids], "passage", batch_size)
+    (`rotation`, what best/ is saved with; else None). `doc_emb`: the docs' vectors when in hand (bar_vectors')."""
+    if doc_emb is None:
+        doc_emb = encoder.encode([doc_text(corpus[d]) for d in doc_ids], "passage", batch_size)
     qids = list(queries)
     q_emb = encoder.encode([queries[q] for q in qids], "query", batch_size)
     run = cut_run(dense_run(qids, q_emb, doc_ids, doc_emb, depth + 1), depth)
@@ -465,6 +467,19 @@ def load_bar(cfg, corpus, queries, doc_ids):
             row = index.scores(text, rows)
             bm25[q] = {doc_ids[i]: float(row[i]) for i in np.argsort(-row, kind="stable")[:fusion.HYBRID_DEPTH]}
     return {"choice": choice, "memory": memory, "bm25": bm25}
+
+
+def bar_vectors(cfg, encoder, corpus, doc_ids):
+    """doc_ids' vectors as the bar's index keeps them (embeddings.npy, whole width) where `encoder` embeds as the
+    bar's encoder does (step 0: the model training starts from, at the same precision), else None: what the
+    step-0 evaluation need not encode again."""
+    with open(os.path.join(cfg.bar, "index.json"), encoding="utf-8") as f:
+        probe = np.asarray(json.load(f).get("probe", []), np.float32)
+    stored = stored_embeddings(cfg.bar, len(corpus), encoder)
+    if stored is None or probe.shape != (encoder.dim,) or not np.allclose(probe_embedding(encoder), probe, atol=1e-4):
+        return None
+    position = {d: i for i, d in enumerate(corpus)}
+    return np.asarray(stored[[position[d] for d in doc_ids]], dtype=np.float32)
 
 
 def describe_bar(cfg, bar):
@@ -723,7 +738,8 @@ def main(argv=None):
     plan = sizing.resolve_steps(cfg, table, steps_per_epoch, probe_step,
                                 lambda: estimate_eval_seconds(encoder, *val_texts, cfg.eval_batch_size),
                                 most_evals, world, trial=trial,
-                                whole_within_min=table["whole_within_min"] if auto_budget else 0.0)
+                                whole_within_min=table["whole_within_min"] if auto_budget else 0.0,
+                                least_evals=most_evals if bar else 1)  # against a bar, each one may stop the run
     total_steps, warmup_steps = cfg.max_steps, int(cfg.warmup_ratio * cfg.max_steps)
     step, epoch, position, best = restore(state, optimizer, scaler, rank, checkpoint)
     batches, groups_of = None, None  # this epoch's batch order, and every example's group of documents
@@ -765,9 +781,11 @@ def main(argv=None):
         if (master and has_val and step != resumed_at
                 and (last_step or (cfg.eval_every > 0 and step % cfg.eval_every == 0))):
             t0 = time.time()
+            kept = bar_vectors(cfg, encoder, corpus, val_doc_ids) if bar is not None and step == 0 else None
             metrics, per_query, _, rotation = evaluate_dense(encoder, corpus, val_doc_ids, val_queries, val_qrels,
                                                              cfg.eval_batch_size, dims=cfg.matryoshka_dims,
-                                                             rotate=cfg.matryoshka_rotation == "pca", bar=bar)
+                                                             rotate=cfg.matryoshka_rotation == "pca", bar=bar,
+                                                             doc_emb=kept)
             encoder.train()
             improved = metrics[cfg.best_metric] > best["metric"]
             if improved:

@@ -116,7 +116,7 @@ def main():
         for bk in ("repeat 0", "repeat 2", "repeat 3", "field 1"):
             choice = decision.hybrid(qrels, dense_runs[dk], bm25_runs[bk])
             run = fusion.hybrid(dense_runs[dk], bm25_runs[bk], choice)
-            w = fusion.hybrid_chosen(choice) if hasattr(fusion, "hybrid_chosen") else choice.get("weight")
+            w = decision.chosen_cell(choice)
             print(f"| {dk} / {bk} (w {w}) | " + " | ".join(f"{x:.4f}" for x in parts(qrels, run, remembered))
                   + " |")
 

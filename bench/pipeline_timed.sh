@@ -37,8 +37,6 @@ stage fine-tuned-test fine-tuned SPLIT=test "$@"
 if [ "$(make --no-print-directory -s reranker-on "$@")" = yes ]; then
     stage mine-reranker mine-reranker "$@"
     stage train-reranker train-reranker "$@"
-else
-    stage served-val "runs/$name-$(basename "$model")/served-val/metrics.json" "$@"
 fi
 stage final final "$@"
 stage export export "$@"

@@ -175,7 +175,7 @@ def encoder(qrels, runs, bar, remembered=None, metric="ndcg@10"):
     ENCODER_Z), the queries no memory can help (val's outside `remembered`, when given) guarded: an
     encoder that forgets what the zero-shot one knew does not buy its gain with them."""
     others = {label: run for label, run in runs.items() if label != bar}
-    guard = [q for q in qrels if q not in remembered] if remembered is not None else ()
+    guard = [q for q in qrels if q not in remembered] if remembered else ()  # none remembered: the gain is all
     key, report = select(qrels, runs[bar], others, ENCODER_Z, metric, guard=guard)
     return key or bar, report
 
@@ -239,6 +239,20 @@ def keep_training(history, total_steps, z=ENCODER_Z, patience=2):
 
 
 # ---- one line each: what was chosen, and why
+def chosen_cell(choice):
+    """The "chosen on val" cell of a hybrid column in a report."""
+    remembers = (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
+                 if fusion.remembers(choice) else "")
+    on = choice.get("chosen_on", {})
+    remembers += f" (on train + val: {on['queries']} queries)" if on.get("split") == "train+val" else ""
+    if choice.get("method") == "rrf":
+        return "rrf" + remembers
+    alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")
+    return (f"BM25 weight {choice['weight']:g}{alone}{remembers}"
+            + (f" (the default: {'one val query' if choice.get('one_query') else 'no val'})" if choice.get("default")
+               else ""))
+
+
 def describe_hybrid(choice):
     """One line: what a hybrid serves, and why."""
     if choice.get("method") == "rrf":

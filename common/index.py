@@ -280,8 +280,10 @@ def replace_rows(index, rows, vectors, emb, chunk=65536):
 
 
 def write(out_dir, index):
-    """index.faiss into out_dir (a CPU index)."""
-    faiss_module().write_index(index, os.path.join(out_dir, "index.faiss"))
+    """index.faiss into out_dir (a CPU index), as a new file: one linked from another index stays as it was."""
+    path = os.path.join(out_dir, "index.faiss")
+    faiss_module().write_index(index, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def save(out_dir, index, doc_ids, settings):

@@ -110,9 +110,10 @@ class BM25:
         directory serves its hybrid from, with nothing to rebuild."""
         if self.backend != "sparse":
             raise ValueError("only the sparse backend's weights can be saved")
-        w = self.weights
-        np.savez(os.path.join(directory, BM25_FILES[0]), data=w.data, indices=w.indices, indptr=w.indptr,
-                 shape=np.array(w.shape))
+        w, path = self.weights, os.path.join(directory, BM25_FILES[0])
+        with open(path + ".tmp", "wb") as f:  # a new file: one linked from another index stays as it was
+            np.savez(f, data=w.data, indices=w.indices, indptr=w.indptr, shape=np.array(w.shape))
+        os.replace(path + ".tmp", path)
         with atomic_open(os.path.join(directory, BM25_FILES[1])) as f:
             json.dump({"k1": self.k1, "b": self.b, "tokenizer": TOKENIZER, "docs": len(self.doc_ids),
                        "corpus": os.path.abspath(corpus_file), "corpus_sha1": file_sha1(corpus_file),

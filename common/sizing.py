@@ -84,12 +84,13 @@ class Trial:
     peak_mb: float = 0.0
 
 
-def val_evals(budget_min, eval_seconds, most):
+def val_evals(budget_min, eval_seconds, most, least=1):
     """How many val evaluations a run makes (the last step's always, step 0's second): at most `most`,
-    and within VAL_SHARE of time_budget_min when there is one."""
+    and within VAL_SHARE of time_budget_min when there is one, but at least `least` (a run weighed against a
+    bar: each evaluation is a chance to stop)."""
     if most <= 1 or budget_min <= 0 or eval_seconds <= 0:
         return most
-    return max(1, min(most, int(VAL_SHARE * budget_min * 60 / eval_seconds)))
+    return max(1, least, min(most, int(VAL_SHARE * budget_min * 60 / eval_seconds)))
 
 
 def steps_for_budget(budget_min, recipe_steps, steps_per_epoch, seconds_per_step, eval_seconds, evals):
@@ -167,14 +168,14 @@ def agree(value, world):
 
 
 def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, world, trial=None,
-                  step_zero=True, whole_within_min=0.0):
+                  step_zero=True, whole_within_min=0.0, least_evals=1):
     """max_steps and eval_every, when auto: the recipe's epochs, or the steps that fit time_budget_min
     beside at most `evals` val evaluations (fewer where they would take more than VAL_SHARE of it),
     timed by running `probe_step` (the first batch forward and backward) and `eval_seconds()` (which
     times a sample of an evaluation and returns what the whole one should take), unless `trial`
     (choose_recipe's) measured both already. Epochs that take more than time_budget_min but at most
     `whole_within_min` minutes run whole, time_budget_min raised to what they take (pass it only for
-    a budget the table chose, not one the user set). `step_zero`: the run evaluates step 0 when it
+    a budget the table chose, not one the user set). `least_evals`: evaluations kept however dear. `step_zero`: the run evaluates step 0 when it
     evaluates more than once. Rank 0's count is every rank's.
     Returns {"lines": the plan's time lines, "notes": what the budget cut, "evals": how many}."""
     recipe_steps = cfg.epochs * steps_per_epoch
@@ -189,7 +190,7 @@ def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, 
                 seconds = time_step(probe_step)
                 set_rng_state(rng)  # the probe leaves the run's random draws as they were
                 per_eval = eval_seconds() if evals else 0.0
-            evals = val_evals(cfg.time_budget_min, per_eval, evals)
+            evals = val_evals(cfg.time_budget_min, per_eval, evals, min(least_evals, evals))
             whole = recipe_steps * seconds + evals * per_eval
             if cfg.time_budget_min * 60 < whole <= whole_within_min * 60:
                 lines.append(f"budget: the recipe's {recipe_steps} steps whole take ~{minutes(whole)}, more than "

@@ -149,6 +149,8 @@ def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
     assert lines.index(step["bar"]) < lines.index(step["baseline"]) < lines.index(step["encoder"])
     assert f"--bar={run}/zero-shot" in step["encoder"]
     assert f"--model={run}/encoder/best" in step["index"] and f"--baseline={run}/zero-shot" in step["index"]
+    # neither remembers val: training is scored against the bar on val, the reranker chooses its fusion on val
+    assert "--memory_val=false" in step["bar"] and "--memory_val=false" in step["index"]
     assert f"--index={run}/index" in step["mine-reranker"] and "--strategy=index," in step["mine-reranker"]
     assert f"--train_file={run}/mine-reranker/train.jsonl" in step["reranker"]
     assert f"--first_stage={run}/index" in step["reranker"]  # val reranks the encoder's candidates
@@ -165,16 +167,17 @@ def test_every_stage_reads_what_the_stage_before_it_wrote(tmp_path):
 
 def test_on_a_cpu_the_pipeline_serves_its_first_stage_without_training_a_reranker(tmp_path):
     """RERANKER=auto where torch sees no GPU (here PY=true, which sees nothing): no reranker stage, one
-    line saying why, and the served column's val comes from the index's own evaluation on val."""
+    line saying why, and the served column's val is the index's own record of its choice (train's memory alone)."""
     run = "runs/fresh-m"
     lines = make_dry_run("pipeline", f"DATA={tmp_path}/fresh", f"MODEL={tmp_path}/m")
     assert not any("train_reranker.py" in line or f"--out={run}/mine-reranker" in line for line in lines), lines
     final = next(line for line in lines if "evaluate.py" in line and "--split=test" in line and "--index=" in line)
     assert "--rerank" not in final
-    served_val = next(line for line in lines if f"--out={run}/served-val" in line)
-    assert "--split=val" in served_val and f"--index={run}/index" in served_val
+    assert not any("--split=val" in line and f"--index={run}/index" in line for line in lines)  # no val memory in it
+    index = next(line for line in lines if "build_index.py" in line and f"--out={run}/index" in line)
+    assert "--memory_val=false" not in index  # once val has chosen, the served index remembers it too
     compare = next(line for line in lines if "--compare=" in line)
-    assert f"served={run}/served-val/metrics.json" in compare and "reranker" not in compare
+    assert f"served={run}/index/val/metrics.json" in compare and "reranker" not in compare
     import os
     import subprocess
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

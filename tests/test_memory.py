@@ -60,7 +60,7 @@ def vectors(index_dir):
 @pytest.fixture(scope="module")
 def remembering(memory_beir, tiny_model, tmp_path_factory):
     return build(memory_beir, tiny_model, tmp_path_factory.mktemp("mem") / "index", "--memory_dense=2",
-                 "--memory_bm25=2")
+                 "--memory_bm25=2", "--memory_val=false")
 
 
 def test_zero_strength_is_todays_index_exactly(memory_beir, tiny_model, tmp_path, fp32_cpu):
@@ -88,6 +88,23 @@ def test_only_remembered_documents_move_and_only_train_queries_are_remembered(re
     assert served[3] @ q > own[3] @ q
     saved = fusion.load(remembering, fusion.DENSE_ONLY)
     assert saved["memory"]["dense"] == 2.0 and saved["memory"]["given"]
+
+
+def test_once_val_has_chosen_the_served_index_remembers_val_too_and_reports_the_choices_val(
+        remembering, memory_beir, tiny_model, tmp_path, capsys):
+    """memory_val (the default): every label used. The served memory holds train's and val's queries, never
+    test's; the val record (val/, val.json) is the choice's, made with train's memory alone."""
+    both = build(memory_beir, tiny_model, tmp_path / "both", "--memory_dense=2", "--memory_bm25=2")
+    assert "val's 32 judged queries remembered too" in capsys.readouterr().out
+    memory = mem.Memory.load(both)
+    assert set(memory.queries) == {f"train{i}" for i in range(16)} | {q for q in load_beir(memory_beir, "val")[2]}
+    assert mem.saved_extra(both)["split"] == "train+val"
+    for name in ("val.json", os.path.join("val", "hybrid.per_query.json")):
+        assert open(os.path.join(both, name)).read() == open(os.path.join(remembering, name)).read()
+    assert not np.array_equal(vectors(both), vectors(remembering))  # val's documents moved too
+    saved = json.load(open(os.path.join(both, "val", "metrics.json")))["results"]["hybrid"]
+    assert saved["index"] == both and saved["metrics"]["ndcg@10"] == pytest.approx(
+        fusion.load(both, fusion.DENSE_ONLY)["val"]["served"])
 
 
 def test_every_way_of_serving_the_index_serves_its_memory(remembering, memory_beir, tmp_path, capsys, fp32_cpu):
@@ -203,7 +220,8 @@ def test_add_queries_bad_input_is_one_clear_error_and_leaves_the_index(rememberi
 
     index = str(tmp_path / "index")
     shutil.copytree(remembering, index)
-    before = {f: open(os.path.join(index, f), "rb").read() for f in sorted(os.listdir(index))}
+    before = {f: open(os.path.join(index, f), "rb").read() for f in sorted(os.listdir(index))
+              if os.path.isfile(os.path.join(index, f))}
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(DataError, match="empty"):
@@ -222,7 +240,8 @@ def test_add_queries_bad_input_is_one_clear_error_and_leaves_the_index(rememberi
     monkeypatch.setattr(BM25, "save", fail)  # interrupted half way: the index it started from stays
     with pytest.raises(OSError):
         build_index.main([f"--data={memory_beir}", f"--out={index}", f"--add_queries={added}"])
-    assert {f: open(os.path.join(index, f), "rb").read() for f in sorted(os.listdir(index))} == before
+    assert {f: open(os.path.join(index, f), "rb").read() for f in sorted(os.listdir(index))
+            if os.path.isfile(os.path.join(index, f))} == before
 
 
 def test_comparison_shows_each_split_remembered_and_not():

@@ -154,6 +154,47 @@ def test_the_zero_shot_choices_rest_on_train_and_val_and_no_query_sees_its_own_m
     hybrid = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]["hybrid"]["hybrid"]
     assert hybrid["chosen_on"]["split"] == "train+val" and hybrid.get("weight") == saved.get("weight")
     assert hybrid.get("method") == saved.get("method")
+    # and with --choices (as `make baseline` runs it) it reads the index's choice instead of deciding again
+    assert evaluate.main([f"--data={data}", f"--model={tiny_model}", "--split=val", "--retrievers=hybrid",
+                          "--latency=false", f"--choices={out}", f"--out={tmp_path / 'read'}"]) == 0
+    assert f"(chosen for {tiny_model} by {out})" in capsys.readouterr().out
+    read = json.loads((tmp_path / "read" / "metrics.json").read_text())["results"]["hybrid"]
+    assert read["hybrid"].get("weight") == saved.get("weight") and read["metrics"] == \
+        json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"]["hybrid"]["metrics"]
+
+
+def test_the_bar_is_read_not_rebuilt_and_served_unless_beaten_beyond_noise(tmp_path, tiny_model, capsys):
+    """build_index.py --baseline=<the zero-shot index>: a model that embeds as the bar's encoder (training kept
+    step 0) gets the bar's files, nothing rebuilt; another is weighed against the bar's val scores (val.json)."""
+    import os
+    import shutil
+
+    import build_index
+    from common import decision, fusion
+    from common.data import load_beir
+    from conftest import build_tiny_model
+
+    data = unique_beir(tmp_path / "u")
+    bar = tmp_path / "bar"
+    assert build_index.main([f"--data={data}", f"--model={tiny_model}", f"--out={bar}", "--split=val"]) == 0
+    assert set(json.loads((bar / "val.json").read_text())["per_query"]) == set(load_beir(data, "val")[2])
+    shutil.copytree(tiny_model, tmp_path / "encoder" / "best")
+    capsys.readouterr()
+    assert build_index.main([f"--data={data}", f"--model={tmp_path / 'encoder' / 'best'}", f"--baseline={bar}",
+                             f"--out={tmp_path / 'same'}", "--split=val"]) == 0
+    assert "embeds as the zero-shot encoder" in capsys.readouterr().out
+    assert os.stat(tmp_path / "same" / "index.faiss").st_ino == os.stat(bar / "index.faiss").st_ino  # linked
+    saved = fusion.load(str(tmp_path / "same"), fusion.DENSE_ONLY)
+    assert saved["bar"] == str(bar) and "training kept step 0" in saved["encoder"]["why"]
+    other = build_tiny_model(tmp_path / "other", seed=7)
+    assert build_index.main([f"--data={data}", f"--model={other}", f"--baseline={bar}", f"--out={tmp_path / 'index'}",
+                             "--split=val"]) == 0
+    saved = fusion.load(str(tmp_path / "index"), fusion.DENSE_ONLY)
+    report = saved["encoder"]
+    beyond = report["gain"] - decision.ENCODER_Z * report["stderr"] > 0 and not report["guard"]["vetoed"]
+    served = json.loads((tmp_path / "index" / "index.json").read_text())["model"]
+    assert served == (str(other) if beyond else json.loads((bar / "index.json").read_text())["model"])
+    assert str(other) in saved["candidates"]  # the fine-tuned choice is on record either way
 
 
 def test_a_fine_tuned_encoder_chooses_on_val_alone(tmp_path, tiny_model, capsys):
