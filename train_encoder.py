@@ -461,9 +461,12 @@ def load_bar(cfg, corpus, queries, doc_ids):
     bm25 = None
     if fusion.uses_bm25(choice):
         index = BM25.load(cfg.bar, list(corpus), os.path.join(cfg.data, "corpus.jsonl"))
+        if len(doc_ids) == len(corpus):  # the whole corpus: BM25's own search
+            hits = index.search_many(list(queries.values()), fusion.HYBRID_DEPTH)
+            return {"choice": choice, "memory": memory, "bm25": {q: dict(h) for q, h in zip(queries, hits)}}
         position = {d: i for i, d in enumerate(index.doc_ids)}
         rows, bm25 = [position[d] for d in doc_ids], {}
-        for q, text in queries.items():
+        for q, text in queries.items():  # val's sub-corpus: each query's scores of those docs alone
             row = index.scores(text, rows)
             bm25[q] = {doc_ids[i]: float(row[i]) for i in np.argsort(-row, kind="stable")[:fusion.HYBRID_DEPTH]}
     return {"choice": choice, "memory": memory, "bm25": bm25}
