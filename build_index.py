@@ -433,7 +433,7 @@ def write_memory(cfg, source, tmp, memory, touched, corpus, encoder, index, bm25
         texts = CorpusTexts(corpus, doc_ids)
         BM25(doc_ids, mem.expand(texts, doc_ids, memory, memory.strengths["bm25"]), bm25.k1, bm25.b).save(
             tmp, corpus_file)
-    saved = fusion.load(source, fusion.DENSE_ONLY)
+    saved = fusion.load(tmp, fusion.DENSE_ONLY)  # the copy's: what this run wrote there stays
     fusion.save(tmp, {**saved, "memory": {**saved.get("memory", {}), **memory.strengths}})
     memory.save(tmp, {**mem.saved_extra(source), **extra})
 

@@ -424,7 +424,9 @@ def served_choices(items, label):
                 line = "served at " + ("the strengths given" if fusion.remembers(chosen) else "strength 0 (none)")
             each = "; ".join(f"{model}: {c['memory']['without']:.4f} without memory, {c['val']['served']:.4f} served"
                              for model, c in saved.get("candidates", {}).items() if "without" in c.get("memory", {}))
-            lines.append(f"Index memory ({index}, {len(held.queries)} queries remembered for {len(held.found)} docs): "
+            whose = " (train's and val's: val's added once val had chosen)" if memory.saved_extra(index).get(
+                "split") == "train+val" else ""
+            lines.append(f"Index memory ({index}, {len(held.queries)} queries remembered{whose} for {len(held.found)} docs): "
                          f"{line.removeprefix('memory: ')}." + (f" Each encoder's hybrid on val: {each}." if each else "")
                          + " \"Remembered\": the queries with a relevant document some train query also found.")
         return "\n\n".join(lines + [f"The rule behind every choice on val (common/decision.py): {decision.RULE}"])

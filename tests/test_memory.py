@@ -107,6 +107,26 @@ def test_once_val_has_chosen_the_served_index_remembers_val_too_and_reports_the_
         fusion.load(both, fusion.DENSE_ONLY)["val"]["served"])
 
 
+def test_the_bar_served_as_the_index_remembers_val_and_is_left_as_it_was(remembering, memory_beir, tiny_model,
+                                                                         tmp_path, capsys):
+    """make index where training kept step 0: the bar's files, val's queries added to a copy of its memory
+    (new files: the bar's, linked from, stay as they were), the reason on record."""
+    import shutil
+
+    bar_before = {f: open(os.path.join(remembering, f), "rb").read() for f in sorted(os.listdir(remembering))
+                  if os.path.isfile(os.path.join(remembering, f))}
+    shutil.copytree(tiny_model, tmp_path / "encoder" / "best")
+    served = build(memory_beir, str(tmp_path / "encoder" / "best"), tmp_path / "index", f"--baseline={remembering}")
+    assert "embeds as the zero-shot encoder" in capsys.readouterr().out
+    saved = fusion.load(served, fusion.DENSE_ONLY)
+    assert saved["bar"] == remembering and "training kept step 0" in saved["encoder"]["why"]
+    assert set(mem.Memory.load(served).queries) == set(mem.Memory.load(remembering).queries) | {
+        q for q in load_beir(memory_beir, "val")[2]}
+    assert not np.array_equal(vectors(served), vectors(remembering))
+    assert {f: open(os.path.join(remembering, f), "rb").read() for f in sorted(os.listdir(remembering))
+            if os.path.isfile(os.path.join(remembering, f))} == bar_before
+
+
 def test_every_way_of_serving_the_index_serves_its_memory(remembering, memory_beir, tmp_path, capsys, fp32_cpu):
     _, queries, qrels = load_beir(memory_beir, "test")
     texts = list(queries.values())

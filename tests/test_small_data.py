@@ -186,6 +186,8 @@ def test_the_bar_is_read_not_rebuilt_and_served_unless_beaten_beyond_noise(tmp_p
     assert os.stat(tmp_path / "same" / "index.faiss").st_ino == os.stat(bar / "index.faiss").st_ino  # linked
     saved = fusion.load(str(tmp_path / "same"), fusion.DENSE_ONLY)
     assert saved["bar"] == str(bar) and "training kept step 0" in saved["encoder"]["why"]
+    assert {k: v for k, v in saved.items() if k not in ("bar", "encoder", "candidates")} == \
+        {k: v for k, v in fusion.load(str(bar), fusion.DENSE_ONLY).items() if k != "candidates"}
     other = build_tiny_model(tmp_path / "other", seed=7)
     assert build_index.main([f"--data={data}", f"--model={other}", f"--baseline={bar}", f"--out={tmp_path / 'index'}",
                              "--split=val"]) == 0
