@@ -136,6 +136,10 @@ DEFAULTS = dict(
     device="auto",  # auto | cpu | cuda; under torchrun each rank takes its own GPU
     # evaluation, on rank 0
     eval_every=Auto(int),  # steps; 0 = only at the end. Step 0 is the model before training.
+    wise_alphas=ListOf(float),  # WiSE-FT (Wortsman et al. 2022): after training, the best step's weights mixed
+    #                   with the starting model's at each of these shares of the best's (e.g. [0.5]) are scored
+    #                   on val as every step is; best/ becomes the mix only where it beats the best step beyond
+    #                   noise (common.decision.select), the queries no memory can help guarded. [] = none
     bar="",  # a build_index.py directory of the model training starts from (`make pipeline`'s zero-shot index):
     #          val scores each step as that index serves (its memory and its mix with BM25), the step-0
     #          score is the bar, and training stops once the model cannot beat it beyond noise
@@ -193,6 +197,10 @@ def check_config(cfg, world):
     check_range(cfg, "matryoshka_dims", 1)
     check_range(cfg, "matryoshka_weights", 0)
     check_choice(cfg, "matryoshka_rotation", ("pca", "none"))
+    check_range(cfg, "wise_alphas", 0, 1)
+    if cfg.wise_alphas and (cfg.lora_r or cfg.matryoshka_dims):
+        raise ConfigError("wise_alphas mixes the whole model's weights with the starting model's: drop it with lora_r "
+                          "or matryoshka_dims (their best/ is not the starting model's shape of weights)")
     if cfg.matryoshka_weights and len(cfg.matryoshka_weights) != len(cfg.matryoshka_dims):
         raise ConfigError(f"matryoshka_dims={cfg.matryoshka_dims} needs one weight each, got "
                           f"matryoshka_weights={cfg.matryoshka_weights} (or none: 1 each)")
@@ -483,6 +491,34 @@ def bar_vectors(cfg, encoder, corpus, doc_ids):
         return None
     position = {d: i for i, d in enumerate(corpus)}
     return np.asarray(stored[[position[d] for d in doc_ids]], dtype=np.float32)
+
+
+def wise_ft(cfg, device, corpus, doc_ids, queries, qrels, bar, best):
+    """(the mix to serve or None, report): best/ mixed with the model training started from at each share in
+    cfg.wise_alphas, scored on val as every step (evaluate_dense), weighed against best/ by
+    common.decision.select at ENCODER_Z, the queries no memory can help guarded where some are remembered."""
+    tuned = BiEncoder.from_pretrained(os.path.join(cfg.out, "best")).to(device)
+    start = build_encoder(cfg).model.state_dict()
+    tuned.encode_dtype = cfg.dtype
+    values = lambda model: {q: m[cfg.best_metric] for q, m in evaluate_dense(  # noqa: E731
+        model, corpus, doc_ids, queries, qrels, cfg.eval_batch_size, bar=bar)[1].items()}
+    base, mixes, own = values(tuned), {}, {k: v.detach().clone() for k, v in tuned.model.state_dict().items()}
+    for alpha in sorted(cfg.wise_alphas):
+        with torch.no_grad():
+            for name, value in tuned.model.state_dict().items():
+                if value.is_floating_point():
+                    value.copy_((1 - alpha) * start[name].to(value.device) + alpha * own[name])
+        mixes[alpha] = values(tuned)
+    remembered = mem.remembered_queries(bar["memory"].found, qrels) if bar else set()
+    guard = [q for q in qrels if q not in remembered] if remembered else ()
+    key, report = decision.select(qrels, base, mixes, decision.ENCODER_Z, cfg.best_metric, guard=guard)
+    if key is None:
+        return None, report
+    with torch.no_grad():
+        for name, value in tuned.model.state_dict().items():
+            if value.is_floating_point():
+                value.copy_((1 - key) * start[name].to(value.device) + key * own[name])
+    return tuned, report
 
 
 def describe_bar(cfg, bar):
@@ -872,6 +908,16 @@ def main(argv=None):
         elif best["step"] == 0:
             warn(f"val: no step beat the model training started from (step 0, {cfg.best_metric} "
                  f"{best['metric']:.4f}); best/ is that model")
+        elif cfg.wise_alphas:  # a candidate more: the best step mixed back toward where it started
+            mixed, report = wise_ft(cfg, device, corpus, val_doc_ids, val_queries, val_qrels, bar, best)
+            grid = ", ".join(f"{a:g}: {v:.4f}" for a, v in report["grid"].items())
+            print(f"WiSE-FT: best/ (step {best['step']}) {report['base']:.4f} on val, mixed with step 0 at "
+                  f"{grid}: " + (f"serving {report['chosen']:g} (gain {report['gain']:+.4f}, standard error "
+                                 f"{report['stderr']:.4f})" if mixed is not None else "none beyond noise"))
+            if mixed is not None:
+                mixed.save(best_dir)
+                best = {**best, "wise_ft": report["chosen"]}
+                write_card(best_dir, "bi-encoder", cfg, best, total_steps)
         result = summary(dataset, step, total_steps, best, t_start, throughput, device)
         result["val_docs"] = len(val_doc_ids) if has_val else 0
         if stopped_early:

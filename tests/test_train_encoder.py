@@ -271,3 +271,30 @@ def test_an_output_directory_that_cannot_be_written_fails_before_training(train_
     (tmp_path / "a-file").write_text("not a directory")
     with pytest.raises(UserError, match="output directory is not writable"):
         train(train_beir, tiny_model, tmp_path / "a-file" / "run", "--batch_size=8", "--max_steps=2")
+
+
+def test_wise_ft_mixes_the_best_step_with_the_start_and_serves_the_mix_only_beyond_noise(train_beir, tiny_model,
+                                                                                          tmp_path, monkeypatch):
+    """train_encoder.wise_ft: each share's mix scored on val as the steps are; None where none beats best/."""
+    from types import SimpleNamespace
+
+    from common import decision
+    from common.data import load_beir
+    from common.models import BiEncoder
+
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(build_tiny_model(tmp_path / "tuned", seed=7), tmp_path / "run" / "best")
+    cfg = SimpleNamespace(out=str(tmp_path / "run"), model=tiny_model, max_passage_length=0, pooling="",
+                          max_query_length=0, query_prefix="", passage_prefix="", dtype="fp32", eval_batch_size=8,
+                          best_metric="ndcg@10", wise_alphas=[0.5])
+    corpus, queries, qrels = load_beir(train_beir, "val")
+    args = (cfg, torch.device("cpu"), corpus, list(corpus), queries, qrels, None, {"step": 3})
+    mixed, report = train_encoder.wise_ft(*args)
+    assert set(report["grid"]) == {0.5} and (mixed is None) == (report["chosen"] is None)
+    monkeypatch.setattr(decision, "select", lambda *a, **k: (0.5, {"chosen": 0.5}))  # as if val chose the mix
+    mixed, _ = train_encoder.wise_ft(*args)
+    start, tuned = BiEncoder.from_pretrained(tiny_model).model.state_dict(), load_file(
+        str(tmp_path / "run" / "best" / "model.safetensors"))
+    for name, value in mixed.model.state_dict().items():
+        if value.is_floating_point() and name in tuned:
+            torch.testing.assert_close(value, 0.5 * start[name] + 0.5 * tuned[name])
