@@ -22,7 +22,8 @@ split alone, dense and mixed with BM25, with and without the memory, and common/
 what is served: the mix, the memory's strengths, and the fine-tuned model only when it beats the
 baseline beyond noise. A baseline that is an index directory (`make index`: the zero-shot index built
 before training, the bar) is read, not rebuilt: its choice and its val scores (val.json) are weighed
-against the model's, and where the model does not beat it, its files are the index. Without a val split the model is indexed with BM25 at the default weight, saying so.
+against the model's, and where the model does not beat it, its files are the index. Without a val split
+the model is indexed with BM25 at the default weight, saying so.
 One process does it all (torchrun adds nothing: FAISS uses every GPU it sees). The search settings
 (nprobe for IVF, efSearch for HNSW) are tuned on `tune_split`'s queries, which need no labels, as the
 smallest that reach `target_recall` recall@10 against exact search, and saved with the index.
@@ -239,7 +240,8 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
                     [queries[q] for q in held], fusion.HYBRID_DEPTH))))
     strength, report = fixed or dict(mem.NONE), None
     if remembered:
-        strength, mix, report = decision.memory(qrels, dense, bm25, choice, remembered, mixes=[given] if given else None)
+        strength, mix, report = decision.memory(qrels, dense, bm25, choice, remembered,
+                                                mixes=[given] if given else None)
         plain, choice = plain_mix(choice), {**choice, **mix}
     # as served: on val (pooled: its runs without memory are in hand), with the memory of train alone (its
     # queries are pooled too: their embeddings in hand)

@@ -213,7 +213,8 @@ def hybrid_choice(cfg, searchers, split_runs):
     if not val_queries:
         return dict(decision.NO_VAL)
     # an encoder that never saw the train split chooses on train + val where val is small (build_index.py alike)
-    queries, qrels, how = decision.pooled((val_queries, val_qrels), load_train(cfg.data), trained_on(cfg.model, cfg.data))
+    queries, qrels, how = decision.pooled((val_queries, val_qrels), load_train(cfg.data),
+                                          trained_on(cfg.model, cfg.data))
     runs = split_runs if cfg.split == "val" and how["split"] == "val" else first_stages(queries, searchers, depth,
                                                                                          timed=False)
     dense, bm25 = cut_run(runs["dense"][0], depth, False), cut_run(runs["bm25"][0], depth, False)
@@ -426,8 +427,9 @@ def served_choices(items, label):
                              for model, c in saved.get("candidates", {}).items() if "without" in c.get("memory", {}))
             whose = " (train's and val's: val's added once val had chosen)" if memory.saved_extra(index).get(
                 "split") == "train+val" else ""
-            lines.append(f"Index memory ({index}, {len(held.queries)} queries remembered{whose} for {len(held.found)} docs): "
-                         f"{line.removeprefix('memory: ')}." + (f" Each encoder's hybrid on val: {each}." if each else "")
+            lines.append(f"Index memory ({index}, {len(held.queries)} queries remembered{whose} for "
+                         f"{len(held.found)} docs): {line.removeprefix('memory: ')}."
+                         + (f" Each encoder's hybrid on val: {each}." if each else "")
                          + " \"Remembered\": the queries with a relevant document some train query also found.")
         return "\n\n".join(lines + [f"The rule behind every choice on val (common/decision.py): {decision.RULE}"])
     return ""
@@ -503,7 +505,8 @@ def main(argv=None):
         mixing = (time.perf_counter() - t0) / max(len(queries), 1)
         # One after the other, as a single service would.
         latencies = [b + d + mixing for b, d in zip(parts["bm25"][1], parts["dense"][1])] if cfg.latency else []
-        parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice, "chosen": decision.chosen_cell(choice),
+        parts["hybrid"] = (run, latencies, {**parts["dense"][2], "hybrid": choice,
+                                            "chosen": decision.chosen_cell(choice),
                                             "note": decision.describe_hybrid(choice)})
 
     results = {}

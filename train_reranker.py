@@ -381,7 +381,8 @@ def main(argv=None):
             final.score_dtype = cfg.dtype
             if best_scores is None:  # resumed after the best step's evaluation
                 best_scores, _ = score_candidates(final, val_queries, val_first, doc_texts, cfg.eval_batch_size)
-            chosen, grid = decision.rerank(val_qrels, val_first, best_scores, depths, cfg.fusion_weights, cfg.best_metric)
+            chosen, grid = decision.rerank(val_qrels, val_first, best_scores, depths, cfg.fusion_weights,
+                                           cfg.best_metric)
             chosen.update(first_stage=cfg.first_stage, metric=cfg.best_metric, grid=grid)
             results = stage_results(val_qrels, val_first, best_scores, chosen, cfg, best)
             chosen["val"] = {name: r["metrics"][cfg.best_metric] for name, r in results.items()}

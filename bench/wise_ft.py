@@ -59,12 +59,14 @@ def main(argv=None):
     doc_ids = list(corpus)
     texts = CorpusTexts(corpus, doc_ids)
     splits = {"val": (val_queries, val_qrels), "test": (test_queries, test_qrels)}
-    unseen = {s: [q for q in qrels if q not in mem.remembered_queries(found, qrels)] for s, (_, qrels) in splits.items()}
+    unseen = {s: [q for q in qrels if q not in mem.remembered_queries(found, qrels)]
+              for s, (_, qrels) in splits.items()}
     if args.bar:
         choice = fusion.load(args.bar, fusion.DENSE_ONLY)
         memory = mem.Memory.load(args.bar)
         strength = choice.get("memory", {}).get("dense", 0.0)
-        bm25 = BM25.load(args.bar, doc_ids, os.path.join(args.data, "corpus.jsonl")) if fusion.uses_bm25(choice) else None
+        bm25 = (BM25.load(args.bar, doc_ids, os.path.join(args.data, "corpus.jsonl")) if fusion.uses_bm25(choice)
+                else None)
         print(f"as {args.bar} serves: {decision.describe_hybrid({k: v for k, v in choice.items() if k != 'val'})}")
     else:
         choice, memory, strength, bm25 = None, mem.Memory(), 0.0, BM25(doc_ids, texts)

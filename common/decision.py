@@ -221,21 +221,22 @@ def keep_training(history, total_steps, z=ENCODER_Z):
     """(go on, why) after a val evaluation: `history` [(step, per-query differences against the bar)], the
     first the step-0 model's (all 0). The gain's rise since the evaluation before, carried on at the same
     rate to the last step, is what training can still add. Stop when even that projected gain cannot
-    clear z standard errors against the bar, or, once ahead of it beyond noise, when val did not rise
-    since the evaluation before: nothing left to project. A rise within noise goes on (on the default
-    data, stopping there cost test about 0.01: bench/results/decision-cpu.md)."""
+    clear z standard errors against the bar, or, once ahead of it, when what is left to add stays within
+    the noise of the last rise: val stopped gaining, and the minutes left would buy nothing it can tell
+    (the default data stopped so at step 42 of 61: val and test as at 61, bench/results/decision-cpu.md)."""
     if len(history) < 2:
         return True, ""
     (s0, d0), (s1, d1) = history[-2], history[-1]
-    (g1, se), rise = mean_and_se(d1), float(np.mean(d1) - np.mean(d0))
+    (g1, se), (rise, rise_se) = mean_and_se(d1), mean_and_se(np.subtract(d1, d0))
     more = max(0.0, rise / max(s1 - s0, 1)) * (total_steps - s1)
     if g1 + more - z * se <= 0:
         return False, (f"step {s1}: {g1:+.4f} against the bar (standard error {se:.4f}); projected to step "
                        f"{total_steps} {g1 + more:+.4f}, not beyond noise: stopping")
     best = max(float(np.mean(d)) for _, d in history)
-    if best - z * se > 0 and rise <= 0:
-        return False, (f"step {s1}: val stopped gaining ({rise:+.4f} since step {s0}; the best {best:+.4f} against "
-                       f"the bar, standard error {se:.4f}): stopping")
+    if best - z * se > 0 and more <= z * rise_se:
+        return False, (f"step {s1}: val stopped gaining ({rise:+.4f} since step {s0}, standard error {rise_se:.4f}; "
+                       f"{more:+.4f} more projected to step {total_steps}, within noise), the best {best:+.4f} "
+                       "against the bar: stopping")
     return True, ""
 
 

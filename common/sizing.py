@@ -175,7 +175,8 @@ def resolve_steps(cfg, table, steps_per_epoch, probe_step, eval_seconds, evals, 
     times a sample of an evaluation and returns what the whole one should take), unless `trial`
     (choose_recipe's) measured both already. Epochs that take more than time_budget_min but at most
     `whole_within_min` minutes run whole, time_budget_min raised to what they take (pass it only for
-    a budget the table chose, not one the user set). `least_evals`: evaluations kept however dear. `step_zero`: the run evaluates step 0 when it
+    a budget the table chose, not one the user set). `least_evals`: evaluations kept however dear
+    (each is a chance to stop: a run weighed against a bar). `step_zero`: the run evaluates step 0 when it
     evaluates more than once. Rank 0's count is every rank's.
     Returns {"lines": the plan's time lines, "notes": what the budget cut, "evals": how many}."""
     recipe_steps = cfg.epochs * steps_per_epoch

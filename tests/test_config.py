@@ -222,7 +222,8 @@ def test_a_prepared_set_without_train_or_val_still_runs_to_its_comparison(tmp_pa
     assert any(line.startswith("true train_encoder.py") for line in lines) == trains, lines
     assert any(line.startswith("true mine_negatives.py") for line in lines) == trains, lines
     assert not any("--split=val" in line for line in lines), lines
-    index = next(line for line in lines if line.startswith("true build_index.py") and "--out=runs/dry-splits-m/index" in line)
+    index = next(line for line in lines
+                 if line.startswith("true build_index.py") and "--out=runs/dry-splits-m/index" in line)
     assert (f"--model={tmp_path}/m " in index) != trains
     compare = next(line for line in lines if "--compare=" in line)
     assert "--compare_val" not in compare and ("fine-tuned=" in compare) == trains
