@@ -533,6 +533,9 @@ def main(argv=None):
                       (np.zeros(0, np.int64), np.zeros((0, enc.dim), np.float32))
                       for label, (_, enc, _) in searched.items()}
         val_run = None
+        if bar and val[0] and not bar["values"]:
+            warn(f"{cfg.baseline} holds no val scores ({VAL_FILE}: an index built before the bar kept them, or without "
+                 f"val): {cfg.model} is served without being weighed against it")
         if val[0]:
             served, choice, choices, val_run = val_choice(
                 cfg, doc_ids, searched, bm25_runs, val, given, memory, directions, strengths, texts, bm25_of,

@@ -839,6 +839,7 @@ def main(argv=None):
                     stopped_early = decision.can_judge(values)[1]
                 else:
                     bar_history.append((step, values))
+                if 0 < step < total_steps:  # the last step's evaluation ends the run anyway
                     stopped_early = decision.keep_training(
                         [(s, np.subtract(v, bar_history[0][1])) for s, v in bar_history], total_steps)[1]
                 if stopped_early:
