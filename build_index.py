@@ -310,7 +310,7 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
         print(f"val of {cfg.data}, {label} ({candidates[label][0]}): {decision.describe_hybrid(choice)}")
         fixed = given_memory(cfg)
         if memory.empty():
-            pass
+            print("  memory: none: " + ("memory=false" if not cfg.memory else "no judged train query to remember"))
         elif not fixed and not remembered:  # nothing to measure it on: every val query is one it cannot help
             choice["memory"] = {**mem.NONE, "queries": len(val_qrels), "remembered": 0}
             print(f"  memory: none served: no val query has a relevant document a train query found, so val "
@@ -343,7 +343,8 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
                f"{choices['model']['val']['served']:.4f} on val against the zero-shot's "
                f"{choices['baseline']['val']['served']:.4f} (gain {report['gain']:+.4f}, standard error "
                f"{report['stderr']:.4f}{decision.describe_guard(report['guard'])})"
-               + ("" if served == "model" else ", not beyond noise" if not report["guard"]["vetoed"] else
+               + ("" if served == "model" else ", one val query: nothing is beyond noise" if len(val_qrels) < 2 else
+                  ", not beyond noise" if not report["guard"]["vetoed"] else
                   ", at a cost beyond noise to the queries no memory can help"))
         print(f"encoder served: {why}")
         choices[served] = {**choices[served], "encoder": {"gain": report["gain"], "stderr": report["stderr"],
@@ -544,8 +545,17 @@ def main(argv=None):
             served, choice, choices = "model", given or (decision.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
             if not memory.empty():  # strengths as given, or none: nothing to choose them on
                 choice = {**choice, "memory": given_memory(cfg) or dict(mem.NONE)}
+                if not given_memory(cfg):
+                    print("memory: none served: no val to choose its strengths on (--memory_dense and --memory_bm25 "
+                          "serve one as given)")
+            if bar:  # nothing to weigh the model against the bar on: training had no val to stop on either
+                why = f"{cfg.model}, as given: no val to weigh it against the zero-shot index {cfg.baseline}"
+                print(f"encoder served: {why}")
+                choice = {**choice, "encoder": {"why": why}}
         if bar and served == "baseline":
-            return serve_bar(cfg, tmp, argv, bar, choices["model"], choice["encoder"], corpus, encoder, val)
+            # val's queries join the bar's memory as the bar's encoder embeds them, not as the model does
+            bar_encoder = load_encoder(bar["model"], cfg.backend, cfg.device)
+            return serve_bar(cfg, tmp, argv, bar, choices["model"], choice["encoder"], corpus, bar_encoder, val)
         model, encoder, emb = searched[served]
         memory.strengths = {k: choice.get("memory", mem.NONE)[k] for k in mem.NONE}
         if val_run is not None:  # the choice's val scores, before val's queries join the memory

@@ -209,8 +209,11 @@ def can_judge(bar_values, z=ENCODER_Z):
     """(whether val can tell a better encoder from the bar, why): not when even an encoder that ranked every
     val query's relevant documents first (a gain of 1 - bar on each) would stay within noise of it."""
     values = np.asarray(list(bar_values), np.float64)
+    if len(values) < 2:
+        return False, (f"val cannot tell a better encoder from the bar: {len(values)} "
+                       f"quer{'y' if len(values) == 1 else 'ies'} (a standard error needs two)")
     gain, se = mean_and_se(1.0 - values)
-    if len(values) < 2 or gain - z * se <= 0:
+    if gain - z * se <= 0:
         return False, (f"val cannot tell a better encoder from the bar: {len(values)} queries scoring "
                        f"{values.mean() if len(values) else 0:.4f}, where even a perfect one's gain ({gain:+.4f}) "
                        f"is within noise (standard error {se:.4f})")

@@ -333,3 +333,58 @@ def test_training_scores_val_as_the_bar_serves_and_stops_when_it_cannot_beat_it(
     assert train_encoder.main(args + [f"--bar={perfect}", f"--out={tmp_path / 'none'}"]) == 0
     summary = json.load(open(tmp_path / "none" / "metrics.json"))
     assert summary["steps"] == 0 and summary["stopped_early"].startswith("val cannot tell a better encoder")
+
+
+def edge_split(memory_beir, out, case):
+    """memory_beir with one split changed the way issue 48's edge cases change it."""
+    corpus, queries, _ = load_beir(memory_beir, "test")
+    rows = {split: [(q, d, g) for q, row in load_beir(memory_beir, split)[2].items() for d, g in row.items()]
+            for split in ("train", "val", "test")}
+    queries = {**queries, **{q: t for split in ("train", "val") for q, t in load_beir(memory_beir, split)[1].items()}}
+    if case == "every-val-query-remembered":
+        rows["val"] = [r for r in rows["val"] if int(r[1][1:]) < 16]
+    elif case == "one-val-query":
+        rows["val"] = rows["val"][:1]
+    elif case == "no-val":
+        del rows["val"]
+    elif case == "no-train":
+        del rows["train"]
+    elif case == "memory-on-every-document":
+        extra = {f"m{i}": corpus[f"d{i}"]["text"][:30] for i in range(16, 48)}
+        queries.update(extra)
+        rows["train"] += [(q, f"d{q[1:]}", 1) for q in extra]
+    return write_beir_dir(out, {d: ("", c["text"]) for d, c in corpus.items()}, queries, rows)
+
+
+@pytest.mark.parametrize("case", ["every-val-query-remembered", "one-val-query", "no-val", "no-train",
+                                  "memory-on-every-document"])
+def test_each_edge_split_gets_a_stated_choice_for_the_bar_and_the_model(memory_beir, tiny_model, tmp_path, capsys,
+                                                                          case):
+    """Issue 48's edge cases, through the bar and an index of a (perturbed) fine-tuned encoder weighed against
+    it: each runs, says its memory and encoder choice in a line, and the choice repeats for the seed."""
+    import torch
+
+    from common.models import BiEncoder
+
+    import train_encoder
+
+    data = edge_split(memory_beir, tmp_path / "data", case)
+    bar = build(data, tiny_model, tmp_path / "zero-shot", "--memory_val=false")
+    if case != "no-train":  # (make trains nothing without a train split)
+        assert train_encoder.main([f"--data={data}", f"--model={tiny_model}", "--max_steps=4", "--eval_every=2",
+                                   "--batch_size=8", "--time_budget_min=0", "--test_eval=false", "--tensorboard=false",
+                                   f"--bar={bar}", f"--out={tmp_path / 'trained'}"]) == 0
+        assert os.path.isdir(tmp_path / "trained" / "best")
+    tuned = BiEncoder.from_pretrained(tiny_model)
+    with torch.no_grad():
+        for p in tuned.model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    tuned.save(str(tmp_path / "encoder" / "best"))
+    capsys.readouterr()
+    served = [build(data, str(tmp_path / "encoder" / "best"), tmp_path / f"index{i}", f"--baseline={bar}")
+              for i in range(2)]
+    out = capsys.readouterr().out
+    assert "memory:" in out and "traceback" not in out.lower()
+    saved = [fusion.load(s, fusion.DENSE_ONLY) for s in served]
+    assert saved[0]["encoder"]["why"] and saved[0]["encoder"]["why"] in out
+    assert json.dumps(saved[0]).replace("index0", "index1") == json.dumps(saved[1])  # deterministic
