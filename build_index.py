@@ -380,7 +380,6 @@ def add_queries(cfg, argv):
     encoder = load_encoder(model, backend, cfg.device)
     index = faiss_index.load(cfg.out, doc_ids, encoder, use_gpu=False)
     memory = mem.Memory.load(cfg.out)
-    before = set(memory.found)
     stats = memory.add(queries, qrels, doc_ids)
     if given_memory(cfg):
         memory.strengths = given_memory(cfg)
@@ -394,16 +393,9 @@ def add_queries(cfg, argv):
     if not memory.on():
         warn(f"{cfg.out} serves its memory at strength 0 (val chose none): the queries are remembered in "
              f"{mem.FILE}, and serve nothing until memory_dense= and memory_bm25= are given")
-    touched = sorted({d for q in qrels for d in qrels[q] if d in memory.found} | (set(memory.found) - before))
+    touched = mem.touched(memory, qrels)
     with atomic_dir(cfg.out) as tmp:
-        for name in os.listdir(cfg.out):  # copies, rewritten below or kept; the encoder's vectors linked (never
-            source = os.path.join(cfg.out, name)  # written to: a link written through would change the old index)
-            if name == "embeddings.npy":
-                keep_vectors(None, os.path.join(tmp, name), source)
-            elif os.path.isfile(source):
-                shutil.copyfile(source, os.path.join(tmp, name))
-            elif os.path.isdir(source):  # val/: the choice's record
-                shutil.copytree(source, os.path.join(tmp, name))
+        copy_index(cfg.out, tmp)
         added = mem.saved_extra(cfg.out).get("added", []) + [{"file": os.path.abspath(cfg.add_queries), **counts,
                                                               **stats}]
         write_memory(cfg, cfg.out, tmp, memory, touched, corpus, encoder, index, old_bm25, {"added": added})
@@ -447,12 +439,10 @@ def remember_val(cfg, memory, val, doc_ids):
     the documents val's queries touched."""
     if not (cfg.memory_val and val[1] and memory.on()):
         return []
-    before = set(memory.found)
     stats = memory.add(*val, doc_ids)
     print(f"memory: val's {len(val[1])} judged queries remembered too, now that val has chosen ({stats['new']} new "
           "pairs); the val scores above are those of train's memory alone")
-    return sorted({d for row in val[1].values() for d, g in row.items() if g > 0 and d in memory.found}
-                  | (set(memory.found) - before))
+    return mem.touched(memory, val[1])
 
 
 def main(argv=None):
@@ -484,7 +474,7 @@ def main(argv=None):
                "before it): serving the zero-shot index")
         print(f"encoder served: {why}")
         with atomic_dir(cfg.out) as tmp:
-            serve_bar(cfg, tmp, argv, bar, {}, {"why": why}, corpus, encoder, val)
+            serve_bar(cfg, tmp, argv, bar, {}, {"why": why}, corpus, val)
         return 0
     if cfg.dim:
         trained = encoder.settings().get("matryoshka_dims") or []
@@ -553,9 +543,7 @@ def main(argv=None):
                 print(f"encoder served: {why}")
                 choice = {**choice, "encoder": {"why": why}}
         if bar and served == "baseline":
-            # val's queries join the bar's memory as the bar's encoder embeds them, not as the model does
-            bar_encoder = load_encoder(bar["model"], cfg.backend, cfg.device)
-            return serve_bar(cfg, tmp, argv, bar, choices["model"], choice["encoder"], corpus, bar_encoder, val)
+            return serve_bar(cfg, tmp, argv, bar, choices["model"], choice["encoder"], corpus, val)
         model, encoder, emb = searched[served]
         memory.strengths = {k: choice.get("memory", mem.NONE)[k] for k in mem.NONE}
         if val_run is not None:  # the choice's val scores, before val's queries join the memory
@@ -645,25 +633,16 @@ def read_bar(directory, encoder):
     if os.path.isfile(os.path.join(directory, VAL_FILE)):
         with open(os.path.join(directory, VAL_FILE), encoding="utf-8") as f:
             values = json.load(f)["per_query"]
-    probe = np.asarray(meta.get("probe", []), np.float32)
-    same = probe.shape == (encoder.dim,) and bool(np.allclose(faiss_index.probe_embedding(encoder), probe, atol=1e-5))
     return {"dir": directory, "model": meta["model"], "choice": fusion.load(directory, fusion.DENSE_ONLY),
-            "values": values, "same": same}
+            "values": values, "same": faiss_index.embeds_as_built(directory, encoder)}
 
 
-def serve_bar(cfg, tmp, argv, bar, tuned, report, corpus, encoder, val):
+def serve_bar(cfg, tmp, argv, bar, tuned, report, corpus, val):
     """The index directory `tmp` made the bar's (its large files linked, nothing rebuilt), with this run's
     provenance and a fusion.json saying why (`report`: common.decision.encoder's, its "why"): the fine-tuned
     encoder (`tuned`: its choice on val, {} when not scored) did not beat the zero-shot one beyond noise.
-    `encoder` embeds as the bar's does; with memory_val, val's judged queries join its memory (remember_val)."""
-    for name in os.listdir(bar["dir"]):
-        source, target = os.path.join(bar["dir"], name), os.path.join(tmp, name)
-        if name in ("index.faiss", "embeddings.npy", "bm25.npz"):  # written only as new files: safe to share
-            keep_vectors(None, target, source)
-        elif os.path.isfile(source):  # fresh copies: their times are this run's (make reads index.json's)
-            shutil.copyfile(source, target)
-        elif name == "val":
-            shutil.copytree(source, target)
+    With memory_val, val's judged queries join its memory (remember_val), as the bar's encoder embeds them."""
+    copy_index(bar["dir"], tmp)
     start_run(tmp, cfg, argv)
     saved = bar["choice"]
     candidates = {**saved.get("candidates", {}), **({cfg.model: {k: v for k, v in tuned.items() if k != "grid"}}
@@ -679,6 +658,7 @@ def serve_bar(cfg, tmp, argv, bar, tuned, report, corpus, encoder, val):
     touched = remember_val(cfg, memory, val, list(corpus))
     if touched:
         has_bm25 = os.path.isfile(os.path.join(bar["dir"], BM25_FILES[1]))
+        encoder = load_encoder(*faiss_index.built_with(bar["dir"]), cfg.device)
         write_memory(cfg, bar["dir"], tmp, memory, touched, corpus, encoder,
                      faiss_index.load(bar["dir"], list(corpus), encoder, use_gpu=False),
                      BM25.load(bar["dir"], list(corpus), os.path.join(cfg.data, "corpus.jsonl")) if has_bm25 else None,
@@ -686,6 +666,20 @@ def serve_bar(cfg, tmp, argv, bar, tuned, report, corpus, encoder, val):
     print(f"wrote {cfg.out}: the zero-shot index {bar['dir']}, "
           f"{decision.describe_hybrid({k: v for k, v in saved.items() if k != 'val'})}")
     return 0
+
+
+def copy_index(source, tmp):
+    """Into `tmp`, the index directory `source`: its large files linked (every write of them makes a new
+    file, so rewriting the copy leaves `source` as it was), the rest copied (their times this run's: make
+    reads index.json's), val/ (the choice's record) too."""
+    for name in os.listdir(source):
+        path, target = os.path.join(source, name), os.path.join(tmp, name)
+        if name in ("index.faiss", "embeddings.npy", BM25_FILES[0]):
+            keep_vectors(None, target, path)
+        elif os.path.isfile(path):
+            shutil.copyfile(path, target)
+        elif os.path.isdir(path):
+            shutil.copytree(path, target)
 
 
 def write_val_record(tmp, cfg, dataset, qrels, run, choice):

@@ -56,7 +56,7 @@ from common.batching import Example, batches_fill, false_negatives, make_batches
 from common.config import Auto, ConfigError, ListOf, check_choice, check_range, load_config
 from common.data import doc_text, load_beir, load_val, read_training_file, sample_queries, splits
 from common.metrics import cut_run, evaluate_run
-from common.index import probe_embedding, stored_embeddings, truncate
+from common.index import embeds_as_built, stored_embeddings, truncate
 from common.models import BiEncoder, CrossEncoder, autocast, principal_axes
 from common.report import write_results
 from common.retrievers import BM25, corpus_bm25, dense_run
@@ -484,10 +484,8 @@ def bar_vectors(cfg, encoder, corpus, doc_ids):
     """doc_ids' vectors as the bar's index keeps them (embeddings.npy, whole width) where `encoder` embeds as the
     bar's encoder does (step 0: the model training starts from, at the same precision), else None: what the
     step-0 evaluation need not encode again."""
-    with open(os.path.join(cfg.bar, "index.json"), encoding="utf-8") as f:
-        probe = np.asarray(json.load(f).get("probe", []), np.float32)
     stored = stored_embeddings(cfg.bar, len(corpus), encoder)
-    if stored is None or probe.shape != (encoder.dim,) or not np.allclose(probe_embedding(encoder), probe, atol=1e-4):
+    if stored is None or not embeds_as_built(cfg.bar, encoder):
         return None
     position = {d: i for i, d in enumerate(corpus)}
     return np.asarray(stored[[position[d] for d in doc_ids]], dtype=np.float32)
@@ -502,23 +500,20 @@ def wise_ft(cfg, device, corpus, doc_ids, queries, qrels, bar, best):
     tuned.encode_dtype = cfg.dtype
     values = lambda model: {q: m[cfg.best_metric] for q, m in evaluate_dense(  # noqa: E731
         model, corpus, doc_ids, queries, qrels, cfg.eval_batch_size, bar=bar)[1].items()}
-    base, mixes, own = values(tuned), {}, {k: v.detach().clone() for k, v in tuned.model.state_dict().items()}
-    for alpha in sorted(cfg.wise_alphas):
+    own = {k: v.detach().clone() for k, v in tuned.model.state_dict().items()}
+
+    def mix(alpha):  # tuned's weights made (1 - alpha) start + alpha best/
         with torch.no_grad():
             for name, value in tuned.model.state_dict().items():
                 if value.is_floating_point():
                     value.copy_((1 - alpha) * start[name].to(value.device) + alpha * own[name])
-        mixes[alpha] = values(tuned)
+        return tuned
+
+    base, mixes = values(tuned), {alpha: values(mix(alpha)) for alpha in sorted(cfg.wise_alphas)}
     remembered = mem.remembered_queries(bar["memory"].found, qrels) if bar else set()
     guard = [q for q in qrels if q not in remembered] if remembered else ()
     key, report = decision.select(qrels, base, mixes, decision.ENCODER_Z, cfg.best_metric, guard=guard)
-    if key is None:
-        return None, report
-    with torch.no_grad():
-        for name, value in tuned.model.state_dict().items():
-            if value.is_floating_point():
-                value.copy_((1 - key) * start[name].to(value.device) + key * own[name])
-    return tuned, report
+    return (None if key is None else mix(key)), report
 
 
 def describe_bar(cfg, bar):

@@ -107,14 +107,6 @@ def fuse(first, rerank, weight, depth):
     return out
 
 
-
-
-
-
-
-
-
-
 def remembers(choice):
     """Whether a hybrid choice serves an index memory (common/memory.py)."""
     m = choice.get("memory") or {}

@@ -303,6 +303,14 @@ def probe_embedding(encoder):
     return encoder.encode([PROBE_TEXT], "passage")[0].astype(np.float32)
 
 
+def embeds_as_built(path, encoder, atol=1e-4):
+    """Whether `encoder` embeds the probe as the encoder the index at `path` was built with did, value for
+    value: the same weights (a fine-tuning that kept step 0), not merely a model close enough to search it."""
+    with open(os.path.join(path, "index.json"), encoding="utf-8") as f:
+        probe = np.asarray(json.load(f).get("probe", []), np.float32)
+    return probe.shape == (encoder.dim,) and bool(np.allclose(probe_embedding(encoder), probe, atol=atol))
+
+
 def is_index(path):
     """Whether path is a build_index.py directory."""
     return os.path.isfile(os.path.join(path, "index.json"))

@@ -187,6 +187,12 @@ def expand(texts, doc_ids, memory, repeat):
         yield text + found[r] * repeat if r in found else text
 
 
+def touched(memory, qrels):
+    """The remembered documents `qrels` judged relevant (grade > 0), sorted: those whose memory adding
+    them changed."""
+    return sorted({d for row in qrels.values() for d, g in row.items() if g > 0 and d in memory.found})
+
+
 def remembered_queries(found, qrels):
     """The queries of `qrels` with a relevant document among `found` (a memory's found docs, or the
     train split's relevant ones): what a memory can help, and their part of a report."""
