@@ -61,6 +61,10 @@ TUNED_DIR := $(RUN_DIR)/fine-tuned
 prepared = $(if $(wildcard $(DATA_DIR)/prepare.json),$(wildcard $(DATA_DIR)/qrels/$(1).tsv),yes)
 HAS_TRAIN := $(call prepared,train)
 HAS_VAL := $(call prepared,val)
+HAS_TEST := $(call prepared,test)
+# A folder of documents (no corpus.jsonl, not the stdlib) is prepared again on every run: prepare_data.py
+# re-reads only the files that changed, and leaves data/<dataset>/ untouched (its date too) when none did.
+DOCUMENTS := $(if $(filter python-source,$(DATA)),,$(if $(wildcard $(DATA)/.),$(if $(wildcard $(DATA)/corpus.jsonl),,yes)))
 INDEX_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 # The zero-shot encoder's index: with a train split, the bar built before training (`make bar`); without one,
 # the index itself. The baseline columns' hybrid serves the mix chosen there.
@@ -103,8 +107,9 @@ setup-gpu: setup  ## CUDA torch and faiss-gpu into the venv, for a GPU machine
 
 ## pipeline stages (file targets: editing a script, a config or the data reruns only what depends on it)
 data: $(DATA_DIR)/prepare.json  ## prepare_data.py: DATA into data/<dataset>/ (BEIR layout, train/val/test)
-$(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) | setup
-	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) $(PREPARE_ARGS)
+$(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) \
+                          $(if $(DOCUMENTS),FORCE) | setup
+	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) --model=$(MODEL) $(PREPARE_ARGS)
 
 # The bar (build_index.py on the zero-shot encoder, before any training): its mix with BM25 and its memory of the
 # train queries chosen on val (common/decision.py). What is served unless the fine-tuned encoder beats it beyond
@@ -199,6 +204,12 @@ $(EXPORT_DIR)/onnx.json: $(DATA_DIR)/prepare.json export_onnx.py $(COMMON) $(RUN
 pipeline: | setup  ## everything above, then comparison.md (the main job)
 	@$(MAKE) --no-print-directory data
 	@$(MAKE) --no-print-directory $(RUN_DIR)/comparison.md
+ifeq ($(HAS_TEST),)
+# Nothing judged to test on (a folder of documents without questions that name files): the index is built
+# and exported, and comparison.md says what it serves and how to measure it.
+$(RUN_DIR)/comparison.md: $(INDEX_DIR)/index.json $(EXPORT_DIR)/onnx.json evaluate.py
+	$(PY) evaluate.py --unjudged=$(INDEX_DIR) --data=$(DATA_DIR) --out=$(RUN_DIR)
+else
 SPLITS_RUN := $(if $(HAS_VAL),val) test
 TUNED    := $(if $(HAS_TRAIN),fine-tuned)
 $(RUN_DIR)/comparison.md: $(foreach s,$(SPLITS_RUN),$(RUN_DIR)/baseline-$(s)/metrics.json $(if $(TUNED),$(TUNED_DIR)-$(s)/metrics.json)) \
@@ -209,6 +220,7 @@ $(RUN_DIR)/comparison.md: $(foreach s,$(SPLITS_RUN),$(RUN_DIR)/baseline-$(s)/met
 	    --compare=baseline=$(RUN_DIR)/baseline-test/metrics.json,$(if $(TUNED),fine-tuned=$(TUNED_DIR)-test/metrics.json$(comma))served=$(FINAL_DIR)/metrics.json \
 	    $(if $(HAS_VAL),--compare_val=baseline=$(RUN_DIR)/baseline-val/metrics.json$(comma)$(if $(TUNED),fine-tuned=$(TUNED_DIR)-val/metrics.json$(comma))served=$(SERVED_VAL)) \
 	    --hparams=$(if $(TUNED),$(ENCODER_DIR)/config.json$(comma))$(INDEX_DIR)/config.json$(if $(RERANK_ON),$(comma)$(RERANKER_DIR)/config.json)
+endif
 
 # Label-free adaptation: queries made from this data's documents alone (prepare_data.py $(PSEUDO_ARGS),
 # into data/<dataset>-pseudo), BM25 negatives for them and the encoder trained on them. Then, on this

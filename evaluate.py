@@ -121,6 +121,8 @@ DEFAULTS = dict(
     # report only: two TREC run files (label=path or path) scored on `data`'s `split` side by side, tested
     # against each other, and the queries that changed most between them
     compare_runs=[],
+    unjudged="",  # report only: an index of data with no test split: comparison.md says what it serves and
+    #               how to measure it
     results="",  # report only: a results.csv (`make results`: runs/results.csv) printed as a table, newest last
 )
 
@@ -345,6 +347,29 @@ def compare(cfg):
     return 0
 
 
+def unjudged(cfg):
+    """comparison.md of data with no test split: nothing to score; what the index serves, and how to judge it."""
+    try:
+        with open(os.path.join(cfg.unjudged, "index.json"), encoding="utf-8") as f:
+            index = json.load(f)
+        with open(os.path.join(cfg.unjudged, "fusion.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"unjudged={cfg.unjudged}: not an index built by build_index.py ({e}); build one first") from None
+    hybrid = decision.describe_hybrid({k: v for k, v in saved.items() if k != "val"})
+    text = (f"# {os.path.basename(os.path.normpath(cfg.data))}: nothing judged to test on\n\n"
+            f"{cfg.data} has no test split (no judged questions held out), so no column is scored. The index "
+            f"{cfg.unjudged} serves {index['model']} over {index['ntotal']:,} passages, {hybrid}.\n\n"
+            "To measure it, give questions with the files that answer them (questions.jsonl beside the documents: "
+            '{"question": "...", "files": ["path/in/the/folder.pdf"]}, or qrels/test.tsv in a BEIR directory) '
+            "and run `make pipeline` again.\n")
+    print(text, end="")
+    if cfg.out:
+        with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
+            f.write(text)
+    return 0
+
+
 def compare_runs(cfg):
     """Two TREC run files scored on data's split, side by side: metrics, paired tests, the queries that
     changed most (printed; with --out, also comparison.md and per_query.md there)."""
@@ -463,6 +488,8 @@ def main(argv=None):
         return compare(cfg)
     if cfg.compare_runs:
         return compare_runs(cfg)
+    if cfg.unjudged:
+        return unjudged(cfg)
     if cfg.results:
         print(report.results_table(cfg.results), end="")
         return 0

@@ -29,7 +29,11 @@ The directory is swapped into place only when complete, so a failed run leaves t
 Splits are seeded (--seed) and split by query, so the same seed gives the same files.
 """
 import ast
+import hashlib
+import json
+import multiprocessing
 import os
+import posixpath
 import random
 import re
 import shutil
@@ -42,10 +46,14 @@ import tokenize
 import urllib.request
 import warnings
 import zipfile
+from collections import Counter
 
+from tqdm import tqdm
+
+from common import documents
 from common.config import ConfigError, check_choice, load_config
-from common.data import (DataError, doc_text, field, read_corpus, read_jsonl, read_qrels, read_queries, splits,
-                         write_beir)
+from common.data import (DataError, check_id, doc_text, document_units, field, page_unit, read_corpus, read_jsonl,
+                         read_qrels, read_queries, splits, write_beir, write_jsonl)
 from common.files import write_json
 from common.pseudo_queries import METHODS, QueryGenerator, crop, ict, title_query
 from common.run import UserError, cli, git_commit, warn
@@ -53,7 +61,7 @@ from common.run import UserError, cli, git_commit, warn
 DEFAULTS = dict(
     # what to read
     source="python-source",  # BEIR dir, .jsonl of pairs, a .py tree (with format=python-source), or python-source
-    format="auto",           # auto | beir | qa | code | python-source
+    format="auto",           # auto | beir | qa | code | python-source | documents
     beir="",                 # a BEIR dataset name to download instead, e.g. scifact
     beir_url="https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip",
     cache_dir="data/.cache",  # where --beir downloads are unzipped and reused
@@ -67,6 +75,10 @@ DEFAULTS = dict(
     python_root="",          # source tree to scan; default: this Python's standard library
     min_query_words=4,       # shorter docstring summaries ("Return x.") make vague queries
     max_doc_chars=4000,      # the encoder sees ~256 tokens anyway; 0 keeps whole functions
+    # documents (a folder of PDF, HTML, Markdown, rST, DOCX, text): passages sized to this model's tokenizer
+    model="all-MiniLM-L6-v2",
+    passage_tokens=0,        # 0: the model's own passage length, title and heading included
+    passage_overlap=32,      # tokens of whole sentences repeated from one passage into the next
     # label-free: training queries made from the documents (the source's own queries are not read)
     pseudo_queries=[],       # title | ict | crop | generate, e.g. --pseudo_queries=ict,crop; [] = the source's queries
     queries_per_doc=1,       # per method and document (title: one, the document has one title)
@@ -79,7 +91,7 @@ DEFAULTS = dict(
     device="auto",           # where the generator runs
 )
 
-FORMATS = ("auto", "beir", "qa", "code", "python-source", "corpus")
+FORMATS = ("auto", "beir", "qa", "code", "python-source", "corpus", "documents")
 SPLIT_ORDER = ("train", "val", "test")
 # (query key, its aliases, document key, its aliases) per pairs format.
 PAIR_KEYS = {"qa": ("question", ("query",), "answer", ("positive",)),
@@ -143,6 +155,7 @@ def load_beir_dir(path, cfg):
     skipped = set()
     corpus = read_corpus(os.path.join(path, "corpus.jsonl"), skipped)
     all_queries = read_queries(os.path.join(path, "queries.jsonl"), skipped)
+    units = document_units(corpus)
     names = splits(path)
     if not names:
         raise DataError(f"{path}/qrels: no <split>.tsv files; a BEIR directory needs qrels/train.tsv "
@@ -150,7 +163,7 @@ def load_beir_dir(path, cfg):
     if "dev" in names and "val" in names:
         raise DataError(f"{path}/qrels: has both dev.tsv and val.tsv; dev is written as val, so remove one")
     qrels = {("val" if s == "dev" else s): read_qrels(os.path.join(path, "qrels", f"{s}.tsv"),
-                                                      all_queries, corpus, skipped)
+                                                      all_queries, corpus, skipped, units)
              for s in names}
     if "val" not in qrels:
         carve_val(qrels, cfg, path)
@@ -334,10 +347,271 @@ def load_python_source(root, cfg):
     return corpus, queries, qrels, stats
 
 
+# ---------------------------------------------------------------------------- a folder of documents
+
+QUESTION_FILES = ("questions.jsonl", "questions.txt")
+SPLIT_NAMES = {"train": "train", "val": "val", "dev": "val", "test": "test"}
+PARALLEL_FROM = 64  # files: fewer are read in this process (a pool's start costs more than they do)
+_splitter = None    # (its arguments, a documents.Splitter): a worker's made once, this process's when they change
+
+
+def folder_files(root):
+    """(sorted relative paths of the files under `root`, [(path, reason)] of what could not be walked).
+    Hidden files and folders are left out; a linked folder is followed once (a loop is a skip)."""
+    files, skips, seen = [], [], set()
+
+    def unwalkable(e):
+        skips.append((os.path.relpath(e.filename, root).replace(os.sep, "/"), f"cannot be listed ({e.strerror})"))
+
+    for directory, dirs, names in os.walk(root, followlinks=True, onerror=unwalkable):
+        rel_dir = os.path.relpath(directory, root).replace(os.sep, "/")
+        st = os.stat(directory)
+        if (st.st_dev, st.st_ino) in seen:
+            skips.append((rel_dir, "a link back to a folder already read (a symlink loop)"))
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if name.startswith(".") or (rel_dir == "." and name in QUESTION_FILES):
+                continue
+            if any(c in rel for c in "\t\r\n") or rel != rel.strip():
+                skips.append((rel.replace("\n", "\\n"), "its name has a tab, a line break or edge spaces, "
+                                                       "which passage ids cannot hold: rename it"))
+                continue
+            files.append(rel)
+    return sorted(files), skips
+
+
+def make_splitter(model, passage_tokens, overlap):
+    """A documents.Splitter sized to `model`'s tokenizer and passage length (or `passage_tokens`)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from common.models import load_pretrained, read_settings, resolve_model
+
+    path = resolve_model(model)
+    tokenizer = load_pretrained(model, AutoTokenizer, path)
+    tokenizer.model_max_length = 1 << 40  # counting a long text is not encoding it: no truncation warning
+    limit = passage_tokens or read_settings(path, load_pretrained(model, AutoConfig, path))["max_passage_length"]
+    return documents.Splitter(tokenizer, limit - tokenizer.num_special_tokens_to_add(), overlap)
+
+
+def use_splitter(*args):
+    global _splitter
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # a pool is the parallelism, and forks must not hold its threads
+    if _splitter is None or _splitter[0] != args:
+        _splitter = (args, make_splitter(*args))
+
+
+def read_document(task):
+    """{"path", "hash", and "unchanged", or "format", "title", "passages"} of one file, or {"path", "skip"}."""
+    rel, path, old_hash = task
+    try:
+        data = documents.read_bytes(path)
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        if digest == old_hash:
+            return {"path": rel, "hash": digest, "unchanged": True}
+        fmt, title, blocks = documents.parse(data, rel)
+        return {"path": rel, "hash": digest, "format": fmt, "title": title, "passages": _splitter[1](title, blocks)}
+    except documents.Skip as e:
+        return {"path": rel, "skip": str(e)}
+    except Exception as e:  # noqa: BLE001  a reader's failure on one file must not stop a folder of thousands
+        return {"path": rel, "skip": f"could not be read ({type(e).__name__}: {str(e)[:120]})"}
+
+
+def read_folder(tasks, cfg):
+    """read_document of each task, in order, on every core for a large folder, with a progress bar."""
+    workers = min(len(os.sched_getaffinity(0)), max(1, len(tasks) // PARALLEL_FROM))
+    args = (cfg.model, cfg.passage_tokens, cfg.passage_overlap)
+    bar = dict(total=len(tasks), unit="file", desc="reading", disable=len(tasks) < PARALLEL_FROM, mininterval=1)
+    if workers <= 1:
+        use_splitter(*args)
+        return [read_document(t) for t in tqdm(tasks, **bar)]
+    with multiprocessing.get_context("spawn").Pool(workers, use_splitter, args) as pool:
+        return list(tqdm(pool.imap(read_document, tasks, chunksize=8), **bar))
+
+
+def previous_read(out, settings):
+    """{path: (hash, [passage records], format)} of the dataset `out` already holds, when it was read from a
+    folder with the same passage settings; else {}."""
+    try:
+        with open(os.path.join(out, "prepare.json"), encoding="utf-8") as f:
+            if json.load(f).get("details", {}).get("passage_settings") != settings:
+                return {}
+        manifest = [r for _, r in read_jsonl(os.path.join(out, "documents.jsonl"))]
+        by_doc = {}
+        for _, r in read_jsonl(os.path.join(out, "corpus.jsonl")):
+            by_doc.setdefault(r["doc"], []).append(r)
+        return {r["path"]: (r["hash"], by_doc.get(r["path"], []), r["format"]) for r in manifest}
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return {}
+
+
+def passage_record(doc, k, passage):
+    record = {"_id": f"{doc}#{k}", "title": passage["title"], "text": passage["text"], "doc": doc}
+    record.update({key: passage[key] for key in ("page", "section", "anchor") if passage.get(key)})
+    return record
+
+
+def load_documents(root, cfg, out):
+    """(corpus of passages, queries, qrels by split naming documents, details) of a folder of documents and
+    the questions beside them (read_questions)."""
+    settings = {"model": cfg.model, "passage_tokens": cfg.passage_tokens, "overlap": cfg.passage_overlap,
+                "reader": documents.VERSION}
+    old = previous_read(out, settings)
+    files, skips = folder_files(root)
+    results = read_folder([(rel, os.path.join(root, rel), old.get(rel, (None,))[0]) for rel in files], cfg)
+    corpus, manifest, formats, changes = {}, [], Counter(), {"added": [], "changed": [], "unchanged": 0}
+    for r in results:
+        if "skip" in r:
+            skips.append((r["path"], r["skip"]))
+            continue
+        if r.get("unchanged"):
+            _, records, fmt = old[r["path"]]
+            changes["unchanged"] += 1
+        else:
+            records, fmt = [passage_record(r["path"], k, p) for k, p in enumerate(r["passages"])], r["format"]
+            changes["changed" if r["path"] in old else "added"].append(r["path"])
+        corpus.update((rec["_id"], {k: v for k, v in rec.items() if k != "_id"}) for rec in records)
+        formats[fmt] += 1
+        manifest.append({"path": r["path"], "hash": r["hash"], "format": fmt, "passages": len(records)})
+    read_paths = {m["path"] for m in manifest}
+    removed = sorted(p for p in old if p not in read_paths)
+    report_skips(skips, out)
+    if not corpus:
+        raise DataError(f"{root}: no readable document among {len(files):,} file(s)"
+                        f"{f' ({len(skips):,} skipped, listed above)' if skips else ''}; it reads PDF, HTML, "
+                        "Markdown, reStructuredText, DOCX and text files (OCR is not done)")
+    print(f"documents: {len(manifest):,} of {len(files):,} files read "
+          f"({', '.join(f'{f} {n:,}' for f, n in formats.most_common())}), {len(skips):,} skipped; "
+          f"{len(corpus):,} passages of at most {settings_tokens(cfg)} tokens")
+    if old:
+        print(f"  since the last read: {len(changes['added']):,} added, {len(changes['changed']):,} changed, "
+              f"{len(removed):,} removed, {changes['unchanged']:,} unchanged (not parsed again)"
+              + "".join(f"\n    {what}: {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}"
+                        for what, paths in (("added", changes["added"]), ("changed", changes["changed"]),
+                                            ("removed", removed)) if paths))
+    queries, qrels, asked = read_questions(root, corpus, {p for p, _ in skips}, cfg)
+    details = {"files": len(files), "read": len(manifest), "formats": dict(formats), "passages": len(corpus),
+               "skipped": len(skips), "skip_reasons": dict(Counter(why for _, why in skips).most_common()),
+               "added": len(changes["added"]), "changed": len(changes["changed"]), "removed": len(removed),
+               "unchanged": changes["unchanged"], "passage_settings": settings, "questions": asked}
+    return corpus, queries, qrels, details, manifest, skips
+
+
+def settings_tokens(cfg):
+    return cfg.passage_tokens or "the encoder's"
+
+
+def report_skips(skips, out):
+    """One line per skipped file (binaries that are not documents: one line per extension)."""
+    binaries = Counter()
+    for path, why in skips:
+        if why.startswith("binary, not a document"):
+            binaries[os.path.splitext(path)[1] or "no extension"] += 1
+        else:
+            print(f"skipped {path}: {why}")
+    if binaries:
+        print(f"skipped {sum(binaries.values()):,} binary file(s) that are not documents: "
+              + ", ".join(f"{ext} {n:,}" for ext, n in binaries.most_common()))
+    if skips:
+        print(f"  every skip, with its reason: {out}/skipped.tsv")
+
+
+def unit_of(name, corpus_units, path, lineno):
+    """The document or page a judgement names ("dir/file.pdf", "file.pdf#page=3")."""
+    doc, _, page = name.replace("\\", "/").partition("#page=")
+    doc = posixpath.normpath(doc.strip()).removeprefix("./")
+    if page and not page.isdigit():
+        raise DataError(f"{path}:{lineno}: {name!r}: a page is named as file.pdf#page=N, N a number from 1")
+    return page_unit(doc, int(page)) if page else doc
+
+
+def read_questions(root, corpus, skipped_files, cfg):
+    """(queries, qrels by split, counts) from questions.jsonl ({"question", "files" or "file", "page",
+    "split", "_id"}; a line without files is a question without judgements) and questions.txt (one
+    question a line, no judgements) at the folder's top."""
+    units = document_units(corpus)
+    rows, counts = [], Counter()  # rows: (qid, text, split or None, {unit: 1})
+    path = os.path.join(root, "questions.jsonl")
+    if os.path.isfile(path):
+        for lineno, obj in read_jsonl(path):
+            text = " ".join(field(obj, "question", path, lineno, aliases=("query", "text")).split())
+            if not text:
+                counts["empty"] += 1
+                continue
+            qid = field(obj, "_id", path, lineno, required=False) or f"q{len(rows)}"
+            check_id(qid, "_id", path, lineno)
+            named = obj.get("files", obj.get("file", []))
+            named = [named] if isinstance(named, str) else named
+            if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+                raise DataError(f"{path}:{lineno}: 'files' must be a file name or a list of them, relative to {root}")
+            page = obj.get("page")
+            if page is not None and (not isinstance(page, int) or isinstance(page, bool) or page < 1 or len(named) != 1):
+                raise DataError(f"{path}:{lineno}: 'page' must be a page number from 1, beside one 'file'")
+            split = obj.get("split")
+            if split is not None and split not in SPLIT_NAMES:
+                raise DataError(f"{path}:{lineno}: split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+            judged = {}
+            for name in named:
+                unit = unit_of(name + (f"#page={page}" if page else ""), units, path, lineno)
+                doc = unit.split("#page=")[0]
+                if unit in units:
+                    judged[unit] = 1
+                elif doc in skipped_files:
+                    counts["judgement of a skipped file"] += 1
+                elif doc in units:
+                    counts["judgement of a page without text"] += 1
+                else:
+                    raise DataError(f"{path}:{lineno}: {name!r} is not a file under {root}; name files by their "
+                                    "path relative to that folder, e.g. reports/q3.pdf")
+            if named and not judged:
+                counts["dropped: no judged file left"] += 1
+                continue
+            rows.append((qid, text, SPLIT_NAMES.get(split), judged))
+    path_txt = os.path.join(root, "questions.txt")
+    if os.path.isfile(path_txt):
+        try:
+            with open(path_txt, encoding="utf-8-sig") as f:
+                lines = f.read().split("\n")
+        except UnicodeDecodeError:
+            raise DataError(f"{path_txt}: not UTF-8 text; save it as UTF-8, one question a line") from None
+        rows += [(f"q{len(rows) + i}", " ".join(line.split()), None, {}) for i, line in enumerate(lines) if line.strip()]
+    ids = Counter(qid for qid, *_ in rows)
+    if any(n > 1 for n in ids.values()):
+        raise DataError(f"{root}: question _id {next(q for q, n in ids.items() if n > 1)!r} is used twice; ids must be unique")
+    judged_rows = [r for r in rows if r[3]]
+    queries = {qid: text for qid, text, _, _ in rows}
+    with_split = [r for r in judged_rows if r[2]]
+    if with_split and len(with_split) != len(judged_rows):
+        raise DataError(f"{root}/questions.jsonl: some judged questions name a 'split' and some do not; "
+                        "give every judged line one (train, val or test), or none to have them carved")
+    if with_split:
+        qrels = {}
+        for qid, _, split, judged in judged_rows:
+            qrels.setdefault(split, {})[qid] = judged
+        if "val" not in qrels:
+            carve_val(qrels, cfg, root)
+    else:  # carved by question text, so a question asked twice cannot sit in train and test
+        parts = carve({text for _, text, _, j in judged_rows}, pair_fractions(cfg), cfg.seed) if judged_rows else {}
+        split_of = {text: split for split, texts in parts.items() for text in texts}
+        qrels = {}
+        for qid, text, _, judged in judged_rows:
+            qrels.setdefault(split_of[text], {})[qid] = judged
+    counts.update(judged=len(judged_rows), unjudged=len(rows) - len(judged_rows))
+    if rows:
+        print(f"questions: {counts['judged']:,} judged, {counts['unjudged']:,} without judgements"
+              + "".join(f"; {n:,} {why}" for why, n in counts.items() if why not in ("judged", "unjudged")))
+    return queries, ordered(qrels), dict(counts)
+
+
 # ---------------------------------------------------------------------------- label-free
 
 def source_corpus(source, fmt, cfg):
     """The documents of any source, and nothing of its queries or qrels."""
+    if fmt == "documents":
+        return load_documents(source, cfg, os.devnull)[0]
     if fmt in ("beir", "corpus"):
         path = os.path.join(source, "corpus.jsonl") if fmt == "beir" else source
         return read_corpus(path)
@@ -497,8 +771,7 @@ def detect_format(source, fmt):
     if os.path.isdir(source):
         if os.path.isfile(os.path.join(source, "corpus.jsonl")):
             return "beir"
-        raise DataError(f"{source}: no corpus.jsonl, so not a BEIR directory; for a tree of .py files "
-                        "add --format=python-source")
+        return "documents"  # a tree of .py files to pair docstrings with code: --format=python-source
     if not os.path.exists(source):
         raise DataError(f"{source}: not found; pass --source=DIR, --source=FILE.jsonl or --source=python-source")
     if not source.endswith(".jsonl"):
@@ -538,6 +811,14 @@ def check_out(out, source):
                         "whole; choose a new or empty directory")
 
 
+def previous_digest(out):
+    try:
+        with open(os.path.join(out, "prepare.json"), encoding="utf-8") as f:
+            return json.load(f).get("digest")
+    except (OSError, ValueError):
+        return None
+
+
 def split_counts(qrels):
     return {"queries": len(qrels), "qrels": sum(len(row) for row in qrels.values()),
             "positive_pairs": sum(g > 0 for row in qrels.values() for g in row.values())}
@@ -563,6 +844,8 @@ def main(argv=None):
         corpus, queries, qrels, details = load_beir_dir(source, cfg)
     elif fmt == "python-source":
         corpus, queries, qrels, details = load_python_source(source, cfg)
+    elif fmt == "documents":
+        corpus, queries, qrels, details, manifest, skips = load_documents(source, cfg, out)
     else:
         corpus, queries, qrels, details = load_pairs(source, cfg, fmt)
     for split, rows in qrels.items():
@@ -570,13 +853,27 @@ def main(argv=None):
             fix = f"qrels/{split}.tsv needs rows" if fmt == "beir" else f"add data or set --{split}_fraction=0"
             raise DataError(f"{source}: split '{split}' would be empty; {fix}")
     counts = {split: split_counts(rows) for split, rows in qrels.items()}
-    write_beir(out, corpus, queries, qrels)
-    write_json(os.path.join(out, "prepare.json"), {
-        "source": source, "format": fmt, "seed": cfg.seed,
-        "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
-        "corpus": len(corpus), "splits": counts, "details": details, "config": vars(cfg),
-        "command": ["prepare_data.py", *(sys.argv[1:] if argv is None else argv)], "git": git_commit()})
-    print(f"wrote {out} ({fmt}, {time.time() - started:.1f} s): corpus {len(corpus):,} docs")
+    digest = hashlib.blake2b(json.dumps([corpus, queries, qrels, counts], sort_keys=True).encode(), digest_size=16)
+    if fmt == "documents" and previous_digest(out) == digest.hexdigest():
+        # Nothing the later stages read has changed: the files they depend on keep their dates.
+        print(f"{out}: unchanged since the last run ({len(corpus):,} passages, {time.time() - started:.1f} s); kept as is")
+        return 0
+
+    def more(tmp):
+        if fmt == "documents":
+            write_jsonl(os.path.join(tmp, "documents.jsonl"), manifest)
+            with open(os.path.join(tmp, "skipped.tsv"), "w", encoding="utf-8") as f:
+                f.write("path\treason\n" + "".join(f"{p}\t{why}\n" for p, why in skips))
+        write_json(os.path.join(tmp, "prepare.json"), {
+            "source": source, "format": fmt, "seed": cfg.seed,
+            "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+            "corpus": len(corpus), "splits": counts, "details": details, "config": vars(cfg),
+            "digest": digest.hexdigest(),
+            "command": ["prepare_data.py", *(sys.argv[1:] if argv is None else argv)], "git": git_commit()})
+
+    write_beir(out, corpus, queries, qrels, more)
+    print(f"wrote {out} ({fmt}, {time.time() - started:.1f} s): corpus {len(corpus):,} "
+          f"{'passages' if fmt == 'documents' else 'docs'}")
     for split, c in counts.items():
         print(f"  {split:<6} {c['queries']:>8,} queries {c['qrels']:>8,} qrels "
               f"{c['positive_pairs']:>8,} positive pairs")

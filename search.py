@@ -12,11 +12,14 @@ two mixed as build_index.py chose on val), optionally reranked by a cross-encode
     python search.py --data=data/scifact --index=runs/scifact-all-MiniLM-L6-v2/index --query="statin use" --why=true
     # interactive: type a query at the prompt; Ctrl-D ends
     python search.py --data=data/python-source
+    # a folder of documents (prepare_data.py --source=DIR): one line per file, its best passage
+    python search.py --data=data/papers --index=runs/papers-all-MiniLM-L6-v2/index --per_document=true
 
 For each query, a `# query` line, then one line per hit: rank, doc id, score (the first stage's: the
 bi-encoder's inner product, or the hybrid's mix; with --rerank, the score the reranker's fusion.json
 says to serve: the first stage's and the reranker's mixed as val chose, common/fusion.py) and a
-one-line snippet, tab-separated; progress and
+one-line snippet, tab-separated (for a corpus read from a folder of documents, the file, page, heading and
+anchor the passage comes from too, before the snippet); progress and
 prompts go to stderr. One process does it all: torchrun adds nothing to a search (encoding a query takes
 milliseconds, and FAISS uses every GPU it sees). Without --index the corpus is encoded at every start.
 """
@@ -24,6 +27,7 @@ import sys
 
 from common.backends import BACKENDS
 from common.config import ConfigError, check_choice, load_config
+from common.data import place
 from common.decision import describe_hybrid
 from common.retrievers import Retriever
 from common.run import cli
@@ -40,6 +44,7 @@ DEFAULTS = dict(
     k=10,  # hits printed per query
     k_retrieve=0,  # with rerank: candidates the cross-encoder re-scores; 0 = the depth chosen on val (fusion.json)
     snippet=160,  # characters of each hit's text to print; 0 = none
+    per_document=False,  # a corpus of passages of documents: one line per document, its best passage
     why=False,  # under each hit the index remembers (common/memory.py), the remembered queries that lift it
     batch_size=64,
     device="auto",  # auto | cpu | cuda | cuda:1
@@ -52,18 +57,38 @@ def snippet(text, width):
     return text if len(text) <= width else text[:max(width - 3, 0)].rstrip() + "..."
 
 
+# per_document: passages fetched for each document shown, so that k distinct documents are among them
+PASSAGES_PER_DOCUMENT = 10
+
+
 def answer(retriever, queries, cfg):
-    """[(doc id, score)] for each query: reranked when a reranker is loaded."""
+    """[(doc id, score)] for each query: reranked when a reranker is loaded; with per_document, each
+    document's best passage only."""
+    k = cfg.k * PASSAGES_PER_DOCUMENT if cfg.per_document else cfg.k
     if retriever.reranker is not None:
-        return [retriever.retrieve_and_rerank(q, cfg.k_retrieve or None, cfg.k) for q in queries]
-    return retriever.batch_retrieve(queries, cfg.k, cfg.batch_size)
+        hits = [retriever.retrieve_and_rerank(q, cfg.k_retrieve or None, k) for q in queries]
+    else:
+        hits = retriever.batch_retrieve(queries, k, cfg.batch_size)
+    if not cfg.per_document:
+        return hits
+    out = []
+    for row in hits:
+        seen, best = set(), []
+        for doc_id, score in row:
+            doc = retriever.passage(doc_id).get("doc", doc_id)
+            if doc not in seen:
+                seen.add(doc)
+                best.append((doc_id, score))
+        out.append(best[:cfg.k])
+    return out
 
 
 def show(retriever, query, hits, cfg):
     print(f"# {query}")
     for rank, (doc_id, score) in enumerate(hits, 1):
         text = "\t" + snippet(retriever.text(doc_id), cfg.snippet) if cfg.snippet > 0 else ""
-        print(f"{rank}\t{doc_id}\t{score:.4f}{text}")
+        where = place(retriever.passage(doc_id))
+        print(f"{rank}\t{doc_id}\t{score:.4f}{chr(9) + where if where else ''}{text}")
         for qid, remembered, _ in retriever.why(doc_id)[:3] if cfg.why else ():
             print(f"\t\tremembered: {snippet(remembered, cfg.snippet or 160)} ({qid})")
     sys.stdout.flush()  # so a pipe sees each query's hits as they come

@@ -4,6 +4,12 @@
     <dir>/queries.jsonl       {"_id", "text"}
     <dir>/qrels/<split>.tsv   query-id <tab> corpus-id <tab> score, with a header line
 
+A corpus prepared from a folder of documents (prepare_data.py) holds passages that name their
+document: {"_id", "title", "text", "doc", "page", "section", "anchor"}. Its qrels may then name a
+document ("manual.pdf") or one of its pages ("manual.pdf#page=3") instead of a passage: the row holds
+every passage of it (what training and the memory use) and is scored at the document or page it names,
+a ranking's best passage of each standing for it (`Judged`).
+
 Readers accept CRLF line endings and a UTF-8 BOM. Bad input raises DataError naming the file,
 the line and the fix (a last line cut short says the file looks truncated); empty texts are
 skipped with one counted warning, as BEIR users expect. Unknown fields ("metadata") are ignored.
@@ -116,8 +122,12 @@ def check_id(value, what, path, lineno):
     return value
 
 
+PASSAGE_FIELDS = {"doc": str, "page": int, "section": str, "anchor": str}  # kept where a line has them
+
+
 def read_corpus(path, skipped=None):
-    """{doc id: {"title", "text"}}. Empty docs are skipped (their ids added to `skipped`)."""
+    """{doc id: {"title", "text"}, plus PASSAGE_FIELDS where the line has them}. Empty docs are skipped
+    (their ids added to `skipped`)."""
     corpus, empty, skipped = {}, 0, set() if skipped is None else skipped
     for lineno, obj in read_jsonl(path):
         doc_id = check_id(field(obj, "_id", path, lineno), "_id", path, lineno)
@@ -130,6 +140,12 @@ def read_corpus(path, skipped=None):
             skipped.add(doc_id)
             continue
         corpus[doc_id] = {"title": title, "text": text}
+        for key, kind in PASSAGE_FIELDS.items():
+            if key in obj:
+                value = obj[key]
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    raise DataError(f"{path}:{lineno}: {key!r} should be a {kind.__name__}, got {value!r}")
+                corpus[doc_id][key] = value
     if empty:
         warn(f"{path}: skipped {empty} empty document(s)")
     if not corpus:
@@ -157,9 +173,10 @@ def read_queries(path, skipped=None):
     return queries
 
 
-def read_qrels(path, queries=None, corpus=None, skipped=()):
-    """{query id: {doc id: grade}}. Ids are checked against `queries`/`corpus` when given;
-    rows naming a skipped (empty) query or doc are dropped with a counted warning."""
+def read_qrels(path, queries=None, corpus=None, skipped=(), units=()):
+    """{query id: {doc id: grade}}. Ids are checked against `queries`/`corpus` when given (or `units`:
+    the documents and pages of a corpus of passages); rows naming a skipped (empty) query or doc are
+    dropped with a counted warning."""
     qrels, dropped, dupes, first = {}, 0, 0, True
     for lineno, line, ended in _open_lines(path):
         line = line.rstrip()  # a trailing tab is not an empty fourth column
@@ -190,7 +207,7 @@ def read_qrels(path, queries=None, corpus=None, skipped=()):
         if queries is not None and qid not in queries:
             raise DataError(f"{path}:{lineno}: query-id '{qid}' is not in queries.jsonl; "
                             "add the query or remove the row")
-        if corpus is not None and doc_id not in corpus:
+        if corpus is not None and doc_id not in corpus and doc_id not in units:
             raise DataError(f"{path}:{lineno}: corpus-id '{doc_id}' is not in corpus.jsonl; "
                             "add the document or remove the row")
         row = qrels.setdefault(qid, {})
@@ -201,6 +218,70 @@ def read_qrels(path, queries=None, corpus=None, skipped=()):
         warn(f"{path}: dropped {dropped} row(s) naming an empty query or document")
     if dupes:
         warn(f"{path}: {dupes} duplicate (query-id, corpus-id) row(s); the last grade wins")
+    return qrels
+
+
+def page_unit(doc, page):
+    return f"{doc}#page={page}"
+
+
+def document_units(corpus):
+    """{document or page: [its passage ids]} of a corpus of passages; {} for a corpus of documents."""
+    units = {}
+    for pid, p in corpus.items():
+        if "doc" in p:
+            units.setdefault(p["doc"], []).append(pid)
+            if p.get("page"):
+                units.setdefault(page_unit(p["doc"], p["page"]), []).append(pid)
+    return units
+
+
+class Judged(dict):
+    """A qrels row that names documents or pages: as a dict, every passage of them with its grade (what
+    training and the memory read); `units`, the judgements as made; `best_per_unit`, a run row scored the
+    way passage retrieval of long documents is: each document's (or judged page's) best passage stands
+    for it (metrics.query_metrics reads both)."""
+
+    def __init__(self, row, units, corpus):
+        super().__init__()
+        self.corpus, self.units = corpus, {}
+        self.paged = {u.rsplit("#page=", 1)[0] for u in row if u in units and "#page=" in u and u not in corpus}
+        for unit, grade in row.items():
+            for pid in units[unit] if unit in units and unit not in corpus else [unit]:
+                self[pid] = max(grade, self.get(pid, grade))
+            key = unit if unit in units and unit not in corpus else self.unit(unit)
+            self.units[key] = max(grade, self.units.get(key, grade))
+
+    def unit(self, pid):
+        p = self.corpus.get(pid)
+        if p is None or "doc" not in p:
+            return pid
+        return page_unit(p["doc"], p.get("page", 0)) if p["doc"] in self.paged else p["doc"]
+
+    def best_per_unit(self, run_row):
+        best = {}
+        for pid, score in run_row.items():
+            unit = self.unit(pid)
+            if unit not in best or score > best[unit]:
+                best[unit] = score
+        return best
+
+
+def place(passage):
+    """Where a passage sits, for a person: "manual.pdf p.3 › Installing #install"; "" for a corpus of documents."""
+    if "doc" not in passage:
+        return ""
+    return (passage["doc"] + (f" p.{passage['page']}" if passage.get("page") else "")
+            + (f" › {passage['section']}" if passage.get("section") else "")
+            + (f" #{passage['anchor']}" if passage.get("anchor") else ""))
+
+
+def judged(qrels, corpus, units):
+    """`qrels` with each row that names a document or a page (in `units`) made `Judged`."""
+    if units:
+        for qid, row in qrels.items():
+            if any(d in units and d not in corpus for d in row):
+                qrels[qid] = Judged(row, units, corpus)
     return qrels
 
 
@@ -268,7 +349,8 @@ def load_beir(data_dir, split):
     skipped = set()
     corpus = read_corpus(os.path.join(data_dir, "corpus.jsonl"), skipped)
     queries = read_queries(os.path.join(data_dir, "queries.jsonl"), skipped)
-    qrels = read_qrels(qrels_path, queries, corpus, skipped)
+    units = document_units(corpus)
+    qrels = judged(read_qrels(qrels_path, queries, corpus, skipped, units), corpus, units)
     if not any(g > 0 for row in qrels.values() for g in row.values()):
         raise EmptySplit(f"{qrels_path}: split '{split}' has no relevant (score > 0) rows; nothing to "
                          f"{'train on' if split == 'train' else 'evaluate'}")
@@ -398,7 +480,8 @@ def write_jsonl(path, records):
 
 
 def write_corpus(path, corpus):
-    write_jsonl(path, ({"_id": i, "title": d.get("title", ""), "text": d["text"]} for i, d in corpus.items()))
+    write_jsonl(path, ({"_id": i, "title": d.get("title", ""), "text": d["text"],
+                        **{k: d[k] for k in PASSAGE_FIELDS if k in d}} for i, d in corpus.items()))
 
 
 def write_queries(path, queries):
@@ -413,9 +496,12 @@ def write_qrels(path, qrels):
                 f.write(f"{qid}\t{doc_id}\t{grade}\n")
 
 
-def write_beir(out_dir, corpus, queries, qrels_by_split):
-    """Write a whole BEIR directory atomically (the old one stays until the new one is complete)."""
+def write_beir(out_dir, corpus, queries, qrels_by_split, more=None):
+    """Write a whole BEIR directory atomically (the old one stays until the new one is complete); `more(tmp)`
+    writes what else belongs in it."""
     with atomic_dir(out_dir) as tmp:
+        if more:
+            more(tmp)
         write_corpus(os.path.join(tmp, "corpus.jsonl"), corpus)
         write_queries(os.path.join(tmp, "queries.jsonl"), queries)
         for split, qrels in qrels_by_split.items():

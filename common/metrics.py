@@ -7,6 +7,8 @@
 - Recall@k and MAP@k divide by all relevant docs of the query, P@k always divides by k;
 - MRR@k is the reciprocal rank of the first relevant doc within k (0 when none), success@k is 1
   when any relevant doc is within k.
+A row that judges documents of several passages (common.data.Judged) is scored at what it judges: each
+document's best passage in the run stands for it (max over passages).
 Means are over the queries of the qrels that have at least one relevant doc; a query the run
 does not answer scores 0 (trec_eval would skip it, which flatters a retriever that fails).
 """
@@ -29,6 +31,8 @@ def ranked(run_row, depth=None):
 
 def query_metrics(qrels_row, run_row, ks=DEFAULT_KS):
     """{"ndcg@10": ..., ...} for one query."""
+    if hasattr(qrels_row, "best_per_unit"):
+        qrels_row, run_row = qrels_row.units, qrels_row.best_per_unit(run_row)
     docs = ranked(run_row, max(ks))
     grades = np.array([qrels_row.get(d, 0) for d in docs], dtype=np.float64)
     relevant = grades >= 1

@@ -773,6 +773,11 @@ class Retriever:
         """The remembered queries that lift a document in the index served: [(qid, text, grade)]."""
         return self.memory.why(doc_id) if self.memory.on() else []
 
+    def passage(self, doc_id):
+        """A document's record ({"title", "text", and where a folder's passage sits: "doc", "page", ...})."""
+        corpus = getattr(self.texts, "corpus", None)
+        return corpus[doc_id] if corpus is not None else {"text": self.text(doc_id)}
+
     def text(self, doc_id):
         """The text a document was indexed as (title + text), e.g. for a snippet or a RAG prompt."""
         return self.texts[self._row[doc_id]]

@@ -329,7 +329,7 @@ PREPARE_CASES = {
                                  Err(4, "unpaired surrogate")),
     "pairs-unknown-keys": (file_case("qa.jsonl", lines({"foo": 1})), Err(1, "cannot tell the format from keys")),
     "pairs-empty-file": (file_case("qa.jsonl", b""), Err(None, "empty file")),
-    "pairs-directory": (directory, Err(None, "no corpus.jsonl, so not a BEIR directory")),
+    "pairs-directory": (directory, Err(None, "no readable document among 0 file")),
     "not-jsonl": (file_case("qa.txt", "x"), Err(None, "expected a BEIR directory, a .jsonl file")),
     "corpus-without-pseudo-queries": (file_case("docs.jsonl", lines({"_id": "d1", "text": "x"})),
                                       Err(None, "a corpus without queries")),
