@@ -352,6 +352,7 @@ def load_python_source(root, cfg):
 QUESTION_FILES = ("questions.jsonl", "questions.txt")
 SPLIT_NAMES = {"train": "train", "val": "val", "dev": "val", "test": "test"}
 PARALLEL_FROM = 64  # files: fewer are read in this process (a pool's start costs more than they do)
+RUNNING_FILES, RUNNING_SHARE = 5, 0.05  # folder_running_lines
 _splitter = None    # (its arguments, a documents.Splitter): a worker's made once, this process's when they change
 
 
@@ -367,7 +368,7 @@ def folder_files(root):
         rel_dir = os.path.relpath(directory, root).replace(os.sep, "/")
         st = os.stat(directory)
         if (st.st_dev, st.st_ino) in seen:
-            skips.append((rel_dir, "a link back to a folder already read (a symlink loop)"))
+            skips.append((rel_dir, "links to a folder already read (a symlink loop or a second name): read once"))
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -405,15 +406,18 @@ def use_splitter(*args):
 
 
 def read_document(task):
-    """{"path", "hash", and "unchanged", or "format", "title", "passages"} of one file, or {"path", "skip"}."""
-    rel, path, old_hash = task
+    """{"path", "hash", and "unchanged", or "format", "title", "passages", "edges", "dropped"} of one file, or
+    {"path", "skip"}. task: (relative path, path, the hash it had when last read or None, running lines
+    the folder found)."""
+    rel, path, old_hash, running = task
     try:
         data = documents.read_bytes(path)
         digest = hashlib.blake2b(data, digest_size=16).hexdigest()
         if digest == old_hash:
             return {"path": rel, "hash": digest, "unchanged": True}
-        fmt, title, blocks = documents.parse(data, rel)
-        return {"path": rel, "hash": digest, "format": fmt, "title": title, "passages": _splitter[1](title, blocks)}
+        fmt, title, blocks, edges = documents.parse(data, rel, running)
+        return {"path": rel, "hash": digest, "format": fmt, "title": title, "passages": _splitter[1](title, blocks),
+                "edges": edges, "dropped": sorted(set(edges) & set(running))}
     except documents.Skip as e:
         return {"path": rel, "skip": str(e)}
     except Exception as e:  # noqa: BLE001  a reader's failure on one file must not stop a folder of thousands
@@ -433,19 +437,29 @@ def read_folder(tasks, cfg):
 
 
 def previous_read(out, settings):
-    """{path: (hash, [passage records], format)} of the dataset `out` already holds, when it was read from a
-    folder with the same passage settings; else {}."""
+    """({path: its manifest line, with "records": its passage records}, the running lines the folder had) of
+    the dataset `out` already holds, when it was read from a folder with the same passage settings; else
+    ({}, [])."""
     try:
         with open(os.path.join(out, "prepare.json"), encoding="utf-8") as f:
-            if json.load(f).get("details", {}).get("passage_settings") != settings:
-                return {}
-        manifest = [r for _, r in read_jsonl(os.path.join(out, "documents.jsonl"))]
-        by_doc = {}
+            details = json.load(f).get("details", {})
+        if details.get("passage_settings") != settings:
+            return {}, []
+        manifest = {r["path"]: r for _, r in read_jsonl(os.path.join(out, "documents.jsonl"))}
         for _, r in read_jsonl(os.path.join(out, "corpus.jsonl")):
-            by_doc.setdefault(r["doc"], []).append(r)
-        return {r["path"]: (r["hash"], by_doc.get(r["path"], []), r["format"]) for r in manifest}
+            manifest[r["doc"]].setdefault("records", []).append(r)
+        return manifest, details.get("running_lines", [])
     except (OSError, ValueError, KeyError, TypeError, UserError):
-        return {}
+        return {}, []
+
+
+def folder_running_lines(edges_by_file):
+    """The edge keys (documents.edge_key) of short PDFs that repeat across the folder: on RUNNING_SHARE of
+    them and at least RUNNING_FILES. A journal's running head on one-page abstracts repeats in no file,
+    only across them."""
+    seen = Counter(key for edges in edges_by_file for key in set(edges))
+    least = max(RUNNING_FILES, RUNNING_SHARE * len(edges_by_file))
+    return sorted(key for key, n in seen.items() if n >= least)
 
 
 def passage_record(doc, k, passage):
@@ -459,23 +473,33 @@ def load_documents(root, cfg, out):
     the questions beside them (read_questions)."""
     settings = {"model": cfg.model, "passage_tokens": cfg.passage_tokens, "overlap": cfg.passage_overlap,
                 "reader": documents.VERSION}
-    old = previous_read(out, settings)
+    old, running = previous_read(out, settings)
     files, skips = folder_files(root)
-    results = read_folder([(rel, os.path.join(root, rel), old.get(rel, (None,))[0]) for rel in files], cfg)
+    results = read_folder([(rel, os.path.join(root, rel), old.get(rel, {}).get("hash"), running) for rel in files], cfg)
+    results = [{**old[r["path"]], **r} if r.get("unchanged") else r for r in results]
+    # A short PDF's running lines show only across the folder: once they are known, the files read without
+    # the ones that apply to them are read again with them.
+    read = [r for r in results if "skip" not in r]
+    running = folder_running_lines([r["edges"] for r in read if r.get("edges")])
+    again = {r["path"] for r in read if sorted(set(r.get("edges", ())) & set(running)) != r.get("dropped", [])}
+    if again:
+        redone = {r["path"]: r for r in read_folder([(p, os.path.join(root, p), None, running) for p in sorted(again)], cfg)}
+        results = [{**redone[r["path"]], "unchanged": False} if r["path"] in redone else r for r in results]
     corpus, manifest, formats, changes = {}, [], Counter(), {"added": [], "changed": [], "unchanged": 0}
     for r in results:
         if "skip" in r:
             skips.append((r["path"], r["skip"]))
             continue
         if r.get("unchanged"):
-            _, records, fmt = old[r["path"]]
+            records = r["records"]
             changes["unchanged"] += 1
         else:
-            records, fmt = [passage_record(r["path"], k, p) for k, p in enumerate(r["passages"])], r["format"]
+            records = [passage_record(r["path"], k, p) for k, p in enumerate(r["passages"])]
             changes["changed" if r["path"] in old else "added"].append(r["path"])
         corpus.update((rec["_id"], {k: v for k, v in rec.items() if k != "_id"}) for rec in records)
-        formats[fmt] += 1
-        manifest.append({"path": r["path"], "hash": r["hash"], "format": fmt, "passages": len(records)})
+        formats[r["format"]] += 1
+        manifest.append({"path": r["path"], "hash": r["hash"], "format": r["format"], "passages": len(records),
+                         **({"edges": r["edges"], "dropped": r["dropped"]} if r.get("edges") else {})})
     read_paths = {m["path"] for m in manifest}
     removed = sorted(p for p in old if p not in read_paths)
     report_skips(skips, out)
@@ -496,7 +520,8 @@ def load_documents(root, cfg, out):
     details = {"files": len(files), "read": len(manifest), "formats": dict(formats), "passages": len(corpus),
                "skipped": len(skips), "skip_reasons": dict(Counter(why for _, why in skips).most_common()),
                "added": len(changes["added"]), "changed": len(changes["changed"]), "removed": len(removed),
-               "unchanged": changes["unchanged"], "passage_settings": settings, "questions": asked}
+               "unchanged": changes["unchanged"], "passage_settings": settings, "running_lines": running,
+               "questions": asked}
     return corpus, queries, qrels, details, manifest, skips
 
 
@@ -505,16 +530,16 @@ def settings_tokens(cfg):
 
 
 def report_skips(skips, out):
-    """One line per skipped file (binaries that are not documents: one line per extension)."""
-    binaries = Counter()
+    """One line per skipped file; files that are not documents (images, archives, data): one line in all."""
+    others = Counter()
     for path, why in skips:
-        if why.startswith("binary, not a document"):
-            binaries[os.path.splitext(path)[1] or "no extension"] += 1
+        if why.startswith("not a document"):
+            others[os.path.splitext(path.removesuffix(".gz"))[1] or "no extension"] += 1
         else:
             print(f"skipped {path}: {why}")
-    if binaries:
-        print(f"skipped {sum(binaries.values()):,} binary file(s) that are not documents: "
-              + ", ".join(f"{ext} {n:,}" for ext, n in binaries.most_common()))
+    if others:
+        print(f"skipped {sum(others.values()):,} file(s) that are not documents (binaries, data, scripts): "
+              + ", ".join(f"{ext} {n:,}" for ext, n in others.most_common()))
     if skips:
         print(f"  every skip, with its reason: {out}/skipped.tsv")
 

@@ -25,6 +25,10 @@ VERSION = 1  # of what a file's passages are made by: a dataset read by another 
 FORMATS = ("pdf", "html", "markdown", "rst", "text", "docx")
 EXTENSIONS = {".pdf": "pdf", ".html": "html", ".htm": "html", ".xhtml": "html", ".md": "markdown",
               ".markdown": "markdown", ".rst": "rst", ".txt": "text", ".text": "text", ".docx": "docx"}
+# Text that is data, code for a browser or a printer, not prose to search: a skip like a binary's.
+NOT_DOCUMENTS = {".json": "JSON data", ".jsonl": "JSON data", ".css": "a style sheet", ".js": "a script",
+                 ".svg": "an image", ".ps": "PostScript (convert it to PDF)", ".eps": "PostScript (convert it to PDF)",
+                 ".xml": "XML data", ".map": "a source map"}
 MAX_BYTES = 256 << 20  # a larger file (or a .gz unpacking past it) is skipped, not read into memory
 
 
@@ -51,13 +55,14 @@ def read_bytes(path):
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise Skip("vanished while being read") from None
+        raise Skip("a broken link (it points to nothing)" if os.path.islink(path) else "vanished while being read") from None
     except OSError as e:
         raise Skip(f"cannot be read ({e.strerror or e})") from None
 
 
-def parse(data, name):
-    """(format, title, [Block]) of a file's bytes; `name` (its path) says the extension."""
+def parse(data, name, drop=()):
+    """(format, title, [Block], edges) of a file's bytes; `name` (its path) says the extension. PDFs only:
+    `drop`, running lines (edge keys) the folder found; `edges`, a short PDF's edge keys, for the folder."""
     name = name.lower()
     if not data:
         raise Skip("empty file")
@@ -74,8 +79,9 @@ def parse(data, name):
             raise Skip("empty file")
     fmt = sniff(data, name)
     stem = os.path.splitext(os.path.basename(name))[0]
+    edges = []
     if fmt == "pdf":
-        title, blocks = read_pdf(data, stem)
+        title, blocks, edges = read_pdf(data, stem, drop)
     elif fmt == "docx":
         title, blocks = read_docx(data, stem)
     elif fmt == "html":
@@ -87,7 +93,7 @@ def parse(data, name):
     if not any(b.kind != "heading" for b in blocks):
         raise Skip({"pdf": "no text layer (a scan or images only: OCR it first, this does not OCR)",
                     "html": "no text once scripts, styles and navigation are dropped"}.get(fmt, "no text"))
-    return fmt, title, blocks
+    return fmt, title, blocks, edges
 
 
 def sniff(data, name):
@@ -99,7 +105,7 @@ def sniff(data, name):
     if head.startswith(b"PK\x03\x04"):
         if ext == ".docx" or b"word/document.xml" in data:
             return "docx"
-        raise Skip("a zip archive, not a document")
+        raise Skip("not a document: a zip archive")
     if ext in (".pdf", ".docx"):
         raise Skip(f"named {ext} but is not one (its first bytes say otherwise)")
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -107,8 +113,10 @@ def sniff(data, name):
         return "html"
     if ext in EXTENSIONS:
         return EXTENSIONS[ext]
+    if ext in NOT_DOCUMENTS or start.startswith(b"%!ps"):
+        raise Skip(f"not a document: {NOT_DOCUMENTS.get(ext, 'PostScript (convert it to PDF)')}")
     if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise Skip(f"binary, not a document ({ext or 'no extension'})")
+        raise Skip("not a document: binary")
     return "text"
 
 
@@ -142,9 +150,12 @@ def clean(text):
 PAGE_NUMBER = re.compile(r"^(page\s*)?[-–—(\[]?\s*\d{1,4}\s*[-–—)\]]?(\s*(of|/)\s*\d{1,4})?$", re.I)
 NUMBERED_HEADING = re.compile(r"^(\d{1,2}(\.\d{1,2})*\.?|[IVX]{1,5}\.|[A-Z]\.)\s+[A-Z]\S*")
 EDGE = 2  # lines at the top and the bottom of a page that may be a running header or footer
+RUNNING_PAGES = 3  # a document this long tells its own running lines; a shorter one, its folder
 
 
-def read_pdf(data, stem):
+def read_pdf(data, stem, drop=()):
+    """(title, blocks, edges): `drop`, edge keys to drop besides those repeated within the file; `edges`, the
+    edge keys of a file too short to tell its own running lines (for the folder to tell: prepare_data.py)."""
     import pypdfium2 as pdfium
 
     try:
@@ -156,17 +167,21 @@ def read_pdf(data, stem):
         pages = []
         for i in range(len(pdf)):
             page = pdf[i]
-            text = page.get_textpage().get_text_range()
+            # PDFium marks a hyphen it takes for a break inside a word with U+FFFE and joins the lines
+            text = page.get_textpage().get_text_range().replace("\ufffe", "")
             pages.append([ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")])
         meta = (pdf.get_metadata_dict().get("Title") or "").strip()
     except pdfium.PdfiumError as e:
         raise Skip(f"damaged PDF ({e})") from None
     finally:
         pdf.close()
-    repeated = running_lines(pages)
+    pages = [[ln for ln in lines if ln] for lines in pages]
+    edges = sorted({edge_key(ln) for lines in pages for j, ln in enumerate(lines) if at_edge(j, len(lines))}) \
+        if len(pages) < RUNNING_PAGES else []
+    repeated = running_lines(pages) | set(drop)
     bodies = [[ln for j, ln in enumerate(lines) if not (at_edge(j, len(lines)) and
                                                           (edge_key(ln) in repeated or PAGE_NUMBER.match(ln)))]
-              for lines in ([ln for ln in page if ln] for page in pages)]
+              for lines in pages]
     if meta and re.search(r"(^untitled|\.(docx?|pdf|tex|indd)$|^microsoft word)", meta, re.I):
         meta = ""  # a file name or a tool's placeholder, not a title
     title, first = meta, bodies[0] if bodies else []
@@ -179,7 +194,7 @@ def read_pdf(data, stem):
     elif not meta and first and len(first[0]) <= 200:
         title = first.pop(0)
     blocks = [b for number, body in enumerate(bodies, 1) for b in pdf_blocks(body, number)]
-    return clean(title) or stem, blocks
+    return clean(title) or stem, blocks, edges
 
 
 def at_edge(j, n):
@@ -195,12 +210,11 @@ def edge_key(line):
 
 
 def running_lines(pages):
-    """Edge lines (numbers blanked) found on more than half of the pages of a document of 3 or more pages."""
-    if len(pages) < 3:
+    """Edge lines (numbers blanked) found on more than half of the pages of a document of RUNNING_PAGES or more."""
+    if len(pages) < RUNNING_PAGES:
         return set()
     seen = Counter()
     for lines in pages:
-        lines = [ln for ln in lines if ln]
         seen.update({edge_key(ln) for j, ln in enumerate(lines) if at_edge(j, len(lines))})
     return {key for key, n in seen.items() if n > len(pages) / 2}
 
@@ -268,9 +282,11 @@ def read_html(data, stem):
     body = mains[0] if len(mains) == 1 else root.find("body") if root.find("body") is not None else root
     blocks = []
     html_blocks(body, blocks, [""])
-    if not title:
-        title = next((b.text for b in blocks if b.kind == "heading"), "")
-    return title or stem, blocks
+    # A page's <title> is often its heading and the site's name ("Installing | ACME docs"): the heading is the title
+    h1 = next((b.text for b in blocks if b.kind == "heading" and b.level == 1), "")
+    if h1 and (not title or h1.lower() in title.lower()):
+        title = h1
+    return title or next((b.text for b in blocks if b.kind == "heading"), "") or stem, blocks
 
 
 def drop(el):

@@ -109,7 +109,7 @@ Then read the log.
 
 
 def parse(path):
-    return documents.parse(documents.read_bytes(str(path)), str(path))
+    return documents.parse(documents.read_bytes(str(path)), str(path))[:3]
 
 
 def test_every_format(tmp_path):
@@ -177,12 +177,13 @@ def bad_folder(tmp_path):
     (root / "weird.txt").write_bytes(bytes(range(128, 256)) * 4 + b"\x81\x8d\x8f")
     (root / "empty.txt").write_bytes(b"")
     (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    (root / "data.json").write_text('{"not": "prose"}')
     (root / "fake.pdf").write_text("not a pdf at all")
     os.symlink(root, root / "loop")  # a folder linking to itself
     os.symlink(root / "gone.txt", root / "dangling.txt")
     return root, {"scan.pdf": "no text layer", "locked.pdf": "encrypted", "cut.pdf": "damaged PDF",
                   "script.html": "no text once scripts", "weird.txt": "unknown text encoding", "empty.txt": "empty file",
-                  "fake.pdf": "named .pdf but is not one", "loop": "symlink loop", "dangling.txt": "vanished"}
+                  "fake.pdf": "named .pdf but is not one", "loop": "symlink loop", "dangling.txt": "a broken link"}
 
 
 def test_bad_files_are_counted_skips_and_nothing_else_is_lost(tmp_path, tiny_model, capsys):
@@ -192,13 +193,13 @@ def test_bad_files_are_counted_skips_and_nothing_else_is_lost(tmp_path, tiny_mod
     printed = capsys.readouterr().out
     for name, why in reasons.items():
         assert any(line.startswith(f"skipped {name}: ") and why in line for line in printed.splitlines()), (name, printed)
-    assert "skipped 1 binary file(s) that are not documents: .png 1" in printed
+    assert "skipped 2 file(s) that are not documents (binaries, data, scripts): .json 1, .png 1" in printed
     docs = {json.loads(line)["doc"] for line in open(out / "corpus.jsonl")}
     assert docs == {"good.pdf", "good.md"}
     skipped = open(out / "skipped.tsv").read().splitlines()[1:]
-    assert {line.split("\t")[0] for line in skipped} == set(reasons) | {"image.png"}
+    assert {line.split("\t")[0] for line in skipped} == set(reasons) | {"image.png", "data.json"}
     details = json.load(open(out / "prepare.json"))["details"]
-    assert details["skipped"] == len(reasons) + 1 and details["read"] == 2
+    assert details["skipped"] == len(reasons) + 2 and details["read"] == 2
 
 
 def test_a_folder_with_nothing_readable_is_one_error_and_the_old_dataset_stays(tmp_path, tiny_model):
@@ -215,6 +216,21 @@ def test_a_folder_with_nothing_readable_is_one_error_and_the_old_dataset_stays(t
     assert (out / "corpus.jsonl").read_bytes() == before
 
 
+def test_running_heads_of_one_page_pdfs_are_found_across_the_folder(tmp_path, tiny_model):
+    root = tmp_path / "abstracts"
+    root.mkdir()
+    animals = ["owls", "bats", "moths", "bees", "ants", "wasps"]
+    for i, animal in enumerate(animals):  # no title in the metadata: the running head would be taken for it
+        make_pdf(root / f"a{i}.pdf", [[f"A study of {animal}", LOREM + f"The {animal} hunt at night."]],
+                 header="Journal of Night Studies, Vol. 12")
+    out = tmp_path / "out"
+    prepare_data.main([f"--source={root}", f"--out={out}", f"--model={tiny_model}", "--passage_tokens=400"])
+    records = [json.loads(line) for line in open(out / "corpus.jsonl")]
+    assert [r["title"] for r in records if r["_id"].endswith("#0")] == [f"A study of {a}" for a in animals]
+    assert not any("Journal" in r["text"] for r in records)
+    assert json.load(open(out / "prepare.json"))["details"]["running_lines"] == ["journal of night studies, vol. #", "page #"]
+
+
 def test_a_500_page_pdf_is_read_page_by_page(tmp_path):
     path = make_pdf(tmp_path / "big.pdf", [[f"Page body number {i} talks about topic {i}."] for i in range(500)],
                     title="Big", header="Big Report 2026")
@@ -223,7 +239,7 @@ def test_a_500_page_pdf_is_read_page_by_page(tmp_path):
 
 
 def test_a_file_that_vanishes_is_a_skip(tmp_path):
-    assert prepare_data.read_document(("x.pdf", str(tmp_path / "x.pdf"), None)) == {
+    assert prepare_data.read_document(("x.pdf", str(tmp_path / "x.pdf"), None, [])) == {
         "path": "x.pdf", "skip": "vanished while being read"}
 
 
@@ -318,30 +334,29 @@ def read_ids(out):
 
 def test_a_grown_folder_is_read_again_only_where_it_changed(tmp_path, tiny_model, monkeypatch, capsys):
     root = folder_with_questions(tmp_path)
+    (root / "old.md").write_text("# Old\n\nNotes nobody reads.")
     out = tmp_path / "out"
     args = [f"--source={root}", f"--out={out}", f"--model={tiny_model}", "--passage_tokens=96"]
     prepare_data.main(args)
     first, stamp = read_ids(out), os.path.getmtime(out / "prepare.json")
     parsed = []
     real_parse = documents.parse
-    monkeypatch.setattr(documents, "parse", lambda data, name: parsed.append(name) or real_parse(data, name))
+    monkeypatch.setattr(documents, "parse", lambda data, name, drop: parsed.append(name) or real_parse(data, name, drop))
     capsys.readouterr()
     prepare_data.main(args)  # nothing changed: nothing parsed, nothing written
     assert parsed == [] and "unchanged since the last run" in capsys.readouterr().out
     assert os.path.getmtime(out / "prepare.json") == stamp
     (root / "new.md").write_text("# New\n\nFresh notes about wasps.")
     (root / "guide.md").write_text("# Guide\n\n## Owls\n\nOwls changed their minds.")
-    os.remove(root / "bio" / "ants.pdf")
-    (root / "questions.jsonl").write_text("\n".join(line for line in (root / "questions.jsonl").read_text().splitlines()
-                                                    if "ants" not in line) + "\n")
+    os.remove(root / "old.md")
     prepare_data.main(args)
     printed = capsys.readouterr().out
     assert sorted(parsed) == ["guide.md", "new.md"]
-    assert "1 added, 1 changed, 1 removed, 4 unchanged" in printed
+    assert "1 added, 1 changed, 1 removed, 5 unchanged" in printed
     second = read_ids(out)
-    kept = {i: t for i, t in first.items() if not i.startswith(("guide.md", "bio/ants.pdf"))}
+    kept = {i: t for i, t in first.items() if not i.startswith(("guide.md", "old.md"))}
     assert all(second[i] == t for i, t in kept.items())  # unchanged files: the same ids, the same passages
-    assert "new.md#0" in second and not any(i.startswith("bio/ants.pdf") for i in second)
+    assert "new.md#0" in second and not any(i.startswith("old.md") for i in second)
 
 
 def test_a_large_folder_is_read_by_a_pool_the_same_as_in_process(tmp_path, tiny_model, monkeypatch):
