@@ -78,7 +78,8 @@ DEFAULTS = dict(
     # documents (a folder of PDF, HTML, Markdown, rST, DOCX, text): passages sized to this model's tokenizer
     model="all-MiniLM-L6-v2",
     passage_tokens=0,        # 0: the model's own passage length, title and heading included
-    passage_overlap=32,      # tokens of whole sentences repeated from one passage into the next
+    passage_overlap=0,       # tokens of whole sentences repeated from one passage into the next: none, as 32 or
+    #                          64 bought nothing beyond noise on SciFact's train split (bench/passage_overlap.sh)
     # label-free: training queries made from the documents (the source's own queries are not read)
     pseudo_queries=[],       # title | ict | crop | generate, e.g. --pseudo_queries=ict,crop; [] = the source's queries
     queries_per_doc=1,       # per method and document (title: one, the document has one title)
