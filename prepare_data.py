@@ -5,6 +5,7 @@
     python prepare_data.py --beir=scifact --out=data/scifact               # downloads once
     python prepare_data.py --source=pairs.jsonl --out=data/pairs           # {"question", "answer"}
     python prepare_data.py --source=src/ --format=python-source --out=data/src
+    python prepare_data.py --source=~/papers --out=data/papers             # a folder of documents
     # label-free: queries made from the corpus alone (any source; its own queries and qrels unread)
     python prepare_data.py --source=data/scifact --pseudo_queries=ict,crop --out=data/scifact-pseudo
     python prepare_data.py --source=corpus.jsonl --pseudo_queries=generate --generator=DOC2QUERY_T5_DIR
@@ -17,6 +18,12 @@ Sources (--format=auto picks one):
     python-source    docstring -> function pairs from a Python source tree (default: the stdlib),
                      split by module file so that no file lands in two splits.
     corpus           a corpus.jsonl alone ({"_id", "title", "text"} per line): only with pseudo_queries.
+    documents        a folder (no corpus.jsonl) of PDF, HTML, Markdown, rST, DOCX and text files, read into
+                     passages that fit --model's encoder (common/documents.py, common/folder.py); beside
+                     them, questions.jsonl ({"question", "files": [paths in the folder], "page", "split"};
+                     without files, a question without judgements) and questions.txt (one a line, unjudged).
+                     Qrels name the file (or "file#page=N"); a hit on any of its passages counts for it.
+                     A re-run parses only the files whose bytes changed, and rewrites nothing when none did.
 
 With --pseudo_queries (common/pseudo_queries.py) only the source's documents are read. Each
 document gives queries_per_doc (query, positive) pairs per method; the corpus written is those
@@ -24,14 +31,14 @@ positives, every positive made from one document counts as relevant to every que
 and val is carved by document. There is no test split: test the adapted model on a labelled one
 (`make adapt` evaluates on the source's test split, which it never trains or tunes on).
 
-Output: DIR/corpus.jsonl, DIR/queries.jsonl, DIR/qrels/{train,val,test}.tsv, DIR/prepare.json.
+Output: DIR/corpus.jsonl, DIR/queries.jsonl, DIR/qrels/{train,val,test}.tsv, DIR/prepare.json (and for a
+folder, DIR/documents.jsonl: each file's hash and passages; DIR/skipped.tsv: each file skipped, and why).
 The directory is swapped into place only when complete, so a failed run leaves the old one.
 Splits are seeded (--seed) and split by query, so the same seed gives the same files.
 """
 import ast
 import hashlib
 import json
-import multiprocessing
 import os
 import posixpath
 import random
@@ -48,9 +55,7 @@ import warnings
 import zipfile
 from collections import Counter
 
-from tqdm import tqdm
-
-from common import documents
+from common import folder
 from common.config import ConfigError, check_choice, load_config
 from common.data import (DataError, check_id, doc_text, document_units, field, page_unit, read_corpus, read_jsonl,
                          read_qrels, read_queries, splits, write_beir, write_jsonl)
@@ -350,144 +355,16 @@ def load_python_source(root, cfg):
 
 # ---------------------------------------------------------------------------- a folder of documents
 
-QUESTION_FILES = ("questions.jsonl", "questions.txt")
 SPLIT_NAMES = {"train": "train", "val": "val", "dev": "val", "test": "test"}
-PARALLEL_FROM = 64  # files: fewer are read in this process (a pool's start costs more than they do)
-RUNNING_FILES, RUNNING_SHARE = 5, 0.05  # folder_running_lines
-_splitter = None    # (its arguments, a documents.Splitter): a worker's made once, this process's when they change
-
-
-def folder_files(root):
-    """(sorted relative paths of the files under `root`, [(path, reason)] of what could not be walked).
-    Hidden files and folders are left out; a linked folder is followed once (a loop is a skip)."""
-    files, skips, seen = [], [], set()
-
-    def unwalkable(e):
-        skips.append((os.path.relpath(e.filename, root).replace(os.sep, "/"), f"cannot be listed ({e.strerror})"))
-
-    for directory, dirs, names in os.walk(root, followlinks=True, onerror=unwalkable):
-        rel_dir = os.path.relpath(directory, root).replace(os.sep, "/")
-        st = os.stat(directory)
-        if (st.st_dev, st.st_ino) in seen:
-            skips.append((rel_dir, "links to a folder already read (a symlink loop or a second name): read once"))
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in names:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if name.startswith(".") or (rel_dir == "." and name in QUESTION_FILES):
-                continue
-            if any(c in rel for c in "\t\r\n") or rel != rel.strip():
-                skips.append((rel.replace("\n", "\\n"), "its name has a tab, a line break or edge spaces, "
-                                                       "which passage ids cannot hold: rename it"))
-                continue
-            files.append(rel)
-    return sorted(files), skips
-
-
-def make_splitter(model, passage_tokens, overlap):
-    """A documents.Splitter sized to `model`'s tokenizer and passage length (or `passage_tokens`)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from common.models import load_pretrained, read_settings, resolve_model
-
-    path = resolve_model(model)
-    tokenizer = load_pretrained(model, AutoTokenizer, path)
-    tokenizer.model_max_length = 1 << 40  # counting a long text is not encoding it: no truncation warning
-    limit = passage_tokens or read_settings(path, load_pretrained(model, AutoConfig, path))["max_passage_length"]
-    return documents.Splitter(tokenizer, limit - tokenizer.num_special_tokens_to_add(), overlap)
-
-
-def use_splitter(*args):
-    global _splitter
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # a pool is the parallelism, and forks must not hold its threads
-    if _splitter is None or _splitter[0] != args:
-        _splitter = (args, make_splitter(*args))
-
-
-def read_document(task):
-    """{"path", "hash", and "unchanged", or "format", "title", "passages", "edges", "dropped"} of one file, or
-    {"path", "skip"}. task: (relative path, path, the hash it had when last read or None, running lines
-    the folder found)."""
-    rel, path, old_hash, running = task
-    try:
-        data = documents.read_bytes(path)
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        if digest == old_hash:
-            return {"path": rel, "hash": digest, "unchanged": True}
-        fmt, title, blocks, edges = documents.parse(data, rel, running)
-        return {"path": rel, "hash": digest, "format": fmt, "title": title, "passages": _splitter[1](title, blocks),
-                "edges": edges, "dropped": sorted(set(edges) & set(running))}
-    except documents.Skip as e:
-        return {"path": rel, "skip": str(e)}
-    except Exception as e:  # noqa: BLE001  a reader's failure on one file must not stop a folder of thousands
-        return {"path": rel, "skip": f"could not be read ({type(e).__name__}: {str(e)[:120]})"}
-
-
-def read_folder(tasks, cfg):
-    """read_document of each task, in order, on every core for a large folder, with a progress bar."""
-    workers = min(len(os.sched_getaffinity(0)), max(1, len(tasks) // PARALLEL_FROM))
-    args = (cfg.model, cfg.passage_tokens, cfg.passage_overlap)
-    bar = dict(total=len(tasks), unit="file", desc="reading", disable=len(tasks) < PARALLEL_FROM, mininterval=1)
-    if workers <= 1:
-        use_splitter(*args)
-        return [read_document(t) for t in tqdm(tasks, **bar)]
-    with multiprocessing.get_context("spawn").Pool(workers, use_splitter, args) as pool:
-        return list(tqdm(pool.imap(read_document, tasks, chunksize=8), **bar))
-
-
-def previous_read(out, settings):
-    """({path: its manifest line, with "records": its passage records}, the running lines the folder had) of
-    the dataset `out` already holds, when it was read from a folder with the same passage settings; else
-    ({}, [])."""
-    try:
-        with open(os.path.join(out, "prepare.json"), encoding="utf-8") as f:
-            details = json.load(f).get("details", {})
-        if details.get("passage_settings") != settings:
-            return {}, []
-        manifest = {r["path"]: r for _, r in read_jsonl(os.path.join(out, "documents.jsonl"))}
-        for _, r in read_jsonl(os.path.join(out, "corpus.jsonl")):
-            manifest[r["doc"]].setdefault("records", []).append(r)
-        return manifest, details.get("running_lines", [])
-    except (OSError, ValueError, KeyError, TypeError, UserError):
-        return {}, []
-
-
-def folder_running_lines(edges_by_file):
-    """The edge keys (documents.edge_key) of short PDFs that repeat across the folder: on RUNNING_SHARE of
-    them and at least RUNNING_FILES. A journal's running head on one-page abstracts repeats in no file,
-    only across them."""
-    seen = Counter(key for edges in edges_by_file for key in set(edges))
-    least = max(RUNNING_FILES, RUNNING_SHARE * len(edges_by_file))
-    return sorted(key for key, n in seen.items() if n >= least)
-
-
-def passage_record(doc, k, passage):
-    record = {"_id": f"{doc}#{k}", "title": passage["title"], "text": passage["text"], "doc": doc}
-    record.update({key: passage[key] for key in ("page", "section", "anchor") if passage.get(key)})
-    return record
 
 
 def load_documents(root, cfg, out):
-    """(corpus of passages, queries, qrels by split naming documents, details) of a folder of documents and
-    the questions beside them (read_questions)."""
-    settings = {"model": cfg.model, "passage_tokens": cfg.passage_tokens, "overlap": cfg.passage_overlap,
-                "reader": documents.VERSION}
-    old, running = previous_read(out, settings)
-    files, skips = folder_files(root)
-    results = read_folder([(rel, os.path.join(root, rel), old.get(rel, {}).get("hash"), running) for rel in files], cfg)
-    results = [{**old[r["path"]], **r} if r.get("unchanged") else r for r in results]
-    # A short PDF's running lines show only across the folder: once they are known, the files read without
-    # the ones that apply to them are read again with them.
-    read = [r for r in results if "skip" not in r]
-    running = folder_running_lines([r["edges"] for r in read if r.get("edges")])
-    again = {r["path"] for r in read if sorted(set(r.get("edges", ())) & set(running)) != r.get("dropped", [])}
-    if again:
-        redone = {r["path"]: r for r in read_folder([(p, os.path.join(root, p), None, running) for p in sorted(again)], cfg)}
-        results = [{**redone[r["path"]], "unchanged": False} if r["path"] in redone else r for r in results]
+    """(corpus of passages, queries, qrels by split naming documents, details, manifest, skips) of a folder of
+    documents (common/folder.py) and the questions beside them (read_questions)."""
+    got = folder.read(root, (cfg.model, cfg.passage_tokens, cfg.passage_overlap), out)
+    old, skips = got["old"], got["skips"]
     corpus, manifest, formats, changes = {}, [], Counter(), {"added": [], "changed": [], "unchanged": 0}
-    for r in results:
+    for r in got["results"]:
         if "skip" in r:
             skips.append((r["path"], r["skip"]))
             continue
@@ -495,7 +372,7 @@ def load_documents(root, cfg, out):
             records = r["records"]
             changes["unchanged"] += 1
         else:
-            records = [passage_record(r["path"], k, p) for k, p in enumerate(r["passages"])]
+            records = [folder.passage_record(r["path"], k, p) for k, p in enumerate(r["passages"])]
             changes["changed" if r["path"] in old else "added"].append(r["path"])
         corpus.update((rec["_id"], {k: v for k, v in rec.items() if k != "_id"}) for rec in records)
         formats[r["format"]] += 1
@@ -505,12 +382,12 @@ def load_documents(root, cfg, out):
     removed = sorted(p for p in old if p not in read_paths)
     report_skips(skips, out)
     if not corpus:
-        raise DataError(f"{root}: no readable document among {len(files):,} file(s)"
+        raise DataError(f"{root}: no readable document among {len(got['files']):,} file(s)"
                         f"{f' ({len(skips):,} skipped, listed above)' if skips else ''}; it reads PDF, HTML, "
                         "Markdown, reStructuredText, DOCX and text files (OCR is not done)")
-    print(f"documents: {len(manifest):,} of {len(files):,} files read "
+    print(f"documents: {len(manifest):,} of {len(got['files']):,} files read "
           f"({', '.join(f'{f} {n:,}' for f, n in formats.most_common())}), {len(skips):,} skipped; "
-          f"{len(corpus):,} passages of at most {settings_tokens(cfg)} tokens")
+          f"{len(corpus):,} passages of at most {cfg.passage_tokens or 'the encoder' + chr(39) + 's'} tokens")
     if old:
         print(f"  since the last read: {len(changes['added']):,} added, {len(changes['changed']):,} changed, "
               f"{len(removed):,} removed, {changes['unchanged']:,} unchanged (not parsed again)"
@@ -518,16 +395,12 @@ def load_documents(root, cfg, out):
                         for what, paths in (("added", changes["added"]), ("changed", changes["changed"]),
                                             ("removed", removed)) if paths))
     queries, qrels, asked = read_questions(root, corpus, {p for p, _ in skips}, cfg)
-    details = {"files": len(files), "read": len(manifest), "formats": dict(formats), "passages": len(corpus),
+    details = {"files": len(got["files"]), "read": len(manifest), "formats": dict(formats), "passages": len(corpus),
                "skipped": len(skips), "skip_reasons": dict(Counter(why for _, why in skips).most_common()),
                "added": len(changes["added"]), "changed": len(changes["changed"]), "removed": len(removed),
-               "unchanged": changes["unchanged"], "passage_settings": settings, "running_lines": running,
+               "unchanged": changes["unchanged"], "passage_settings": got["settings"], "running_lines": got["running"],
                "questions": asked}
     return corpus, queries, qrels, details, manifest, skips
-
-
-def settings_tokens(cfg):
-    return cfg.passage_tokens or "the encoder's"
 
 
 def report_skips(skips, out):

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import prepare_data  # noqa: E402
-from common import documents  # noqa: E402
+from common import documents, folder  # noqa: E402
 from common.data import DataError, load_beir  # noqa: E402
 from common.metrics import evaluate_run  # noqa: E402
 
@@ -239,12 +239,12 @@ def test_a_500_page_pdf_is_read_page_by_page(tmp_path):
 
 
 def test_a_file_that_vanishes_is_a_skip(tmp_path):
-    assert prepare_data.read_document(("x.pdf", str(tmp_path / "x.pdf"), None, [])) == {
+    assert folder.read_document(("x.pdf", str(tmp_path / "x.pdf"), None, [])) == {
         "path": "x.pdf", "skip": "vanished while being read"}
 
 
 def splitter(tiny_model, tokens=160, overlap=60):
-    return prepare_data.make_splitter(tiny_model, tokens, overlap)
+    return folder.make_splitter(tiny_model, tokens, overlap)
 
 
 def test_passages_fit_cut_at_words_and_keep_blocks_whole(tiny_model):
@@ -364,8 +364,8 @@ def test_a_large_folder_is_read_by_a_pool_the_same_as_in_process(tmp_path, tiny_
     root.mkdir()
     for i in range(80):
         (root / f"n{i:03d}.md").write_text(f"# Note {i}\n\nNote {i} says {LOREM}")
-    monkeypatch.setattr(prepare_data, "PARALLEL_FROM", 20)  # four files a worker: a pool of the cores
+    monkeypatch.setattr(folder, "PARALLEL_FROM", 20)  # four files a worker: a pool of the cores
     prepare_data.main([f"--source={root}", f"--out={tmp_path / 'pool'}", f"--model={tiny_model}"])
-    monkeypatch.setattr(prepare_data, "PARALLEL_FROM", 10_000)
+    monkeypatch.setattr(folder, "PARALLEL_FROM", 10_000)
     prepare_data.main([f"--source={root}", f"--out={tmp_path / 'serial'}", f"--model={tiny_model}"])
     assert (tmp_path / "pool" / "corpus.jsonl").read_bytes() == (tmp_path / "serial" / "corpus.jsonl").read_bytes()
