@@ -145,15 +145,16 @@ def html_bs4():
 
 
 def ours():
-    """common/documents.py as prepare_data.py runs it: the title and every block's text (running lines of one
-    file dropped; the folder's are not, as this reads files one by one)."""
+    """common/documents.py as prepare_data.py runs it: the title and the text its passages hold (a heading
+    that repeats the title is not repeated; running lines of one file dropped, the folder's are not, as this
+    reads files one by one)."""
     def make():
         sys.path.insert(0, os.path.dirname(HERE))
         from common import documents
 
         def read(path):
             _, title, blocks, _ = documents.parse(documents.read_bytes(path), path)
-            return "\n".join([title] + [b.text for b in blocks])
+            return "\n".join([title] + [b.text for b in blocks if not (b.kind == "heading" and b.text == title)])
         return read
     return make
 

@@ -90,7 +90,9 @@ def parse(data, name, drop=()):
         text = decode(data)
         title, blocks = {"markdown": read_markdown, "rst": read_rst, "text": read_text}[fmt](text, stem)
     blocks = [b for b in blocks if b.text.strip()]
-    if not any(b.kind != "heading" for b in blocks):
+    if blocks and not any(b.kind != "heading" for b in blocks):
+        raise Skip("headings only, no text under them")
+    if not blocks:
         raise Skip({"pdf": "no text layer (a scan or images only: OCR it first, this does not OCR)",
                     "html": "no text once scripts, styles and navigation are dropped"}.get(fmt, "no text"))
     return fmt, title, blocks, edges
@@ -256,6 +258,7 @@ INLINE = {"a", "span", "em", "strong", "b", "i", "u", "s", "code", "sub", "sup",
           "img", "q", "cite", "time", "kbd", "var", "label", "tt", "font", "del", "ins", "dfn", "samp", "wbr"}
 DROP = ("script", "style", "noscript", "template", "svg", "nav", "header", "footer", "aside", "form", "iframe",
         "button", "select", "object", "embed", "canvas", "dialog", "menu")
+NOT_CONTENT_ROLES = {"navigation", "banner", "contentinfo", "search"}
 BOILERPLATE = re.compile(r"(^|[-_\s])(nav|navbar|navigation|menu|sidebar|breadcrumbs?|footer|header|cookies?|"
                          r"cookie-banner|banner|skip-link|share|social|advert|ads)([-_\s]|$)", re.I)
 
@@ -269,16 +272,22 @@ def read_html(data, stem):
     except (etree.ParserError, ValueError) as e:
         raise Skip(f"not parseable as HTML ({e})") from None
     title = clean(root.findtext(".//title") or "")
-    for el in root.xpath("//*[@role='navigation' or @role='banner' or @role='contentinfo' or @role='search'"
-                         " or @aria-hidden='true' or @hidden] | " + " | ".join(f"//{t}" for t in DROP)):
+    # One walk, not XPath unions: libxml2 merges large node sets in quadratic time (a 3 MB page: 30 s).
+    doomed, mains, articles, stack = [], [], [], [root]
+    while stack:
+        el = stack.pop()
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if boilerplate(el, tag):
+            doomed.append(el)
+            continue
+        if tag == "main" or el.get("role") == "main":
+            mains.append(el)
+        elif tag == "article":
+            articles.append(el)
+        stack.extend(reversed(el))
+    for el in doomed:
         drop(el)
-    for el in root.xpath("//*[@class or @id]"):
-        if el.tag not in ("html", "body", "main", "article") and BOILERPLATE.search(
-                f"{el.get('class', '')} {el.get('id', '')}"):
-            drop(el)
-    for el in root.iter(etree.Comment, etree.ProcessingInstruction):
-        drop(el)
-    mains = root.xpath("//main | //*[@role='main']") or root.xpath("//article")
+    mains = mains or articles
     body = mains[0] if len(mains) == 1 else root.find("body") if root.find("body") is not None else root
     blocks = []
     html_blocks(body, blocks, [""])
@@ -287,6 +296,18 @@ def read_html(data, stem):
     if h1 and (not title or h1.lower() in title.lower()):
         title = h1
     return title or next((b.text for b in blocks if b.kind == "heading"), "") or stem, blocks
+
+
+def boilerplate(el, tag):
+    """Whether an element is not the page's content: scripts, styles, navigation, banners, comments."""
+    if not tag:  # a comment or a processing instruction
+        return el.getparent() is not None
+    if tag in DROP or el.get("role") in NOT_CONTENT_ROLES or el.get("aria-hidden") == "true" or el.get("hidden") is not None:
+        return True
+    if tag in ("html", "body", "main", "article") or tag in INLINE or tag in HEADINGS:
+        return False  # a class names a container's role; a link's ("header": mdBook's heading anchors) does not
+    names = f"{el.get('class', '')} {el.get('id', '')}"
+    return names != " " and bool(BOILERPLATE.search(names))
 
 
 def drop(el):
@@ -550,7 +571,27 @@ class Splitter:
             if b is not None:
                 key = here
                 section_blocks.append(b)
-        return passages
+        return self.merge_small(passages)
+
+    def merge_small(self, passages):
+        """Each passage under a quarter of the length joined by the next ones of its page while they fit, their
+        headings written in as lines: an API reference's one-line sections ("Source") are not passages alone."""
+        if len(passages) < 2:
+            return passages
+        headings = [p["section"].rsplit(" › ", 1)[-1] for p in passages]
+        sizes = self.count([f"{p['title']} {p['text']}" for p in passages])
+        adds = [h + t + 1 for h, t in zip(self.count(headings), self.count([p["text"] for p in passages]))]
+        out, used = [passages[0]], sizes[0]
+        for p, heading, size, add in zip(passages[1:], headings[1:], sizes[1:], adds[1:]):
+            last = out[-1]
+            if used < self.max_tokens // 4 and last["page"] == p["page"] and used + add <= self.max_tokens:
+                heading = heading if p["section"] != last["section"] else ""
+                out[-1] = {**last, "text": "\n".join(t for t in (last["text"], heading, p["text"]) if t)}
+                used += add
+            else:
+                out.append(p)
+                used = size
+        return out
 
     def section(self, title, key, blocks):
         section, page, anchor = key

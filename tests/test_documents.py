@@ -1,7 +1,6 @@
 """A folder of documents -> passages (common/documents.py, prepare_data.py --source=DIR): every format, the
 bad input a real folder holds, passages that fit, stable ids, incremental re-reads, and judgements that
 name files scored at the file (max over its passages). Every file is made here."""
-import io
 import json
 import os
 import sys
@@ -369,3 +368,15 @@ def test_a_large_folder_is_read_by_a_pool_the_same_as_in_process(tmp_path, tiny_
     monkeypatch.setattr(folder, "PARALLEL_FROM", 10_000)
     prepare_data.main([f"--source={root}", f"--out={tmp_path / 'serial'}", f"--model={tiny_model}"])
     assert (tmp_path / "pool" / "corpus.jsonl").read_bytes() == (tmp_path / "serial" / "corpus.jsonl").read_bytes()
+
+
+def test_one_line_sections_share_a_passage_with_their_headings(tiny_model):
+    split = splitter(tiny_model, tokens=200)
+    blocks = [b for i in range(8) for b in (documents.Block("heading", f"item {i}", level=2),
+                                            documents.Block("text", "Source."))]
+    passages = split("Api", blocks)
+    assert 1 < len(passages) < 8
+    assert passages[0]["section"] == "item 0" and passages[0]["text"].startswith("Source.\nitem 1\nSource.")
+    for p in passages:
+        assert split.count([f"{p['title']} {p['text']}"])[0] <= split.max_tokens
+    assert sum(p["text"].count("Source.") for p in passages) == 8  # nothing lost
