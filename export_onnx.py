@@ -128,8 +128,10 @@ def parity_inputs(cfg):
     queries = first_texts(queries_file, cfg.parity_texts, lambda o, n: field(o, "text", queries_file, n))
     passages = first_texts(corpus_file, cfg.parity_texts, lambda o, n: doc_text(
         {"title": field(o, "title", corpus_file, n, required=False), "text": field(o, "text", corpus_file, n)}))
-    if not queries or not passages:
-        raise UserError(f"{cfg.data}: no queries or no passages to check parity on; pass another --data")
+    if not passages:
+        raise UserError(f"{cfg.data}: no passages to check parity on; pass another --data")
+    if not queries:  # a folder of documents without questions: its passages, and queries of our own
+        queries = BUILTIN_QUERIES
     return queries, passages
 
 

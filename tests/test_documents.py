@@ -380,3 +380,17 @@ def test_one_line_sections_share_a_passage_with_their_headings(tiny_model):
     for p in passages:
         assert split.count([f"{p['title']} {p['text']}"])[0] <= split.max_tokens
     assert sum(p["text"].count("Source.") for p in passages) == 8  # nothing lost
+
+
+def test_a_folder_without_questions_exports_with_parity_on_its_passages(tmp_path, tiny_model):
+    import types
+
+    import export_onnx
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.md").write_text("# A\n\n" + LOREM)
+    out = tmp_path / "out"
+    prepare_data.main([f"--source={root}", f"--out={out}", f"--model={tiny_model}"])
+    assert not (out / "qrels").exists() or not os.listdir(out / "qrels")
+    queries, passages = export_onnx.parity_inputs(types.SimpleNamespace(data=str(out), parity_texts=8))
+    assert queries == export_onnx.BUILTIN_QUERIES and passages[0].startswith("A Retrieval models")
