@@ -7,6 +7,7 @@ documents.Splitter per process) and returns them with what changed since the dat
 The running heads of short PDFs show only across the folder (`running_lines`): once known, the files they
 apply to are read again without them.
 """
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -97,11 +98,17 @@ def read_all(tasks, args):
     """read_document of each task, in order, on every core for a large folder, with a progress bar."""
     workers = min(len(os.sched_getaffinity(0)), max(1, len(tasks) // PARALLEL_FROM))
     bar = dict(total=len(tasks), unit="file", desc="reading", disable=len(tasks) < PARALLEL_FROM, mininterval=1)
-    if workers <= 1:
-        use_splitter(*args)
-        return [read_document(t) for t in tqdm(tasks, **bar)]
-    with multiprocessing.get_context("spawn").Pool(workers, use_splitter, args) as pool:
-        return list(tqdm(pool.imap(read_document, tasks, chunksize=8), **bar))
+    # The results are millions of small objects and none makes a cycle: the collector's full passes over all
+    # of them, more of them the more there are, made a folder of 117k files 1.2x slower than its two halves.
+    gc.disable()
+    try:
+        if workers <= 1:
+            use_splitter(*args)
+            return [read_document(t) for t in tqdm(tasks, **bar)]
+        with multiprocessing.get_context("spawn").Pool(workers, use_splitter, args) as pool:
+            return list(tqdm(pool.imap(read_document, tasks, chunksize=8), **bar))
+    finally:
+        gc.enable()
 
 
 def previous_read(out, settings):
