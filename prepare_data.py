@@ -418,7 +418,7 @@ def report_skips(skips, out):
         print(f"  every skip, with its reason: {out}/skipped.tsv")
 
 
-def unit_of(name, corpus_units, path, lineno):
+def unit_of(name, path, lineno):
     """The document or page a judgement names ("dir/file.pdf", "file.pdf#page=3")."""
     doc, _, page = name.replace("\\", "/").partition("#page=")
     doc = posixpath.normpath(doc.strip()).removeprefix("./")
@@ -454,7 +454,7 @@ def read_questions(root, corpus, skipped_files, cfg):
                 raise DataError(f"{path}:{lineno}: split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
             judged = {}
             for name in named:
-                unit = unit_of(name + (f"#page={page}" if page else ""), units, path, lineno)
+                unit = unit_of(name + (f"#page={page}" if page else ""), path, lineno)
                 doc = unit.split("#page=")[0]
                 if unit in units:
                     judged[unit] = 1
@@ -752,8 +752,11 @@ def main(argv=None):
             fix = f"qrels/{split}.tsv needs rows" if fmt == "beir" else f"add data or set --{split}_fraction=0"
             raise DataError(f"{source}: split '{split}' would be empty; {fix}")
     counts = {split: split_counts(rows) for split, rows in qrels.items()}
-    digest = hashlib.blake2b(json.dumps([corpus, queries, qrels, counts], sort_keys=True).encode(), digest_size=16)
-    if fmt == "documents" and previous_digest(out) == digest.hexdigest():
+    # A folder is prepared on every `make`: what it would write is hashed, and nothing is written when that is
+    # what the dataset holds (other sources are prepared only when make sees them change).
+    digest = hashlib.blake2b(json.dumps([corpus, queries, qrels, counts], sort_keys=True).encode(),
+                             digest_size=16).hexdigest() if fmt == "documents" else None
+    if digest and previous_digest(out) == digest:
         # Nothing the later stages read has changed: the files they depend on keep their dates.
         print(f"{out}: unchanged since the last run ({len(corpus):,} passages, {time.time() - started:.1f} s); kept as is")
         return 0
@@ -767,7 +770,7 @@ def main(argv=None):
             "source": source, "format": fmt, "seed": cfg.seed,
             "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
             "corpus": len(corpus), "splits": counts, "details": details, "config": vars(cfg),
-            "digest": digest.hexdigest(),
+            **({"digest": digest} if digest else {}),
             "command": ["prepare_data.py", *(sys.argv[1:] if argv is None else argv)], "git": git_commit()})
 
     write_beir(out, corpus, queries, qrels, more)

@@ -244,12 +244,13 @@ class Judged(dict):
 
     def __init__(self, row, units, corpus):
         super().__init__()
+        named = {u for u in row if u in units and u not in corpus}  # documents and pages; the rest are passages
         self.corpus, self.units = corpus, {}
-        self.paged = {u.rsplit("#page=", 1)[0] for u in row if u in units and "#page=" in u and u not in corpus}
+        self.paged = {u.rsplit("#page=", 1)[0] for u in named if "#page=" in u}
         for unit, grade in row.items():
-            for pid in units[unit] if unit in units and unit not in corpus else [unit]:
+            for pid in units[unit] if unit in named else [unit]:
                 self[pid] = max(grade, self.get(pid, grade))
-            key = unit if unit in units and unit not in corpus else self.unit(unit)
+            key = unit if unit in named else self.unit(unit)
             self.units[key] = max(grade, self.units.get(key, grade))
 
     def unit(self, pid):

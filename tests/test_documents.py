@@ -201,12 +201,17 @@ def test_bad_files_are_counted_skips_and_nothing_else_is_lost(tmp_path, tiny_mod
     assert details["skipped"] == len(reasons) + 2 and details["read"] == 2
 
 
-def test_a_folder_with_nothing_readable_is_one_error_and_the_old_dataset_stays(tmp_path, tiny_model):
-    root = tmp_path / "docs"
+def one_note(tmp_path, tiny_model):
+    """(folder, its prepared dataset) of one Markdown note."""
+    root, out = tmp_path / "docs", tmp_path / "out"
     root.mkdir()
     (root / "a.md").write_text("# A\n\n" + LOREM)
-    out = tmp_path / "out"
     prepare_data.main([f"--source={root}", f"--out={out}", f"--model={tiny_model}"])
+    return root, out
+
+
+def test_a_folder_with_nothing_readable_is_one_error_and_the_old_dataset_stays(tmp_path, tiny_model):
+    root, out = one_note(tmp_path, tiny_model)
     before = (out / "corpus.jsonl").read_bytes()
     (root / "a.md").write_bytes(b"")
     make_pdf(root / "scan.pdf", [[]], text=False)
@@ -386,11 +391,7 @@ def test_a_folder_without_questions_exports_with_parity_on_its_passages(tmp_path
     import types
 
     import export_onnx
-    root = tmp_path / "docs"
-    root.mkdir()
-    (root / "a.md").write_text("# A\n\n" + LOREM)
-    out = tmp_path / "out"
-    prepare_data.main([f"--source={root}", f"--out={out}", f"--model={tiny_model}"])
+    _, out = one_note(tmp_path, tiny_model)
     assert not (out / "qrels").exists() or not os.listdir(out / "qrels")
     queries, passages = export_onnx.parity_inputs(types.SimpleNamespace(data=str(out), parity_texts=8))
     assert queries == export_onnx.BUILTIN_QUERIES and passages[0].startswith("A Retrieval models")
