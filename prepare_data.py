@@ -60,7 +60,7 @@ from common.config import ConfigError, check_choice, load_config
 from common.data import (DataError, check_id, doc_text, document_units, field, page_unit, read_corpus, read_jsonl,
                          read_qrels, read_queries, splits, write_beir, write_jsonl)
 from common.files import write_json
-from common.pseudo_queries import METHODS, QueryGenerator, crop, ict, title_query
+from common.pseudo_queries import METHODS, crop, ict, title_query
 from common.run import UserError, cli, git_commit, warn
 
 DEFAULTS = dict(
@@ -92,8 +92,19 @@ DEFAULTS = dict(
     ict_remove_prob=0.9,     # ict: how often the query sentence is cut out of its passage
     crop_min_ratio=0.1,      # crop: each of the two spans is crop_min_ratio..crop_max_ratio of the words
     crop_max_ratio=0.5,
-    generator="",            # generate: a seq2seq doc2query model (a directory or hub name)
-    generator_batch_size=32,
+    # generate: questions a language model writes for each passage become the train split (the source's corpus,
+    # its judged questions as val and its test split kept; common/generator.py)
+    generator="",            # gemma3-270m | smollm2 (offline packages), a .gguf file, a model directory or hub name:
+    #                          a causal LM (few-shot prompt) or a seq2seq doc2query model (the passage alone)
+    prompt="",               # "" = configs/prompts/question.txt; a file with {examples} and {passage}
+    prompt_examples=3,       # few-shot examples from the data's own judged questions when it has them
+    generator_batch_size=16,
+    generator_passage_tokens=256,  # the passage as the generator reads it
+    generator_new_tokens=32,  # a question's length at most
+    generate_below=50,       # with a generator named, a source with fewer judged questions outside test gets generated
+    #                          ones to train on (its judged ones are val); 0 = only with --pseudo_queries=generate
+    roundtrip_k=10,          # keep a question only when the zero-shot hybrid finds its passage in its top k; 0 = all
+    val_queries=-1,          # the source's judged questions (not test) as val: -1 all, 0 none (label-free), N a sample
     device="auto",           # where the generator runs
 )
 
@@ -545,15 +556,6 @@ def pseudo_dataset(corpus, cfg):
                 if pair:
                     pairs[d].append((pair[0], title_of(d), pair[1]))
                     made[method] += 1
-    if "generate" in cfg.pseudo_queries:
-        from common.models import pick_device
-
-        generator = QueryGenerator(cfg.generator, pick_device(cfg.device))
-        texts = [doc_text(corpus[d]) for d in doc_ids]
-        for d, queries in zip(doc_ids, generator.generate(texts, cfg.queries_per_doc, cfg.seed,
-                                                            cfg.generator_batch_size)):
-            pairs[d] += [(q, title_of(d), corpus[d]["text"]) for q in queries]
-            made["generate"] += len(queries)
     used = [d for d in doc_ids if pairs[d]]
     if not used:
         raise DataError(f"{cfg.source}: no document gave a pseudo-query ({', '.join(cfg.pseudo_queries)}): title "
@@ -578,6 +580,174 @@ def pseudo_dataset(corpus, cfg):
     details = {"label_free": True, "source_docs": len(corpus), "docs_used": len(used), "queries_made": made,
                "docs_without_a_query": len(doc_ids) - len(used)}
     return out_corpus, queries, {s: rows for s, rows in qrels.items() if rows}, details
+
+
+# ---------------------------------------------------------------------------- generated questions
+
+def generation_file(cfg, prompt, name):
+    """Where the questions for this source, generator, prompt and settings are appended as they are written
+    (data/.cache/generated/): a killed run goes on from there, and another run of the same settings reuses them."""
+    key = json.dumps([cfg.generator, prompt.head if prompt else "", prompt.shot if prompt else "",
+                      prompt.examples if prompt else [], cfg.queries_per_doc, cfg.seed, cfg.generator_passage_tokens,
+                      cfg.generator_new_tokens])
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    return os.path.join(cfg.cache_dir, "generated", f"{name}-{digest}.jsonl")
+
+
+def text_hash(text):
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def read_generated(path):
+    """{doc id: (passage hash, [question])} written so far; a last line cut short by a kill is left out."""
+    done = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    done[row["_id"]] = (row["hash"], row["questions"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return done
+
+
+def prompt_examples(corpus, queries, qrels, unjudged, cfg):
+    """[(passage, question)] for the prompt from the data's own questions: judged ones with a passage they
+    name, then unjudged ones with the passage BM25 finds for them; a seeded sample of prompt_examples."""
+    from common.retrievers import BM25
+
+    judged = [(qid, next(d for d, g in sorted(row.items(), key=lambda x: -x[1]) if g > 0))
+              for rows in qrels.values() for qid, row in rows.items() if any(g > 0 for g in row.values())]
+    rng = random.Random(cfg.seed)
+    picked = [(doc_text(corpus[d]), queries[q]) for q, d in rng.sample(sorted(judged), min(len(judged), cfg.prompt_examples))
+              if d in corpus]
+    if len(picked) < cfg.prompt_examples and unjudged:
+        doc_ids = list(corpus)
+        bm25 = BM25(doc_ids, [doc_text(corpus[d]) for d in doc_ids])
+        asked = rng.sample(sorted(unjudged), min(len(unjudged), cfg.prompt_examples - len(picked)))
+        picked += [(doc_text(corpus[hits[0][0]]), q) for q, hits in zip(asked, bm25.search_many(asked, 1)) if hits]
+    return picked
+
+
+def generate_questions(corpus, cfg, generator_file, prompt):
+    """{doc id: [question as written]} for every passage of corpus: those in generator_file already, the rest
+    written by the generator in batches (longest first, so the first batch's time bounds the plan) and appended
+    there batch by batch."""
+    from tqdm import tqdm
+
+    from common.generator import QuestionGenerator
+    from common.models import autocast_dtype, pick_device
+
+    done = read_generated(generator_file)
+    texts = {d: doc_text(corpus[d]) for d in corpus}
+    todo = sorted((d for d in corpus if done.get(d, (None,))[0] != text_hash(texts[d])),
+                  key=lambda d: (-len(texts[d]), d))
+    print(f"generate: {len(corpus):,} passages, {len(corpus) - len(todo):,} with questions already "
+          f"({generator_file}), {len(todo):,} to write with {cfg.generator}")
+    if todo:
+        device = pick_device(cfg.device)
+        started = time.time()
+        generator = QuestionGenerator(cfg.generator, device, prompt, os.path.join(cfg.cache_dir, "generators"),
+                                      cfg.generator_passage_tokens, cfg.generator_new_tokens,
+                                      autocast_dtype("auto", device))
+        print(f"generate: {generator.kind} model loaded in {time.time() - started:.0f} s on {device.type}")
+        os.makedirs(os.path.dirname(generator_file), exist_ok=True)
+        size = cfg.generator_batch_size
+        cut_short = False
+        if os.path.isfile(generator_file) and os.path.getsize(generator_file):
+            with open(generator_file, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut_short = f.read(1) != b"\n"
+        with open(generator_file, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="passage",
+                                                                      desc="generate", mininterval=5) as bar:
+            if cut_short:  # a kill mid-line: that line is left out (read_generated), the next starts on its own
+                f.write("\n")
+            for start in range(0, len(todo), size):
+                t0, batch = time.time(), todo[start:start + size]
+                seed = cfg.seed + int(hashlib.blake2b(batch[0].encode(), digest_size=4).hexdigest(), 16)
+                written = generator.generate([texts[d] for d in batch], cfg.queries_per_doc, seed)
+                f.writelines(json.dumps({"_id": d, "hash": text_hash(texts[d]), "questions": qs}) + "\n"
+                             for d, qs in zip(batch, written))
+                f.flush()
+                done.update((d, (text_hash(texts[d]), qs)) for d, qs in zip(batch, written))
+                bar.update(len(batch))
+                if start == 0 and len(todo) > size:  # the longest passages: what is left takes at most this long
+                    rate = len(batch) / (time.time() - t0)
+                    tqdm.write(f"generate: {rate:.2f} passages/s on the longest; at most ~{len(todo) / rate / 60:.0f} min "
+                               f"for all {len(todo):,} (a killed run goes on from {generator_file})")
+    return {d: done[d][1] for d in corpus}
+
+
+def round_trip(corpus, questions, cfg):
+    """({doc id: [question]} kept, {rank bucket: count}): a question is kept when the zero-shot hybrid (cfg.model's
+    dense search mixed with BM25 at the weight served without val) ranks its passage in its top roundtrip_k."""
+    from common import decision, fusion
+    from common.metrics import ranked
+    from common.retrievers import first_stage_run
+
+    flat = {f"r{i}": (d, q) for i, (d, q) in enumerate((d, q) for d, qs in questions.items() for q in qs)}
+    asked = {qid: q for qid, (_, q) in flat.items()}
+    depth = max(cfg.roundtrip_k, 10)
+    run = fusion.hybrid(first_stage_run(cfg.model, "", corpus, asked, fusion.HYBRID_DEPTH, cfg.device),
+                        first_stage_run("bm25", "", corpus, asked, fusion.HYBRID_DEPTH), decision.NO_VAL, depth)
+    kept, ranks = {}, Counter()
+    for qid, (d, q) in flat.items():
+        order = ranked(run.get(qid, {}))
+        rank = order.index(d) + 1 if d in order else None
+        ranks["top 1" if rank == 1 else f"top {cfg.roundtrip_k}" if rank and rank <= cfg.roundtrip_k
+              else f"below {cfg.roundtrip_k}"] += 1
+        if rank and rank <= cfg.roundtrip_k:
+            kept.setdefault(d, []).append(q)
+    return kept, dict(ranks)
+
+
+def with_generated(corpus, queries, qrels, unjudged, cfg, name):
+    """(queries, qrels, details) of the dataset with generated questions as its train split: the source's judged
+    questions other than test become val (all, none or a seeded sample: val_queries), test stays test."""
+    from common.generator import DEFAULT_PROMPT, Filter, Prompt
+
+    real = {q: row for split, rows in qrels.items() if split != "test" for q, row in rows.items()}
+    if cfg.val_queries >= 0 and len(real) > cfg.val_queries:
+        real = {q: real[q] for q in sorted(random.Random(cfg.seed).sample(sorted(real), cfg.val_queries))}
+    kept_qrels = {"val": real, "test": qrels.get("test", {})}
+    used = {q for rows in kept_qrels.values() for q in rows}
+    seeing = {"val": real} if cfg.val_queries != 0 else {}  # label-free: not even the prompt sees them
+    examples = prompt_examples(corpus, queries, seeing, unjudged if cfg.val_queries != 0 else [], cfg)
+    prompt = Prompt.read(cfg.prompt or DEFAULT_PROMPT, examples or None)
+    t0 = time.time()
+    written = generate_questions(corpus, cfg, generation_file(cfg, prompt, name), prompt)
+    seconds = time.time() - t0
+    filtered = Filter(examples=[q for _, q in prompt.examples])
+    kept = filtered(written, {d: doc_text(corpus[d]) for d in corpus})
+    total = sum(len(qs) for qs in written.values())
+    if not kept:
+        raise DataError(f"{cfg.generator}: no usable question among the {total:,} written for {len(corpus):,} passages "
+                        f"({', '.join(f'{n:,} {why}' for why, n in filtered.dropped.items() if n)}); try another "
+                        f"generator or prompt ({cfg.prompt or DEFAULT_PROMPT})")
+    ranks = {}
+    if cfg.roundtrip_k:
+        kept, ranks = round_trip(corpus, kept, cfg)
+    n_kept = sum(len(qs) for qs in kept.values())
+    print(f"generate: {total:,} questions written, {n_kept:,} kept; dropped "
+          + ", ".join(f"{n:,} {why}" for why, n in filtered.dropped.items() if n)
+          + (f"; round trip (zero-shot hybrid): {', '.join(f'{n:,} {b}' for b, n in ranks.items())}"
+             f"{f', kept those in the top {cfg.roundtrip_k}' if cfg.roundtrip_k else ''}" if ranks else ""))
+    if not kept:
+        raise DataError(f"{cfg.generator}: no generated question finds its passage in the zero-shot hybrid's top "
+                        f"{cfg.roundtrip_k}; --roundtrip_k=0 keeps them all")
+    out_queries = {q: queries[q] for q in used}
+    train = {}
+    for d in sorted(kept):
+        for q in kept[d]:
+            qid = f"gen{len(train)}"
+            out_queries[qid] = q
+            train[qid] = {d: 1}
+    details = {"generated": {"generator": cfg.generator, "prompt": cfg.prompt or DEFAULT_PROMPT,
+                             "examples": "the data's own questions" if examples else "built-in",
+                             "passages": len(corpus), "written": total, "kept": n_kept, "dropped": filtered.dropped,
+                             "round_trip": ranks, "seconds": round(seconds, 1), "real_val_queries": len(real)}}
+    return out_queries, {s: rows for s, rows in {"train": train, **kept_qrels}.items() if rows}, details
 
 
 # ---------------------------------------------------------------------------- --beir download
@@ -645,11 +815,21 @@ def check_config(cfg):
     if cfg.beir and cfg.source != DEFAULTS["source"]:
         raise ConfigError("give either --source or --beir, not both")
     check_choice(cfg, "pseudo_queries", METHODS)
-    if cfg.format == "corpus" and not cfg.pseudo_queries:
-        raise ConfigError("format=corpus has documents but no queries: add --pseudo_queries=ict,crop (or generate)")
-    if ("generate" in cfg.pseudo_queries) != bool(cfg.generator):
-        raise ConfigError("pseudo_queries=generate and generator=MODEL go together: name a seq2seq (doc2query) model, "
-                          "or drop generate")
+    if cfg.format == "corpus" and not cfg.pseudo_queries and not cfg.generator:
+        raise ConfigError("format=corpus has documents but no queries: add --pseudo_queries=ict,crop or --generator=NAME")
+    if "generate" in cfg.pseudo_queries and not cfg.generator:
+        raise ConfigError("pseudo_queries=generate needs generator=MODEL: name one (gemma3-270m, smollm2, a .gguf file, a "
+                          "causal or seq2seq model directory or hub name), or drop generate")
+    if "generate" in cfg.pseudo_queries and len(cfg.pseudo_queries) > 1:
+        raise ConfigError("pseudo_queries=generate goes alone: it keeps the source's corpus and judged questions, "
+                          "which title, ict and crop replace")
+    for key in ("generator_batch_size", "generator_passage_tokens", "generator_new_tokens"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: must be at least 1")
+    if cfg.roundtrip_k < 0 or cfg.val_queries < -1 or cfg.prompt_examples < 0 or cfg.generate_below < 0:
+        raise ConfigError("roundtrip_k (0 = keep all), prompt_examples and val_queries (-1 = all) cannot be negative")
+    if cfg.prompt and not os.path.isfile(cfg.prompt):
+        raise ConfigError(f"prompt={cfg.prompt}: no such file; configs/prompts/question.txt shows the shape")
     if cfg.queries_per_doc < 1:
         raise ConfigError(f"queries_per_doc={cfg.queries_per_doc}: must be at least 1")
     if not 0 <= cfg.ict_remove_prob <= 1:
@@ -735,10 +915,14 @@ def main(argv=None):
         source, fmt, name = resolve_source(cfg)
         out = cfg.out or os.path.join("data", name)
         check_out(out, source)
-    if cfg.pseudo_queries:
+    generate = cfg.pseudo_queries == ["generate"]
+    if cfg.pseudo_queries and not generate:
         corpus, queries, qrels, details = pseudo_dataset(source_corpus(source, fmt, cfg), cfg)
+    elif fmt == "corpus" and not cfg.generator:
+        raise DataError(f"{source}: a corpus without queries; add --pseudo_queries=ict,crop or --generator=gemma3-270m "
+                        "to make some")
     elif fmt == "corpus":
-        raise DataError(f"{source}: a corpus without queries; add --pseudo_queries=ict,crop to make some")
+        corpus, queries, qrels, details = read_corpus(source), {}, {}, {}
     elif fmt == "beir":
         corpus, queries, qrels, details = load_beir_dir(source, cfg)
     elif fmt == "python-source":
@@ -747,19 +931,34 @@ def main(argv=None):
         corpus, queries, qrels, details, manifest, skips = load_documents(source, cfg, out)
     else:
         corpus, queries, qrels, details = load_pairs(source, cfg, fmt)
-    for split, rows in qrels.items():
-        if not rows:
-            fix = f"qrels/{split}.tsv needs rows" if fmt == "beir" else f"add data or set --{split}_fraction=0"
-            raise DataError(f"{source}: split '{split}' would be empty; {fix}")
-    counts = {split: split_counts(rows) for split, rows in qrels.items()}
-    # A folder is prepared on every `make`: what it would write is hashed, and nothing is written when that is
-    # what the dataset holds (other sources are prepared only when make sees them change).
-    digest = hashlib.blake2b(json.dumps([corpus, queries, qrels, counts], sort_keys=True).encode(),
+    real = sum(len(rows) for split, rows in qrels.items() if split != "test")
+    if not generate and cfg.generator and real < cfg.generate_below and not cfg.pseudo_queries:
+        print(f"generate: {source} has {real:,} judged question(s) outside test, fewer than generate_below="
+              f"{cfg.generate_below}: {cfg.generator} writes questions for its passages to train on and remember; the "
+              "judged ones are val")
+        generate = True
+    # A folder is prepared on every `make`: what it would write is hashed (with what generation would do to it), and
+    # nothing is written when that is what the dataset holds (other sources are prepared only when make sees them change).
+    generation = ({k: v for k, v in vars(cfg).items() if k.startswith(("generat", "prompt", "roundtrip", "val_queries",
+                                                                       "queries_per_doc", "model", "seed"))}
+                  if generate else None)
+    digest = hashlib.blake2b(json.dumps([corpus, queries, qrels, generation], sort_keys=True).encode(),
                              digest_size=16).hexdigest() if fmt == "documents" else None
     if digest and previous_digest(out) == digest:
         # Nothing the later stages read has changed: the files they depend on keep their dates.
         print(f"{out}: unchanged since the last run ({len(corpus):,} passages, {time.time() - started:.1f} s); kept as is")
         return 0
+    if generate:
+        judged = {q for rows in qrels.values() for q in rows}
+        unjudged = [text for q, text in queries.items() if q not in judged]
+        queries, qrels, more_details = with_generated(corpus, queries, qrels, unjudged, cfg,
+                                                      os.path.splitext(os.path.basename(os.path.normpath(source)))[0])
+        details = {**details, **more_details}
+    for split, rows in qrels.items():
+        if not rows:
+            fix = f"qrels/{split}.tsv needs rows" if fmt == "beir" else f"add data or set --{split}_fraction=0"
+            raise DataError(f"{source}: split '{split}' would be empty; {fix}")
+    counts = {split: split_counts(rows) for split, rows in qrels.items()}
 
     def more(tmp):
         if fmt == "documents":

@@ -303,6 +303,16 @@ def sample_queries(queries, qrels, n, seed=0):
     return {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
 
 
+def generated(data_dir):
+    """What prepare_data.py says of a dataset whose train split a language model wrote
+    (--pseudo_queries=generate: its generator, counts and settings), or None for judged train queries."""
+    try:
+        with open(os.path.join(data_dir, "prepare.json"), encoding="utf-8") as f:
+            return json.load(f).get("details", {}).get("generated")
+    except (OSError, ValueError):
+        return None
+
+
 def load_val(data_dir, without):
     """(queries, qrels) of the val split, or ({}, {}) when there is none or it is empty, with one
     warning saying so and what the caller does `without` it."""

@@ -43,6 +43,12 @@ SMALL_VAL = 50
 # What a hybrid serves when there is no val to choose on: the weight val chose most often across the
 # datasets measured (bench/results/hybrid-cpu.md).
 NO_VAL = {"method": "convex", "weight": 0.3, "depth": fusion.HYBRID_DEPTH, "default": True}
+# What is served from generated questions (a train split prepare_data.py --pseudo_queries=generate wrote) when
+# no real judged question is val to choose on: the encoder (the zero-shot one, or the one fine-tuned on them)
+# and the memory's strengths, the setting measured across datasets in bench/results/generated-cpu.md.
+NO_VAL_GENERATED = {"encoder": "zero-shot", "memory": {"dense": 0.0, "bm25": 1}}
+NO_VAL_WHY = ("the generated questions' setting measured across datasets (bench/results/generated-cpu.md); "
+              "judge some questions (questions.jsonl) and val chooses")
 # Memory strengths: the dense step toward the remembered queries and the BM25 repeats val chooses among.
 STRENGTHS = (0.0, 0.5, 1.0, 2.0, 4.0)
 REPEATS = (0, 1, 2, 3, 5)

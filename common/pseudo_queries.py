@@ -1,6 +1,7 @@
 """Training queries made from documents alone, for a corpus that comes without questions.
 
-Four ways to turn one passage into (query, positive) pairs; prepare_data.py --pseudo_queries uses them:
+Three ways to turn one passage into (query, positive) pairs; prepare_data.py --pseudo_queries uses them
+(its fourth, generate, is a language model's: common/generator.py):
 - title: the document's own title is the query and its text, without the title, the positive (the
   title-body pairs of Contriever's and E5's pre-training; a paper title reads more like a claim or a
   question than any sentence cut from the abstract does).
@@ -9,7 +10,6 @@ Four ways to turn one passage into (query, positive) pairs; prepare_data.py --ps
   alone; the rest of the time it stays, so the model still learns that overlap is evidence.
 - crop: independent cropping (Izacard et al. 2022, Contriever). Two random spans of the passage, each
   `min_ratio`..`max_ratio` of its words: one is the query, the other the positive.
-- QueryGenerator: doc2query with a seq2seq model (GPL, Wang et al. 2022). The positive is the passage.
 
 The spans keep the passage's own characters (newlines and indentation in code), so a positive looks
 like the documents the model will index.
@@ -64,35 +64,3 @@ def crop(text, rng, min_ratio=0.1, max_ratio=0.5, min_words=8):
         return text[words[first][0]:words[first + length - 1][1]]
 
     return " ".join(span().split()), span()
-
-
-class QueryGenerator:
-    """doc2query with a Hugging Face seq2seq model (T5 and the like): sampled queries per passage."""
-
-    def __init__(self, name, device, max_input_length=256, max_query_length=64, top_p=0.95):
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        from common.models import load_pretrained, resolve_model
-
-        path = resolve_model(name)
-        self.model = load_pretrained(name, AutoModelForSeq2SeqLM, path).to(device).eval()
-        self.tokenizer = load_pretrained(name, AutoTokenizer, path)
-        self.device, self.max_input_length = device, max_input_length
-        self.max_query_length, self.top_p = max_query_length, top_p
-
-    def generate(self, texts, per_text, seed, batch_size=32):
-        """[[query, ...] per text]: per_text sampled queries each, empty ones dropped; seeded."""
-        import torch  # here, so that prepare_data.py without a generator does not load torch
-
-        torch.manual_seed(seed)
-        out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                   max_length=self.max_input_length, return_tensors="pt").to(self.device)
-            with torch.inference_mode():  # no token_type_ids: seq2seq models refuse the ones BERT tokenizers add
-                ids = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                          do_sample=True, top_p=self.top_p, max_new_tokens=self.max_query_length,
-                                          num_return_sequences=per_text)
-            decoded = [" ".join(q.split()) for q in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-            out += [[q for q in decoded[i:i + per_text] if q] for i in range(0, len(decoded), per_text)]
-        return out

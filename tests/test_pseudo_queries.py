@@ -128,20 +128,3 @@ def test_bad_pseudo_settings_stop_before_any_work(tmp_path, bad, message):
     with pytest.raises(ConfigError, match=message):
         prepare_data.main([f"--source={write_source(tmp_path)}", f"--out={tmp_path / 'x'}", *bad])
     assert not (tmp_path / "x").exists()
-
-
-def test_a_seq2seq_generator_writes_sampled_queries_for_each_doc(tmp_path):
-    t5 = build_tiny_t5(tmp_path / "t5")
-    source = write_source(tmp_path)
-    args = [f"--source={source}", "--pseudo_queries=generate", f"--generator={t5}", "--queries_per_doc=2",
-            "--device=cpu"]
-    prepare_data.main([*args, f"--out={tmp_path / 'g1'}"])
-    prepare_data.main([*args, f"--out={tmp_path / 'g2'}"])
-    text = (tmp_path / "g1" / "queries.jsonl").read_text()
-    assert text == (tmp_path / "g2" / "queries.jsonl").read_text()  # sampling is seeded
-    corpus = read_corpus(str(tmp_path / "g1" / "corpus.jsonl"))
-    # The generator keeps every document whole: the positives are the source's passages.
-    source_texts = {d["text"] for d in read_corpus(os.path.join(source, "corpus.jsonl")).values()}
-    assert {d["text"] for d in corpus.values()} <= source_texts
-    made = json.load(open(tmp_path / "g1" / "prepare.json"))["details"]["queries_made"]["generate"]
-    assert 0 < made <= 31 * 2 and len(read_queries(str(tmp_path / "g1" / "queries.jsonl"))) == made
