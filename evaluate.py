@@ -47,7 +47,7 @@ from common import backends, decision, fusion, memory, report, retrievers
 from common.backends import encoder_name
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import (CorpusTexts, doc_snippets, doc_text, load_beir, load_train, load_val, read_qrels,
+from common.data import (CorpusTexts, doc_snippets, doc_text, generated, load_beir, load_train, load_val, read_qrels,
                          read_queries, splits)
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run, read_trec
@@ -324,6 +324,7 @@ def compare(cfg):
     text += f"\nOn {'test' if val else 'these runs'}: {tests}" if tests else ""
     memory_line = served_choices(cfg.compare_val + cfg.compare, cfg.served) if cfg.served else ""
     text += f"\n{memory_line}\n" if memory_line else ""
+    text += generated_paragraph(cfg.data)
     print(text, end="")
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:
@@ -347,6 +348,15 @@ def compare(cfg):
     return 0
 
 
+def generated_paragraph(data_dir):
+    """comparison.md's paragraph on generated training questions, or "" where the train questions are real."""
+    details = generated(data_dir) if data_dir and os.path.isdir(data_dir) else None
+    if not details:
+        return ""
+    val = load_val(data_dir, "")[1] if "val" in splits(data_dir) else {}
+    return "\n" + report.generated_line(details, len(val), decision.NO_VAL_WHY)
+
+
 def unjudged(cfg):
     """comparison.md of data with no test split: nothing to score; what the index serves, and how to judge it."""
     try:
@@ -362,7 +372,7 @@ def unjudged(cfg):
             f"{cfg.unjudged} serves {index['model']} over {index['ntotal']:,} passages, {hybrid}.\n\n"
             "To measure it, give questions with the files that answer them (questions.jsonl beside the documents: "
             '{"question": "...", "files": ["path/in/the/folder.pdf"]}, or qrels/test.tsv in a BEIR directory) '
-            "and run `make pipeline` again.\n")
+            "and run `make pipeline` again.\n") + generated_paragraph(cfg.data)
     print(text, end="")
     if cfg.out:
         with atomic_open(os.path.join(cfg.out, "comparison.md")) as f:

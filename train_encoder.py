@@ -73,6 +73,8 @@ DEFAULTS = dict(
     hard_negatives=Auto(int),  # per query, drawn each epoch from the train_file's negatives; auto = 3 with a
     #                            train_file (BM25's beat in-batch alone on val, bench/results/negatives_sweep-h100.md),
     #                            or on a CPU the richest recipe that fits the budget (see AUTO), else 0
+    generated_without_val="auto",  # a train split a language model wrote, and no val: auto = as the setting measured
+    #                                across datasets says (common/decision.py NO_VAL_GENERATED) | train (to measure it)
     remine_every=0,  # steps; > 0 re-mines train_file's queries with the model being trained (ANCE),
     #                with the strategy and filters of the mine_negatives.py run that wrote it (its config.json)
     # model
@@ -184,6 +186,7 @@ def check_config(cfg, world):
     check_choice(cfg, "loss", losses.NAMES)
     check_choice(cfg, "schedule", ("linear", "cosine", "constant"))
     check_choice(cfg, "false_negatives", ("auto", "exclude", "mask"))
+    check_choice(cfg, "generated_without_val", ("auto", "train"))
     check_choice(cfg, "dtype", ("auto", "fp32", "bf16", "fp16"))
     check_range(cfg, ["batch_size", "eval_batch_size", "log_every"], 1)
     check_range(cfg, ["micro_batch_size", "hard_negatives", "epochs", "min_steps", "max_steps", "weight_decay",
@@ -673,7 +676,8 @@ def main(argv=None):
     records = read_records(cfg, corpus, queries, qrels)
     val_queries, val_qrels = load_val(cfg.data, "the last step's model is kept as best/")
     has_val = bool(val_queries)
-    if not has_val and generated(cfg.data) and decision.NO_VAL_GENERATED["encoder"] == "zero-shot":
+    if (not has_val and generated(cfg.data) and decision.NO_VAL_GENERATED["encoder"] == "zero-shot"
+            and cfg.generated_without_val == "auto"):
         # Nothing here could tell a model fine-tuned on generated questions from the one it starts as, and across
         # datasets it served no better (common/decision.py): best/ is the starting model, and no step is taken.
         why = (f"{cfg.data}'s train questions are generated and no judged question is val; the setting measured across "

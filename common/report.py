@@ -107,6 +107,20 @@ def _cell(text, width=None):
     return text if width is None or len(text) <= width else text[:width - 1] + "…"
 
 
+def generated_line(details, val_queries, no_val_why):
+    """One paragraph of comparison.md on a train split a language model wrote (prepare.json's details["generated"]):
+    what was kept of what, and what chose what is served: `val_queries` real judged ones, or, with none, the
+    setting `no_val_why` names."""
+    dropped = ", ".join(f"{n:,} {why}" for why, n in details["dropped"].items() if n)
+    trip = ", ".join(f"{n:,} {where}" for where, n in details.get("round_trip", {}).items())
+    chose = (f"{val_queries:,} judged question(s) are val and chose what is served." if val_queries else
+             f"No judged question is val, so nothing here chose: what is served is {no_val_why}.")
+    return (f"Training questions: {details['kept']:,} written by {details['generator']} for {details['passages']:,} "
+            f"passages ({details['written']:,} written{'; dropped ' + dropped if dropped else ''}"
+            f"{'; round trip through the zero-shot hybrid: ' + trip if trip else ''}). They are not scored as if "
+            f"they were real questions. {chose}\n")
+
+
 def results_row(run_dir, hparams, results, dataset="", served=None, wall_s=None):
     """One row of results.csv: when, which commit and run, the dataset, the served column and its test
     nDCG@10, the wall time, each compared run's headline metrics, and the scalar settings of the

@@ -188,3 +188,13 @@ def test_without_val_generated_questions_are_served_as_measured_across_datasets(
     memory = Memory.load(str(tmp_path / "index"))
     assert memory.strengths == decision.NO_VAL_GENERATED["memory"]
     assert set(memory.queries) == set(read_qrels(str(data / "qrels" / "train.tsv")))
+
+
+def test_comparison_says_what_chose_and_what_was_kept(tmp_path, tiny_lm):
+    import evaluate
+
+    data = generate(tmp_path, write_source(tmp_path), tiny_lm, "g", "--val_queries=0")
+    text = evaluate.generated_paragraph(str(data))
+    assert "48 written" in text and "No judged question is val" in text and "measured across datasets" in text
+    data = generate(tmp_path, write_source(tmp_path), tiny_lm, "v")
+    assert "1 judged question(s) are val" in evaluate.generated_paragraph(str(data))
