@@ -620,8 +620,8 @@ def prompt_examples(corpus, queries, qrels, unjudged, cfg):
     judged = [(qid, next(d for d, g in sorted(row.items(), key=lambda x: -x[1]) if g > 0))
               for rows in qrels.values() for qid, row in rows.items() if any(g > 0 for g in row.values())]
     rng = random.Random(cfg.seed)
-    picked = [(doc_text(corpus[d]), queries[q]) for q, d in rng.sample(sorted(judged), min(len(judged), cfg.prompt_examples))
-              if d in corpus]
+    picked = [(doc_text(corpus[d]), queries[q])
+              for q, d in rng.sample(sorted(judged), min(len(judged), cfg.prompt_examples)) if d in corpus]
     if len(picked) < cfg.prompt_examples and unjudged:
         doc_ids = list(corpus)
         bm25 = BM25(doc_ids, [doc_text(corpus[d]) for d in doc_ids])
@@ -691,7 +691,7 @@ def round_trip(corpus, questions, cfg):
     depth = max(cfg.roundtrip_k, 10)
     run = fusion.hybrid(first_stage_run(cfg.model, "", corpus, asked, fusion.HYBRID_DEPTH, cfg.device),
                         first_stage_run("bm25", "", corpus, asked, fusion.HYBRID_DEPTH), decision.NO_VAL, depth)
-    kept, ranks = {}, Counter()
+    kept, ranks = {}, {"top 1": 0, f"top {cfg.roundtrip_k}": 0, f"below {cfg.roundtrip_k}": 0}
     for qid, (d, q) in flat.items():
         order = ranked(run.get(qid, {}))
         rank = order.index(d) + 1 if d in order else None
@@ -699,7 +699,7 @@ def round_trip(corpus, questions, cfg):
               else f"below {cfg.roundtrip_k}"] += 1
         if rank and rank <= cfg.roundtrip_k:
             kept.setdefault(d, []).append(q)
-    return kept, dict(ranks)
+    return kept, {where: n for where, n in ranks.items() if n}
 
 
 def with_generated(corpus, queries, qrels, unjudged, cfg, name):
@@ -932,11 +932,8 @@ def main(argv=None):
     else:
         corpus, queries, qrels, details = load_pairs(source, cfg, fmt)
     real = sum(len(rows) for split, rows in qrels.items() if split != "test")
-    if not generate and cfg.generator and real < cfg.generate_below and not cfg.pseudo_queries:
-        print(f"generate: {source} has {real:,} judged question(s) outside test, fewer than generate_below="
-              f"{cfg.generate_below}: {cfg.generator} writes questions for its passages to train on and remember; the "
-              "judged ones are val")
-        generate = True
+    few = not generate and cfg.generator and real < cfg.generate_below and not cfg.pseudo_queries
+    generate = generate or few
     # A folder is prepared on every `make`: what it would write is hashed (with what generation would do to it), and
     # nothing is written when that is what the dataset holds (other sources are prepared only when make sees them change).
     generation = ({k: v for k, v in vars(cfg).items() if k.startswith(("generat", "prompt", "roundtrip", "val_queries",
@@ -948,6 +945,10 @@ def main(argv=None):
         # Nothing the later stages read has changed: the files they depend on keep their dates.
         print(f"{out}: unchanged since the last run ({len(corpus):,} passages, {time.time() - started:.1f} s); kept as is")
         return 0
+    if few:
+        print(f"generate: {source} has {real:,} judged question(s) outside test, fewer than generate_below="
+              f"{cfg.generate_below}: {cfg.generator} writes questions for its passages to train on and remember"
+              f"{'; the judged ones are val' if real else ''}")
     if generate:
         judged = {q for rows in qrels.values() for q in rows}
         unjudged = [text for q, text in queries.items() if q not in judged]

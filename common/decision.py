@@ -47,8 +47,9 @@ NO_VAL = {"method": "convex", "weight": 0.3, "depth": fusion.HYBRID_DEPTH, "defa
 # no real judged question is val to choose on: the encoder (the zero-shot one, or the one fine-tuned on them)
 # and the memory's strengths, the setting measured across datasets in bench/results/generated-cpu.md.
 NO_VAL_GENERATED = {"encoder": "zero-shot", "memory": {"dense": 0.0, "bm25": 1}}
+_NO_VAL_MEMORY = NO_VAL_GENERATED["memory"]
 NO_VAL_WHY = (f"the setting measured across datasets for generated questions (the {NO_VAL_GENERATED['encoder']} encoder, "
-              f"their memory at dense {NO_VAL_GENERATED['memory']['dense']:g}, BM25 repeat {NO_VAL_GENERATED['memory']['bm25']}: "
+              f"their memory at dense {_NO_VAL_MEMORY['dense']:g}, BM25 repeat {_NO_VAL_MEMORY['bm25']}: "
               "bench/results/generated-cpu.md); judge a few questions (questions.jsonl) and val chooses")
 # Memory strengths: the dense step toward the remembered queries and the BM25 repeats val chooses among.
 STRENGTHS = (0.0, 0.5, 1.0, 2.0, 4.0)

@@ -205,8 +205,8 @@ class QuestionGenerator:
         self.context = getattr(config, "max_position_embeddings", None) or 2048
         # A question ends at its '?' or its line's end: a causal model would go on to write the next example. Every
         # token whose text holds either ends a sequence (as its end-of-text token does), so a batch stops early.
-        ends = [] if self.seq2seq else [i for i, t in enumerate(self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))]))
-                                        if "?" in t or "\n" in t]
+        pieces = [] if self.seq2seq else self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        ends = [i for i, t in enumerate(pieces) if "?" in t or "\n" in t]
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []), *ends}) or None
 
@@ -227,8 +227,8 @@ class QuestionGenerator:
         torch.manual_seed(seed)
         batch = self.tokenizer(self.inputs(texts), padding=True, return_tensors="pt")
         if batch["input_ids"].shape[1] + self.max_new_tokens > self.context:
-            raise GeneratorError(f"generator '{self.name}': a prompt of {batch['input_ids'].shape[1]} tokens does not fit its "
-                                 f"context of {self.context}: lower passage_tokens or use fewer examples")
+            raise GeneratorError(f"generator '{self.name}': a prompt of {batch['input_ids'].shape[1]} tokens does not fit "
+                                 f"its context of {self.context}: lower generator_passage_tokens or prompt_examples")
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         sample = per_text > 1
         with torch.inference_mode():
