@@ -632,8 +632,7 @@ def prompt_examples(corpus, queries, qrels, unjudged, cfg):
 
 def generate_questions(corpus, cfg, generator_file, prompt):
     """{doc id: [question as written]} for every passage of corpus: those in generator_file already, the rest
-    written by the generator in batches (longest first, so the first batch's time bounds the plan) and appended
-    there batch by batch."""
+    written by the generator and appended there batch by batch."""
     from tqdm import tqdm
 
     from common.generator import QuestionGenerator
@@ -641,10 +640,17 @@ def generate_questions(corpus, cfg, generator_file, prompt):
 
     done = read_generated(generator_file)
     texts = {d: doc_text(corpus[d]) for d in corpus}
-    todo = sorted((d for d in corpus if done.get(d, (None,))[0] != text_hash(texts[d])),
-                  key=lambda d: (-len(texts[d]), d))
-    print(f"generate: {len(corpus):,} passages, {len(corpus) - len(todo):,} with questions already "
-          f"({generator_file}), {len(todo):,} to write with {cfg.generator}")
+    hashes = {d: text_hash(texts[d]) for d in corpus}
+    # Batches are fixed slices of every passage in one order (longest first, so the first batch's time bounds the
+    # plan), each seeded by its first passage: a killed run redoes the batch it was in, and writes what an unbroken
+    # run would have.
+    order = sorted(corpus, key=lambda d: (-len(texts[d]), d))
+    size = cfg.generator_batch_size
+    batches = [order[i:i + size] for i in range(0, len(order), size)]
+    todo = [b for b in batches if any(done.get(d, (None,))[0] != hashes[d] for d in b)]
+    missing = sum(done.get(d, (None,))[0] != hashes[d] for d in corpus)
+    print(f"generate: {len(corpus):,} passages, {len(corpus) - missing:,} with questions already "
+          f"({generator_file}), {missing:,} to write with {cfg.generator}")
     if todo:
         device = pick_device(cfg.device)
         started = time.time()
@@ -653,29 +659,29 @@ def generate_questions(corpus, cfg, generator_file, prompt):
                                       autocast_dtype("auto", device))
         print(f"generate: {generator.kind} model loaded in {time.time() - started:.0f} s on {device.type}")
         os.makedirs(os.path.dirname(generator_file), exist_ok=True)
-        size = cfg.generator_batch_size
         cut_short = False
         if os.path.isfile(generator_file) and os.path.getsize(generator_file):
             with open(generator_file, "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 cut_short = f.read(1) != b"\n"
-        with open(generator_file, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="passage",
-                                                                      desc="generate", mininterval=5) as bar:
+        total = sum(map(len, todo))
+        with open(generator_file, "a", encoding="utf-8") as f, tqdm(total=total, unit="passage", desc="generate",
+                                                                      mininterval=5) as bar:
             if cut_short:  # a kill mid-line: that line is left out (read_generated), the next starts on its own
                 f.write("\n")
-            for start in range(0, len(todo), size):
-                t0, batch = time.time(), todo[start:start + size]
+            for i, batch in enumerate(todo):
+                t0 = time.time()
                 seed = cfg.seed + int(hashlib.blake2b(batch[0].encode(), digest_size=4).hexdigest(), 16)
                 written = generator.generate([texts[d] for d in batch], cfg.queries_per_doc, seed)
-                f.writelines(json.dumps({"_id": d, "hash": text_hash(texts[d]), "questions": qs}) + "\n"
+                f.writelines(json.dumps({"_id": d, "hash": hashes[d], "questions": qs}) + "\n"
                              for d, qs in zip(batch, written))
                 f.flush()
-                done.update((d, (text_hash(texts[d]), qs)) for d, qs in zip(batch, written))
+                done.update((d, (hashes[d], qs)) for d, qs in zip(batch, written))
                 bar.update(len(batch))
-                if start == 0 and len(todo) > size:  # the longest passages: what is left takes at most this long
+                if i == 0 and len(todo) > 1:  # the longest passages: what is left takes at most this long
                     rate = len(batch) / (time.time() - t0)
-                    tqdm.write(f"generate: {rate:.2f} passages/s on the longest; at most ~{len(todo) / rate / 60:.0f} min "
-                               f"for all {len(todo):,} (a killed run goes on from {generator_file})")
+                    tqdm.write(f"generate: {rate:.2f} passages/s on the longest; at most ~{total / rate / 60:.0f} min "
+                               f"for all {total:,} (a killed run goes on from {generator_file})")
     return {d: done[d][1] for d in corpus}
 
 
