@@ -17,8 +17,9 @@
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   GENERATOR=gemma3-270m (packaged offline) | smollm2 | a .gguf file | a causal or seq2seq model: where the data has
-#        fewer than 50 judged questions (a folder of documents, a corpus alone), it writes questions for each passage,
-#        which train the encoder and fill the index's memory (prepare_data.py; `make setup-generate` installs it)
+#        some judged questions but fewer than 50, it writes a question for each passage, to train the encoder and fill
+#        the index's memory as val (the judged ones) chooses (prepare_data.py; `make setup-generate` installs it)
+#   GENERATE=auto (as above) | yes (write them even with no judged question; none is then served) | no
 #   PSEUDO_ARGS="--pseudo_queries=ict,crop"  prepare_data.py for `make adapt` (label-free), which reads
 #        configs/<stage>-<CONFIG>-pseudo.yaml first, then configs/<stage>-<CONFIG>.yaml
 PYTHON ?= python3
@@ -28,6 +29,7 @@ PIP    := $(VENV)/bin/pip
 DATA   ?= python-source
 MODEL  ?= all-MiniLM-L6-v2
 GENERATOR ?= gemma3-270m
+GENERATE ?= auto
 PREPARE_ARGS ?=
 EVAL_ARGS ?=
 SPLIT  ?= test
@@ -69,6 +71,9 @@ HAS_TEST := $(call prepared,test)
 # A folder of documents (no corpus.jsonl, not the stdlib) is prepared again on every run: prepare_data.py
 # re-reads only the files that changed, and leaves data/<dataset>/ untouched (its date too) when none did.
 DOCUMENTS := $(if $(filter python-source,$(DATA)),,$(if $(wildcard $(DATA)/.),$(if $(wildcard $(DATA)/corpus.jsonl),,yes)))
+# What writing questions needs is installed where they may be written: GENERATE=yes, or a folder with questions.
+GENERATE_NOW := $(if $(filter yes,$(GENERATE)),yes,$(if $(filter auto,$(GENERATE)),$(if $(DOCUMENTS),$(wildcard \
+    $(DATA)/questions.jsonl $(DATA)/questions.txt))))
 INDEX_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 # The zero-shot encoder's index: with a train split, the bar built before training (`make bar`); without one,
 # the index itself. The baseline columns' hybrid serves the mix chosen there.
@@ -100,8 +105,8 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	touch $@
 
 # What writing questions needs (prepare_data.py --generator): transformers reads a GGUF file through `gguf` and
-# `accelerate`; the packaged generators install with --no-deps. Not in `setup`: only data without enough judged
-# questions needs it (a folder of documents installs it on its own).
+# `accelerate`; the packaged generators install with --no-deps. Not in `setup`: only data with too few judged
+# questions needs it (a folder with questions, or GENERATE=yes, installs it on its own).
 setup-generate: $(VENV)/.generate  ## the offline question generators (gemma3-270m, smollm2) and GGUF loading
 $(VENV)/.generate: requirements-generate.txt | setup
 	$(PIP) install --no-deps -r requirements-generate.txt
@@ -120,8 +125,9 @@ setup-gpu: setup  ## CUDA torch and faiss-gpu into the venv, for a GPU machine
 ## pipeline stages (file targets: editing a script, a config or the data reruns only what depends on it)
 data: $(DATA_DIR)/prepare.json  ## prepare_data.py: DATA into data/<dataset>/ (BEIR layout, train/val/test)
 $(DATA_DIR)/prepare.json: prepare_data.py $(COMMON) $(PREPARE_CONFIG) $(filter-out $(DATA_DIR)/prepare.json,$(wildcard $(DATA)/prepare.json)) \
-                          $(if $(DOCUMENTS),FORCE) | setup $(if $(DOCUMENTS),setup-generate)
-	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) --model=$(MODEL) --generator=$(GENERATOR) \
+                          $(if $(DOCUMENTS),FORCE) | setup $(if $(GENERATE_NOW),setup-generate)
+	$(PY) prepare_data.py $(PREPARE_CONFIG) --source=$(DATA) --out=$(DATA_DIR) --model=$(MODEL) \
+	    $(if $(filter no,$(GENERATE)),,--generator=$(GENERATOR)) $(if $(filter yes,$(GENERATE)),--pseudo_queries=generate) \
 	    $(PREPARE_ARGS)
 
 # The bar (build_index.py on the zero-shot encoder, before any training): its mix with BM25 and its memory of the

@@ -185,8 +185,8 @@ def no_val_memory(cfg, memory, say=False):
     if not cfg.hybrid:
         strengths["bm25"] = 0
     if say:
-        print(f"memory: {'dense ' + format(strengths['dense'], 'g') + ', BM25 ' + str(strengths['bm25']) if gen else 'none'}"
-              f" served: no val to choose its strengths on; "
+        shown = f"dense {strengths['dense']:g}, BM25 {strengths['bm25']}" if strengths["dense"] or strengths["bm25"] else "none"
+        print(f"memory: {shown} served: no val to choose its strengths on; "
               + (decision.NO_VAL_WHY if gen else "--memory_dense and --memory_bm25 serve one as given"))
     return strengths
 

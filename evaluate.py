@@ -457,7 +457,9 @@ def served_choices(items, label):
                 line = ("none served: no val query has a relevant document a train query found, so val cannot "
                         "show it helping")
             else:
-                line = "served at " + ("the strengths given" if fusion.remembers(chosen) else "strength 0 (none)")
+                line = "served at " + (f"dense {chosen['dense']:g}, BM25 repeat {chosen['bm25']}: "
+                                       + chosen.get("why", "the strengths given") if fusion.remembers(saved)
+                                       else "strength 0 (none)")
             each = "; ".join(f"{model}: {c['memory']['without']:.4f} without memory, {c['val']['served']:.4f} served"
                              for model, c in saved.get("candidates", {}).items() if "without" in c.get("memory", {}))
             whose = " (train's and val's: val's added once val had chosen)" if memory.saved_extra(index).get(

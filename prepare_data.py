@@ -55,7 +55,7 @@ import warnings
 import zipfile
 from collections import Counter
 
-from common import folder
+from common import decision, folder
 from common.config import ConfigError, check_choice, load_config
 from common.data import (DataError, check_id, doc_text, document_units, field, page_unit, read_corpus, read_jsonl,
                          read_qrels, read_queries, splits, write_beir, write_jsonl)
@@ -101,8 +101,9 @@ DEFAULTS = dict(
     generator_batch_size=16,
     generator_passage_tokens=256,  # the passage as the generator reads it
     generator_new_tokens=32,  # a question's length at most
-    generate_below=50,       # with a generator named, a source with fewer judged questions outside test gets generated
-    #                          ones to train on (its judged ones are val); 0 = only with --pseudo_queries=generate
+    generate_below=50,       # with a generator named, a source with some judged questions outside test but fewer than
+    #                          this gets generated ones to train on and remember, weighed on its judged ones (val);
+    #                          with none, only --pseudo_queries=generate writes them; 0 = only then
     roundtrip_k=10,          # keep a question only when the zero-shot hybrid finds its passage in its top k; 0 = all
     val_queries=-1,          # the source's judged questions (not test) as val: -1 all, 0 none (label-free), N a sample
     device="auto",           # where the generator runs
@@ -688,7 +689,7 @@ def generate_questions(corpus, cfg, generator_file, prompt):
 def round_trip(corpus, questions, cfg):
     """({doc id: [question]} kept, {rank bucket: count}): a question is kept when the zero-shot hybrid (cfg.model's
     dense search mixed with BM25 at the weight served without val) ranks its passage in its top roundtrip_k."""
-    from common import decision, fusion
+    from common import fusion
     from common.metrics import ranked
     from common.retrievers import first_stage_run
 
@@ -821,8 +822,8 @@ def check_config(cfg):
     if cfg.beir and cfg.source != DEFAULTS["source"]:
         raise ConfigError("give either --source or --beir, not both")
     check_choice(cfg, "pseudo_queries", METHODS)
-    if cfg.format == "corpus" and not cfg.pseudo_queries and not cfg.generator:
-        raise ConfigError("format=corpus has documents but no queries: add --pseudo_queries=ict,crop or --generator=NAME")
+    if cfg.format == "corpus" and not cfg.pseudo_queries:
+        raise ConfigError("format=corpus has documents but no queries: add --pseudo_queries=ict,crop (or generate)")
     if "generate" in cfg.pseudo_queries and not cfg.generator:
         raise ConfigError("pseudo_queries=generate needs generator=MODEL: name one (gemma3-270m, smollm2, a .gguf file, a "
                           "causal or seq2seq model directory or hub name), or drop generate")
@@ -924,9 +925,9 @@ def main(argv=None):
     generate = cfg.pseudo_queries == ["generate"]
     if cfg.pseudo_queries and not generate:
         corpus, queries, qrels, details = pseudo_dataset(source_corpus(source, fmt, cfg), cfg)
-    elif fmt == "corpus" and not cfg.generator:
-        raise DataError(f"{source}: a corpus without queries; add --pseudo_queries=ict,crop or --generator=gemma3-270m "
-                        "to make some")
+    elif fmt == "corpus" and not generate:
+        raise DataError(f"{source}: a corpus without queries; add --pseudo_queries=ict,crop, or "
+                        "--pseudo_queries=generate --generator=gemma3-270m, to make some")
     elif fmt == "corpus":
         corpus, queries, qrels, details = read_corpus(source), {}, {}, {}
     elif fmt == "beir":
@@ -939,6 +940,10 @@ def main(argv=None):
         corpus, queries, qrels, details = load_pairs(source, cfg, fmt)
     real = sum(len(rows) for split, rows in qrels.items() if split != "test")
     few = not generate and cfg.generator and real < cfg.generate_below and not cfg.pseudo_queries
+    if few and not real:  # nothing could weigh them, and unweighed they are not served (common/decision.py)
+        print(f"generate: not run: {source} has no judged question to weigh generated ones on; "
+              f"{decision.NO_VAL_WHY}. --pseudo_queries=generate (make GENERATE=yes) writes them anyway")
+        few = False
     generate = generate or few
     # A folder is prepared on every `make`: what it would write is hashed (with what generation would do to it), and
     # nothing is written when that is what the dataset holds (other sources are prepared only when make sees them change).

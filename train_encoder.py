@@ -680,8 +680,7 @@ def main(argv=None):
             and cfg.generated_without_val == "auto"):
         # Nothing here could tell a model fine-tuned on generated questions from the one it starts as, and across
         # datasets it served no better (common/decision.py): best/ is the starting model, and no step is taken.
-        why = (f"{cfg.data}'s train questions are generated and no judged question is val; the setting measured across "
-               f"datasets serves the zero-shot encoder with their memory (bench/results/generated-cpu.md)")
+        why = f"{cfg.data}'s train questions are generated and no judged question is val; {decision.NO_VAL_WHY}"
         print(f"fine-tuning: not run: {why}; best/ is {cfg.model}")
         if master:
             start_run(cfg.out, cfg, argv)

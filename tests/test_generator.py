@@ -196,6 +196,22 @@ def test_comparison_says_what_chose_and_what_was_kept(tmp_path, tiny_lm):
 
     data = generate(tmp_path, write_source(tmp_path), tiny_lm, "g", "--val_queries=0")
     text = evaluate.generated_paragraph(str(data))
-    assert "48 written" in text and "No judged question is val" in text and "measured across datasets" in text
+    assert "48 written" in text and "No judged question is val" in text and "across datasets" in text
     data = generate(tmp_path, write_source(tmp_path), tiny_lm, "v")
     assert "1 judged question(s) are val" in evaluate.generated_paragraph(str(data))
+
+
+def test_a_generator_named_writes_questions_only_where_judged_ones_can_weigh_them(tmp_path, tiny_lm, capsys):
+    """What `make pipeline` does (a generator named, not asked for): a source with no judged question outside test gets
+    none written (nothing could weigh them, and unweighed none is served), one with a few gets them, its few as val."""
+    docs = {f"d{i}": (f"Topic {t}", f"The {t} passage says {t} matters.") for i, t in enumerate(TOPICS)}
+    test_only = write_beir_dir(tmp_path / "t", docs, {"q2": "the topic2 sentence"}, {"test": [("q2", "d2", 1)]})
+    prepare_data.main([f"--source={test_only}", f"--generator={tmp_path / 'never-loaded'}", f"--out={tmp_path / 'a'}"])
+    assert "generate: not run" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "a" / "prepare.json"))["splits"].keys() == {"test"}
+    args = [f"--source={write_source(tmp_path)}", f"--generator={tiny_lm}", f"--out={tmp_path / 'b'}", "--device=cpu",
+            "--roundtrip_k=0", "--queries_per_doc=2", f"--cache_dir={tmp_path / 'cache'}"]
+    prepare_data.main(args)
+    assert "fewer than generate_below=50" in capsys.readouterr().out
+    assert read_qrels(str(tmp_path / "b" / "qrels" / "val.tsv")) == {"q1": {"d1": 1}}
+    assert all(q.startswith("gen") for q in read_qrels(str(tmp_path / "b" / "qrels" / "train.tsv")))
