@@ -116,7 +116,8 @@ class Prompt:
         except OSError as e:
             raise GeneratorError(f"{path}: cannot read the prompt file ({e.strerror})") from None
         if examples is None:
-            examples = [(r["passage"], r["question"]) for r in map(json.loads, open(DEFAULT_EXAMPLES, encoding="utf-8"))]
+            with open(DEFAULT_EXAMPLES, encoding="utf-8") as f:
+                examples = [(r["passage"], r["question"]) for r in map(json.loads, f)]
         cut = [(" ".join(p.split()[:max_passage_words]), " ".join(q.split())) for p, q in examples]
         return cls(template, cut, where=path)
 
