@@ -941,10 +941,8 @@ def main(argv=None):
         corpus, queries, qrels, details = load_pairs(source, cfg, fmt)
     real = sum(len(rows) for split, rows in qrels.items() if split != "test")
     few = not generate and cfg.generator and real < cfg.generate_below and not cfg.pseudo_queries
-    if few and not real:  # nothing could weigh them, and unweighed they are not served (common/decision.py)
-        print(f"generate: not run: {source} has no judged question to weigh generated ones on; "
-              f"{decision.NO_VAL_WHY}. --pseudo_queries=generate (make GENERATE=yes) writes them anyway")
-        few = False
+    unweighable = few and not real  # nothing could weigh them, and unweighed they are not served (common/decision.py)
+    few = few and not unweighable
     generate = generate or few
     # A folder is prepared on every `make`: what it would write is hashed (with what generation would do to it), and
     # nothing is written when that is what the dataset holds (other sources are prepared only when make sees them change).
@@ -957,6 +955,9 @@ def main(argv=None):
         # Nothing the later stages read has changed: the files they depend on keep their dates.
         print(f"{out}: unchanged since the last run ({len(corpus):,} passages, {time.time() - started:.1f} s); kept as is")
         return 0
+    if unweighable:
+        print(f"generate: not run: {source} has no judged question to weigh generated ones on; "
+              f"{decision.NO_VAL_WHY}. --pseudo_queries=generate (make GENERATE=yes) writes them anyway")
     if few:
         print(f"generate: {source} has {real:,} judged question(s) outside test, fewer than generate_below="
               f"{cfg.generate_below}: {cfg.generator} writes questions for its passages to train on and remember"
