@@ -49,7 +49,7 @@ from common import index as faiss_index
 from common import memory as mem
 from common.backends import BACKENDS, encoder_name, load_encoder
 from common.config import Auto, ConfigError, check_choice, check_range, load_config
-from common.data import (CorpusTexts, folds, generated, load_beir, load_train, load_val, read_corpus, read_qrels,
+from common.data import (CorpusTexts, folds, generated, load_beir, load_val, pool_sources, read_corpus, read_qrels,
                          read_queries, splits)
 from common.files import atomic_dir, write_json
 from common.metrics import cut_run, evaluate_run
@@ -260,6 +260,8 @@ def pooled_choice(cfg, doc_ids, texts, encoder, emb, pooled, val, given, bm25_of
     # as served: on val (pooled: its runs without memory are in hand), with the memory of train alone (its
     # queries are pooled too: their embeddings in hand)
     val_queries, val_qrels = val
+    if not val_qrels:  # generated questions alone: their scores are what the choice was made on, not val's
+        return decision.without_val(choice, how), None
     vids = list(val_queries)
     v_dense = {q: dense[0.0][q] for q in vids}
     v_bm25 = {0: {q: bm25[0][q] for q in vids}} if bm25 else {}
@@ -301,15 +303,13 @@ def val_choice(cfg, doc_ids, candidates, bm25_runs, val, given, memory, directio
     val_queries, val_qrels = val
     remembered = mem.remembered_queries(memory.found, val_qrels)
     choices, runs = {}, {}  # each candidate's choice, and its val run as served
-    # Generated train questions are never chosen on: they reuse their passage's words, and score BM25 as no real
-    # question does (bench/results/generated-cpu.md).
-    train = None if generated(cfg.data) else load_train(cfg.data)
+    train, gen = pool_sources(cfg.data)
     for label, (model, encoder, emb) in candidates.items():
-        queries, qrels, how = decision.pooled(val, train, trained_on(model, cfg.data))
+        queries, qrels, how = decision.pooled(val, train, trained_on(model, cfg.data), gen)
         print(f"{label} ({model}): its mix and memory are chosen on {decision.describe_pooled(how)}")
-        if how["split"] != "val":
+        if how["split"] != "val":  # generated questions choose no memory: they are their own passages' memory
             choices[label], run = pooled_choice(cfg, doc_ids, texts, encoder, emb, (queries, qrels, how), val, given,
-                                                bm25_of, memory)
+                                                bm25_of, mem.Memory() if gen else memory)
             runs[label] = cut_run(run, fusion.HYBRID_DEPTH, True)
             print(f"{label} ({model}): {decision.describe_hybrid(choices[label])}")
             m = choices[label].get("memory", {})
@@ -506,8 +506,9 @@ def main(argv=None):
     given = None if cfg.hybrid_weight == "auto" else {"method": "convex", "weight": cfg.hybrid_weight,
                                                       "depth": fusion.HYBRID_DEPTH}
     if (cfg.hybrid and given is None) or len(candidates) > 1 or bar:
-        without = f"serving {cfg.model}" + (f", {decision.describe_hybrid(decision.NO_VAL)}, measured across datasets"
-                                            if cfg.hybrid else "")
+        without = f"serving {cfg.model}" + ("" if not cfg.hybrid else ", its mix chosen on the generated questions"
+                                            if generated(cfg.data) else
+                                            f", {decision.describe_hybrid(decision.NO_VAL)}, measured across datasets")
         val = load_val(cfg.data, without)
     print(f"{dataset}: {len(doc_ids)} docs, {factory} ({'GPU' if use_gpu else 'CPU'} FAISS) -> {cfg.out}")
     faiss_index.check_fits(factory, len(doc_ids), cfg.dim or encoder.dim, os.path.getsize(corpus_file), corpus_file)
@@ -550,6 +551,12 @@ def main(argv=None):
                 bar=("baseline", bar["choice"], bar["values"]) if bar and bar["values"] else None)
         else:
             served, choice, choices = "model", given or (decision.NO_VAL if cfg.hybrid else fusion.DENSE_ONLY), {}
+            gen = pool_sources(cfg.data)[1] if cfg.hybrid and given is None else None
+            if gen and not trained_on(cfg.model, cfg.data):  # the mix on the generated questions (decision.pooled)
+                pooled = decision.pooled(({}, {}), None, False, gen)
+                choice = pooled_choice(cfg, doc_ids, texts, searched["model"][1], searched["model"][2], pooled,
+                                       ({}, {}), None, bm25_of, mem.Memory())[0]
+                print(f"hybrid: {decision.describe_hybrid(choice)}")
             if not memory.empty():  # strengths as given, or the default's: nothing to choose them on
                 choice = {**choice, "memory": given_memory(cfg) or no_val_memory(cfg, memory, say=True)}
             if bar:  # nothing to weigh the model against the bar on: training had no val to stop on either
@@ -572,8 +579,8 @@ def main(argv=None):
         if not memory.empty():
             print(memory.describe())
         if cfg.hybrid and not fusion.uses_bm25(choice):
-            print("BM25 does not help this encoder on val: the index serves dense alone (its BM25 is saved all "
-                  "the same)")
+            print(f"BM25 does not help this encoder on {'val' if val[0] else 'the generated questions'}: the index "
+                  "serves dense alone (its BM25 is saved all the same)")
 
         t0 = time.perf_counter()
         index, build_info = faiss_index.build(emb, factory, cfg.train_size, cfg.seed, use_gpu)

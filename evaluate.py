@@ -47,7 +47,7 @@ from common import backends, decision, fusion, memory, report, retrievers
 from common.backends import encoder_name
 from common import index as faiss_index
 from common.config import Auto, ListOf, check_choice, check_range, load_config
-from common.data import (CorpusTexts, doc_snippets, doc_text, generated, load_beir, load_train, load_val, read_qrels,
+from common.data import (CorpusTexts, doc_snippets, doc_text, generated, load_beir, load_val, pool_sources, read_qrels,
                          read_queries, splits)
 from common.files import append_csv_row, atomic_open
 from common.metrics import cut_run, evaluate_run, read_trec
@@ -210,18 +210,22 @@ def hybrid_choice(cfg, searchers, split_runs):
     if chosen is not None:
         print(f"hybrid: {decision.describe_hybrid(chosen)} (chosen for {cfg.model} by {cfg.choices})")
         return chosen
-    val_queries, val_qrels = load_val(cfg.data, f"hybrid: {decision.describe_hybrid(decision.NO_VAL)}, measured "
-                                                "across datasets")
-    if not val_queries:
+    train, gen = pool_sources(cfg.data)
+    val_queries, val_qrels = load_val(cfg.data, "hybrid: " + ("its mix chosen on the generated questions" if gen else
+                                                              f"{decision.describe_hybrid(decision.NO_VAL)}, measured "
+                                                              "across datasets"))
+    # an encoder that never saw the train split chooses on train (or generated questions) + val where val is small
+    # (build_index.py alike)
+    queries, qrels, how = decision.pooled((val_queries, val_qrels), train, trained_on(cfg.model, cfg.data), gen)
+    if not qrels:
         return dict(decision.NO_VAL)
-    # an encoder that never saw the train split chooses on train + val where val is small (build_index.py alike)
-    queries, qrels, how = decision.pooled((val_queries, val_qrels), load_train(cfg.data),
-                                          trained_on(cfg.model, cfg.data))
     runs = split_runs if cfg.split == "val" and how["split"] == "val" else first_stages(queries, searchers, depth,
                                                                                          timed=False)
     dense, bm25 = cut_run(runs["dense"][0], depth, False), cut_run(runs["bm25"][0], depth, False)
     choice = decision.hybrid(qrels, dense, bm25)
-    if how["split"] != "val":  # the choice's scores on val alone, beside those it was chosen on
+    if not val_qrels:  # generated questions alone: their scores are what the choice was made on, not val's
+        choice = decision.without_val(choice, how)
+    elif how["split"] != "val":  # the choice's scores on val alone, beside those it was chosen on
         on_val = decision.hybrid(val_qrels, {q: dense[q] for q in val_qrels}, {q: bm25[q] for q in val_qrels},
                                  given=choice)
         choice = {**choice, "chosen_on": {**how, **choice["val"]}, "val": on_val["val"], "queries": len(val_qrels)}
@@ -354,7 +358,8 @@ def generated_paragraph(data_dir):
     if not details:
         return ""
     val = load_val(data_dir, "")[1] if "val" in splits(data_dir) else {}
-    return "\n" + report.generated_line(details, len(val), decision.NO_VAL_WHY)
+    return "\n" + report.generated_line(details, len(val), decision.NO_VAL_WHY, decision.NO_VAL_GENERATED_WORTH,
+                                        decision.SMALL_VAL)
 
 
 def unjudged(cfg):

@@ -713,7 +713,7 @@ def round_trip(corpus, questions, cfg):
 def with_generated(corpus, queries, qrels, unjudged, cfg, name):
     """(queries, qrels, details) of the dataset with generated questions as its train split: the source's judged
     questions other than test become val (all, none or a seeded sample: val_queries), test stays test."""
-    from common.generator import DEFAULT_PROMPT, Filter, Prompt
+    from common.generator import DEFAULT_PROMPT, Filter, Prompt, least_overlapping
 
     real = {q: row for split, rows in qrels.items() if split != "test" for q, row in rows.items()}
     if cfg.val_queries >= 0 and len(real) > cfg.val_queries:
@@ -733,7 +733,7 @@ def with_generated(corpus, queries, qrels, unjudged, cfg, name):
         raise DataError(f"{cfg.generator}: no usable question among the {total:,} written for {len(corpus):,} passages "
                         f"({', '.join(f'{n:,} {why}' for why, n in filtered.dropped.items() if n)}); try another "
                         f"generator or prompt ({cfg.prompt or DEFAULT_PROMPT})")
-    ranks = {}
+    ranks, weigh = {}, least_overlapping(kept, {d: doc_text(corpus[d]) for d in kept})
     if cfg.roundtrip_k:
         kept, ranks = round_trip(corpus, kept, cfg)
     n_kept = sum(len(qs) for qs in kept.values())
@@ -745,17 +745,22 @@ def with_generated(corpus, queries, qrels, unjudged, cfg, name):
         raise DataError(f"{cfg.generator}: no generated question finds its passage in the zero-shot hybrid's top "
                         f"{cfg.roundtrip_k}; --roundtrip_k=0 keeps them all")
     out_queries = {q: queries[q] for q in used}
-    train = {}
-    for d in sorted(kept):
-        for q in kept[d]:
-            qid = f"gen{len(train)}"
-            out_queries[qid] = q
-            train[qid] = {d: 1}
+    # train: the kept questions; "generated": the half of those the filters kept that reuse their passage's words
+    # least, what the hybrid's mix is chosen on where judged questions are too few (decision.pooled)
+    train, weighing, ids = {}, {}, {}
+    for split, questions, rows in (("train", kept, train), ("generated", weigh, weighing)):
+        for d in sorted(questions):
+            for q in questions[d]:
+                qid = ids.setdefault((d, q), f"gen{len(ids)}")
+                out_queries[qid] = q
+                rows[qid] = {d: 1}
     details = {"generated": {"generator": cfg.generator, "prompt": cfg.prompt or DEFAULT_PROMPT,
                              "examples": "the data's own questions" if examples else "built-in",
                              "passages": len(corpus), "written": total, "kept": n_kept, "dropped": filtered.dropped,
-                             "round_trip": ranks, "seconds": round(seconds, 1), "real_val_queries": len(real)}}
-    return out_queries, {s: rows for s, rows in {"train": train, **kept_qrels}.items() if rows}, details
+                             "round_trip": ranks, "weighing": len(weighing), "seconds": round(seconds, 1),
+                             "real_val_queries": len(real)}}
+    return (out_queries, {s: rows for s, rows in {"train": train, **kept_qrels, "generated": weighing}.items() if rows},
+            details)
 
 
 # ---------------------------------------------------------------------------- --beir download
@@ -990,7 +995,7 @@ def main(argv=None):
     print(f"wrote {out} ({fmt}, {time.time() - started:.1f} s): corpus {len(corpus):,} "
           f"{'passages' if fmt == 'documents' else 'docs'}")
     for split, c in counts.items():
-        print(f"  {split:<6} {c['queries']:>8,} queries {c['qrels']:>8,} qrels "
+        print(f"  {split:<9} {c['queries']:>8,} queries {c['qrels']:>8,} qrels "
               f"{c['positive_pairs']:>8,} positive pairs")
     return 0
 

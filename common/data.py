@@ -329,14 +329,23 @@ def load_val(data_dir, without):
 FOLDS = 5  # pooled choices' memory is cross-validated in this many folds (common/decision.py)
 
 
-def load_train(data_dir):
-    """(queries, qrels) of the train split, or None when there is none or it is empty."""
-    if "train" not in splits(data_dir):
+def load_train(data_dir, split="train"):
+    """(queries, qrels) of the train split (or another), or None when there is none or it is empty."""
+    if split not in splits(data_dir):
         return None
     try:
-        return load_beir(data_dir, "train")[1:]
+        return load_beir(data_dir, split)[1:]
     except EmptySplit:
         return None
+
+
+def pool_sources(data_dir):
+    """(train, generated): what common.decision.pooled pools a small val with. The train split's (queries, qrels),
+    or, where a language model wrote it, None and the "generated" split's: the questions prepare_data.py keeps for
+    choosing the mix (they reuse their passage's words least); a generated train split is never pooled."""
+    if generated(data_dir):
+        return None, load_train(data_dir, "generated")
+    return load_train(data_dir), None
 
 
 def folds(qids, k=FOLDS, seed=0):

@@ -48,10 +48,16 @@ NO_VAL = {"method": "convex", "weight": 0.3, "depth": fusion.HYBRID_DEPTH, "defa
 # and their memory's strengths. Measured on val across datasets (bench/results/generated-cpu.md), neither use
 # helped the zero-shot hybrid: nothing of them is served, and without val prepare_data.py does not write them
 # unless asked.
+# The mix of dense and BM25, though, is chosen on them (pooled with val where val is small): on val across
+# datasets the weight chosen on the half of them that reuse their passage's words least scored as well as or
+# better than NO_VAL's, where the round-trip-kept ones (found first at NO_VAL's weight) would choose NO_VAL itself.
 NO_VAL_GENERATED = {"encoder": "zero-shot", "memory": {"dense": 0.0, "bm25": 0}}
 NO_VAL_WHY = ("generated questions, measured on val across datasets, helped the zero-shot hybrid neither as training "
-              "data nor as memory (bench/results/generated-cpu.md): without a judged question to choose on, none of "
-              "them is served; judge a few questions (questions.jsonl) and val weighs them")
+              "data nor as memory (bench/results/generated-cpu.md): without a judged question to choose on, neither is "
+              "served; judge a few questions (questions.jsonl) and val weighs them")
+NO_VAL_GENERATED_WORTH = ("an estimate: generated questions favour BM25 as real ones do not; on val across datasets "
+                          "their choice scored at least about as well as NO_VAL's weight, not always as val's own "
+                          "(bench/results/generated-cpu.md)")
 # Memory strengths: the dense step toward the remembered queries and the BM25 repeats val chooses among.
 STRENGTHS = (0.0, 0.5, 1.0, 2.0, 4.0)
 REPEATS = (0, 1, 2, 3, 5)
@@ -201,14 +207,20 @@ def rerank(qrels, first, scores, depths, weights=fusion.WEIGHTS, metric="ndcg@10
     return {"weight": weight, "depth": depth, "gain": report["gain"], "stderr": report["stderr"]}, grid
 
 
-def pooled(val, train, saw_train):
+def pooled(val, train, saw_train, generated=None):
     """(queries, qrels, how) that a choice needing no retraining is made on: `val` ((queries, qrels)), or,
     where val holds under SMALL_VAL queries (but some) and the encoder never saw the train split
     (`saw_train` false), `train`'s and val's together (train: (queries, qrels), or None without one).
-    how: {"split": "val" | "train+val", "queries", "val"} for the plan and the choice's record."""
+    `generated` (queries, qrels): where a language model wrote the train split, the split of its questions
+    the mix is chosen on (prepare_data.py's "generated"), pooled with val under SMALL_VAL queries, none
+    included (NO_VAL_GENERATED); `train` is then never pooled. how: {"split": "val" | "train+val" |
+    "generated+val", "queries", "val"} for the plan and the choice's record."""
     queries, qrels = val
     how = {"split": "val", "queries": len(qrels), "val": len(qrels)}
-    if not qrels or len(qrels) >= SMALL_VAL or saw_train or not train or not train[1]:
+    if generated and generated[1] and not saw_train and len(qrels) < SMALL_VAL:
+        joined = {**generated[1], **qrels}
+        return {**generated[0], **queries}, joined, {**how, "split": "generated+val", "queries": len(joined)}
+    if not qrels or len(qrels) >= SMALL_VAL or saw_train or generated or not train or not train[1]:
         return queries, qrels, how
     joined = {**train[1], **qrels}
     return {**train[0], **queries}, joined, {**how, "split": "train+val", "queries": len(joined)}
@@ -258,7 +270,9 @@ def chosen_cell(choice):
     remembers = (f", memory: dense {choice['memory']['dense']:g}, BM25 x{choice['memory']['bm25']}"
                  if fusion.remembers(choice) else "")
     on = choice.get("chosen_on", {})
-    remembers += f" (on train + val: {on['queries']} queries)" if on.get("split") == "train+val" else ""
+    remembers += (f" (on train + val: {on['queries']} queries)" if on.get("split") == "train+val" else
+                  f" (on generated questions{' + val' if on.get('val') else ''}: {on['queries']} queries)"
+                  if on.get("split") == "generated+val" else "")
     if choice.get("method") == "rrf":
         return "rrf" + remembers
     alone = {0: " (dense alone)", 1: " (BM25 alone)"}.get(choice["weight"], "")
@@ -277,16 +291,20 @@ def describe_hybrid(choice):
         what = "BM25 alone (dense for a query BM25 matches no word of)"
     else:
         what = f"dense and BM25 mixed, BM25 weight {choice['weight']:g}"
+    on, metric = choice.get("chosen_on", {}), choice.get("metric", "ndcg@10")
+    pooled_bm25 = f", BM25 {on['bm25']:.4f}" if on.get("bm25") is not None else ""
+    if "val" not in choice and on:  # generated questions alone
+        return (f"{what}: chosen on {on['queries']} generated questions, no judged val ({metric}: dense "
+                f"{on['dense']:.4f}{pooled_bm25}, served {on['served']:.4f}; {NO_VAL_GENERATED_WORTH})")
     if "val" not in choice:
         return what + (" (the default: no val to choose on)" if choice.get("default") else "")
-    v, metric = choice["val"], choice.get("metric", "ndcg@10")
+    v = choice["val"]
     bm25 = f", BM25 {v['bm25']:.4f}" if v.get("bm25") is not None else ""
     how = ("the default (one val query tells no weight from another); scored " if choice.get("one_query") else
            "as given; " if choice.get("given") else "chosen ")
-    on = choice.get("chosen_on", {})
-    if on.get("split", "val") != "val":  # chosen on train + val; scored on val as served
-        pooled_bm25 = f", BM25 {on['bm25']:.4f}" if on.get("bm25") is not None else ""
-        return (f"{what}: {how}on train + val ({on['queries']} queries: val's {on['val']} are too few alone; "
+    if on.get("split", "val") != "val":  # chosen on train (or generated questions) + val; scored on val as served
+        pool = "generated questions" if on["split"].startswith("generated") else "train"
+        return (f"{what}: {how}on {pool} + val ({on['queries']} queries: val's {on['val']} are too few alone; "
                 f"{metric}: dense {on['dense']:.4f}{pooled_bm25}, served {on['served']:.4f}); on val: dense "
                 f"{v['dense']:.4f}{bm25}, served {v['served']:.4f}" + (
                     f"; with the train queries' memory (dense strength {choice['memory']['dense']:g}, BM25 repeat "
@@ -350,8 +368,17 @@ def describe_rerank(choice):
     return f"fusion weight {choice['weight']:g} over the first stage's top {choice['depth']}"
 
 
+def without_val(choice, how):
+    """A `hybrid` choice made on pooled questions none of which is val's (generated ones alone, `how` pooled's):
+    their scores are kept as what it was chosen on ("chosen_on"), never as val's."""
+    return {**{k: v for k, v in choice.items() if k != "val"}, "chosen_on": {**how, **choice["val"]}}
+
+
 def describe_pooled(how):
     """What a choice was made on, for a plan line."""
     if how["split"] == "val":
         return f"val ({how['queries']} queries)"
+    if how["split"] == "generated+val":
+        return (f"generated questions + val ({how['queries']} queries: val's {how['val']} are under {SMALL_VAL}; "
+                "the mix alone, no memory: " + NO_VAL_GENERATED_WORTH + ")")
     return f"train + val ({how['queries']} queries: val's {how['val']} are under {SMALL_VAL})"

@@ -171,6 +171,27 @@ class Filter:
         return kept
 
 
+def least_overlapping(questions, texts):
+    """{doc id: [question]}: the half of `questions` ({doc id: [question]}) whose BM25 terms their passage (texts
+    {doc id: passage}) holds the least share of. A small generator reuses its passage's words, so its questions
+    favour BM25 as real ones do not; this half is the nearer to real questions, and is what a mix of dense and
+    BM25 is chosen on where no judged question can choose it (bench/results/generated-cpu.md)."""
+    from common.retrievers import bm25_tokenize
+
+    share = {}
+    for doc_id, asked in questions.items():
+        passage = set(bm25_tokenize(texts[doc_id]))
+        for i, q in enumerate(asked):
+            terms = bm25_tokenize(q)
+            share[doc_id, i] = sum(t in passage for t in terms) / max(len(terms), 1)
+    median = sorted(share.values())[(len(share) - 1) // 2] if share else 0.0
+    out = {}
+    for (doc_id, i), s in share.items():
+        if s <= median:
+            out.setdefault(doc_id, []).append(questions[doc_id][i])
+    return out
+
+
 class QuestionGenerator:
     """A causal or seq2seq model that writes questions for passages, batched, on `device`."""
 

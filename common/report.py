@@ -107,14 +107,19 @@ def _cell(text, width=None):
     return text if width is None or len(text) <= width else text[:width - 1] + "…"
 
 
-def generated_line(details, val_queries, no_val_why):
+def generated_line(details, val_queries, no_val_why, worth, small_val):
     """One paragraph of comparison.md on a train split a language model wrote (prepare.json's details["generated"]):
-    what was kept of what, and what chose what is served: `val_queries` real judged ones, or, with none, the
+    what was kept of what, and what chose what is served: `val_queries` real judged ones (the mix pooled with
+    generated ones under `small_val`), or, with none, the mix chosen on generated ones (an estimate: `worth`) and the
     setting `no_val_why` names."""
     dropped = ", ".join(f"{n:,} {why}" for why, n in details["dropped"].items() if n)
     trip = ", ".join(f"{n:,} {where}" for where, n in details.get("round_trip", {}).items())
-    chose = (f"{val_queries:,} judged question(s) are val and chose what is served." if val_queries else
-             f"No judged question is val, so nothing here chose: what is served is {no_val_why}.")
+    weighing = details.get("weighing", 0)
+    mix = (f"the mix of dense and BM25 on them pooled with the {weighing:,} generated questions that reuse their "
+           f"passage's words least ({worth})" if weighing else "")
+    chose = (f"{val_queries:,} judged question(s) are val and chose what is served"
+             + (f", {mix}." if val_queries < small_val and mix else ".") if val_queries else
+             f"No judged question is val: {mix or 'the mix is the default'}; the encoder and the memory: {no_val_why}.")
     return (f"Training questions: {details['kept']:,} written by {details['generator']} for {details['passages']:,} "
             f"passages ({details['written']:,} written{'; dropped ' + dropped if dropped else ''}"
             f"{'; round trip through the zero-shot hybrid: ' + trip if trip else ''}). They are not scored as if "

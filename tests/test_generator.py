@@ -66,7 +66,8 @@ def test_generated_questions_train_while_the_real_ones_stay_unread(tmp_path, tin
     source = write_source(tmp_path)
     out = generate(tmp_path, source, tiny_lm, "g", "--val_queries=0")
     prepared = json.load(open(out / "prepare.json"))
-    assert set(prepared["splits"]) == {"train", "test"}  # label-free: the train question is not val, not an example
+    # label-free: the train question is not val, not an example; "generated": what the mix is chosen on
+    assert set(prepared["splits"]) == {"train", "test", "generated"}
     assert prepared["details"]["generated"]["examples"] == "built-in"
     queries = read_queries(str(out / "queries.jsonl"))
     train = read_qrels(str(out / "qrels" / "train.tsv"))
@@ -74,6 +75,10 @@ def test_generated_questions_train_while_the_real_ones_stay_unread(tmp_path, tin
     assert "q1" not in queries and queries["q2"] == "the topic2 sentence"  # test kept for reporting
     written = prepared["details"]["generated"]["written"]
     assert written == 48 and prepared["details"]["generated"]["kept"] == len(train)
+    weighing = read_qrels(str(out / "qrels" / "generated.tsv"))  # the half reusing their passage's words least
+    assert prepared["details"]["generated"]["weighing"] == len(weighing) and 0 < len(weighing) < written
+    assert all(q.startswith("gen") and len(row) == 1 for q, row in weighing.items())
+    assert all(train[q] == row for q, row in weighing.items() if q in train)  # one id for one question
     # With real questions allowed, they are val and the prompt's examples.
     out = generate(tmp_path, source, tiny_lm, "v")
     prepared = json.load(open(out / "prepare.json"))
@@ -174,7 +179,8 @@ def test_a_generator_that_writes_nothing_usable_is_an_error_that_keeps_what_it_w
 
 def test_without_val_generated_questions_are_served_as_measured_across_datasets(tmp_path, tiny_lm, tiny_model):
     """No judged question to choose on: training stops before its first step (best/ is the model it starts as),
-    and the index remembers the generated questions at the strengths decision.NO_VAL_GENERATED holds."""
+    the index remembers the generated questions at the strengths decision.NO_VAL_GENERATED holds, and its mix of
+    dense and BM25 is chosen on the "generated" split, saying so; evaluate.py's hybrid chooses the same."""
     import build_index
     import train_encoder
     from common import decision
@@ -189,6 +195,17 @@ def test_without_val_generated_questions_are_served_as_measured_across_datasets(
     memory = Memory.load(str(tmp_path / "index"))
     assert memory.strengths == decision.NO_VAL_GENERATED["memory"]
     assert set(memory.queries) == set(read_qrels(str(data / "qrels" / "train.tsv")))
+    saved = json.load(open(tmp_path / "index" / "fusion.json"))
+    weighing = read_qrels(str(data / "qrels" / "generated.tsv"))
+    assert "val" not in saved and saved["chosen_on"]["split"] == "generated+val"
+    assert saved["chosen_on"]["queries"] == len(weighing) and saved["chosen_on"]["val"] == 0
+    assert "generated questions, no judged val" in decision.describe_hybrid(saved)
+    import evaluate
+    assert evaluate.main([f"--data={data}", f"--model={tiny_model}", "--split=test", "--retrievers=hybrid",
+                          "--latency=false", "--device=cpu", f"--out={tmp_path / 'eval'}"]) == 0
+    hybrid = json.load(open(tmp_path / "eval" / "metrics.json"))["results"]["hybrid"]
+    assert {k: hybrid["hybrid"][k] for k in ("method", "weight", "chosen_on")} == {
+        k: saved[k] for k in ("method", "weight", "chosen_on")}
 
 
 def test_comparison_says_what_chose_and_what_was_kept(tmp_path, tiny_lm):

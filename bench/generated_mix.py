@@ -1,0 +1,104 @@
+"""Generated questions as a stand-in val for the hybrid's mix, on val only (issue 50): does the BM25 weight the
+generated questions would choose score better on the real val questions than the weight served without val
+(decision.NO_VAL)? Test is not read.
+
+    python bench/generated_mix.py --data=data/scifact-val --cache=data/.cache/generated/scifact-<key>.jsonl
+
+--data: a dataset prepared with --pseudo_queries=generate --val_queries=-1 (its val: the source's real train
+questions); --cache: the questions prepare_data.py wrote for it (all of them, before any filter). Prints, per mix
+(dense alone, convex weights, RRF), nDCG@10 on the real val questions and on the generated ones (every question the
+copy/repeat filters keep; the half whose words overlap their passage least), and what each way of choosing the
+weight serves on real val.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import decision, fusion  # noqa: E402
+from common.backends import load_encoder  # noqa: E402
+from common.data import CorpusTexts, doc_text, load_beir  # noqa: E402
+from common.generator import DEFAULT_EXAMPLES, Filter  # noqa: E402
+from common.metrics import ranked  # noqa: E402
+from common.retrievers import BM25, bm25_tokenize, dense_run, encode_corpus  # noqa: E402
+
+
+def runs(encoder, bm25, doc_ids, emb, queries):
+    ids = list(queries)
+    q_emb = encoder.encode([queries[q] for q in ids], "query", 64)
+    dense = dense_run(ids, q_emb, doc_ids, emb, fusion.HYBRID_DEPTH)
+    lexical = {q: dict(h) for q, h in zip(ids, bm25.search_many([queries[q] for q in ids], fusion.HYBRID_DEPTH))}
+    return dense, lexical
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--cache", required=True)
+    p.add_argument("--model", default="all-MiniLM-L6-v2")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    corpus, val_queries, val_qrels = load_beir(args.data, "val")
+    doc_ids = list(corpus)
+    texts = CorpusTexts(corpus, doc_ids)
+    written = {}
+    with open(args.cache) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row["_id"] in corpus:
+                written[row["_id"]] = row["questions"]
+    with open(DEFAULT_EXAMPLES) as f:
+        examples = [json.loads(line)["question"] for line in f]
+    kept = Filter(examples)(written, {d: doc_text(corpus[d]) for d in written})
+    flat = [(d, q) for d, qs in kept.items() for q in qs]
+    gen_queries = {f"g{i}": q for i, (d, q) in enumerate(flat)}
+    gen_qrels = {f"g{i}": {d: 1} for i, (d, q) in enumerate(flat)}
+    # a question's overlap: the share of its BM25 terms its passage holds (a 270M model reuses its passage's words)
+    overlap = {}
+    for i, (d, q) in enumerate(flat):
+        terms, passage = bm25_tokenize(q), set(bm25_tokenize(doc_text(corpus[d])))
+        overlap[f"g{i}"] = sum(t in passage for t in terms) / max(len(terms), 1)
+    median = float(np.median(list(overlap.values())))
+    low = {g: gen_qrels[g] for g in gen_qrels if overlap[g] <= median}
+    encoder = load_encoder(args.model, "torch", "auto")
+    emb = encode_corpus(encoder, texts, 64)
+    bm25 = BM25(doc_ids, texts)
+    sets = {"val": (val_qrels, *runs(encoder, bm25, doc_ids, emb, val_queries)),
+            "generated": (gen_qrels, *runs(encoder, bm25, doc_ids, emb, gen_queries))}
+    sets["low overlap"] = (low, {g: sets["generated"][1][g] for g in low}, {g: sets["generated"][2][g] for g in low})
+    # the round trip's kept ones (prepare_data's roundtrip_k=1: their passage first under the no-val hybrid)
+    first = fusion.hybrid(sets["generated"][1], sets["generated"][2], decision.NO_VAL)
+    trip = {g: gen_qrels[g] for g in gen_qrels if first.get(g) and ranked(first[g], 1)[0] in gen_qrels[g]}
+    sets["round trip 1"] = (trip, {g: sets["generated"][1][g] for g in trip}, {g: sets["generated"][2][g] for g in trip})
+    mixes = {"dense": {"method": "convex", "weight": 0.0}}
+    mixes.update({f"{w:g}": {"method": "convex", "weight": w} for w in fusion.HYBRID_WEIGHTS if w > 0})
+    mixes["rrf"] = {"method": "rrf", "rrf_k": fusion.RRF_K}
+    print(f"{args.data}: {len(corpus):,} passages; val {len(val_qrels):,} real questions; {len(gen_qrels):,} generated "
+          f"(after the copy/repeat filters), {len(low):,} of them overlapping their passage least (<= {median:.2f})")
+    scores = {name: {m: decision.per_query(qrels, fusion.hybrid(dense, lexical, choice))[0]
+                     for m, choice in mixes.items()} for name, (qrels, dense, lexical) in sets.items()}
+    lines = ["| mix | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
+    lines += [f"| {m} | " + " | ".join(f"{scores[s][m]:.4f}" for s in sets) + " |" for m in mixes]
+    # each way of choosing: the rule val uses (decision.hybrid), run on each question set, scored on real val
+    lines += ["", "| chosen on | choice | real val nDCG@10 | against the no-val weight |", "|---|---|---|---|"]
+    no_val = scores["val"][f"{decision.NO_VAL['weight']:g}"]
+    lines.append(f"| nothing (decision.NO_VAL) | {decision.NO_VAL['weight']:g} | {no_val:.4f} | |")
+    for name, (qrels, dense, lexical) in sets.items():
+        choice = decision.hybrid(qrels, dense, lexical)
+        key = ("rrf" if choice.get("method") == "rrf" else "dense" if choice["weight"] == 0 else f"{choice['weight']:g}")
+        lines.append(f"| {name} | {key} | {scores['val'][key]:.4f} | {scores['val'][key] - no_val:+.4f} |")
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
