@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generated questions against the zero-shot hybrid (issue 50), per dataset, each run one after another:
-#   lf   label-free: the source's train (and val) questions withheld; a language model's questions train and fill the
-#        memory; nothing to choose on, so what is served is common/decision.py's NO_VAL_GENERATED
+#   lf   label-free: the source's train (and val) questions withheld; a language model's questions choose the mix
+#        (common/decision.py's pooled), the rest is NO_VAL_GENERATED; beside it, the hybrid at NO_VAL's weight
 #   val  the source's real train questions as val (prompt examples built-in, so the same questions): val chooses
 #   ten  ten of them as val
 # and, on the label-free data, each use alone and together (memory at given strengths over the zero-shot encoder; the
@@ -17,13 +17,17 @@ PY=.venv/bin/python
 LOG=${LOG:-runs/generated.log}
 RUNS=${RUNS:-"lf val ten uses"}
 mkdir -p runs
-ndcg() { $PY -c "import json,sys; m=json.load(open(sys.argv[1])); print(' '.join(f'{k} {v[\"metrics\"][\"ndcg@10\"]:.4f}' for k, v in m.items() if isinstance(v, dict) and 'metrics' in v))" "$1"; }
+ndcg() { $PY -c "import json,sys; m=json.load(open(sys.argv[1])); m=m.get('results', m); print(' '.join(f'{k} {v[\"metrics\"][\"ndcg@10\"]:.4f}' for k, v in m.items() if isinstance(v, dict) and 'metrics' in v))" "$1"; }
 for pair in "$@"; do
   name=${pair%%=*}; src=${pair#*=}
   for run in $RUNS; do
     t0=$(date +%s)
     case $run in
-      lf)  make --no-print-directory pipeline DATA="$src" DATASET="$name-lf" PREPARE_ARGS="--pseudo_queries=generate --val_queries=0" ;;
+      lf)  make --no-print-directory pipeline DATA="$src" DATASET="$name-lf" PREPARE_ARGS="--pseudo_queries=generate --val_queries=0"
+           # beside it, the zero-shot hybrid at the weight served without val and without generated questions
+           $PY evaluate.py --data=data/$name-lf --split=test --retrievers=hybrid --model=all-MiniLM-L6-v2 --latency=false \
+               --hybrid_weight=$($PY -c "from common.decision import NO_VAL; print(NO_VAL['weight'])") --out=runs/$name-lf-no-val-test
+           echo "$name lf: zero-shot hybrid at the no-val weight: $(ndcg runs/$name-lf-no-val-test/metrics.json)" | tee -a "$LOG" ;;
       val) make --no-print-directory pipeline DATA="$src" DATASET="$name-val" PREPARE_ARGS="--pseudo_queries=generate --val_queries=-1 --prompt_examples=0" ;;
       ten) make --no-print-directory pipeline DATA="$src" DATASET="$name-ten" PREPARE_ARGS="--pseudo_queries=generate --val_queries=10 --prompt_examples=0" ;;
       uses)

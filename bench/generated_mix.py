@@ -7,24 +7,22 @@ generated questions would choose score better on the real val questions than the
 --data: a dataset prepared with --pseudo_queries=generate --val_queries=-1 (its val: the source's real train
 questions); --cache: the questions prepare_data.py wrote for it (all of them, before any filter). Prints, per mix
 (dense alone, convex weights, RRF), nDCG@10 on the real val questions and on the generated ones (every question the
-copy/repeat filters keep; the half whose words overlap their passage least), and what each way of choosing the
-weight serves on real val.
+copy/repeat filters keep; the half reusing their passage's words least, prepare_data.py's "generated" split; the
+round trip's kept ones), and what each way of choosing the weight serves on real val.
 """
 import argparse
 import json
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import decision, fusion  # noqa: E402
 from common.backends import load_encoder  # noqa: E402
 from common.data import CorpusTexts, doc_text, load_beir  # noqa: E402
-from common.generator import DEFAULT_EXAMPLES, Filter  # noqa: E402
+from common.generator import DEFAULT_EXAMPLES, Filter, least_overlapping  # noqa: E402
 from common.metrics import ranked  # noqa: E402
-from common.retrievers import BM25, bm25_tokenize, dense_run, encode_corpus  # noqa: E402
+from common.retrievers import BM25, dense_run, encode_corpus  # noqa: E402
 
 
 def runs(encoder, bm25, doc_ids, emb, queries):
@@ -60,13 +58,9 @@ def main():
     flat = [(d, q) for d, qs in kept.items() for q in qs]
     gen_queries = {f"g{i}": q for i, (d, q) in enumerate(flat)}
     gen_qrels = {f"g{i}": {d: 1} for i, (d, q) in enumerate(flat)}
-    # a question's overlap: the share of its BM25 terms its passage holds (a 270M model reuses its passage's words)
-    overlap = {}
-    for i, (d, q) in enumerate(flat):
-        terms, passage = bm25_tokenize(q), set(bm25_tokenize(doc_text(corpus[d])))
-        overlap[f"g{i}"] = sum(t in passage for t in terms) / max(len(terms), 1)
-    median = float(np.median(list(overlap.values())))
-    low = {g: gen_qrels[g] for g in gen_qrels if overlap[g] <= median}
+    # the half reusing their passage's words least: prepare_data.py's "generated" split
+    least = least_overlapping(kept, {d: doc_text(corpus[d]) for d in kept})
+    low = {g: gen_qrels[g] for g, (d, q) in zip(gen_queries, flat) if q in least.get(d, ())}
     encoder = load_encoder(args.model, "torch", "auto")
     emb = encode_corpus(encoder, texts, 64)
     bm25 = BM25(doc_ids, texts)
@@ -81,7 +75,7 @@ def main():
     mixes.update({f"{w:g}": {"method": "convex", "weight": w} for w in fusion.HYBRID_WEIGHTS if w > 0})
     mixes["rrf"] = {"method": "rrf", "rrf_k": fusion.RRF_K}
     print(f"{args.data}: {len(corpus):,} passages; val {len(val_qrels):,} real questions; {len(gen_qrels):,} generated "
-          f"(after the copy/repeat filters), {len(low):,} of them overlapping their passage least (<= {median:.2f})")
+          f"(after the copy/repeat filters), {len(low):,} of them reusing their passage's words least")
     scores = {name: {m: decision.per_query(qrels, fusion.hybrid(dense, lexical, choice))[0]
                      for m, choice in mixes.items()} for name, (qrels, dense, lexical) in sets.items()}
     lines = ["| mix | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]

@@ -115,11 +115,13 @@ def generated_line(details, val_queries, no_val_why, worth, small_val):
     dropped = ", ".join(f"{n:,} {why}" for why, n in details["dropped"].items() if n)
     trip = ", ".join(f"{n:,} {where}" for where, n in details.get("round_trip", {}).items())
     weighing = details.get("weighing", 0)
-    mix = (f"the mix of dense and BM25 on them pooled with the {weighing:,} generated questions that reuse their "
-           f"passage's words least ({worth})" if weighing else "")
+    least = f"the {weighing:,} generated questions that reuse their passage's words least ({worth})"
     chose = (f"{val_queries:,} judged question(s) are val and chose what is served"
-             + (f", {mix}." if val_queries < small_val and mix else ".") if val_queries else
-             f"No judged question is val: {mix or 'the mix is the default'}; the encoder and the memory: {no_val_why}.")
+             + (f", the mix of dense and BM25 on them and {least}." if val_queries < small_val and weighing else ".")
+             if val_queries else
+             f"No judged question is val: the mix of dense and BM25 was chosen on {least}; the encoder and the memory: "
+             f"{no_val_why}." if weighing else
+             f"No judged question is val, so nothing here chose: what is served is {no_val_why}.")
     return (f"Training questions: {details['kept']:,} written by {details['generator']} for {details['passages']:,} "
             f"passages ({details['written']:,} written{'; dropped ' + dropped if dropped else ''}"
             f"{'; round trip through the zero-shot hybrid: ' + trip if trip else ''}). They are not scored as if "

@@ -70,6 +70,13 @@ def trained_on(model, data):
             trained = json.load(f).get("data")
     except (OSError, ValueError, AttributeError):
         return False
+    try:  # best/ kept at step 0 (or training not run) is the model training started from: it saw nothing
+        with open(os.path.join(run, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        if os.path.basename(os.path.normpath(model)) == "best" and metrics.get("best_step", metrics.get("steps")) == 0:
+            return False
+    except (OSError, ValueError, AttributeError):
+        pass
     # by name: a relative path was relative to where the run ran (in doubt, val alone: the choice as it was)
     return bool(trained) and os.path.basename(os.path.normpath(trained)) == os.path.basename(os.path.normpath(data))
 

@@ -214,8 +214,10 @@ def test_comparison_says_what_chose_and_what_was_kept(tmp_path, tiny_lm):
     data = generate(tmp_path, write_source(tmp_path), tiny_lm, "g", "--val_queries=0")
     text = evaluate.generated_paragraph(str(data))
     assert "48 written" in text and "No judged question is val" in text and "across datasets" in text
+    assert "the mix of dense and BM25 was chosen on the 23 generated questions" in text
     data = generate(tmp_path, write_source(tmp_path), tiny_lm, "v")
-    assert "1 judged question(s) are val" in evaluate.generated_paragraph(str(data))
+    text = evaluate.generated_paragraph(str(data))
+    assert "1 judged question(s) are val" in text and "the mix of dense and BM25 on them and the" in text
 
 
 def test_a_generator_named_writes_questions_only_where_judged_ones_can_weigh_them(tmp_path, tiny_lm, capsys):

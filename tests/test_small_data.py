@@ -120,6 +120,13 @@ def test_small_val_pools_train_for_an_encoder_that_never_saw_it(tmp_path):
     assert pooled(val, None, saw_train=False)[2]["split"] == "val"  # no train split: nothing to pool
     big = {f"v{i}": {"d0": 1} for i in range(SMALL_VAL)}
     assert pooled(({q: "x" for q in big}, big), train, saw_train=False)[1] is big
+    # a generated train split: never pooled; its "generated" questions are, with a small val or none
+    gen = ({"g1": "a question?", "g2": "another?"}, {"g1": {"d0": 1}, "g2": {"d1": 1}})
+    assert pooled(val, None, False, gen)[2] == {"split": "generated+val", "queries": 7, "val": 5}
+    assert pooled(({}, {}), None, False, gen)[2] == {"split": "generated+val", "queries": 2, "val": 0}
+    assert pooled(val, None, True, gen)[2]["split"] == "val"  # trained on them: val alone
+    assert pooled(({q: "x" for q in big}, big), None, False, gen)[1] is big
+    assert pooled(val, train, False, ({}, {}))[2]["split"] == "val"  # an empty generated split: nothing pooled
     parts = folds(list(qrels))
     assert len(parts) == 5 and set().union(*parts) == set(qrels) and sum(map(len, parts)) == 35
     assert [len(p) for p in folds(["a", "b"])] == [1, 1]
@@ -130,6 +137,10 @@ def test_small_val_pools_train_for_an_encoder_that_never_saw_it(tmp_path):
     assert not trained_on("all-MiniLM-L6-v2", str(data))
     (run / "config.json").write_text(json.dumps({"data": "data/u"}))  # relative to where that run ran
     assert trained_on(str(run / "best"), str(data))
+    (run / "metrics.json").write_text(json.dumps({"steps": 8, "best_step": 0}))  # best/ kept the starting model
+    assert not trained_on(str(run / "best"), str(data)) and trained_on(str(run / "last"), str(data))
+    (run / "metrics.json").write_text(json.dumps({"steps": 0}))  # training not run
+    assert not trained_on(str(run / "best"), str(data))
 
 
 def test_the_zero_shot_choices_rest_on_train_and_val_and_no_query_sees_its_own_memory(tmp_path, tiny_model, capsys):
