@@ -17,9 +17,10 @@
 #   INDEX_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   EXPORT_MODEL=all-MiniLM-L6-v2 (default: the fine-tuned encoder's best/, trained first if needed)
 #   GENERATOR=gemma3-270m (packaged offline) | smollm2 | a .gguf file | a causal or seq2seq model: where the data has
-#        some judged questions but fewer than 50, it writes a question for each passage, to train the encoder and fill
-#        the index's memory as val (the judged ones) chooses (prepare_data.py; `make setup-generate` installs it)
-#   GENERATE=auto (as above) | yes (write them even with no judged question; none is then served) | no
+#        fewer than 50 judged questions, it writes a question for each passage, to train the encoder and fill the
+#        index's memory as val (the judged ones) chooses; with none judged, for a sample of passages, to choose the
+#        mix of dense and BM25 on (prepare_data.py; `make setup-generate` installs it, a folder installs it itself)
+#   GENERATE=auto (as above) | yes (whatever the data holds) | no
 #   PSEUDO_ARGS="--pseudo_queries=ict,crop"  prepare_data.py for `make adapt` (label-free), which reads
 #        configs/<stage>-<CONFIG>-pseudo.yaml first, then configs/<stage>-<CONFIG>.yaml
 PYTHON ?= python3
@@ -71,9 +72,9 @@ HAS_TEST := $(call prepared,test)
 # A folder of documents (no corpus.jsonl, not the stdlib) is prepared again on every run: prepare_data.py
 # re-reads only the files that changed, and leaves data/<dataset>/ untouched (its date too) when none did.
 DOCUMENTS := $(if $(filter python-source,$(DATA)),,$(if $(wildcard $(DATA)/.),$(if $(wildcard $(DATA)/corpus.jsonl),,yes)))
-# What writing questions needs is installed where they may be written: GENERATE=yes, or a folder with questions.
-GENERATE_NOW := $(if $(filter yes,$(GENERATE)),yes,$(if $(filter auto,$(GENERATE)),$(if $(DOCUMENTS),$(wildcard \
-    $(DATA)/questions.jsonl $(DATA)/questions.txt))))
+# What writing questions needs is installed where they may be written: GENERATE=yes, or a folder of documents
+# (with a few questions or none, the generator's are wanted; other sources without it go on without them).
+GENERATE_NOW := $(if $(filter yes,$(GENERATE)),yes,$(if $(filter auto,$(GENERATE)),$(DOCUMENTS)))
 INDEX_MODEL ?= $(if $(HAS_TRAIN),$(ENCODER_DIR)/best,$(MODEL))
 # The zero-shot encoder's index: with a train split, the bar built before training (`make bar`); without one,
 # the index itself. The baseline columns' hybrid serves the mix chosen there.
@@ -106,7 +107,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 
 # What writing questions needs (prepare_data.py --generator): transformers reads a GGUF file through `gguf` and
 # `accelerate`; the packaged generators install with --no-deps. Not in `setup`: only data with too few judged
-# questions needs it (a folder with questions, or GENERATE=yes, installs it on its own).
+# questions needs it (a folder of documents, or GENERATE=yes, installs it on its own).
 setup-generate: $(VENV)/.generate  ## the offline question generators (gemma3-270m, smollm2) and GGUF loading
 $(VENV)/.generate: requirements-generate.txt | setup
 	$(PIP) install --no-deps -r requirements-generate.txt

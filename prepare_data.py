@@ -101,9 +101,13 @@ DEFAULTS = dict(
     generator_batch_size=16,
     generator_passage_tokens=256,  # the passage as the generator reads it
     generator_new_tokens=32,  # a question's length at most
-    generate_below=50,       # with a generator named, a source with some judged questions outside test but fewer than
-    #                          this gets generated ones to train on and remember, weighed on its judged ones (val);
-    #                          with none, only --pseudo_queries=generate writes them; 0 = only then
+    generate_below=50,       # with a generator named, a source with fewer judged questions outside test than this gets
+    #                          generated ones: to train on and remember, weighed on its judged ones (val), and with
+    #                          none, to choose the mix of dense and BM25 on (common/decision.py pooled); 0 = only
+    #                          --pseudo_queries=generate writes them
+    generate_sample=1000,    # with no judged question to weigh them, only the mix is chosen on them: questions for a
+    #                          seeded sample of this many passages choose it as all do (bench/results/generated-cpu.md),
+    #                          in a fraction of the time; 0 = every passage
     roundtrip_k=1,           # keep a question only when the zero-shot hybrid ranks its passage in its top k; 0 = all.
     #                          1 lost least on val of 0, 1, 3, 10 (bench/results/generated-cpu.md)
     val_queries=-1,          # the source's judged questions (not test) as val: -1 all, 0 none (label-free), N a sample
@@ -713,7 +717,7 @@ def round_trip(corpus, questions, cfg):
 def with_generated(corpus, queries, qrels, unjudged, cfg, name):
     """(queries, qrels, details) of the dataset with generated questions as its train split: the source's judged
     questions other than test become val (all, none or a seeded sample: val_queries), test stays test."""
-    from common.generator import DEFAULT_PROMPT, Filter, Prompt, least_overlapping
+    from common.generator import DEFAULT_PROMPT, Filter, Prompt, least_overlapping, sample_passages
 
     real = {q: row for split, rows in qrels.items() if split != "test" for q, row in rows.items()}
     if cfg.val_queries >= 0 and len(real) > cfg.val_queries:
@@ -723,14 +727,18 @@ def with_generated(corpus, queries, qrels, unjudged, cfg, name):
     seeing = {"val": real} if cfg.val_queries != 0 else {}  # label-free: not even the prompt sees them
     examples = prompt_examples(corpus, queries, seeing, unjudged if cfg.val_queries != 0 else [], cfg)
     prompt = Prompt.read(cfg.prompt or DEFAULT_PROMPT, examples or None)
+    passages = corpus if real else sample_passages(corpus, cfg.generate_sample, cfg.seed)
+    if len(passages) < len(corpus):
+        print(f"generate: no judged question to weigh them, so only the mix is chosen on them: a sample of "
+              f"{len(passages):,} of the {len(corpus):,} passages (generate_sample={cfg.generate_sample}; 0 = all)")
     t0 = time.time()
-    written = generate_questions(corpus, cfg, generation_file(cfg, prompt, name), prompt)
+    written = generate_questions(passages, cfg, generation_file(cfg, prompt, name), prompt)
     seconds = time.time() - t0
     filtered = Filter(examples=[q for _, q in prompt.examples])
-    kept = filtered(written, {d: doc_text(corpus[d]) for d in corpus})
+    kept = filtered(written, {d: doc_text(corpus[d]) for d in passages})
     total = sum(len(qs) for qs in written.values())
     if not kept:
-        raise DataError(f"{cfg.generator}: no usable question among the {total:,} written for {len(corpus):,} passages "
+        raise DataError(f"{cfg.generator}: no usable question among the {total:,} written for {len(passages):,} passages "
                         f"({', '.join(f'{n:,} {why}' for why, n in filtered.dropped.items() if n)}); try another "
                         f"generator or prompt ({cfg.prompt or DEFAULT_PROMPT})")
     ranks, weigh = {}, least_overlapping(kept, {d: doc_text(corpus[d]) for d in kept})
@@ -756,7 +764,7 @@ def with_generated(corpus, queries, qrels, unjudged, cfg, name):
                 rows[qid] = {d: 1}
     details = {"generated": {"generator": cfg.generator, "prompt": cfg.prompt or DEFAULT_PROMPT,
                              "examples": "the data's own questions" if examples else "built-in",
-                             "passages": len(corpus), "written": total, "kept": n_kept, "dropped": filtered.dropped,
+                             "passages": len(passages), "corpus": len(corpus), "written": total, "kept": n_kept, "dropped": filtered.dropped,
                              "round_trip": ranks, "weighing": len(weighing), "seconds": round(seconds, 1),
                              "real_val_queries": len(real)}}
     return (out_queries, {s: rows for s, rows in {"train": train, **kept_qrels, "generated": weighing}.items() if rows},
@@ -839,8 +847,10 @@ def check_config(cfg):
     for key in ("generator_batch_size", "generator_passage_tokens", "generator_new_tokens"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)}: must be at least 1")
-    if cfg.roundtrip_k < 0 or cfg.val_queries < -1 or cfg.prompt_examples < 0 or cfg.generate_below < 0:
-        raise ConfigError("roundtrip_k (0 = keep all), prompt_examples and val_queries (-1 = all) cannot be negative")
+    if (cfg.roundtrip_k < 0 or cfg.val_queries < -1 or cfg.prompt_examples < 0 or cfg.generate_below < 0
+            or cfg.generate_sample < 0):
+        raise ConfigError("roundtrip_k (0 = keep all), prompt_examples, generate_below, generate_sample (0 = all) and "
+                          "val_queries (-1 = all) cannot be negative")
     if cfg.prompt and not os.path.isfile(cfg.prompt):
         raise ConfigError(f"prompt={cfg.prompt}: no such file; configs/prompts/question.txt shows the shape")
     if cfg.queries_per_doc < 1:
@@ -946,8 +956,12 @@ def main(argv=None):
         corpus, queries, qrels, details = load_pairs(source, cfg, fmt)
     real = sum(len(rows) for split, rows in qrels.items() if split != "test")
     few = not generate and cfg.generator and real < cfg.generate_below and not cfg.pseudo_queries
-    unweighable = few and not real  # nothing could weigh them, and unweighed they are not served (common/decision.py)
-    few = few and not unweighable
+    missing = False
+    if few:  # not asked for: without the generator installed, the pipeline goes on without them
+        from common.generator import installed
+
+        missing = not installed(cfg.generator)
+        few = not missing
     generate = generate or few
     # A folder is prepared on every `make`: what it would write is hashed (with what generation would do to it), and
     # nothing is written when that is what the dataset holds (other sources are prepared only when make sees them change).
@@ -960,13 +974,14 @@ def main(argv=None):
         # Nothing the later stages read has changed: the files they depend on keep their dates.
         print(f"{out}: unchanged since the last run ({len(corpus):,} passages, {time.time() - started:.1f} s); kept as is")
         return 0
-    if unweighable:
-        print(f"generate: not run: {source} has no judged question to weigh generated ones on; "
-              f"{decision.NO_VAL_WHY}. --pseudo_queries=generate (make GENERATE=yes) writes them anyway")
+    if missing:
+        print(f"generate: not run: {source} has {real:,} judged question(s) outside test, fewer than generate_below="
+              f"{cfg.generate_below}, but {cfg.generator} is not installed: `make setup-generate` installs it")
     if few:
         print(f"generate: {source} has {real:,} judged question(s) outside test, fewer than generate_below="
-              f"{cfg.generate_below}: {cfg.generator} writes questions for its passages to train on and remember"
-              f"{'; the judged ones are val' if real else ''}")
+              f"{cfg.generate_below}: {cfg.generator} writes questions for its passages, "
+              + ("to train on and remember; the judged ones are val and weigh them" if real else
+                 "to choose the mix of dense and BM25 on (with no judged question nothing else of them is served)"))
     if generate:
         judged = {q for rows in qrels.values() for q in rows}
         unjudged = [text for q, text in queries.items() if q not in judged]

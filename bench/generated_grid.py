@@ -27,6 +27,16 @@ from common.metrics import ranked  # noqa: E402
 from common.generator import DEFAULT_EXAMPLES, Filter  # noqa: E402
 from common.retrievers import BM25, dense_run, encode_corpus  # noqa: E402
 from common.significance import mean_and_se  # noqa: E402
+from prepare_data import read_generated  # noqa: E402
+
+
+def filtered_questions(cache, corpus, passages=None):
+    """(written, kept): {doc id: [question]} prepare_data.py wrote to `cache` for corpus's passages (or those of
+    `passages`, a sample of them), and those the copy/repeat filters keep with the built-in prompt's examples."""
+    written = {d: questions for d, (_, questions) in read_generated(cache).items() if d in (passages or corpus)}
+    with open(DEFAULT_EXAMPLES) as f:  # the built-in prompt's (--prompt_examples=0), whose copies are dropped
+        examples = [json.loads(line)["question"] for line in f]
+    return written, Filter(examples)(written, {d: doc_text(corpus[d]) for d in written})
 
 
 def main():
@@ -42,18 +52,7 @@ def main():
     corpus, val_queries, val_qrels = load_beir(args.data, "val")
     doc_ids = list(corpus)
     texts = CorpusTexts(corpus, doc_ids)
-    written = {}
-    with open(args.cache) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if row["_id"] in corpus:
-                written[row["_id"]] = row["questions"]
-    with open(DEFAULT_EXAMPLES) as f:  # the built-in prompt's (--prompt_examples=0), whose copies are dropped
-        examples = [json.loads(line)["question"] for line in f]
-    kept = Filter(examples)(written, {d: doc_text(corpus[d]) for d in written})
+    written, kept = filtered_questions(args.cache, corpus)
     print(f"{args.data}: {len(corpus):,} passages, {sum(map(len, written.values())):,} questions written, "
           f"{sum(map(len, kept.values())):,} after the copy/repeat filters; val {len(val_qrels):,} queries")
     encoder = load_encoder(args.model, "torch", "auto")

@@ -8,11 +8,13 @@ generated questions would choose score better on the real val questions than the
 questions); --cache: the questions prepare_data.py wrote for it (all of them, before any filter). Prints, per mix
 (dense alone, convex weights, RRF), nDCG@10 on the real val questions and on the generated ones (every question the
 copy/repeat filters keep; the half reusing their passage's words least, prepare_data.py's "generated" split; the
-round trip's kept ones), and what each way of choosing the weight serves on real val.
+round trip's kept ones), and what each way of choosing the weight serves on real val; then, for a few judged
+questions drawn from val as the only val (--small, --draws), what is chosen on them alone and on them pooled with
+the generated split (what the pipeline does), scored on the val questions not drawn.
 """
 import argparse
-import json
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,9 +22,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import decision, fusion  # noqa: E402
 from common.backends import load_encoder  # noqa: E402
 from common.data import CorpusTexts, doc_text, load_beir  # noqa: E402
-from common.generator import DEFAULT_EXAMPLES, Filter, least_overlapping  # noqa: E402
+from common.generator import least_overlapping, sample_passages  # noqa: E402
 from common.metrics import ranked  # noqa: E402
 from common.retrievers import BM25, dense_run, encode_corpus  # noqa: E402
+from generated_grid import filtered_questions  # noqa: E402
+
+
+def mix_key(choice):
+    return "rrf" if choice.get("method") == "rrf" else "dense" if choice["weight"] == 0 else f"{choice['weight']:g}"
 
 
 def runs(encoder, bm25, doc_ids, emb, queries):
@@ -38,23 +45,16 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--cache", required=True)
     p.add_argument("--model", default="all-MiniLM-L6-v2")
+    p.add_argument("--sample", type=int, default=0, help="only the questions of prepare_data's seeded sample of this "
+                   "many passages (its generate_sample, where no judged question is val); 0 = all")
+    p.add_argument("--small", default="10,30", help="sizes of a few judged questions drawn from val as its only val")
+    p.add_argument("--draws", type=int, default=30)
     p.add_argument("--out", default="")
     args = p.parse_args()
     corpus, val_queries, val_qrels = load_beir(args.data, "val")
     doc_ids = list(corpus)
     texts = CorpusTexts(corpus, doc_ids)
-    written = {}
-    with open(args.cache) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if row["_id"] in corpus:
-                written[row["_id"]] = row["questions"]
-    with open(DEFAULT_EXAMPLES) as f:
-        examples = [json.loads(line)["question"] for line in f]
-    kept = Filter(examples)(written, {d: doc_text(corpus[d]) for d in written})
+    kept = filtered_questions(args.cache, corpus, sample_passages(corpus, args.sample))[1]
     flat = [(d, q) for d, qs in kept.items() for q in qs]
     gen_queries = {f"g{i}": q for i, (d, q) in enumerate(flat)}
     gen_qrels = {f"g{i}": {d: 1} for i, (d, q) in enumerate(flat)}
@@ -86,8 +86,34 @@ def main():
     lines.append(f"| nothing (decision.NO_VAL) | {decision.NO_VAL['weight']:g} | {no_val:.4f} | |")
     for name, (qrels, dense, lexical) in sets.items():
         choice = decision.hybrid(qrels, dense, lexical)
-        key = ("rrf" if choice.get("method") == "rrf" else "dense" if choice["weight"] == 0 else f"{choice['weight']:g}")
+        key = mix_key(choice)
         lines.append(f"| {name} | {key} | {scores['val'][key]:.4f} | {scores['val'][key] - no_val:+.4f} |")
+    # a few judged questions as val (decision.SMALL_VAL): drawn from the real ones, the rest held out to score what
+    # each rule chose: those few alone, or pooled with the generated split (decision.pooled, as the pipeline does)
+    _, v_dense, v_bm25 = sets["val"]
+    per_q = {m: decision.per_query(val_qrels, fusion.hybrid(v_dense, v_bm25, choice))[1] for m, choice in mixes.items()}
+    gen_split = ({g: gen_queries[g] for g in low}, low)
+    g_dense, g_bm25 = sets["low overlap"][1:]
+    lines += ["", f"| judged val | draws | NO_VAL's weight | chosen on them alone | pooled with the generated split "
+              "(the pipeline) |", "|---|---|---|---|---|"]
+    for n in [int(x) for x in args.small.split(",") if x]:
+        held_out = {"no-val": [], "alone": [], "pooled": []}
+        for draw in range(args.draws):
+            few = sorted(random.Random(draw).sample(sorted(val_qrels), n))
+            rest = [q for q in val_qrels if q not in set(few)]
+            small = ({q: val_queries[q] for q in few}, {q: val_qrels[q] for q in few})
+            alone = decision.hybrid(small[1], {q: v_dense[q] for q in few}, {q: v_bm25[q] for q in few})
+            _, pooled_qrels, _ = decision.pooled(small, None, False, gen_split)
+            dense = {q: v_dense[q] if q in small[1] else g_dense[q] for q in pooled_qrels}
+            lexical = {q: v_bm25[q] if q in small[1] else g_bm25[q] for q in pooled_qrels}
+            pooled = decision.hybrid(pooled_qrels, dense, lexical)
+            for name, key in (("no-val", f"{decision.NO_VAL['weight']:g}"), ("alone", mix_key(alone)),
+                              ("pooled", mix_key(pooled))):
+                held_out[name].append(sum(per_q[key][q] for q in rest) / len(rest))
+        mean = {k: sum(v) / len(v) for k, v in held_out.items()}
+        worst = {k: min(v) for k, v in held_out.items()}
+        lines.append(f"| {n} | {args.draws} | {mean['no-val']:.4f} | {mean['alone']:.4f} (worst {worst['alone']:.4f}) "
+                     f"| {mean['pooled']:.4f} (worst {worst['pooled']:.4f}) |")
     print("\n".join(lines))
     if args.out:
         with open(args.out, "w") as f:

@@ -34,6 +34,9 @@ from common.significance import mean_and_se
 # How many standard errors a gain must clear. The reranker's and the memory's grids hold several times
 # the candidates of the hybrid's, so their best bound is the more inflated by luck.
 HYBRID_Z, MEMORY_Z, RERANK_Z, ENCODER_Z = 1.0, 2.0, 2.0, 1.0
+# A bound this close to 0 is 0: a gain on one query of n (the rest tied) has a standard error equal to the gain, so
+# at z = 1 its bound is 0 up to rounding, and one query is not beyond noise.
+TIE = 1e-9
 # The guard: a loss on the guarded queries vetoes a candidate only beyond noise (GUARD_Z standard errors),
 # above GUARD_TOLERANCE, on at least GUARD_MIN of them (fewer tell no loss from chance).
 GUARD_Z, GUARD_TOLERANCE, GUARD_MIN = 2.0, 0.01, 10
@@ -103,7 +106,7 @@ def select(qrels, base, candidates, z, metric="ndcg@10", guard=()):
     eligible = [key for key in candidates if not harms[key][0]]
     report["guard"]["vetoed"] = len(candidates) - len(eligible)
     chosen = max(eligible, key=lambda key: gains[key][0] - z * gains[key][1]) if eligible else None  # first of equals
-    if chosen is None or gains[chosen][0] - z * gains[chosen][1] <= 0:
+    if chosen is None or gains[chosen][0] - z * gains[chosen][1] <= TIE:
         best = max(grid, key=grid.get)
         report.update(gain=gains[best][0], stderr=gains[best][1])
         report["guard"].update(loss=harms[best][1], stderr=harms[best][2])

@@ -16,8 +16,10 @@ passages finds none of them, so every copy of it goes.
 import hashlib
 import importlib
 import importlib.resources
+import importlib.util
 import json
 import os
+import random
 import re
 
 from common.data import DataError
@@ -42,6 +44,23 @@ MIN_WORDS = 3  # a question of fewer words says too little to train on or rememb
 
 class GeneratorError(UserError):
     pass
+
+
+def installed(name):
+    """Whether generator `name` can load here: a packaged one once `make setup-generate` installed it; any other
+    (a file, a directory, a hub name) is tried, and fails in one line if it cannot."""
+    if name.lower() in GENERATORS:
+        return importlib.util.find_spec(GENERATORS[name.lower()][0]) is not None
+    return True
+
+
+def sample_passages(corpus, n, seed=0):
+    """{doc id: passage} of a seeded sample of n of corpus's passages, in corpus order (all of them when n is 0 or
+    covers them)."""
+    if not n or len(corpus) <= n:
+        return corpus
+    keep = set(random.Random(seed).sample(sorted(corpus), n))
+    return {d: p for d, p in corpus.items() if d in keep}
 
 
 def gguf_path(name):

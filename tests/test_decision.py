@@ -153,3 +153,14 @@ def test_choices_are_deterministic():
     cands = {f"c{k}": {q: v + rng.normal(0.02, 0.05) for q, v in base.items()} for k in range(5)}
     first = decision.select(qrels_of(base), base, cands, z=1.0)
     assert all(decision.select(qrels_of(base), base, cands, z=1.0) == first for _ in range(3))
+
+
+def test_a_gain_on_one_query_of_many_is_not_beyond_noise():
+    """One query gains, the rest tie: its standard error equals the gain, so at z = 1 the bound is 0 up to rounding
+    (ten val questions served a fine-tuned encoder on one query's +0.27 that way): never chosen."""
+    base = {f"q{i}": 0.5 for i in range(10)}
+    for gain in (0.2688, 0.1, 0.73, 1 / 3):
+        one = {**base, "q3": 0.5 + gain / 2}
+        assert decision.select(qrels_of(base), base, {"c": one}, z=1.0)[0] is None
+    two = {**base, "q3": 0.9, "q7": 0.9}  # two queries gain: beyond one standard error
+    assert decision.select(qrels_of(base), base, {"c": two}, z=1.0)[0] == "c"

@@ -220,14 +220,28 @@ def test_comparison_says_what_chose_and_what_was_kept(tmp_path, tiny_lm):
     assert "1 judged question(s) are val" in text and "the mix of dense and BM25 on them and the" in text
 
 
-def test_a_generator_named_writes_questions_only_where_judged_ones_can_weigh_them(tmp_path, tiny_lm, capsys):
+def test_a_generator_named_writes_questions_where_judged_ones_are_few(tmp_path, tiny_lm, capsys, monkeypatch):
     """What `make pipeline` does (a generator named, not asked for): a source with no judged question outside test gets
-    none written (nothing could weigh them, and unweighed none is served), one with a few gets them, its few as val."""
+    questions for a sample of its passages (only the mix is chosen on them), one with a few gets them for every
+    passage, its few as val; a packaged generator not installed is one line, and the data is prepared without."""
+    from common import generator
+
     docs = {f"d{i}": (f"Topic {t}", f"The {t} passage says {t} matters.") for i, t in enumerate(TOPICS)}
     test_only = write_beir_dir(tmp_path / "t", docs, {"q2": "the topic2 sentence"}, {"test": [("q2", "d2", 1)]})
-    prepare_data.main([f"--source={test_only}", f"--generator={tmp_path / 'never-loaded'}", f"--out={tmp_path / 'a'}"])
-    assert "generate: not run" in capsys.readouterr().out
-    assert json.load(open(tmp_path / "a" / "prepare.json"))["splits"].keys() == {"test"}
+    common = [f"--source={test_only}", "--device=cpu", "--roundtrip_k=0", "--queries_per_doc=2",
+              f"--cache_dir={tmp_path / 'cache'}"]
+    prepare_data.main([*common, f"--generator={tiny_lm}", "--generate_sample=5", f"--out={tmp_path / 'a'}"])
+    assert "a sample of 5 of the 24 passages" in capsys.readouterr().out
+    prepared = json.load(open(tmp_path / "a" / "prepare.json"))
+    assert prepared["splits"].keys() == {"train", "test", "generated"}
+    assert prepared["details"]["generated"]["passages"] == 5 and prepared["details"]["generated"]["corpus"] == 24
+    assert len({d for row in read_qrels(str(tmp_path / "a" / "qrels" / "train.tsv")).values() for d in row}) <= 5
+    monkeypatch.setattr(generator, "installed", lambda name: False)
+    prepare_data.main([*common, "--generator=gemma3-270m", f"--out={tmp_path / 'n'}"])
+    said = capsys.readouterr().out
+    assert "generate: not run" in said and "`make setup-generate` installs it" in said
+    assert json.load(open(tmp_path / "n" / "prepare.json"))["splits"].keys() == {"test"}
+    monkeypatch.undo()
     args = [f"--source={write_source(tmp_path)}", f"--generator={tiny_lm}", f"--out={tmp_path / 'b'}", "--device=cpu",
             "--roundtrip_k=0", "--queries_per_doc=2", f"--cache_dir={tmp_path / 'cache'}"]
     prepare_data.main(args)
