@@ -329,8 +329,13 @@ def load_val(data_dir, without):
 FOLDS = 5  # pooled choices' memory is cross-validated in this many folds (common/decision.py)
 
 
-def load_train(data_dir, split="train"):
-    """(queries, qrels) of the train split (or another), or None when there is none or it is empty."""
+def load_train(data_dir):
+    """(queries, qrels) of the train split, or None when there is none or it is empty."""
+    return load_split(data_dir, "train")
+
+
+def load_split(data_dir, split):
+    """(queries, qrels) of a split, or None when there is none or it is empty."""
     if split not in splits(data_dir):
         return None
     try:
@@ -344,7 +349,7 @@ def pool_sources(data_dir):
     or, where a language model wrote it, None and the "generated" split's: the questions prepare_data.py keeps for
     choosing the mix (they reuse their passage's words least); a generated train split is never pooled."""
     if generated(data_dir):
-        return None, load_train(data_dir, "generated")
+        return None, load_split(data_dir, "generated")
     return load_train(data_dir), None
 
 
