@@ -556,6 +556,7 @@ def main(argv=None):
                 pooled = decision.pooled(({}, {}), None, False, gen)
                 choice = pooled_choice(cfg, doc_ids, texts, searched["model"][1], searched["model"][2], pooled,
                                        ({}, {}), None, bm25_of, mem.Memory())[0]
+                choices = {"model": choice}  # saved as the encoder's: evaluate.py's columns read it, not choose again
                 print(f"hybrid: {decision.describe_hybrid(choice)}")
             if not memory.empty():  # strengths as given, or the default's: nothing to choose them on
                 choice = {**choice, "memory": given_memory(cfg) or no_val_memory(cfg, memory, say=True)}

@@ -239,7 +239,7 @@ def chosen_for(index, model, backend):
     saved = fusion.load(index, {}) if os.path.isdir(index) else {}
     name = encoder_name(model, backend)
     for candidate, choice in saved.get("candidates", {}).items():
-        if candidate in (name, model) and "val" in choice:
+        if candidate in (name, model) and ("val" in choice or "chosen_on" in choice):
             kept = {k: v for k, v in choice.items() if k not in ("memory", "plain", "encoder")}
             return {**kept, **choice.get("plain", {})}
     return None

@@ -764,8 +764,8 @@ def with_generated(corpus, queries, qrels, unjudged, cfg, name):
                 rows[qid] = {d: 1}
     details = {"generated": {"generator": cfg.generator, "prompt": cfg.prompt or DEFAULT_PROMPT,
                              "examples": "the data's own questions" if examples else "built-in",
-                             "passages": len(passages), "corpus": len(corpus), "written": total, "kept": n_kept, "dropped": filtered.dropped,
-                             "round_trip": ranks, "weighing": len(weighing), "seconds": round(seconds, 1),
+                             "passages": len(passages), "corpus": len(corpus), "written": total, "kept": n_kept,
+                             "dropped": filtered.dropped, "round_trip": ranks, "weighing": len(weighing), "seconds": round(seconds, 1),
                              "real_val_queries": len(real)}}
     return (out_queries, {s: rows for s, rows in {"train": train, **kept_qrels, "generated": weighing}.items() if rows},
             details)

@@ -49,8 +49,7 @@ NO_VAL = {"method": "convex", "weight": 0.3, "depth": fusion.HYBRID_DEPTH, "defa
 # What is served from generated questions (a train split prepare_data.py --pseudo_queries=generate wrote) when
 # no real judged question is val to choose on: the encoder (the zero-shot one, or the one fine-tuned on them)
 # and their memory's strengths. Measured on val across datasets (bench/results/generated-cpu.md), neither use
-# helped the zero-shot hybrid: nothing of them is served, and without val prepare_data.py does not write them
-# unless asked.
+# helped the zero-shot hybrid: neither is served.
 # The mix of dense and BM25, though, is chosen on them (pooled with val where val is small): on val across
 # datasets the weight chosen on the half of them that reuse their passage's words least scored as well as or
 # better than NO_VAL's, where the round-trip-kept ones (found first at NO_VAL's weight) would choose NO_VAL itself.
@@ -383,5 +382,5 @@ def describe_pooled(how):
         return f"val ({how['queries']} queries)"
     if how["split"] == "generated+val":
         return (f"generated questions + val ({how['queries']} queries: val's {how['val']} are under {SMALL_VAL}; "
-                "the mix alone, no memory: " + NO_VAL_GENERATED_WORTH + ")")
+                "the mix alone, no memory)")
     return f"train + val ({how['queries']} queries: val's {how['val']} are under {SMALL_VAL})"

@@ -177,7 +177,8 @@ def test_a_generator_that_writes_nothing_usable_is_an_error_that_keeps_what_it_w
     assert len(cache.read_text().splitlines()) == 24 and not (tmp_path / "n").exists()
 
 
-def test_without_val_generated_questions_are_served_as_measured_across_datasets(tmp_path, tiny_lm, tiny_model):
+def test_without_val_generated_questions_are_served_as_measured_across_datasets(tmp_path, tiny_lm, tiny_model,
+                                                                                 capsys):
     """No judged question to choose on: training stops before its first step (best/ is the model it starts as),
     the index remembers the generated questions at the strengths decision.NO_VAL_GENERATED holds, and its mix of
     dense and BM25 is chosen on the "generated" split, saying so; evaluate.py's hybrid chooses the same."""
@@ -206,6 +207,13 @@ def test_without_val_generated_questions_are_served_as_measured_across_datasets(
     hybrid = json.load(open(tmp_path / "eval" / "metrics.json"))["results"]["hybrid"]
     assert {k: hybrid["hybrid"][k] for k in ("method", "weight", "chosen_on")} == {
         k: saved[k] for k in ("method", "weight", "chosen_on")}
+    assert saved["candidates"][str(tiny_model)]["chosen_on"] == saved["chosen_on"]  # read, not chosen again
+    assert evaluate.main([f"--data={data}", f"--model={tiny_model}", "--split=test", "--retrievers=hybrid",
+                          "--latency=false", "--device=cpu", f"--choices={tmp_path / 'index'}",
+                          f"--out={tmp_path / 'eval2'}"]) == 0
+    assert f"(chosen for {tiny_model} by {tmp_path / 'index'})" in capsys.readouterr().out
+    read = json.load(open(tmp_path / "eval2" / "metrics.json"))["results"]["hybrid"]["hybrid"]
+    assert {k: read[k] for k in ("method", "weight", "chosen_on")} == {k: saved[k] for k in ("method", "weight", "chosen_on")}
 
 
 def test_comparison_says_what_chose_and_what_was_kept(tmp_path, tiny_lm):
